@@ -1,0 +1,65 @@
+"""One dispatch point for every op: ``backend="auto" | "reference" | <registered fast backend>``.
+
+The reference implementations register themselves under ``"reference"``. Fast backends (GPU kernels)
+register under their own name with an ``available(device)`` predicate; ``"auto"`` picks the first
+available one on CUDA unless ``VIDEOSTATE_DISABLE_FUSED=1`` (or the VideoMamba spelling
+``VIDEOMAMBA_DISABLE_FUSED=1``) is set, and the reference otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+DISABLE_ENV_VARS = ("VIDEOSTATE_DISABLE_FUSED", "VIDEOMAMBA_DISABLE_FUSED")
+
+
+@dataclass(frozen=True)
+class Implementation:
+    fn: Callable
+    available: Callable[[torch.device], bool]
+
+
+_REGISTRY: dict[str, dict[str, Implementation]] = {}
+
+
+def register(
+    op: str,
+    backend: str,
+    fn: Callable,
+    available: Callable[[torch.device], bool] = lambda device: True,
+) -> None:
+    """Register ``fn`` as the ``backend`` implementation of ``op``."""
+    _REGISTRY.setdefault(op, {})[backend] = Implementation(fn, available)
+
+
+def fused_disabled() -> bool:
+    """True when an environment variable switches the fast paths off."""
+    return any(os.environ.get(var, "").strip().lower() in ("1", "true", "yes") for var in DISABLE_ENV_VARS)
+
+
+def backends(op: str) -> list[str]:
+    """Names of the backends registered for ``op``, reference first."""
+    return list(_REGISTRY.get(op, {}))
+
+
+def resolve(op: str, backend: str, device: torch.device) -> Callable:
+    """The implementation of ``op`` to run on ``device`` for the requested ``backend``."""
+    impls = _REGISTRY.get(op)
+    if not impls:
+        raise KeyError(f"no implementation registered for op {op!r}")
+    if backend == "auto":
+        if device.type == "cuda" and not fused_disabled():
+            for name, impl in impls.items():
+                if name != "reference" and impl.available(device):
+                    return impl.fn
+        return impls["reference"].fn
+    if backend not in impls:
+        raise ValueError(f"backend for {op} must be 'auto' or one of {backends(op)}; got {backend!r}")
+    impl = impls[backend]
+    if not impl.available(device):
+        raise ValueError(f"backend {backend!r} for {op} cannot run on device {device}")
+    return impl.fn

@@ -1,0 +1,233 @@
+"""Mamba (selective SSM) mixer with mamba_ssm's parameters, and VideoMamba's bidirectional variant.
+
+Streaming contract: ``init_state(batch)``, ``forward(x, state=None)`` (returns ``(y, next_state)``
+when a state is passed) and ``step(x, state)`` for one token.
+
+``bimamba=True`` adds the backward-direction parameters under VideoMamba's names (``conv1d_b``,
+``x_proj_b``, ``dt_proj_b``, ``A_b_log``, ``D_b``) and computes, as VideoMamba's fused path does,
+``out_proj(y_fwd(x) + flip(y_bwd(flip(x))))`` with each direction gated by its own ``silu(z)`` and no
+division. The backward direction needs the future, so it cannot be streamed exactly: with a state,
+the forward direction continues from it while the backward direction sees only the current chunk
+(from a zero state). A chunk equal to the whole sequence therefore reproduces the offline output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import nn
+
+from .causal_conv import causal_conv1d, causal_conv1d_update
+from .selective_scan import selective_scan, selective_state_update
+from .state import StreamState
+from .validation import check_tensor
+
+
+@dataclasses.dataclass
+class MambaState(StreamState):
+    """State of one :class:`Mamba` mixer.
+
+    Attributes:
+        conv_state: ``(batch, d_inner, d_conv)``, the last ``d_conv`` inputs of the short convolution.
+        ssm_state: ``(batch, d_inner, d_state)``, the scan state of the forward direction.
+    """
+
+    conv_state: torch.Tensor
+    ssm_state: torch.Tensor
+
+
+class Direction(NamedTuple):
+    """The parameters of one scan direction."""
+
+    conv1d: nn.Conv1d
+    x_proj: nn.Linear
+    dt_proj: nn.Linear
+    A_log: nn.Parameter
+    D: nn.Parameter
+
+
+def init_dt_proj(dt_proj: nn.Linear, dt_rank: int, dt_init: str, dt_scale: float,
+                 dt_min: float, dt_max: float, dt_init_floor: float) -> None:
+    """mamba_ssm's dt initialisation: weight U(-s, s) or constant s with ``s = dt_rank**-0.5 * dt_scale``;
+    bias = softplus^-1(dt) for dt log-uniform in ``[dt_min, dt_max]`` floored at ``dt_init_floor``."""
+    std = dt_rank**-0.5 * dt_scale
+    if dt_init == "constant":
+        nn.init.constant_(dt_proj.weight, std)
+    elif dt_init == "random":
+        nn.init.uniform_(dt_proj.weight, -std, std)
+    else:
+        raise ValueError(f"dt_init must be 'random' or 'constant'; got {dt_init!r}")
+    with torch.no_grad():
+        dt_proj.bias.copy_(inverse_softplus(log_uniform_dt(dt_proj.bias.shape[0], dt_min, dt_max, dt_init_floor,
+                                                           dt_proj.bias.device)))
+    dt_proj.bias._no_reinit = True
+
+
+def log_uniform_dt(size: int, dt_min: float, dt_max: float, floor: float, device=None) -> torch.Tensor:
+    """``size`` step sizes log-uniform in ``[dt_min, dt_max]``, clamped below at ``floor``."""
+    u = torch.rand(size, device=device)
+    return torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
+
+
+def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
+    """``x`` with ``softplus(x) = y``, computed stably as ``y + log(-expm1(-y))``."""
+    return y + torch.log(-torch.expm1(-y))
+
+
+class Mamba(nn.Module):
+    """Mamba-1 mixer: ``(batch, L, d_model) -> (batch, L, d_model)``.
+
+    Arguments and parameter names follow ``mamba_ssm.Mamba``; ``use_fast_path=False`` selects the
+    reference ops (the result is the same model either way); ``bimamba`` is VideoMamba's flag.
+    """
+
+    def __init__(
+        self,
+        d_model: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        dt_rank: int | str = "auto",
+        dt_min: float = 0.001,
+        dt_max: float = 0.1,
+        dt_init: str = "random",
+        dt_scale: float = 1.0,
+        dt_init_floor: float = 1e-4,
+        conv_bias: bool = True,
+        bias: bool = False,
+        use_fast_path: bool = True,
+        layer_idx: int | None = None,
+        bimamba: bool = False,
+        device=None,
+        dtype=None,
+    ):
+        factory = {"device": device, "dtype": dtype}
+        super().__init__()
+        self.d_model = d_model
+        self.d_state = d_state
+        self.d_conv = d_conv
+        self.expand = expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.use_fast_path = use_fast_path
+        self.layer_idx = layer_idx
+        self.bimamba = bimamba
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
+        for suffix in ("", "_b") if bimamba else ("",):
+            conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
+                               padding=d_conv - 1, bias=conv_bias, **factory)
+            x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
+            dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+            if suffix == "":
+                # VideoMamba keeps nn.Linear's default initialisation for dt_proj_b.
+                init_dt_proj(dt_proj, self.dt_rank, dt_init, dt_scale, dt_min, dt_max, dt_init_floor)
+            A = repeat(torch.arange(1, d_state + 1, dtype=torch.float32, device=device), "n -> d n", d=self.d_inner)
+            A_log = nn.Parameter(torch.log(A).contiguous())
+            A_log._no_weight_decay = True
+            D = nn.Parameter(torch.ones(self.d_inner, device=device))
+            D._no_weight_decay = True
+            setattr(self, f"conv1d{suffix}", conv1d)
+            setattr(self, f"x_proj{suffix}", x_proj)
+            setattr(self, f"dt_proj{suffix}", dt_proj)
+            setattr(self, "A_log" if suffix == "" else "A_b_log", A_log)
+            setattr(self, f"D{suffix}", D)
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+    @property
+    def backend(self) -> str:
+        return "auto" if self.use_fast_path else "reference"
+
+    def direction(self, backward: bool) -> Direction:
+        if backward:
+            return Direction(self.conv1d_b, self.x_proj_b, self.dt_proj_b, self.A_b_log, self.D_b)
+        return Direction(self.conv1d, self.x_proj, self.dt_proj, self.A_log, self.D)
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> MambaState:
+        """Zero state; ``conv_state`` in ``dtype`` (default: the weights'), ``ssm_state`` at least float32."""
+        device = device or self.in_proj.weight.device
+        dtype = dtype or self.in_proj.weight.dtype
+        return MambaState(
+            conv_state=torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype),
+            ssm_state=torch.zeros(batch_size, self.d_inner, self.d_state, device=device,
+                                  dtype=torch.promote_types(dtype, torch.float32)),
+        )
+
+    def forward(self, hidden_states: torch.Tensor, state: MambaState | None = None):
+        """``hidden_states (batch, L, d_model)`` -> ``(batch, L, d_model)``, plus ``next_state`` when
+        ``state`` is given."""
+        check_tensor("hidden_states", hidden_states, (None, None, self.d_model), layout="(batch, L, d_model)")
+        if state is not None:
+            self._check_state(state, hidden_states.shape[0])
+        xz = rearrange(self.in_proj(hidden_states), "b l d -> b d l")
+        x, z = xz.chunk(2, dim=1)
+        y, next_state = self._scan(x, z, self.direction(backward=False), state)
+        if self.bimamba:
+            y_b, _ = self._scan(x.flip(-1), z.flip(-1), self.direction(backward=True), None)
+            y = y + y_b.flip(-1)
+        out = self.out_proj(rearrange(y, "b d l -> b l d"))
+        return out if state is None else (out, next_state)
+
+    def step(self, hidden_states: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
+        """One token: ``(batch, d_model)`` or ``(batch, 1, d_model)`` -> same shape, and the next state."""
+        squeeze = hidden_states.dim() == 3
+        if squeeze:
+            check_tensor("hidden_states", hidden_states, (None, 1, self.d_model), layout="(batch, 1, d_model)")
+            hidden_states = hidden_states[:, 0]
+        check_tensor("hidden_states", hidden_states, (None, self.d_model), layout="(batch, d_model)")
+        self._check_state(state, hidden_states.shape[0])
+        x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
+        params = self.direction(backward=False)
+        x_conv, conv_state = causal_conv1d_update(
+            x, state.conv_state, rearrange(params.conv1d.weight, "d 1 w -> d w"), params.conv1d.bias, "silu",
+            backend=self.backend,
+        )
+        delta, B, C = self._project(x_conv, params)
+        y, ssm_state = selective_state_update(
+            state.ssm_state, x_conv, delta, -torch.exp(params.A_log.float()), B, C, params.D.float(), z,
+            dt_bias=params.dt_proj.bias.float(), dt_softplus=True, backend=self.backend,
+        )
+        if self.bimamba:  # the backward direction over a one-token chunk
+            y_b, _ = self._scan(x[..., None], z[..., None], self.direction(backward=True), None)
+            y = y + y_b[..., 0]
+        out = self.out_proj(y)
+        return (out[:, None] if squeeze else out), MambaState(conv_state, ssm_state)
+
+    def _project(self, x: torch.Tensor, params: Direction):
+        """``x (..., d_inner)`` -> delta ``(..., d_inner)`` (without bias), B and C ``(..., d_state)``."""
+        dt, B, C = params.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        return F.linear(dt, params.dt_proj.weight), B, C
+
+    def _scan(self, x, z, params: Direction, state: MambaState | None):
+        """Convolution and selective scan of one direction: ``x, z (batch, d_inner, L)``."""
+        conv_weight = rearrange(params.conv1d.weight, "d 1 w -> d w")
+        if state is None:
+            x = causal_conv1d(x, conv_weight, params.conv1d.bias, "silu", backend=self.backend)
+        else:
+            x, conv_state = causal_conv1d(x, conv_weight, params.conv1d.bias, "silu",
+                                          conv_state=state.conv_state, backend=self.backend)
+        delta, B, C = self._project(rearrange(x, "b d l -> b l d"), params)
+        out = selective_scan(
+            x, rearrange(delta, "b l d -> b d l"), -torch.exp(params.A_log.float()),
+            rearrange(B, "b l n -> b n l"), rearrange(C, "b l n -> b n l"), params.D.float(), z,
+            delta_bias=params.dt_proj.bias.float(), delta_softplus=True,
+            initial_state=None if state is None else state.ssm_state,
+            return_final_state=state is not None, backend=self.backend,
+        )
+        if state is None:
+            return out, None
+        y, ssm_state = out
+        return y, MambaState(conv_state, ssm_state.to(state.ssm_state.dtype))
+
+    def _check_state(self, state, batch: int) -> None:
+        if not isinstance(state, MambaState):
+            raise TypeError(f"state must be a MambaState (from init_state); got {type(state).__name__}")
+        check_tensor("state.conv_state", state.conv_state, (batch, self.d_inner, self.d_conv),
+                     layout="(batch, d_inner, d_conv)")
+        check_tensor("state.ssm_state", state.ssm_state, (batch, self.d_inner, self.d_state),
+                     layout="(batch, d_inner, d_state)")
