@@ -8,6 +8,8 @@ available one on CUDA unless ``VIDEOSTATE_DISABLE_FUSED=1`` (or the VideoMamba s
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,8 +48,22 @@ def backends(op: str) -> list[str]:
     return list(_REGISTRY.get(op, {}))
 
 
+def load_fast_backends() -> None:
+    """Import the GPU kernels (they register themselves) when Triton is installed; once."""
+    global _FAST_LOADED
+    if not _FAST_LOADED:
+        _FAST_LOADED = True
+        if importlib.util.find_spec("triton") is not None:
+            importlib.import_module("videostate.ssm.kernels")
+
+
+_FAST_LOADED = False
+
+
 def resolve(op: str, backend: str, device: torch.device) -> Callable:
     """The implementation of ``op`` to run on ``device`` for the requested ``backend``."""
+    if device.type == "cuda" or backend not in ("auto", "reference"):
+        load_fast_backends()
     impls = _REGISTRY.get(op)
     if not impls:
         raise KeyError(f"no implementation registered for op {op!r}")

@@ -74,6 +74,16 @@ def log_uniform_dt(size: int, dt_min: float, dt_max: float, floor: float, device
     return torch.exp(u * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
 
 
+def single_token(hidden_states: torch.Tensor, d_model: int) -> tuple[torch.Tensor, bool]:
+    """Accept one token as ``(batch, d_model)`` or ``(batch, 1, d_model)``; return ``(batch, d_model)``
+    and whether the middle dimension must be restored on output."""
+    if isinstance(hidden_states, torch.Tensor) and hidden_states.dim() == 3:
+        check_tensor("hidden_states", hidden_states, (None, 1, d_model), layout="(batch, 1, d_model)")
+        return hidden_states[:, 0], True
+    check_tensor("hidden_states", hidden_states, (None, d_model), layout="(batch, d_model) or (batch, 1, d_model)")
+    return hidden_states, False
+
+
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
     """``x`` with ``softplus(x) = y``, computed stably as ``y + log(-expm1(-y))``."""
     return y + torch.log(-torch.expm1(-y))
@@ -175,11 +185,7 @@ class Mamba(nn.Module):
 
     def step(self, hidden_states: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         """One token: ``(batch, d_model)`` or ``(batch, 1, d_model)`` -> same shape, and the next state."""
-        squeeze = hidden_states.dim() == 3
-        if squeeze:
-            check_tensor("hidden_states", hidden_states, (None, 1, self.d_model), layout="(batch, 1, d_model)")
-            hidden_states = hidden_states[:, 0]
-        check_tensor("hidden_states", hidden_states, (None, self.d_model), layout="(batch, d_model)")
+        hidden_states, squeeze = single_token(hidden_states, self.d_model)
         self._check_state(state, hidden_states.shape[0])
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
         params = self.direction(backward=False)

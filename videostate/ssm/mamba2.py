@@ -16,7 +16,7 @@ from einops import rearrange
 from torch import nn
 
 from .causal_conv import causal_conv1d, causal_conv1d_update
-from .mamba import inverse_softplus, log_uniform_dt
+from .mamba import inverse_softplus, log_uniform_dt, single_token
 from .norm import RMSNormGated
 from .ssd import ssd_scan, ssd_state_update
 from .state import StreamState
@@ -180,11 +180,7 @@ class Mamba2(nn.Module):
 
     def step(self, hidden_states: torch.Tensor, state: Mamba2State) -> tuple[torch.Tensor, Mamba2State]:
         """One token: ``(batch, d_model)`` or ``(batch, 1, d_model)`` -> same shape, and the next state."""
-        squeeze = hidden_states.dim() == 3
-        if squeeze:
-            check_tensor("hidden_states", hidden_states, (None, 1, self.d_model), layout="(batch, 1, d_model)")
-            hidden_states = hidden_states[:, 0]
-        check_tensor("hidden_states", hidden_states, (None, self.d_model), layout="(batch, d_model)")
+        hidden_states, squeeze = single_token(hidden_states, self.d_model)
         self._check_state(state, hidden_states.shape[0])
         z0, x0, z, xBC, dt = self._split_projection(self.in_proj(hidden_states))
         xBC, conv_state = causal_conv1d_update(
