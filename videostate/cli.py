@@ -19,13 +19,9 @@ def add_demo_command(subparsers) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .demo import format_table, ssm_streaming_demo
+    from .demo import run_demos
 
-    rows = ssm_streaming_demo(length=args.length, dim=args.dim, layers=args.layers, chunk=args.chunk,
-                              batch=args.batch, seed=args.seed, device=args.device)
-    title = (f"Mamba/Mamba-2 stack: {args.layers} layers, width {args.dim}, batch {args.batch}, "
-             f"{args.length} tokens, device {args.device}")
-    print(format_table(title, rows))
+    run_demos(args)
     return 0
 
 

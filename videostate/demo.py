@@ -1,5 +1,7 @@
 """``videostate demo``: run each system offline, in chunks and step by step, and compare.
 
+Each system adds a function returning its rows and a line in :func:`run_demos`.
+
 The state-space core's demo streams a synthetic sequence through a stack of Mamba and Mamba-2
 layers three ways and reports the largest difference from the offline pass and the throughput.
 """
@@ -79,3 +81,12 @@ def format_table(title: str, rows: list[dict]) -> str:
     lines = [title, f"{'mode':<18}{'max |diff| vs offline':>24}{'tokens/s':>14}"]
     lines += [f"{r['mode']:<18}{r['max_abs_diff']:>24.3e}{r['tokens_per_s']:>14,.0f}" for r in rows]
     return "\n".join(lines)
+
+
+def run_demos(args) -> None:
+    """Print every system's demo table (``args`` from ``videostate demo``)."""
+    rows = ssm_streaming_demo(length=args.length, dim=args.dim, layers=args.layers, chunk=args.chunk,
+                              batch=args.batch, seed=args.seed, device=args.device)
+    title = (f"Mamba/Mamba-2 stack: {args.layers} layers, width {args.dim}, batch {args.batch}, "
+             f"{args.length} tokens, device {args.device}")
+    print(format_table(title, rows))
