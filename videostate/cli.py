@@ -7,7 +7,9 @@ from collections.abc import Sequence
 
 
 def add_demo_command(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="run every system offline, in chunks and step by step, and compare")
+    p = subparsers.add_parser(
+        "demo", help="run every system offline, in chunks and step by step, and compare"
+    )
     p.add_argument("--length", type=int, default=1024, help="tokens in the synthetic sequence")
     p.add_argument("--chunk", type=int, default=128, help="tokens per streamed chunk")
     p.add_argument("--dim", type=int, default=128, help="model width")

@@ -37,8 +37,15 @@ def _timed(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[torch.
 
 
 @torch.no_grad()
-def ssm_streaming_demo(length: int = 1024, dim: int = 128, layers: int = 4, chunk: int = 128,
-                       batch: int = 2, seed: int = 0, device: str = "cpu") -> list[dict]:
+def ssm_streaming_demo(
+    length: int = 1024,
+    dim: int = 128,
+    layers: int = 4,
+    chunk: int = 128,
+    batch: int = 2,
+    seed: int = 0,
+    device: str = "cpu",
+) -> list[dict]:
     """Offline vs chunked vs step-by-step through a Mamba / Mamba-2 stack.
 
     Returns one row per mode: ``mode``, ``tokens_per_s`` and ``max_abs_diff`` from the offline output.
@@ -58,7 +65,7 @@ def ssm_streaming_demo(length: int = 1024, dim: int = 128, layers: int = 4, chun
     def chunked():
         state, outs = model.init_state(batch), []
         for start in range(0, length, chunk):
-            out, state = model(x[:, start:start + chunk], state)
+            out, state = model(x[:, start : start + chunk], state)
             outs.append(out)
         return torch.cat(outs, dim=1)
 
@@ -72,8 +79,13 @@ def ssm_streaming_demo(length: int = 1024, dim: int = 128, layers: int = 4, chun
     rows = [{"mode": "offline", "tokens_per_s": tokens / t_offline, "max_abs_diff": 0.0}]
     for mode, fn in ((f"chunks of {chunk}", chunked), ("step by step", stepwise)):
         out, seconds = _timed(fn, dev)
-        rows.append({"mode": mode, "tokens_per_s": tokens / seconds,
-                     "max_abs_diff": (out - offline).abs().max().item()})
+        rows.append(
+            {
+                "mode": mode,
+                "tokens_per_s": tokens / seconds,
+                "max_abs_diff": (out - offline).abs().max().item(),
+            }
+        )
     return rows
 
 
@@ -85,8 +97,17 @@ def format_table(title: str, rows: list[dict]) -> str:
 
 def run_demos(args) -> None:
     """Print every system's demo table (``args`` from ``videostate demo``)."""
-    rows = ssm_streaming_demo(length=args.length, dim=args.dim, layers=args.layers, chunk=args.chunk,
-                              batch=args.batch, seed=args.seed, device=args.device)
-    title = (f"Mamba/Mamba-2 stack: {args.layers} layers, width {args.dim}, batch {args.batch}, "
-             f"{args.length} tokens, device {args.device}")
+    rows = ssm_streaming_demo(
+        length=args.length,
+        dim=args.dim,
+        layers=args.layers,
+        chunk=args.chunk,
+        batch=args.batch,
+        seed=args.seed,
+        device=args.device,
+    )
+    title = (
+        f"Mamba/Mamba-2 stack: {args.layers} layers, width {args.dim}, batch {args.batch}, "
+        f"{args.length} tokens, device {args.device}"
+    )
     print(format_table(title, rows))

@@ -1,11 +1,14 @@
 """Independent plain-loop oracles for the scans, written from the formulas, one step at a time."""
 
+import itertools
+
 import torch
 import torch.nn.functional as F
 
 
-def selective_scan_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                        initial_state=None):
+def selective_scan_loop(
+    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None
+):
     """h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t; y_t = C_t . h_t + D u_t; y *= silu(z)."""
     batch, dim, length = u.shape
     n = A.shape[1]
@@ -34,8 +37,9 @@ def selective_scan_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
     return y, h
 
 
-def ssd_loop(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None,
-             initial_states=None):
+def ssd_loop(
+    x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None, initial_states=None
+):
     """Per head: h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T; y_t = h_t C_t + D x_t; y *= silu(z)."""
     batch, length, heads, headdim = x.shape
     groups, n = B.shape[2:]
@@ -46,7 +50,11 @@ def ssd_loop(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt
     if dt_limit is not None:
         dt = dt.clamp(*dt_limit)
     head_group = torch.arange(heads) // (heads // groups)
-    h = torch.zeros(batch, heads, headdim, n, dtype=x.dtype) if initial_states is None else initial_states.clone()
+    h = (
+        torch.zeros(batch, heads, headdim, n, dtype=x.dtype)
+        if initial_states is None
+        else initial_states.clone()
+    )
     ys = []
     for t in range(length):
         Bt, Ct = B[:, t, head_group], C[:, t, head_group]  # (batch, heads, n)
@@ -70,7 +78,7 @@ def causal_conv_loop(x, weight, bias=None, activation=None, history=None):
     padded = torch.cat([past, x], dim=-1)
     ys = []
     for t in range(length):
-        window = padded[:, :, t + 1: t + 1 + width]
+        window = padded[:, :, t + 1 : t + 1 + width]
         y = (window * weight).sum(-1)
         if bias is not None:
             y = y + bias
@@ -79,3 +87,9 @@ def causal_conv_loop(x, weight, bias=None, activation=None, history=None):
     if activation == "silu":
         y = y * torch.sigmoid(y)
     return y, padded[:, :, -width:]
+
+
+def chunk_bounds(length, cuts):
+    """``(start, end)`` pairs splitting ``range(length)`` at the given cut points."""
+    bounds = sorted({0, length, *(c for c in cuts if 0 < c < length)})
+    return list(itertools.pairwise(bounds))

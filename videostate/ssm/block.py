@@ -29,7 +29,9 @@ class Block(nn.Module):
         residual_in_fp32: keep the residual stream in float32.
     """
 
-    def __init__(self, dim: int, mixer: nn.Module, norm_epsilon: float = 1e-5, residual_in_fp32: bool = False):
+    def __init__(
+        self, dim: int, mixer: nn.Module, norm_epsilon: float = 1e-5, residual_in_fp32: bool = False
+    ):
         super().__init__()
         self.residual_in_fp32 = residual_in_fp32
         self.mixer = mixer
@@ -37,8 +39,9 @@ class Block(nn.Module):
 
     def forward(self, hidden_states, residual=None, state=None):
         """Returns ``(hidden_states, residual)``, plus the mixer's ``next_state`` when ``state`` is given."""
-        hidden_states, residual = self.norm(hidden_states, residual, prenorm=True,
-                                            residual_in_fp32=self.residual_in_fp32)
+        hidden_states, residual = self.norm(
+            hidden_states, residual, prenorm=True, residual_in_fp32=self.residual_in_fp32
+        )
         if state is None:
             return self.mixer(hidden_states), residual
         hidden_states, next_state = self.mixer(hidden_states, state=state)
@@ -46,8 +49,9 @@ class Block(nn.Module):
 
     def step(self, hidden_states, residual, state):
         """One token ``(batch, dim)``; returns ``(hidden_states, residual, next_state)``."""
-        hidden_states, residual = self.norm(hidden_states, residual, prenorm=True,
-                                            residual_in_fp32=self.residual_in_fp32)
+        hidden_states, residual = self.norm(
+            hidden_states, residual, prenorm=True, residual_in_fp32=self.residual_in_fp32
+        )
         hidden_states, next_state = self.mixer.step(hidden_states, state)
         return hidden_states, residual, next_state
 
@@ -68,8 +72,15 @@ class MambaStack(nn.Module):
         mamba_cfg, mamba2_cfg: keyword arguments of the two mixers.
     """
 
-    def __init__(self, dim: int, mixers: Sequence[str], mamba_cfg: dict | None = None,
-                 mamba2_cfg: dict | None = None, norm_epsilon: float = 1e-5, residual_in_fp32: bool = True):
+    def __init__(
+        self,
+        dim: int,
+        mixers: Sequence[str],
+        mamba_cfg: dict | None = None,
+        mamba2_cfg: dict | None = None,
+        norm_epsilon: float = 1e-5,
+        residual_in_fp32: bool = True,
+    ):
         super().__init__()
         builders = {
             "mamba": lambda i: Mamba(dim, layer_idx=i, **(mamba_cfg or {})),
@@ -85,7 +96,9 @@ class MambaStack(nn.Module):
         self.norm_f = RMSNorm(dim, eps=norm_epsilon)
 
     def init_state(self, batch_size: int, *, device=None, dtype=None) -> StackState:
-        return StackState([block.mixer.init_state(batch_size, device=device, dtype=dtype) for block in self.layers])
+        return StackState(
+            [block.mixer.init_state(batch_size, device=device, dtype=dtype) for block in self.layers]
+        )
 
     def forward(self, x: torch.Tensor, state: StackState | None = None):
         """``x (batch, L, dim)`` -> ``(batch, L, dim)``, plus ``next_state`` when ``state`` is given."""
@@ -116,4 +129,6 @@ class MambaStack(nn.Module):
             return
         if not isinstance(state, StackState) or len(state.layers) != len(self.layers):
             got = f"{len(state.layers)} layers" if isinstance(state, StackState) else type(state).__name__
-            raise ValueError(f"state must be a StackState with {len(self.layers)} layers (from init_state); got {got}")
+            raise ValueError(
+                f"state must be a StackState with {len(self.layers)} layers (from init_state); got {got}"
+            )

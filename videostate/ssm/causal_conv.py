@@ -60,7 +60,10 @@ def causal_conv1d_update(
     *,
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step: ``x (batch, dim)`` with ``conv_state (batch, dim, width)`` -> ``(y (batch, dim), next_state)``."""
+    """One step of :func:`causal_conv1d`.
+
+    ``x (batch, dim)`` with ``conv_state (batch, dim, width)`` -> ``(y (batch, dim), next_state)``.
+    """
     check_tensor("conv_state", conv_state, (None, None, None), layout="(batch, dim, width)")
     batch, dim, width = conv_state.shape
     check_tensor("x", x, (batch, dim), layout="(batch, dim)")

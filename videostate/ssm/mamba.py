@@ -25,7 +25,7 @@ from torch import nn
 from .causal_conv import causal_conv1d, causal_conv1d_update
 from .selective_scan import selective_scan, selective_state_update
 from .state import StreamState
-from .validation import check_tensor
+from .validation import at_least_float32, check_tensor
 
 
 @dataclasses.dataclass
@@ -51,8 +51,15 @@ class Direction(NamedTuple):
     D: nn.Parameter
 
 
-def init_dt_proj(dt_proj: nn.Linear, dt_rank: int, dt_init: str, dt_scale: float,
-                 dt_min: float, dt_max: float, dt_init_floor: float) -> None:
+def init_dt_proj(
+    dt_proj: nn.Linear,
+    dt_rank: int,
+    dt_init: str,
+    dt_scale: float,
+    dt_min: float,
+    dt_max: float,
+    dt_init_floor: float,
+) -> None:
     """mamba_ssm's dt initialisation: weight U(-s, s) or constant s with ``s = dt_rank**-0.5 * dt_scale``;
     bias = softplus^-1(dt) for dt log-uniform in ``[dt_min, dt_max]`` floored at ``dt_init_floor``."""
     std = dt_rank**-0.5 * dt_scale
@@ -63,8 +70,11 @@ def init_dt_proj(dt_proj: nn.Linear, dt_rank: int, dt_init: str, dt_scale: float
     else:
         raise ValueError(f"dt_init must be 'random' or 'constant'; got {dt_init!r}")
     with torch.no_grad():
-        dt_proj.bias.copy_(inverse_softplus(log_uniform_dt(dt_proj.bias.shape[0], dt_min, dt_max, dt_init_floor,
-                                                           dt_proj.bias.device)))
+        dt_proj.bias.copy_(
+            inverse_softplus(
+                log_uniform_dt(dt_proj.bias.shape[0], dt_min, dt_max, dt_init_floor, dt_proj.bias.device)
+            )
+        )
     dt_proj.bias._no_reinit = True
 
 
@@ -80,7 +90,9 @@ def single_token(hidden_states: torch.Tensor, d_model: int) -> tuple[torch.Tenso
     if isinstance(hidden_states, torch.Tensor) and hidden_states.dim() == 3:
         check_tensor("hidden_states", hidden_states, (None, 1, d_model), layout="(batch, 1, d_model)")
         return hidden_states[:, 0], True
-    check_tensor("hidden_states", hidden_states, (None, d_model), layout="(batch, d_model) or (batch, 1, d_model)")
+    check_tensor(
+        "hidden_states", hidden_states, (None, d_model), layout="(batch, d_model) or (batch, 1, d_model)"
+    )
     return hidden_states, False
 
 
@@ -130,14 +142,23 @@ class Mamba(nn.Module):
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
         for suffix in ("", "_b") if bimamba else ("",):
-            conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
-                               padding=d_conv - 1, bias=conv_bias, **factory)
+            conv1d = nn.Conv1d(
+                self.d_inner,
+                self.d_inner,
+                kernel_size=d_conv,
+                groups=self.d_inner,
+                padding=d_conv - 1,
+                bias=conv_bias,
+                **factory,
+            )
             x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
             dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
             if suffix == "":
                 # VideoMamba keeps nn.Linear's default initialisation for dt_proj_b.
                 init_dt_proj(dt_proj, self.dt_rank, dt_init, dt_scale, dt_min, dt_max, dt_init_floor)
-            A = repeat(torch.arange(1, d_state + 1, dtype=torch.float32, device=device), "n -> d n", d=self.d_inner)
+            A = repeat(
+                torch.arange(1, d_state + 1, dtype=torch.float32, device=device), "n -> d n", d=self.d_inner
+            )
             A_log = nn.Parameter(torch.log(A).contiguous())
             A_log._no_weight_decay = True
             D = nn.Parameter(torch.ones(self.d_inner, device=device))
@@ -164,8 +185,13 @@ class Mamba(nn.Module):
         dtype = dtype or self.in_proj.weight.dtype
         return MambaState(
             conv_state=torch.zeros(batch_size, self.d_inner, self.d_conv, device=device, dtype=dtype),
-            ssm_state=torch.zeros(batch_size, self.d_inner, self.d_state, device=device,
-                                  dtype=torch.promote_types(dtype, torch.float32)),
+            ssm_state=torch.zeros(
+                batch_size,
+                self.d_inner,
+                self.d_state,
+                device=device,
+                dtype=torch.promote_types(dtype, torch.float32),
+            ),
         )
 
     def forward(self, hidden_states: torch.Tensor, state: MambaState | None = None):
@@ -190,13 +216,27 @@ class Mamba(nn.Module):
         x, z = self.in_proj(hidden_states).chunk(2, dim=-1)
         params = self.direction(backward=False)
         x_conv, conv_state = causal_conv1d_update(
-            x, state.conv_state, rearrange(params.conv1d.weight, "d 1 w -> d w"), params.conv1d.bias, "silu",
+            x,
+            state.conv_state,
+            rearrange(params.conv1d.weight, "d 1 w -> d w"),
+            params.conv1d.bias,
+            "silu",
             backend=self.backend,
         )
         delta, B, C = self._project(x_conv, params)
+        A, D, dt_bias = self._scan_params(params)
         y, ssm_state = selective_state_update(
-            state.ssm_state, x_conv, delta, -torch.exp(params.A_log.float()), B, C, params.D.float(), z,
-            dt_bias=params.dt_proj.bias.float(), dt_softplus=True, backend=self.backend,
+            state.ssm_state,
+            x_conv,
+            delta,
+            A,
+            B,
+            C,
+            D,
+            z,
+            dt_bias=dt_bias,
+            dt_softplus=True,
+            backend=self.backend,
         )
         if self.bimamba:  # the backward direction over a one-token chunk
             y_b, _ = self._scan(x[..., None], z[..., None], self.direction(backward=True), None)
@@ -209,21 +249,39 @@ class Mamba(nn.Module):
         dt, B, C = params.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         return F.linear(dt, params.dt_proj.weight), B, C
 
+    @staticmethod
+    def _scan_params(params: Direction):
+        """``A = -exp(A_log)``, ``D`` and the dt bias, in float32 (float64 in a float64 model)."""
+        return (
+            -torch.exp(at_least_float32(params.A_log)),
+            at_least_float32(params.D),
+            at_least_float32(params.dt_proj.bias),
+        )
+
     def _scan(self, x, z, params: Direction, state: MambaState | None):
         """Convolution and selective scan of one direction: ``x, z (batch, d_inner, L)``."""
         conv_weight = rearrange(params.conv1d.weight, "d 1 w -> d w")
         if state is None:
             x = causal_conv1d(x, conv_weight, params.conv1d.bias, "silu", backend=self.backend)
         else:
-            x, conv_state = causal_conv1d(x, conv_weight, params.conv1d.bias, "silu",
-                                          conv_state=state.conv_state, backend=self.backend)
+            x, conv_state = causal_conv1d(
+                x, conv_weight, params.conv1d.bias, "silu", conv_state=state.conv_state, backend=self.backend
+            )
         delta, B, C = self._project(rearrange(x, "b d l -> b l d"), params)
+        A, D, dt_bias = self._scan_params(params)
         out = selective_scan(
-            x, rearrange(delta, "b l d -> b d l"), -torch.exp(params.A_log.float()),
-            rearrange(B, "b l n -> b n l"), rearrange(C, "b l n -> b n l"), params.D.float(), z,
-            delta_bias=params.dt_proj.bias.float(), delta_softplus=True,
+            x,
+            rearrange(delta, "b l d -> b d l"),
+            A,
+            rearrange(B, "b l n -> b n l"),
+            rearrange(C, "b l n -> b n l"),
+            D,
+            z,
+            delta_bias=dt_bias,
+            delta_softplus=True,
             initial_state=None if state is None else state.ssm_state,
-            return_final_state=state is not None, backend=self.backend,
+            return_final_state=state is not None,
+            backend=self.backend,
         )
         if state is None:
             return out, None
@@ -233,7 +291,15 @@ class Mamba(nn.Module):
     def _check_state(self, state, batch: int) -> None:
         if not isinstance(state, MambaState):
             raise TypeError(f"state must be a MambaState (from init_state); got {type(state).__name__}")
-        check_tensor("state.conv_state", state.conv_state, (batch, self.d_inner, self.d_conv),
-                     layout="(batch, d_inner, d_conv)")
-        check_tensor("state.ssm_state", state.ssm_state, (batch, self.d_inner, self.d_state),
-                     layout="(batch, d_inner, d_state)")
+        check_tensor(
+            "state.conv_state",
+            state.conv_state,
+            (batch, self.d_inner, self.d_conv),
+            layout="(batch, d_inner, d_conv)",
+        )
+        check_tensor(
+            "state.ssm_state",
+            state.ssm_state,
+            (batch, self.d_inner, self.d_state),
+            layout="(batch, d_inner, d_state)",
+        )

@@ -20,7 +20,7 @@ from .mamba import inverse_softplus, log_uniform_dt, single_token
 from .norm import RMSNormGated
 from .ssd import ssd_scan, ssd_state_update
 from .state import StreamState
-from .validation import check_tensor
+from .validation import at_least_float32, check_tensor
 
 
 @dataclasses.dataclass
@@ -95,8 +95,15 @@ class Mamba2(nn.Module):
 
         d_in_proj = 2 * self.d_inner + 2 * ngroups * d_state + self.nheads
         self.in_proj = nn.Linear(d_model, d_in_proj, bias=bias, **factory)
-        self.conv1d = nn.Conv1d(self.conv_dim, self.conv_dim, kernel_size=d_conv, groups=self.conv_dim,
-                                padding=d_conv - 1, bias=conv_bias, **factory)
+        self.conv1d = nn.Conv1d(
+            self.conv_dim,
+            self.conv_dim,
+            kernel_size=d_conv,
+            groups=self.conv_dim,
+            padding=d_conv - 1,
+            bias=conv_bias,
+            **factory,
+        )
         if conv_init is not None:
             nn.init.uniform_(self.conv1d.weight, -conv_init, conv_init)
         dt = log_uniform_dt(self.nheads, dt_min, dt_max, dt_init_floor, device)
@@ -111,8 +118,13 @@ class Mamba2(nn.Module):
         self.D = nn.Parameter(torch.ones(self.d_ssm if D_has_hdim else self.nheads, device=device))
         self.D._no_weight_decay = True
         if rmsnorm:
-            self.norm = RMSNormGated(self.d_ssm, eps=1e-5, norm_before_gate=norm_before_gate,
-                                     group_size=self.d_ssm // ngroups, **factory)
+            self.norm = RMSNormGated(
+                self.d_ssm,
+                eps=1e-5,
+                norm_before_gate=norm_before_gate,
+                group_size=self.d_ssm // ngroups,
+                **factory,
+            )
         self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
 
     @property
@@ -125,17 +137,26 @@ class Mamba2(nn.Module):
         dtype = dtype or self.in_proj.weight.dtype
         return Mamba2State(
             conv_state=torch.zeros(batch_size, self.conv_dim, self.d_conv, device=device, dtype=dtype),
-            ssm_state=torch.zeros(batch_size, self.nheads, self.headdim, self.d_state, device=device,
-                                  dtype=torch.promote_types(dtype, torch.float32)),
+            ssm_state=torch.zeros(
+                batch_size,
+                self.nheads,
+                self.headdim,
+                self.d_state,
+                device=device,
+                dtype=torch.promote_types(dtype, torch.float32),
+            ),
         )
 
     def _split_projection(self, zxbcdt: torch.Tensor):
-        """``(..., d_in_proj)`` -> z0, x0 ``(..., d_mlp)``, z ``(..., d_ssm)``, xBC ``(..., conv_dim)``, dt."""
+        """``(..., d_in_proj)`` -> z0, x0 ``(..., d_mlp)``, z ``(..., d_ssm)``, xBC ``(..., conv_dim)``,
+        dt ``(..., nheads)``."""
         return zxbcdt.split([self.d_mlp, self.d_mlp, self.d_ssm, self.conv_dim, self.nheads], dim=-1)
 
     def _ssm_params(self):
-        D = rearrange(self.D.float(), "(h p) -> h p", p=self.headdim) if self.D_has_hdim else self.D.float()
-        return -torch.exp(self.A_log.float()), D
+        D = at_least_float32(self.D)
+        if self.D_has_hdim:
+            D = rearrange(D, "(h p) -> h p", p=self.headdim)
+        return -torch.exp(at_least_float32(self.A_log)), D
 
     def _output(self, y, z, z0, x0):
         """Gate (or gated norm), gated-MLP channels, output projection; ``y, z (..., d_ssm)``."""
@@ -157,20 +178,28 @@ class Mamba2(nn.Module):
         if state is None:
             xBC = causal_conv1d(xBC, conv_weight, self.conv1d.bias, "silu", backend=self.backend)
         else:
-            xBC, conv_state = causal_conv1d(xBC, conv_weight, self.conv1d.bias, "silu",
-                                            conv_state=state.conv_state, backend=self.backend)
+            xBC, conv_state = causal_conv1d(
+                xBC, conv_weight, self.conv1d.bias, "silu", conv_state=state.conv_state, backend=self.backend
+            )
         x, B, C = rearrange(xBC, "b c l -> b l c").split(
-            [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+            [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1
+        )
         A, D = self._ssm_params()
         out = ssd_scan(
-            rearrange(x, "b l (h p) -> b l h p", p=self.headdim), dt, A,
+            rearrange(x, "b l (h p) -> b l h p", p=self.headdim),
+            dt,
+            A,
             rearrange(B, "b l (g n) -> b l g n", g=self.ngroups),
             rearrange(C, "b l (g n) -> b l g n", g=self.ngroups),
-            chunk_size=self.chunk_size, D=D,
+            chunk_size=self.chunk_size,
+            D=D,
             z=None if self.rmsnorm else rearrange(z, "b l (h p) -> b l h p", p=self.headdim),
-            dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.dt_limit,
+            dt_bias=self.dt_bias,
+            dt_softplus=True,
+            dt_limit=self.dt_limit,
             initial_states=None if state is None else state.ssm_state,
-            return_final_states=state is not None, backend=self.backend,
+            return_final_states=state is not None,
+            backend=self.backend,
         )
         y, ssm_state = (out, None) if state is None else out
         out = self._output(rearrange(y, "b l h p -> b l (h p)"), z, z0, x0)
@@ -184,16 +213,28 @@ class Mamba2(nn.Module):
         self._check_state(state, hidden_states.shape[0])
         z0, x0, z, xBC, dt = self._split_projection(self.in_proj(hidden_states))
         xBC, conv_state = causal_conv1d_update(
-            xBC, state.conv_state, rearrange(self.conv1d.weight, "d 1 w -> d w"), self.conv1d.bias, "silu",
+            xBC,
+            state.conv_state,
+            rearrange(self.conv1d.weight, "d 1 w -> d w"),
+            self.conv1d.bias,
+            "silu",
             backend=self.backend,
         )
         x, B, C = xBC.split([self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
         A, D = self._ssm_params()
         y, ssm_state = ssd_state_update(
-            state.ssm_state, rearrange(x, "b (h p) -> b h p", p=self.headdim), dt, A,
-            rearrange(B, "b (g n) -> b g n", g=self.ngroups), rearrange(C, "b (g n) -> b g n", g=self.ngroups),
-            D=D, z=None if self.rmsnorm else rearrange(z, "b (h p) -> b h p", p=self.headdim),
-            dt_bias=self.dt_bias, dt_softplus=True, dt_limit=self.dt_limit, backend=self.backend,
+            state.ssm_state,
+            rearrange(x, "b (h p) -> b h p", p=self.headdim),
+            dt,
+            A,
+            rearrange(B, "b (g n) -> b g n", g=self.ngroups),
+            rearrange(C, "b (g n) -> b g n", g=self.ngroups),
+            D=D,
+            z=None if self.rmsnorm else rearrange(z, "b (h p) -> b h p", p=self.headdim),
+            dt_bias=self.dt_bias,
+            dt_softplus=True,
+            dt_limit=self.dt_limit,
+            backend=self.backend,
         )
         out = self._output(rearrange(y, "b h p -> b (h p)"), z, z0, x0)
         return (out[:, None] if squeeze else out), Mamba2State(conv_state, ssm_state)
@@ -201,7 +242,15 @@ class Mamba2(nn.Module):
     def _check_state(self, state, batch: int) -> None:
         if not isinstance(state, Mamba2State):
             raise TypeError(f"state must be a Mamba2State (from init_state); got {type(state).__name__}")
-        check_tensor("state.conv_state", state.conv_state, (batch, self.conv_dim, self.d_conv),
-                     layout="(batch, conv_dim, d_conv)")
-        check_tensor("state.ssm_state", state.ssm_state, (batch, self.nheads, self.headdim, self.d_state),
-                     layout="(batch, nheads, headdim, d_state)")
+        check_tensor(
+            "state.conv_state",
+            state.conv_state,
+            (batch, self.conv_dim, self.d_conv),
+            layout="(batch, conv_dim, d_conv)",
+        )
+        check_tensor(
+            "state.ssm_state",
+            state.ssm_state,
+            (batch, self.nheads, self.headdim, self.d_state),
+            layout="(batch, nheads, headdim, d_state)",
+        )

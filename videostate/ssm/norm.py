@@ -121,8 +121,15 @@ class RMSNorm(nn.Module):
 class RMSNormGated(nn.Module):
     """Gated RMSNorm with mamba_ssm's parameter (``weight``) and defaults."""
 
-    def __init__(self, hidden_size: int, eps: float = 1e-5, group_size: int | None = None,
-                 norm_before_gate: bool = True, device=None, dtype=None):
+    def __init__(
+        self,
+        hidden_size: int,
+        eps: float = 1e-5,
+        group_size: int | None = None,
+        norm_before_gate: bool = True,
+        device=None,
+        dtype=None,
+    ):
         super().__init__()
         self.eps = eps
         self.group_size = group_size
@@ -133,5 +140,7 @@ class RMSNormGated(nn.Module):
         return rms_norm_gated(x, self.weight, z, self.eps, self.group_size, self.norm_before_gate)
 
     def extra_repr(self) -> str:
-        return (f"{self.weight.shape[0]}, eps={self.eps}, group_size={self.group_size}, "
-                f"norm_before_gate={self.norm_before_gate}")
+        return (
+            f"{self.weight.shape[0]}, eps={self.eps}, group_size={self.group_size}, "
+            f"norm_before_gate={self.norm_before_gate}"
+        )

@@ -67,8 +67,17 @@ def selective_scan(
     check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
     fn = resolve("selective_scan", backend, u.device)
     return fn(
-        u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
-        initial_state=initial_state, return_final_state=return_final_state,
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D=D,
+        z=z,
+        delta_bias=delta_bias,
+        delta_softplus=delta_softplus,
+        initial_state=initial_state,
+        return_final_state=return_final_state,
     )
 
 
@@ -103,8 +112,9 @@ def selective_state_update(
     check_tensor("A", A, (dim, n), layout="(dim, N)")
     _check_grouped("B", B, batch, dim, n, None)
     _check_grouped("C", C, batch, dim, n, None)
-    _check_optional(D=(D, (dim,), "(dim,)"), z=(z, (batch, dim), "(batch, dim)"),
-                    dt_bias=(dt_bias, (dim,), "(dim,)"))
+    _check_optional(
+        D=(D, (dim,), "(dim,)"), z=(z, (batch, dim), "(batch, dim)"), dt_bias=(dt_bias, (dim,), "(dim,)")
+    )
     check_same_device(state=state, x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias)
     fn = resolve("selective_state_update", backend, x.device)
     return fn(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
@@ -121,15 +131,18 @@ def check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_sta
     _check_grouped("B", B, batch, dim, n, length)
     _check_grouped("C", C, batch, dim, n, length)
     if B.shape[:-2] != C.shape[:-2]:
-        raise ValueError(f"B and C must have the same grouping; got B {tuple(B.shape)} and C {tuple(C.shape)}")
+        raise ValueError(
+            f"B and C must have the same grouping; got B {tuple(B.shape)} and C {tuple(C.shape)}"
+        )
     _check_optional(
         D=(D, (dim,), "(dim,)"),
         z=(z, (batch, dim, length), "(batch, dim, L)"),
         delta_bias=(delta_bias, (dim,), "(dim,)"),
         initial_state=(initial_state, (batch, dim, n), "(batch, dim, N)"),
     )
-    check_same_device(u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias,
-                      initial_state=initial_state)
+    check_same_device(
+        u=u, delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias, initial_state=initial_state
+    )
 
 
 def _check_grouped(name, t, batch, dim, n, length) -> None:
@@ -176,8 +189,10 @@ def scan_within_chunk(decay: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.
     offset = 1
     while offset < length:
         inputs = torch.cat(
-            [inputs[..., :offset, :],
-             torch.addcmul(inputs[..., offset:, :], decay[..., offset:, :], inputs[..., :-offset, :])],
+            [
+                inputs[..., :offset, :],
+                torch.addcmul(inputs[..., offset:, :], decay[..., offset:, :], inputs[..., :-offset, :]),
+            ],
             dim=-2,
         )
         decay = torch.cat([decay[..., :offset, :], decay[..., offset:, :] * decay[..., :-offset, :]], dim=-2)
@@ -186,8 +201,18 @@ def scan_within_chunk(decay: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.
 
 
 def selective_scan_reference(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-    initial_state=None, return_final_state=False, chunk_size: int | None = None,
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    initial_state=None,
+    return_final_state=False,
+    chunk_size: int | None = None,
 ):
     """Plain-PyTorch chunked selective scan (see :func:`selective_scan`); ``chunk_size`` sets ``T``."""
     batch, dim, length = u.shape
@@ -247,7 +272,9 @@ def selective_state_update_reference(state, x, dt, A, B, C, D=None, z=None, dt_b
     x_c = x.to(dtype)
     B_g = (B if B.dim() == 3 else B[:, None]).to(dtype)[:, :, None, :]  # (b, g, 1, n)
     C_g = (C if C.dim() == 3 else C[:, None]).to(dtype)[:, :, None, :]
-    decay = torch.exp(rearrange(dt, "b (g c) -> b g c 1", g=groups) * rearrange(A.to(dtype), "(g c) n -> g c n", g=groups))
+    decay = torch.exp(
+        rearrange(dt, "b (g c) -> b g c 1", g=groups) * rearrange(A.to(dtype), "(g c) n -> g c n", g=groups)
+    )
     next_state = rearrange(state.to(dtype), "b (g c) n -> b g c n", g=groups) * decay + (
         rearrange(dt * x_c, "b (g c) -> b g c 1", g=groups) * B_g
     )

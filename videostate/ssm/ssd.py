@@ -83,8 +83,19 @@ def ssd_scan(
     check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states)
     fn = resolve("ssd_scan", backend, x.device)
     return fn(
-        x, dt, A, B, C, chunk_size=chunk_size, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus,
-        dt_limit=dt_limit, initial_states=initial_states, return_final_states=return_final_states,
+        x,
+        dt,
+        A,
+        B,
+        C,
+        chunk_size=chunk_size,
+        D=D,
+        z=z,
+        dt_bias=dt_bias,
+        dt_softplus=dt_softplus,
+        dt_limit=dt_limit,
+        initial_states=initial_states,
+        return_final_states=return_final_states,
     )
 
 
@@ -134,8 +145,10 @@ def ssd_state_update(
 
 def _check_D(D, heads, headdim) -> None:
     if D is not None and tuple(D.shape) not in ((heads,), (heads, headdim)):
-        raise ValueError(f"D must have shape (heads,)=({heads},) or (heads, headdim)=({heads}, {headdim}); "
-                         f"got {tuple(D.shape)}")
+        raise ValueError(
+            f"D must have shape (heads,)=({heads},) or (heads, headdim)=({heads}, {headdim}); "
+            f"got {tuple(D.shape)}"
+        )
 
 
 def discretize_dt(dt, dt_bias, dt_softplus, dt_limit, dtype) -> torch.Tensor:
@@ -173,8 +186,19 @@ def _skip(y, x, D):
 
 
 def ssd_scan_reference(
-    x, dt, A, B, C, chunk_size=64, D=None, z=None, dt_bias=None, dt_softplus=False,
-    dt_limit=NO_LIMIT, initial_states=None, return_final_states=False,
+    x,
+    dt,
+    A,
+    B,
+    C,
+    chunk_size=64,
+    D=None,
+    z=None,
+    dt_bias=None,
+    dt_softplus=False,
+    dt_limit=NO_LIMIT,
+    initial_states=None,
+    return_final_states=False,
 ):
     """Plain-PyTorch chunked SSD (see :func:`ssd_scan`)."""
     batch, length, heads, headdim = x.shape
@@ -197,7 +221,9 @@ def ssd_scan_reference(
         log_decay = rearrange(dt_t * A_c, "b t h -> b h t")
         decay_within = torch.exp(segment_sums(log_decay))  # (b, h, i, j): decay from step j to step i
         decay_from_start = torch.exp(torch.cumsum(log_decay, dim=-1))  # (b, h, t)
-        weights = torch.einsum("bihn,bjhn->bhij", C_t, B_t) * decay_within * rearrange(dt_t, "b j h -> b h 1 j")
+        weights = (
+            torch.einsum("bihn,bjhn->bhij", C_t, B_t) * decay_within * rearrange(dt_t, "b j h -> b h 1 j")
+        )
         y_chunk = torch.einsum("bhij,bjhp->bihp", weights, x_t)
         y_chunk = y_chunk + torch.einsum("bihn,bhpn,bhi->bihp", C_t, state, decay_from_start)
         decay_to_end = decay_within[:, :, -1, :] * rearrange(dt_t, "b t h -> b h t")  # (b, h, j)
@@ -216,7 +242,17 @@ def ssd_scan_reference(
 
 
 def ssd_state_update_reference(
-    state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=NO_LIMIT,
+    state,
+    x,
+    dt,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    dt_bias=None,
+    dt_softplus=False,
+    dt_limit=NO_LIMIT,
 ):
     """Plain-PyTorch one-step SSD update (see :func:`ssd_state_update`)."""
     heads, groups = state.shape[1], B.shape[1]

@@ -29,7 +29,9 @@ class StreamState:
                 return [apply(v) for v in value]
             return value
 
-        return dataclasses.replace(self, **{f.name: apply(getattr(self, f.name)) for f in dataclasses.fields(self)})
+        return dataclasses.replace(
+            self, **{f.name: apply(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        )
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor, keyed by its dotted path (``"layers.3.ssm_state"``)."""
@@ -69,16 +71,20 @@ class StreamState:
     def index_select(self: S, batch_idx: torch.Tensor) -> S:
         """Keep (and reorder) the streams ``batch_idx``: a long tensor of batch positions."""
         if batch_idx.dtype != torch.long or batch_idx.dim() != 1:
-            raise TypeError(f"batch_idx must be a 1-D long tensor; got dtype {batch_idx.dtype}, "
-                            f"shape {tuple(batch_idx.shape)}")
+            raise TypeError(
+                f"batch_idx must be a 1-D long tensor; got dtype {batch_idx.dtype}, "
+                f"shape {tuple(batch_idx.shape)}"
+            )
         return self._map(lambda t: t.index_select(0, batch_idx.to(t.device)))
 
     def reset(self: S, batch_mask: torch.Tensor) -> S:
         """Zero the streams where ``batch_mask (batch,)`` is True (a new video starts there)."""
         batch = self.batch_size
         if batch_mask.dtype != torch.bool or tuple(batch_mask.shape) != (batch,):
-            raise ValueError(f"batch_mask must be a bool tensor of shape (batch,)=({batch},); "
-                             f"got dtype {batch_mask.dtype}, shape {tuple(batch_mask.shape)}")
+            raise ValueError(
+                f"batch_mask must be a bool tensor of shape (batch,)=({batch},); "
+                f"got dtype {batch_mask.dtype}, shape {tuple(batch_mask.shape)}"
+            )
 
         def zero_rows(t):
             mask = batch_mask.to(t.device).view(-1, *([1] * (t.dim() - 1)))
@@ -96,12 +102,15 @@ class StreamState:
         missing = sorted(set(current) - set(state_dict))
         unexpected = sorted(set(state_dict) - set(current))
         if missing or unexpected:
-            raise KeyError(f"state_dict does not match {type(self).__name__}: missing keys {missing}, "
-                           f"unexpected keys {unexpected}")
+            raise KeyError(
+                f"state_dict does not match {type(self).__name__}: missing keys {missing}, "
+                f"unexpected keys {unexpected}"
+            )
         for name, tensor in current.items():
             if state_dict[name].shape != tensor.shape:
-                raise ValueError(f"{name} must have shape {tuple(tensor.shape)}; "
-                                 f"got {tuple(state_dict[name].shape)}")
+                raise ValueError(
+                    f"{name} must have shape {tuple(tensor.shape)}; got {tuple(state_dict[name].shape)}"
+                )
         with torch.no_grad():
             for name, tensor in current.items():
                 tensor.copy_(state_dict[name])

@@ -47,3 +47,8 @@ def check_same_device(**tensors: torch.Tensor | None) -> torch.device:
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The dtype a scan accumulates in: float32 for half inputs, float64 stays float64."""
     return torch.promote_types(dtype, torch.float32)
+
+
+def at_least_float32(tensor: torch.Tensor) -> torch.Tensor:
+    """Parameters kept in float32 by mamba_ssm (A, D, dt bias): float32, or float64 in a float64 model."""
+    return tensor.to(compute_dtype(tensor.dtype))
