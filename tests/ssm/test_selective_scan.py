@@ -8,6 +8,7 @@ from videostate.ssm import selective_scan, selective_state_update
 from videostate.ssm.selective_scan import (
     CHUNK_ELEMENTS,
     default_chunk_size,
+    recur_in_place,
     scan_within_chunk,
     selective_scan_reference,
 )
@@ -40,8 +41,10 @@ def make_inputs(batch=2, dim=6, length=37, n=5, groups=None, dtype=torch.float64
 
 @pytest.mark.parametrize("groups", [None, 1, 2, 3])
 @pytest.mark.parametrize("full", [False, True])
-def test_matches_loop_oracle_float64(groups, full):
+@pytest.mark.parametrize("differentiable", [False, True])
+def test_matches_loop_oracle_float64(groups, full, differentiable):
     inputs = make_inputs(groups=groups, full=full, seed=3)
+    inputs["u"].requires_grad_(differentiable)
     y, last = selective_scan(**inputs, return_final_state=True)
     y_ref, last_ref = selective_scan_loop(**inputs)
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
@@ -49,8 +52,10 @@ def test_matches_loop_oracle_float64(groups, full):
 
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 4, 16, 64])
-def test_internal_chunk_size_does_not_change_result(chunk_size):
+@pytest.mark.parametrize("differentiable", [False, True])
+def test_internal_chunk_size_does_not_change_result(chunk_size, differentiable):
     inputs = make_inputs(length=50, seed=4)
+    inputs["delta"].requires_grad_(differentiable)
     y_ref, last_ref = selective_scan_loop(**inputs)
     y, last = selective_scan_reference(**inputs, return_final_state=True, chunk_size=chunk_size)
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
@@ -59,15 +64,23 @@ def test_internal_chunk_size_does_not_change_result(chunk_size):
 
 def test_within_chunk_scan_is_the_recurrence():
     g = torch.Generator().manual_seed(5)
-    decay = torch.rand(3, 11, 4, generator=g, dtype=torch.float64)
-    inputs = torch.randn(3, 11, 4, generator=g, dtype=torch.float64)
+    decay = torch.rand(11, 3, 4, generator=g, dtype=torch.float64)
+    inputs = torch.randn(11, 3, 4, generator=g, dtype=torch.float64)
+    start = torch.randn(3, 4, generator=g, dtype=torch.float64)
     carry, h = scan_within_chunk(decay, inputs)
-    state, prod = torch.zeros(3, 4, dtype=torch.float64), torch.ones(3, 4, dtype=torch.float64)
+    in_place = recur_in_place(decay, inputs.clone(), start)
+    state, prod, from_start = (
+        torch.zeros(3, 4, dtype=torch.float64),
+        torch.ones(3, 4, dtype=torch.float64),
+        start,
+    )
     for t in range(11):
-        state = decay[:, t] * state + inputs[:, t]
-        prod = prod * decay[:, t]
-        torch.testing.assert_close(h[:, t], state, rtol=1e-12, atol=1e-12)
-        torch.testing.assert_close(carry[:, t], prod, rtol=1e-12, atol=1e-12)
+        state = decay[t] * state + inputs[t]
+        from_start = decay[t] * from_start + inputs[t]
+        prod = prod * decay[t]
+        torch.testing.assert_close(h[t], state, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(carry[t], prod, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(in_place[t], from_start, rtol=1e-12, atol=1e-12)
 
 
 def test_float32_and_half_inputs_accumulate_in_float32():

@@ -10,11 +10,12 @@ Semantics are those of mamba_ssm's ``selective_scan_ref``::
 plus what mamba_ssm's CUDA scan lacks: an ``initial_state`` and the final state, so a sequence can
 be processed in chunks with the state carried between them.
 
-The reference implementation walks the sequence in chunks of ``T`` steps. Inside a chunk the linear
-recurrence is solved in parallel by a doubling (Hillis-Steele) scan whose factors are products of the
-per-step decays ``exp(delta * A)`` only, so no exponential of a large positive sum ever occurs; the
-state is carried from chunk to chunk. Peak memory holds ``(batch, dim, T, N)`` tensors, never
-``(batch, dim, L, N)``.
+The reference implementation walks the sequence in chunks of ``T`` steps, computing each chunk's
+decays ``exp(delta * A)`` and inputs ``delta * B * u`` at once. Inside a chunk the linear recurrence is
+solved in parallel by a doubling (Hillis-Steele) scan when autograd records, and by one fused
+multiply-add per step otherwise; both form only products of the per-step decays, so no exponential
+of a large positive sum ever occurs. The state is carried from chunk to chunk. Peak memory holds
+``(T, batch, dim, N)`` tensors, never ``(batch, dim, L, N)``.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from .validation import check_same_device, check_tensor, compute_dtype
 
 # Elements of one (batch, dim, T, N) chunk tensor the reference aims for: large enough to amortise
 # per-op overhead, small enough to stay in cache (measured in benchmarks/ssm_scan.py).
-CHUNK_ELEMENTS = 1 << 18
+CHUNK_ELEMENTS = 1 << 19
 MIN_CHUNK, MAX_CHUNK = 4, 64
 
 
@@ -173,31 +174,46 @@ def default_chunk_size(batch: int, dim: int, n: int) -> int:
 
 
 def scan_within_chunk(decay: torch.Tensor, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Solve ``h_t = decay_t * h_{t-1} + inputs_t`` from ``h = 0`` along dim -2, in parallel.
+    """Solve ``h_t = decay_t * h_{t-1} + inputs_t`` from ``h = 0`` along dim 0, in parallel.
 
     Hillis-Steele doubling: after the step with offset ``k`` every position holds the recurrence over
-    its last ``2k`` steps. Only products of the given decays are formed.
+    its last ``2k`` steps. Only products of the given decays are formed. Out of place, so autograd
+    can differentiate it.
 
     Args:
-        decay, inputs: ``(..., T, N)``.
+        decay, inputs: ``(T, ...)``.
 
     Returns:
-        ``(cumulative_decay, h)``, both ``(..., T, N)``: ``cumulative_decay_t = prod_{s<=t} decay_s``
+        ``(cumulative_decay, h)``, both ``(T, ...)``: ``cumulative_decay_t = prod_{s<=t} decay_s``
         (the factor that carries a state entering the chunk to step t) and ``h_t``.
     """
-    length = decay.shape[-2]
+    length = decay.shape[0]
     offset = 1
     while offset < length:
         inputs = torch.cat(
-            [
-                inputs[..., :offset, :],
-                torch.addcmul(inputs[..., offset:, :], decay[..., offset:, :], inputs[..., :-offset, :]),
-            ],
-            dim=-2,
+            [inputs[:offset], torch.addcmul(inputs[offset:], decay[offset:], inputs[:-offset])]
         )
-        decay = torch.cat([decay[..., :offset, :], decay[..., offset:, :] * decay[..., :-offset, :]], dim=-2)
+        decay = torch.cat([decay[:offset], decay[offset:] * decay[:-offset]])
         offset *= 2
     return decay, inputs
+
+
+def recur_in_place(decay: torch.Tensor, inputs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    """``h_t = decay_t * h_{t-1} + inputs_t`` along dim 0 from ``h_{-1} = state``, written into ``inputs``.
+
+    One fused multiply-add per step on contiguous ``(...)`` slices: the fastest form on CPU when no
+    gradient is needed (the per-step work is one pass over the state).
+
+    Args:
+        decay, inputs: ``(T, ...)``. state: ``(...)``.
+
+    Returns:
+        ``inputs``, now holding ``h``.
+    """
+    previous = state
+    for t in range(inputs.shape[0]):
+        previous = inputs[t].addcmul_(decay[t], previous)
+    return inputs
 
 
 def selective_scan_reference(
@@ -214,12 +230,18 @@ def selective_scan_reference(
     return_final_state=False,
     chunk_size: int | None = None,
 ):
-    """Plain-PyTorch chunked selective scan (see :func:`selective_scan`); ``chunk_size`` sets ``T``."""
+    """Plain-PyTorch chunked selective scan (see :func:`selective_scan`); ``chunk_size`` sets ``T``.
+
+    When autograd records, each chunk is solved by the parallel :func:`scan_within_chunk`; otherwise
+    by :func:`recur_in_place`. Both give the same values.
+    """
     batch, dim, length = u.shape
     n = A.shape[1]
     dtype = compute_dtype(u.dtype)
     groups = B.shape[1] if B.dim() == 4 else 1
     chunk = chunk_size or default_chunk_size(batch, dim, n)
+    tensors = (u, delta, A, B, C, D, z, delta_bias, initial_state)
+    differentiable = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
     delta = delta.to(dtype)
     if delta_bias is not None:
@@ -227,12 +249,15 @@ def selective_scan_reference(
     if delta_softplus:
         delta = F.softplus(delta)
     u_c = u.to(dtype)
-    # Channels as (group, channel-in-group) so grouped B and C broadcast without copies.
-    delta_g = rearrange(delta, "b (g c) l -> b g c l", g=groups)
-    u_g = rearrange(u_c, "b (g c) l -> b g c l", g=groups)
-    A_g = rearrange(A.to(dtype), "(g c) n -> g c 1 n", g=groups)
+    # Time first, channels as (group, channel-in-group): step slices are contiguous and grouped B
+    # and C broadcast without copies.
+    delta_g = rearrange(delta, "b (g c) l -> l b g c", g=groups)
+    deltau_g = rearrange(delta * u_c, "b (g c) l -> l b g c", g=groups)
+    A_g = rearrange(A.to(dtype), "(g c) n -> g c n", g=groups)
     B_g = B.to(dtype) if B.dim() == 4 else B.to(dtype)[:, None]
     C_g = C.to(dtype) if C.dim() == 4 else C.to(dtype)[:, None]
+    B_g = rearrange(B_g, "b g n l -> l b g 1 n")
+    C_g = rearrange(C_g, "b g n l -> l b g n 1")
     if initial_state is None:
         state = u_c.new_zeros(batch, groups, dim // groups, n)
     else:
@@ -241,15 +266,17 @@ def selective_scan_reference(
     outputs = []
     for start in range(0, length, chunk):
         steps = slice(start, start + chunk)
-        delta_t = delta_g[..., steps]
-        decay = torch.exp(delta_t[..., None] * A_g)  # (b, g, c, T, n)
-        inputs = (delta_t * u_g[..., steps])[..., None] * rearrange(B_g[..., steps], "b g n t -> b g 1 t n")
-        carry, states = scan_within_chunk(decay, inputs)
-        states = torch.addcmul(states, carry, state[..., None, :])
-        outputs.append((states * rearrange(C_g[..., steps], "b g n t -> b g 1 t n")).sum(-1))
-        state = states[..., -1, :]
+        decay = torch.exp(delta_g[steps, ..., None] * A_g)  # (T, b, g, c, n)
+        inputs = deltau_g[steps, ..., None] * B_g[steps]
+        if differentiable:
+            carry, states = scan_within_chunk(decay, inputs)
+            states = torch.addcmul(states, carry, state)
+        else:
+            states = recur_in_place(decay, inputs, state)
+        outputs.append(torch.matmul(states, C_g[steps])[..., 0])  # (T, b, g, c)
+        state = states[-1]
 
-    y = rearrange(torch.cat(outputs, dim=-1), "b g c l -> b (g c) l")
+    y = rearrange(torch.cat(outputs), "l b g c -> b (g c) l")
     if D is not None:
         y = y + D.to(dtype)[:, None] * u_c
     if z is not None:

@@ -1,0 +1,143 @@
+"""Helpers shared by the benchmark scripts: environment record, timing, peak memory, JSON output."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+import weakref
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def describe_device(device: torch.device) -> dict:
+    """Device, library versions, date and the command line, for the result file."""
+    info = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": "python "
+        + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device_type": device.type,
+    }
+    if device.type == "cuda":
+        info["device"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    else:
+        info["device"] = _cpu_name()
+        info["threads"] = torch.get_num_threads()
+    return info
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class TensorMemoryTracker(TorchDispatchMode):
+    """Peak bytes of tensor storage allocated by the ops run inside the mode and still referenced.
+
+    Counts storages, so views share their base's bytes; storages created before the mode (the
+    inputs) are never counted. Exact for tensor memory on any device; allocator slack is not included.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.external: set[int] = set()
+        self.live: dict[int, list[int]] = {}  # data_ptr -> [nbytes, python references]
+        self.current = 0
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not self.live and not self.external:
+            self.external = {
+                t.untyped_storage().data_ptr() for t in tree_leaves((args, kwargs)) if _is_tensor(t)
+            }
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(out):
+            if _is_tensor(tensor):
+                self._track(tensor)
+        return out
+
+    def _track(self, tensor: torch.Tensor) -> None:
+        storage = tensor.untyped_storage()
+        key = storage.data_ptr()
+        if key in self.external or storage.nbytes() == 0:
+            return
+        if key in self.live:
+            self.live[key][1] += 1
+        else:
+            self.live[key] = [storage.nbytes(), 1]
+            self.current += storage.nbytes()
+            self.peak = max(self.peak, self.current)
+        weakref.finalize(tensor, self._release, key)
+
+    def _release(self, key: int) -> None:
+        entry = self.live.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] == 0:
+            self.current -= entry[0]
+            del self.live[key]
+
+
+def _is_tensor(value) -> bool:
+    return isinstance(value, torch.Tensor)
+
+
+def measure_time(fn: Callable[[], object], device: torch.device, repeats: int = 3) -> float:
+    """Best wall time of ``repeats`` runs, in seconds, after one untimed warm-up run."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure_peak_bytes(fn: Callable[[], object], device: torch.device, inputs: dict) -> int:
+    """Peak bytes the run adds on top of its inputs.
+
+    CUDA: the caching allocator's peak. CPU: :class:`TensorMemoryTracker` (the process resident set is
+    too coarse for this).
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    tracker = TensorMemoryTracker()
+    tracker.external = {t.untyped_storage().data_ptr() for t in inputs.values() if _is_tensor(t)}
+    with tracker:
+        fn()
+    return tracker.peak
+
+
+def write_result(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    return path
