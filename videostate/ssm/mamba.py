@@ -23,7 +23,13 @@ from einops import rearrange, repeat
 from torch import nn
 
 from .causal_conv import causal_conv1d, causal_conv1d_update
-from .selective_scan import selective_scan, selective_state_update
+from .dispatch import register, resolve
+from .selective_scan import (
+    check_selective_scan_inputs,
+    selective_scan,
+    selective_scan_reference,
+    selective_state_update,
+)
 from .state import StreamState
 from .validation import at_least_float32, check_tensor
 
@@ -99,6 +105,101 @@ def single_token(hidden_states: torch.Tensor, d_model: int) -> tuple[torch.Tenso
 def inverse_softplus(y: torch.Tensor) -> torch.Tensor:
     """``x`` with ``softplus(x) = y``, computed stably as ``y + log(-expm1(-y))``."""
     return y + torch.log(-torch.expm1(-y))
+
+
+def selective_scan_bidirectional(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D,
+    z,
+    delta_bias,
+    u_b,
+    delta_b,
+    A_b,
+    B_b,
+    C_b,
+    D_b,
+    delta_bias_b,
+    delta_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
+    return_final_state: bool = False,
+    *,
+    backend: str = "auto",
+):
+    """VideoMamba's two scan directions with one gate: ``y = scan(u, ...) * silu(z) + flip(scan(u_b, ...)
+    * silu(flip(z)))``.
+
+    The forward direction takes the arguments of :func:`videostate.ssm.selective_scan.selective_scan`
+    (``u, delta (batch, dim, L)``, ``A (dim, N)``, ``B, C (batch[, G], N, L)``, ``D, delta_bias
+    (dim,)``, ``initial_state (batch, dim, N)``). The backward direction's ``u_b, delta_b, B_b, C_b``
+    are computed from the time-reversed input and given in that reversed order; it starts from a zero
+    state. ``z (batch, dim, L)`` is in the natural order. Returns ``y`` (and the forward direction's
+    final state with ``return_final_state``).
+    """
+    check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state)
+    check_selective_scan_inputs(u_b, delta_b, A_b, B_b, C_b, D_b, z, delta_bias_b, None)
+    if u_b.shape != u.shape or A_b.shape != A.shape:
+        raise ValueError(
+            f"the backward direction must match the forward one: u {tuple(u.shape)}, A {tuple(A.shape)}; "
+            f"got u_b {tuple(u_b.shape)}, A_b {tuple(A_b.shape)}"
+        )
+    fn = resolve("selective_scan_bidirectional", backend, u.device)
+    return fn(
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D,
+        z,
+        delta_bias,
+        u_b,
+        delta_b,
+        A_b,
+        B_b,
+        C_b,
+        D_b,
+        delta_bias_b,
+        delta_softplus=delta_softplus,
+        initial_state=initial_state,
+        return_final_state=return_final_state,
+    )
+
+
+def selective_scan_bidirectional_reference(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D,
+    z,
+    delta_bias,
+    u_b,
+    delta_b,
+    A_b,
+    B_b,
+    C_b,
+    D_b,
+    delta_bias_b,
+    delta_softplus=False,
+    initial_state=None,
+    return_final_state=False,
+):
+    """Two reference scans, the second over the reversed gate, its output flipped back and added."""
+    out = selective_scan_reference(
+        u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state
+    )
+    y, final_state = out if return_final_state else (out, None)
+    z_b = None if z is None else z.flip(-1)
+    y = y + selective_scan_reference(u_b, delta_b, A_b, B_b, C_b, D_b, z_b, delta_bias_b, delta_softplus).flip(-1)
+    return (y, final_state) if return_final_state else y
+
+
+register("selective_scan_bidirectional", "reference", selective_scan_bidirectional_reference)
 
 
 class Mamba(nn.Module):
@@ -202,10 +303,10 @@ class Mamba(nn.Module):
             self._check_state(state, hidden_states.shape[0])
         xz = rearrange(self.in_proj(hidden_states), "b l d -> b d l")
         x, z = xz.chunk(2, dim=1)
-        y, next_state = self._scan(x, z, self.direction(backward=False), state)
         if self.bimamba:
-            y_b, _ = self._scan(x.flip(-1), z.flip(-1), self.direction(backward=True), None)
-            y = y + y_b.flip(-1)
+            y, next_state = self._bidirectional_scan(x, z, state)
+        else:
+            y, next_state = self._scan(x, z, self.direction(backward=False), state)
         out = self.out_proj(rearrange(y, "b d l -> b l d"))
         return out if state is None else (out, next_state)
 
@@ -258,9 +359,11 @@ class Mamba(nn.Module):
             at_least_float32(params.dt_proj.bias),
         )
 
-    def _scan(self, x, z, params: Direction, state: MambaState | None):
-        """Convolution and selective scan of one direction: ``x, z (batch, d_inner, L)``."""
+    def _scan_inputs(self, x, params: Direction, state: MambaState | None):
+        """Convolution and projections of one direction: ``x (batch, d_inner, L)`` -> ``u, delta
+        (batch, d_inner, L)``, ``B, C (batch, d_state, L)`` and the next conv state (with ``state``)."""
         conv_weight = rearrange(params.conv1d.weight, "d 1 w -> d w")
+        conv_state = None
         if state is None:
             x = causal_conv1d(x, conv_weight, params.conv1d.bias, "silu", backend=self.backend)
         else:
@@ -268,13 +371,24 @@ class Mamba(nn.Module):
                 x, conv_weight, params.conv1d.bias, "silu", conv_state=state.conv_state, backend=self.backend
             )
         delta, B, C = self._project(rearrange(x, "b d l -> b l d"), params)
-        A, D, dt_bias = self._scan_params(params)
-        out = selective_scan(
+        return (
             x,
             rearrange(delta, "b l d -> b d l"),
-            A,
             rearrange(B, "b l n -> b n l"),
             rearrange(C, "b l n -> b n l"),
+            conv_state,
+        )
+
+    def _scan(self, x, z, params: Direction, state: MambaState | None):
+        """Convolution and selective scan of one direction: ``x, z (batch, d_inner, L)``."""
+        u, delta, B, C, conv_state = self._scan_inputs(x, params, state)
+        A, D, dt_bias = self._scan_params(params)
+        out = selective_scan(
+            u,
+            delta,
+            A,
+            B,
+            C,
             D,
             z,
             delta_bias=dt_bias,
@@ -283,6 +397,41 @@ class Mamba(nn.Module):
             return_final_state=state is not None,
             backend=self.backend,
         )
+        return self._with_state(out, conv_state, state)
+
+    def _bidirectional_scan(self, x, z, state: MambaState | None):
+        """Both directions, gated by one ``silu(z)``; the backward one runs over the time-reversed chunk
+        from a zero state (its inputs stay in reversed order: the scan reads them so)."""
+        forward, backward = self.direction(backward=False), self.direction(backward=True)
+        u, delta, B, C, conv_state = self._scan_inputs(x, forward, state)
+        u_b, delta_b, B_b, C_b, _ = self._scan_inputs(x.flip(-1), backward, None)
+        A, D, dt_bias = self._scan_params(forward)
+        A_b, D_b, dt_bias_b = self._scan_params(backward)
+        out = selective_scan_bidirectional(
+            u,
+            delta,
+            A,
+            B,
+            C,
+            D,
+            z,
+            dt_bias,
+            u_b,
+            delta_b,
+            A_b,
+            B_b,
+            C_b,
+            D_b,
+            dt_bias_b,
+            delta_softplus=True,
+            initial_state=None if state is None else state.ssm_state,
+            return_final_state=state is not None,
+            backend=self.backend,
+        )
+        return self._with_state(out, conv_state, state)
+
+    @staticmethod
+    def _with_state(out, conv_state, state: MambaState | None):
         if state is None:
             return out, None
         y, ssm_state = out

@@ -1,0 +1,16 @@
+"""Triton kernels behind :mod:`videostate.ssm`'s dispatch (backend name ``"triton"``).
+
+Importing this package registers every kernel; :func:`videostate.ssm.dispatch.resolve` does so on
+CUDA when Triton is installed. Nothing outside this package imports Triton.
+"""
+
+from __future__ import annotations
+
+from ..dispatch import register
+from .common import cuda_available
+from .selective_scan import selective_scan_bidirectional_triton, selective_scan_triton
+
+BACKEND = "triton"
+
+register("selective_scan", BACKEND, selective_scan_triton, cuda_available)
+register("selective_scan_bidirectional", BACKEND, selective_scan_bidirectional_triton, cuda_available)

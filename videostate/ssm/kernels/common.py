@@ -1,0 +1,44 @@
+"""Helpers shared by the Triton kernels: numerically careful elementwise functions and launch utilities."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+
+
+def cuda_available(device: torch.device) -> bool:
+    """The Triton backend runs on CUDA devices only."""
+    return device.type == "cuda"
+
+
+def any_float64(*tensors: torch.Tensor | None) -> bool:
+    """Float64 inputs keep the reference path: the kernels accumulate in float32."""
+    return any(t is not None and t.dtype == torch.float64 for t in tensors)
+
+
+def next_power_of_2(n: int) -> int:
+    return triton.next_power_of_2(max(1, int(n)))
+
+
+@triton.jit
+def softplus(x):
+    """``log(1 + exp(x))`` without overflow and with full relative precision for very negative ``x``."""
+    e = tl.exp(-tl.abs(x))
+    one_plus = 1.0 + e
+    # Goldberg's log1p: exact to rounding even when 1 + e rounds to 1.
+    log1p = tl.where(one_plus == 1.0, e, tl.log(one_plus) * e / (one_plus - 1.0))
+    return tl.maximum(x, 0.0) + log1p
+
+
+@triton.jit
+def sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def scan_combine(a1, b1, a2, b2):
+    """Compose two steps of ``h -> a * h + b`` (first ``1``, then ``2``)."""
+    return a1 * a2, b1 * a2 + b2

@@ -1,0 +1,249 @@
+"""Triton kernels of the Mamba-1 selective scan: forward and backward over ``(batch, dim, L)``.
+
+One program owns ``BLOCK_D`` channels of one batch element and one group of B/C, and walks the
+sequence in chunks of ``BLOCK_L`` steps. Inside a chunk the recurrence ``h_t = a_t * h_{t-1} + b_t``
+(``a = exp(delta * A)``, ``b = delta * u * B``) is solved by ``tl.associative_scan`` over a
+``(BLOCK_D, N, BLOCK_L)`` tile held in registers; the state ``(BLOCK_D, N)`` is carried between
+chunks in float32. Nothing of size ``L * N`` ever reaches memory.
+
+The backward kernel runs two passes in one program: a forward pass that writes only the state entering
+each chunk (``(batch, dim, L / BLOCK_L, N)``, float32), then a reverse pass over the chunks that
+recomputes the chunk's states from that checkpoint and solves the adjoint recurrence
+``q_t = g_t C_t + exp(delta_{t+1} A) q_{t+1}`` by a reverse scan. The gradients of B and C sum over
+channels and are accumulated with atomic adds in float32; those of A, D and the delta bias are
+written per batch element and summed by the caller.
+
+``REVERSE_OUT`` reads ``z`` and the output gradient and writes the output at ``L - 1 - t``: the
+backward direction of a bidirectional Mamba runs over time-reversed inputs but reads the gate and
+writes its result in the natural order, so no flipped copies are made. ``ACCUMULATE`` adds the value
+already in the output before gating (the two directions share one gate).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .common import LOG2E, scan_combine, sigmoid, softplus
+
+
+@triton.jit
+def _discretize(dt_raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    dt = dt_raw
+    if HAS_BIAS:
+        dt = dt + bias[:, None]
+    if SOFTPLUS:
+        dt = softplus(dt)
+    return dt
+
+
+@triton.jit
+def selective_scan_fwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr,
+    dim, L, cpg,
+    su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sA_d, sA_n,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+    sz_b, sz_d, sz_l, sy_b, sy_d, sy_l,
+    N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1)
+    dl = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = dl < cpg
+    d = g * cpg + dl
+    n = tl.arange(0, BLOCK_N)
+    n_mask = n < N
+    dn_mask = d_mask[:, None] & n_mask[None, :]
+    A2 = tl.load(A_ptr + d[:, None] * sA_d + n[None, :] * sA_n, mask=dn_mask, other=0.0).to(tl.float32) * LOG2E
+    Dv = tl.zeros((BLOCK_D,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_D,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    state_offsets = b * dim * N + d[:, None] * N + n[None, :]
+    h = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
+    if HAS_H0:
+        h = tl.load(h0_ptr + state_offsets, mask=dn_mask, other=0.0)
+
+    u_rows = u_ptr + b * su_b + d[:, None] * su_d
+    dt_rows = dt_ptr + b * sdt_b + d[:, None] * sdt_d
+    B_rows = B_ptr + b * sB_b + g * sB_g + n[:, None] * sB_n
+    C_rows = C_ptr + b * sC_b + g * sC_g + n[:, None] * sC_n
+    z_rows = z_ptr + b * sz_b + d[:, None] * sz_d
+    y_rows = y_ptr + b * sy_b + d[:, None] * sy_d
+    steps = tl.arange(0, BLOCK_L)
+    is_last = (steps == BLOCK_L - 1)[None, None, :]
+    for start in range(0, L, BLOCK_L):
+        t = start + steps
+        t_mask = t < L
+        dl_mask = d_mask[:, None] & t_mask[None, :]
+        nl_mask = n_mask[:, None] & t_mask[None, :]
+        u = tl.load(u_rows + t[None, :] * su_l, mask=dl_mask, other=0.0).to(tl.float32)
+        dt_raw = tl.load(dt_rows + t[None, :] * sdt_l, mask=dl_mask, other=0.0).to(tl.float32)
+        dt = tl.where(dl_mask, _discretize(dt_raw, bias, HAS_BIAS, SOFTPLUS), 0.0)
+        Bt = tl.load(B_rows + t[None, :] * sB_l, mask=nl_mask, other=0.0).to(tl.float32)
+        Ct = tl.load(C_rows + t[None, :] * sC_l, mask=nl_mask, other=0.0).to(tl.float32)
+        decay = tl.exp2(dt[:, None, :] * A2[:, :, None])
+        inputs = (dt * u)[:, None, :] * Bt[None, :, :]
+        carry, states = tl.associative_scan((decay, inputs), 2, scan_combine)
+        states = states + carry * h[:, :, None]
+        y = tl.sum(states * Ct[None, :, :], axis=1) + Dv[:, None] * u
+        h = tl.sum(tl.where(is_last, states, 0.0), axis=2)
+        if REVERSE_OUT:
+            t_out = L - 1 - t
+        else:
+            t_out = t
+        if ACCUMULATE:
+            y += tl.load(y_rows + t_out[None, :] * sy_l, mask=dl_mask, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zt = tl.load(z_rows + t_out[None, :] * sz_l, mask=dl_mask, other=0.0).to(tl.float32)
+            y = y * zt * sigmoid(zt)
+        tl.store(y_rows + t_out[None, :] * sy_l, y.to(y_ptr.dtype.element_ty), mask=dl_mask)
+    if STORE_HT:
+        tl.store(hT_ptr + state_offsets, h, mask=dn_mask)
+
+
+@triton.jit
+def selective_scan_bwd_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, dy_ptr, dhT_ptr, ckpt_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+    dim, L, cpg, G, n_chunks,
+    su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sA_d, sA_n,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+    sz_b, sz_d, sz_l, sdy_b, sdy_d, sdy_l,
+    N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE_DZ: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1)
+    dl = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = dl < cpg
+    d = g * cpg + dl
+    n = tl.arange(0, BLOCK_N)
+    n_mask = n < N
+    dn_mask = d_mask[:, None] & n_mask[None, :]
+    A = tl.load(A_ptr + d[:, None] * sA_d + n[None, :] * sA_n, mask=dn_mask, other=0.0).to(tl.float32)
+    A2 = A * LOG2E
+    Dv = tl.zeros((BLOCK_D,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_D,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    state_offsets = b * dim * N + d[:, None] * N + n[None, :]
+    h = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
+    if HAS_H0:
+        h = tl.load(h0_ptr + state_offsets, mask=dn_mask, other=0.0)
+
+    u_rows = u_ptr + b * su_b + d[:, None] * su_d
+    dt_rows = dt_ptr + b * sdt_b + d[:, None] * sdt_d
+    B_rows = B_ptr + b * sB_b + g * sB_g + n[:, None] * sB_n
+    C_rows = C_ptr + b * sC_b + g * sC_g + n[:, None] * sC_n
+    z_rows = z_ptr + b * sz_b + d[:, None] * sz_d
+    dy_rows = dy_ptr + b * sdy_b + d[:, None] * sdy_d
+    grad_rows = b * dim * L + d[:, None] * L  # du, ddt, dz are contiguous (batch, dim, L)
+    dBC_rows = ((b * G + g) * N + n[:, None]) * L  # dB, dC are contiguous (batch, G, N, L)
+    ckpt_rows = ckpt_ptr + (b * dim + d[:, None]) * n_chunks * BLOCK_N + n[None, :]
+    steps = tl.arange(0, BLOCK_L)
+    is_last = (steps == BLOCK_L - 1)[None, None, :]
+
+    # Pass 1: the state entering every chunk.
+    for c in range(0, n_chunks):
+        tl.store(ckpt_rows + c * BLOCK_N, h, mask=dn_mask)
+        t = c * BLOCK_L + steps
+        t_mask = t < L
+        dl_mask = d_mask[:, None] & t_mask[None, :]
+        u = tl.load(u_rows + t[None, :] * su_l, mask=dl_mask, other=0.0).to(tl.float32)
+        dt_raw = tl.load(dt_rows + t[None, :] * sdt_l, mask=dl_mask, other=0.0).to(tl.float32)
+        dt = tl.where(dl_mask, _discretize(dt_raw, bias, HAS_BIAS, SOFTPLUS), 0.0)
+        Bt = tl.load(B_rows + t[None, :] * sB_l, mask=n_mask[:, None] & t_mask[None, :], other=0.0).to(tl.float32)
+        decay = tl.exp2(dt[:, None, :] * A2[:, :, None])
+        inputs = (dt * u)[:, None, :] * Bt[None, :, :]
+        carry, states = tl.associative_scan((decay, inputs), 2, scan_combine)
+        h = tl.sum(tl.where(is_last, states + carry * h[:, :, None], 0.0), axis=2)
+
+    # Pass 2: chunks in reverse, adjoint state q carried backwards.
+    q = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
+    if HAS_DHT:
+        q = tl.load(dhT_ptr + state_offsets, mask=dn_mask, other=0.0)
+    dA_acc = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
+    dD_acc = tl.zeros((BLOCK_D,), tl.float32)
+    dbias_acc = tl.zeros((BLOCK_D,), tl.float32)
+    is_first = (steps == 0)[None, None, :]
+    for i in range(0, n_chunks):
+        c = n_chunks - 1 - i
+        t = c * BLOCK_L + steps
+        t_mask = t < L
+        dl_mask = d_mask[:, None] & t_mask[None, :]
+        nl_mask = n_mask[:, None] & t_mask[None, :]
+        next_mask = d_mask[:, None] & (t + 1 < L)[None, :]
+        u = tl.load(u_rows + t[None, :] * su_l, mask=dl_mask, other=0.0).to(tl.float32)
+        dt_raw = tl.load(dt_rows + t[None, :] * sdt_l, mask=dl_mask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt_raw = dt_raw + bias[:, None]
+        dt = dt_raw
+        if SOFTPLUS:
+            dt = softplus(dt_raw)
+        dt = tl.where(dl_mask, dt, 0.0)
+        dt_next_raw = tl.load(dt_rows + (t[None, :] + 1) * sdt_l, mask=next_mask, other=0.0).to(tl.float32)
+        dt_next = tl.where(next_mask, _discretize(dt_next_raw, bias, HAS_BIAS, SOFTPLUS), 0.0)
+        Bt = tl.load(B_rows + t[None, :] * sB_l, mask=nl_mask, other=0.0).to(tl.float32)
+        Ct = tl.load(C_rows + t[None, :] * sC_l, mask=nl_mask, other=0.0).to(tl.float32)
+        h_in = tl.load(ckpt_rows + c * BLOCK_N, mask=dn_mask, other=0.0)
+
+        decay = tl.exp2(dt[:, None, :] * A2[:, :, None])
+        dtu = dt * u
+        inputs = dtu[:, None, :] * Bt[None, :, :]
+        carry, states = tl.associative_scan((decay, inputs), 2, scan_combine)
+        states = states + carry * h_in[:, :, None]
+
+        if REVERSE_OUT:
+            t_out = L - 1 - t
+        else:
+            t_out = t
+        dy = tl.load(dy_rows + t_out[None, :] * sdy_l, mask=dl_mask, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zt = tl.load(z_rows + t_out[None, :] * sz_l, mask=dl_mask, other=0.0).to(tl.float32)
+            sig = sigmoid(zt)
+            y_pre = tl.sum(states * Ct[None, :, :], axis=1) + Dv[:, None] * u
+            dz = dy * y_pre * sig * (1.0 + zt * (1.0 - sig))
+            if ACCUMULATE_DZ:
+                dz += tl.load(dz_ptr + grad_rows + t_out[None, :], mask=dl_mask, other=0.0).to(tl.float32)
+            tl.store(dz_ptr + grad_rows + t_out[None, :], dz.to(dz_ptr.dtype.element_ty), mask=dl_mask)
+            gy = dy * zt * sig
+        else:
+            gy = dy
+        dD_acc += tl.sum(gy * u, axis=1)
+        tl.atomic_add(dC_ptr + dBC_rows + t[None, :], tl.sum(gy[:, None, :] * states, axis=0), mask=nl_mask)
+
+        decay_next = tl.exp2(dt_next[:, None, :] * A2[:, :, None])
+        adj_carry, adj = tl.associative_scan(
+            (decay_next, gy[:, None, :] * Ct[None, :, :]), 2, scan_combine, reverse=True
+        )
+        adj = adj + adj_carry * q[:, :, None]
+        q = tl.sum(tl.where(is_first, adj, 0.0), axis=2)
+
+        r = tl.sum(adj * Bt[None, :, :], axis=1)
+        tl.atomic_add(dB_ptr + dBC_rows + t[None, :], tl.sum(adj * dtu[:, None, :], axis=0), mask=nl_mask)
+        adj_prev = adj * (states - inputs)  # q_t * exp(dt_t A) h_{t-1}
+        ddt = u * r + tl.sum(adj_prev * A[:, :, None], axis=1)
+        dA_acc += tl.sum(adj_prev * dt[:, None, :], axis=2)
+        if SOFTPLUS:
+            ddt = ddt * sigmoid(dt_raw)
+        ddt = tl.where(dl_mask, ddt, 0.0)
+        dbias_acc += tl.sum(ddt, axis=1)
+        du = dt * r + Dv[:, None] * gy
+        tl.store(du_ptr + grad_rows + t[None, :], du.to(du_ptr.dtype.element_ty), mask=dl_mask)
+        tl.store(ddt_ptr + grad_rows + t[None, :], ddt.to(ddt_ptr.dtype.element_ty), mask=dl_mask)
+
+    tl.store(dA_ptr + state_offsets, dA_acc, mask=dn_mask)
+    tl.store(dD_ptr + b * dim + d, dD_acc, mask=d_mask)
+    tl.store(dbias_ptr + b * dim + d, dbias_acc, mask=d_mask)
+    if HAS_H0:
+        dt0_raw = tl.load(dt_rows + 0 * sdt_l, mask=d_mask[:, None], other=0.0).to(tl.float32)
+        dt0 = _discretize(dt0_raw, bias, HAS_BIAS, SOFTPLUS)
+        tl.store(dh0_ptr + state_offsets, q * tl.exp2(dt0 * A2), mask=dn_mask)

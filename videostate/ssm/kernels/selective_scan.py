@@ -1,0 +1,224 @@
+"""Selective scan on the GPU: launchers and autograd functions around :mod:`.scan_kernels`.
+
+Same call signatures as :func:`videostate.ssm.selective_scan.selective_scan_reference`. Float64
+inputs run the reference (the kernels keep their state and sums in float32).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from ..selective_scan import selective_scan_reference
+from .common import any_float64, next_power_of_2
+from .scan_kernels import selective_scan_bwd_kernel, selective_scan_fwd_kernel
+
+# Tile sizes: BLOCK_D channels x BLOCK_L steps per chunk (BLOCK_D shrinks for N > 16 so that a
+# (BLOCK_D, N, BLOCK_L) tile keeps its size). Chosen by benchmarks/ssm_kernels.py on an H100.
+CONFIG = {
+    "forward": {"block_d": 16, "block_l": 32, "num_warps": 4},
+    "backward": {"block_d": 16, "block_l": 16, "num_warps": 4},
+}
+
+
+def _grouped(t: torch.Tensor) -> torch.Tensor:
+    """B or C as ``(batch, G, N, L)`` (a view: ungrouped inputs get G=1)."""
+    return t.unsqueeze(1) if t.dim() == 3 else t
+
+
+def _blocks(cpg: int, n: int, cfg: dict) -> tuple[int, int, int]:
+    block_n = next_power_of_2(n)
+    block_d = max(1, min(cfg["block_d"], next_power_of_2(cpg), cfg["block_d"] * 16 // block_n))
+    return block_n, block_d, cfg["block_l"]
+
+
+def _strides3(t: torch.Tensor | None) -> tuple[int, int, int]:
+    return (0, 0, 0) if t is None else tuple(t.stride())
+
+
+def scan_forward(
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, *, y=None, reverse_out=False, accumulate=False
+):
+    """Launch the forward kernel; returns ``(y, final_state)``.
+
+    With ``y`` given the result is written into it (``accumulate`` adds its current value before the
+    gate); ``reverse_out`` reads ``z`` and writes ``y`` at ``L - 1 - t``.
+    """
+    batch, dim, length = u.shape
+    B4, C4 = _grouped(B), _grouped(C)
+    groups = B4.shape[1]
+    cpg, n = dim // groups, A.shape[1]
+    block_n, block_d, block_l = _blocks(cpg, n, CONFIG["forward"])
+    if y is None:
+        y = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)
+    final_state = torch.empty(batch, dim, n, device=u.device, dtype=torch.float32)
+    h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
+    grid = (batch, groups, triton.cdiv(cpg, block_d))
+    selective_scan_fwd_kernel[grid](
+        u, delta, A, B4, C4,
+        u if D is None else D, u if z is None else z, u if delta_bias is None else delta_bias,
+        final_state if h0 is None else h0, y, final_state,
+        dim, length, cpg,
+        *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides3(z), *y.stride(),
+        N=n, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_L=block_l,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+        HAS_H0=h0 is not None, STORE_HT=True, REVERSE_OUT=reverse_out, ACCUMULATE=accumulate,
+        num_warps=CONFIG["forward"]["num_warps"],
+    )  # fmt: skip
+    return y, final_state
+
+
+def scan_backward(
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, dy, d_final, *,
+    dz=None, accumulate_dz=False, reverse_out=False,
+):  # fmt: skip
+    """Launch the backward kernel; returns the gradients ``(du, ddelta, dA, dB, dC, dD, dz, dbias, dh0)``.
+
+    ``dz`` given: the gate's gradient is written into it, or added to it with ``accumulate_dz`` (the two
+    directions of a bidirectional scan share one gate).
+    dA, dD and dbias are float32 sums over the batch; dB, dC float32 in B's and C's shapes.
+    """
+    batch, dim, length = u.shape
+    B4, C4 = _grouped(B), _grouped(C)
+    groups = B4.shape[1]
+    cpg, n = dim // groups, A.shape[1]
+    block_n, block_d, block_l = _blocks(cpg, n, CONFIG["backward"])
+    n_chunks = triton.cdiv(length, block_l)
+    device, f32 = u.device, torch.float32
+    checkpoints = torch.empty(batch, dim, n_chunks, block_n, device=device, dtype=f32)
+    du = torch.empty(batch, dim, length, device=device, dtype=u.dtype)
+    ddelta = torch.empty(batch, dim, length, device=device, dtype=delta.dtype)
+    if z is not None and dz is None:
+        dz = torch.empty(batch, dim, length, device=device, dtype=z.dtype)
+    dB = torch.zeros(batch, groups, n, length, device=device, dtype=f32)
+    dC = torch.zeros(batch, groups, n, length, device=device, dtype=f32)
+    dA = torch.empty(batch, dim, n, device=device, dtype=f32)
+    dD = torch.empty(batch, dim, device=device, dtype=f32)
+    dbias = torch.empty(batch, dim, device=device, dtype=f32)
+    h0 = None if initial_state is None else initial_state.to(f32).contiguous()
+    dh0 = None if h0 is None else torch.empty_like(h0)
+    d_final = None if d_final is None else d_final.to(f32).contiguous()
+    grid = (batch, groups, triton.cdiv(cpg, block_d))
+    selective_scan_bwd_kernel[grid](
+        u, delta, A, B4, C4,
+        u if D is None else D, u if z is None else z, u if delta_bias is None else delta_bias,
+        dA if h0 is None else h0, dy, dA if d_final is None else d_final, checkpoints,
+        du, ddelta, du if dz is None else dz, dB, dC, dA, dD, dbias, dA if dh0 is None else dh0,
+        dim, length, cpg, groups, n_chunks,
+        *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides3(z), *dy.stride(),
+        N=n, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_L=block_l,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+        HAS_H0=h0 is not None, HAS_DHT=d_final is not None, REVERSE_OUT=reverse_out, ACCUMULATE_DZ=accumulate_dz,
+        num_warps=CONFIG["backward"]["num_warps"],
+    )  # fmt: skip
+    if B.dim() == 3:
+        dB, dC = dB[:, 0], dC[:, 0]
+    return du, ddelta, dA.sum(0), dB, dC, dD.sum(0), dz, dbias.sum(0), dh0
+
+
+def _cast(grad, like):
+    return None if grad is None or like is None else grad.to(like.dtype)
+
+
+class SelectiveScanFunction(torch.autograd.Function):
+    """One-direction selective scan; returns ``(y, final_state)``."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
+        ctx.set_materialize_grads(False)
+        y, final_state = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state)
+        ctx.delta_softplus = delta_softplus
+        return y, final_state
+
+    @staticmethod
+    def backward(ctx, dy, d_final):
+        u, delta, A, B, C, D, z, delta_bias, initial_state = ctx.saved_tensors
+        if dy is None:
+            dy = torch.zeros_like(u)
+        du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = scan_backward(
+            u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, initial_state, dy, d_final
+        )
+        return (
+            du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), _cast(dD, D), dz,
+            _cast(dbias, delta_bias), _cast(dh0, initial_state), None,
+        )  # fmt: skip
+
+
+class BidirectionalScanFunction(torch.autograd.Function):
+    """Forward scan plus a scan of time-reversed inputs, one shared gate; returns ``(y, final_state)``."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b,
+                initial_state, delta_softplus):  # fmt: skip
+        ctx.set_materialize_grads(False)
+        y, _ = scan_forward(
+            u_b, delta_b, A_b, B_b, C_b, D_b, None, delta_bias_b, delta_softplus, None, reverse_out=True
+        )
+        y, final_state = scan_forward(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, y=y, accumulate=True
+        )
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b,
+                              initial_state)  # fmt: skip
+        ctx.delta_softplus = delta_softplus
+        return y, final_state
+
+    @staticmethod
+    def backward(ctx, dy, d_final):
+        u, delta, A, B, C, D, z, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, h0 = ctx.saved_tensors
+        if dy is None:
+            dy = torch.zeros_like(u)
+        dz = None if z is None else torch.empty(z.shape, device=z.device, dtype=torch.float32)
+        fwd = scan_backward(u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, h0, dy, d_final, dz=dz)
+        bwd = scan_backward(
+            u_b, delta_b, A_b, B_b, C_b, D_b, z, delta_bias_b, ctx.delta_softplus, None, dy, None,
+            dz=dz, accumulate_dz=dz is not None, reverse_out=True,
+        )  # fmt: skip
+        du, ddelta, dA, dB, dC, dD, _, dbias, dh0 = fwd
+        du_b, ddelta_b, dA_b, dB_b, dC_b, dD_b, dz, dbias_b, _ = bwd
+        return (
+            du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), _cast(dD, D), _cast(dz, z),
+            _cast(dbias, delta_bias),
+            du_b, ddelta_b, dA_b.to(A_b.dtype), dB_b.to(B_b.dtype), dC_b.to(C_b.dtype), _cast(dD_b, D_b),
+            _cast(dbias_b, delta_bias_b), _cast(dh0, h0), None,
+        )  # fmt: skip
+
+
+def selective_scan_triton(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus=False,
+    initial_state=None,
+    return_final_state=False,
+):
+    """Triton selective scan (see :func:`videostate.ssm.selective_scan.selective_scan`)."""
+    if any_float64(u, delta, A, B, C, D, z, delta_bias, initial_state):
+        return selective_scan_reference(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, return_final_state
+        )
+    y, final_state = SelectiveScanFunction.apply(
+        u, delta, A, B, C, D, z, delta_bias, initial_state, bool(delta_softplus)
+    )
+    return (y, final_state) if return_final_state else y
+
+
+def selective_scan_bidirectional_triton(
+    u, delta, A, B, C, D, z, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b,
+    delta_softplus=False, initial_state=None, return_final_state=False,
+):  # fmt: skip
+    """Fused bidirectional scan (see :func:`videostate.ssm.mamba.selective_scan_bidirectional`)."""
+    tensors = (u, delta, A, B, C, D, z, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b)
+    if any_float64(*tensors, initial_state):
+        from ..mamba import selective_scan_bidirectional_reference
+
+        return selective_scan_bidirectional_reference(
+            *tensors, delta_softplus=delta_softplus, initial_state=initial_state, return_final_state=return_final_state
+        )
+    y, final_state = BidirectionalScanFunction.apply(*tensors, initial_state, bool(delta_softplus))
+    return (y, final_state) if return_final_state else y
