@@ -90,9 +90,7 @@ def test_float32_and_half_inputs_accumulate_in_float32():
     assert y32.dtype == torch.float32
     torch.testing.assert_close(y32.double(), y64, rtol=1e-5, atol=1e-5)
     half = {
-        k: v.to(torch.bfloat16)
-        if k in ("u", "delta", "B", "C", "z")
-        else (v.float() if torch.is_tensor(v) else v)
+        k: v.to(torch.bfloat16) if k in ("u", "delta", "B", "C", "z") else (v.float() if torch.is_tensor(v) else v)
         for k, v in inputs.items()
     }
     y16, last = selective_scan(**half, return_final_state=True)
@@ -124,9 +122,7 @@ def test_chunk_invariance_float64(cuts, grouped):
     y_full, last_full = selective_scan(**inputs, return_final_state=True)
     state, pieces = inputs["initial_state"], []
     for start, end in chunk_bounds(41, cuts):
-        part = {
-            k: (v[..., start:end] if k in ("u", "delta", "z", "B", "C") else v) for k, v in inputs.items()
-        }
+        part = {k: (v[..., start:end] if k in ("u", "delta", "z", "B", "C") else v) for k, v in inputs.items()}
         part["initial_state"] = state
         y, state = selective_scan(**part, return_final_state=True)
         pieces.append(y)
@@ -140,9 +136,7 @@ def test_chunk_invariance_float32(cuts):
     y_full = selective_scan(**inputs)
     state, pieces = inputs["initial_state"], []
     for start, end in chunk_bounds(41, cuts):
-        part = {
-            k: (v[..., start:end] if k in ("u", "delta", "z", "B", "C") else v) for k, v in inputs.items()
-        }
+        part = {k: (v[..., start:end] if k in ("u", "delta", "z", "B", "C") else v) for k, v in inputs.items()}
         part["initial_state"] = state
         y, state = selective_scan(**part, return_final_state=True)
         pieces.append(y)
@@ -236,7 +230,12 @@ def test_bad_inputs_raise_clear_errors(change, error, message):
 
 
 def test_unknown_backend_is_an_error():
-    with pytest.raises(
-        ValueError, match=r"backend for selective_scan must be 'auto' or one of \['reference'"
-    ):
+    with pytest.raises(ValueError, match=r"backend for selective_scan must be 'auto' or one of \['reference'"):
         selective_scan(**make_inputs(seed=14), backend="nope")
+
+
+def test_inputs_on_different_devices_are_an_error():
+    inputs = make_inputs(dtype=torch.float32, seed=15)
+    inputs["B"] = inputs["B"].to("meta")
+    with pytest.raises(ValueError, match=r"all tensors must be on one device; got u on cpu, .*B on meta"):
+        selective_scan(**inputs)
