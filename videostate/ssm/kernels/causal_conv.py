@@ -1,0 +1,109 @@
+"""Causal depthwise convolution on the GPU: launchers and the autograd function.
+
+Same call signatures as :func:`videostate.ssm.causal_conv.causal_conv1d_reference` and
+``causal_conv1d_update_reference``. The next ``conv_state`` (the last ``width`` inputs) is sliced in
+PyTorch, so it stays differentiable; the one-step update is a forward-only kernel and the reference
+runs it when gradients are needed.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+from ..causal_conv import causal_conv1d_reference, causal_conv1d_update_reference
+from .common import any_float64, next_power_of_2
+from .conv_kernels import causal_conv1d_bwd_kernel, causal_conv1d_fwd_kernel, causal_conv1d_update_kernel
+
+CONFIG = {"block_d": 16, "block_l": 128, "num_warps": 4}
+
+
+def _silu(activation) -> bool:
+    return activation in ("silu", "swish")
+
+
+def _state_args(conv_state, fallback):
+    return (fallback, 0, 0, 0) if conv_state is None else (conv_state, *conv_state.stride())
+
+
+class CausalConv1dFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, conv_state, silu):
+        batch, dim, length = x.shape
+        width = weight.shape[1]
+        y = torch.empty(batch, dim, length, device=x.device, dtype=x.dtype)
+        state, *state_strides = _state_args(conv_state, x)
+        grid = (batch, triton.cdiv(dim, CONFIG["block_d"]), triton.cdiv(length, CONFIG["block_l"]))
+        causal_conv1d_fwd_kernel[grid](
+            x, weight, x if bias is None else bias, state, y, dim, length,
+            *x.stride(), *weight.stride(), *state_strides, *y.stride(),
+            W=width, BLOCK_D=CONFIG["block_d"], BLOCK_L=CONFIG["block_l"],
+            HAS_BIAS=bias is not None, HAS_STATE=conv_state is not None, SILU=silu,
+            num_warps=CONFIG["num_warps"],
+        )  # fmt: skip
+        ctx.save_for_backward(x, weight, bias, conv_state)
+        ctx.silu = silu
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, weight, bias, conv_state = ctx.saved_tensors
+        batch, dim, length = x.shape
+        width = weight.shape[1]
+        f32 = torch.float32
+        n_tiles = triton.cdiv(length + width, CONFIG["block_l"])
+        dx = torch.empty(batch, dim, length, device=x.device, dtype=x.dtype)
+        dstate = None if conv_state is None else torch.empty(batch, dim, width, device=x.device, dtype=f32)
+        dw = torch.empty(batch, n_tiles, dim, width, device=x.device, dtype=f32)
+        dbias = torch.empty(batch, n_tiles, dim, device=x.device, dtype=f32)
+        state, *state_strides = _state_args(conv_state, x)
+        grid = (batch, triton.cdiv(dim, CONFIG["block_d"]), n_tiles)
+        causal_conv1d_bwd_kernel[grid](
+            x, weight, x if bias is None else bias, state, dy, dx, dx if dstate is None else dstate, dw, dbias,
+            dim, length, n_tiles,
+            *x.stride(), *weight.stride(), *state_strides, *dy.stride(),
+            W=width, BLOCK_D=CONFIG["block_d"], BLOCK_L=CONFIG["block_l"],
+            HAS_BIAS=bias is not None, HAS_STATE=conv_state is not None, SILU=ctx.silu,
+            num_warps=CONFIG["num_warps"],
+        )  # fmt: skip
+        dw = dw.sum((0, 1)).to(weight.dtype)
+        dbias = None if bias is None else dbias.sum((0, 1)).to(bias.dtype)
+        dstate = None if dstate is None else dstate.to(conv_state.dtype)
+        return dx, dw, dbias, dstate, None
+
+
+def next_conv_state(x, conv_state, width):
+    """The last ``width`` inputs of ``cat(conv_state, x)``, in the state's dtype (x's without a state)."""
+    length = x.shape[-1]
+    dtype = x.dtype if conv_state is None else conv_state.dtype
+    if length >= width:
+        return x[..., length - width :].to(dtype)
+    if conv_state is None:
+        conv_state = x.new_zeros(*x.shape[:-1], width)
+    return torch.cat([conv_state[..., length:], x.to(dtype)], dim=-1)
+
+
+def causal_conv1d_triton(x, weight, bias, activation, conv_state):
+    """Triton causal convolution (see :func:`videostate.ssm.causal_conv.causal_conv1d`); ``(y, next_state)``."""
+    if any_float64(x, weight, bias, conv_state):
+        return causal_conv1d_reference(x, weight, bias, activation, conv_state)
+    y = CausalConv1dFunction.apply(x, weight, bias, conv_state, _silu(activation))
+    return y, next_conv_state(x, conv_state, weight.shape[1])
+
+
+def causal_conv1d_update_triton(x, conv_state, weight, bias, activation):
+    """One step (see :func:`videostate.ssm.causal_conv.causal_conv1d_update`); forward-only kernel."""
+    tensors = (x, conv_state, weight, bias)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+    if needs_grad or any_float64(*tensors):
+        return causal_conv1d_update_reference(x, conv_state, weight, bias, activation)
+    batch, dim, width = conv_state.shape
+    y = torch.empty(batch, dim, device=x.device, dtype=x.dtype)
+    next_state = torch.empty(batch, dim, width, device=x.device, dtype=conv_state.dtype)
+    block_d = 64
+    causal_conv1d_update_kernel[(batch, triton.cdiv(dim, block_d))](
+        x, conv_state, weight, x if bias is None else bias, y, next_state, dim,
+        *x.stride(), *conv_state.stride(), *weight.stride(),
+        W=width, BLOCK_D=block_d, BLOCK_W=next_power_of_2(width), HAS_BIAS=bias is not None, SILU=_silu(activation),
+    )  # fmt: skip
+    return y, next_state
