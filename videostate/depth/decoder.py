@@ -1,0 +1,131 @@
+"""DPT decoder of Depth Anything (neck convolutions, feature fusion, depth head), trainable in the student.
+
+Submodule names follow transformers' ``DepthAnythingNeck`` (``convs``, ``fusion_stage``) and
+``DepthAnythingDepthEstimationHead`` (``head``), so the teacher's weights load strictly with
+:meth:`DPTDecoder.load_from_depth_anything` and the decoder then reproduces the teacher exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class PreActResidual(nn.Module):
+    """``x + conv2(relu(conv1(relu(x))))`` with 3x3 convolutions: ``(batch, C, H, W) -> (batch, C, H, W)``."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.convolution1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.convolution2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.convolution2(F.relu(self.convolution1(F.relu(x))))
+
+
+class FusionLayer(nn.Module):
+    """One fusion step: add the (resized) skip feature through a residual unit, refine, upsample, project."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.projection = nn.Conv2d(channels, channels, 1)
+        self.residual_layer1 = PreActResidual(channels)
+        self.residual_layer2 = PreActResidual(channels)
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor | None, size: tuple[int, int] | None) -> torch.Tensor:
+        """``x (batch, C, h, w)``, ``skip (batch, C, h', w')`` -> ``(batch, C, *size)`` (twice ``h, w`` if no size)."""
+        if skip is not None:
+            if skip.shape != x.shape:
+                skip = F.interpolate(skip, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            x = x + self.residual_layer1(skip)
+        x = self.residual_layer2(x)
+        resize = {"scale_factor": 2} if size is None else {"size": size}
+        x = F.interpolate(x, **resize, mode="bilinear", align_corners=True)
+        return self.projection(x)
+
+
+class FusionStage(nn.Module):
+    def __init__(self, channels: int, num_layers: int):
+        super().__init__()
+        self.layers = nn.ModuleList(FusionLayer(channels) for _ in range(num_layers))
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """``features`` fine to coarse, ``(batch, C, H_i, W_i)`` -> the finest fused map ``(batch, C, 2H_0, 2W_0)``."""
+        coarse_to_fine = features[::-1]
+        fused = None
+        for i, (feature, layer) in enumerate(zip(coarse_to_fine, self.layers, strict=True)):
+            size = tuple(coarse_to_fine[i + 1].shape[-2:]) if i + 1 < len(coarse_to_fine) else None
+            fused = layer(feature, None, size) if fused is None else layer(fused, feature, size)
+        return fused
+
+
+class DepthHead(nn.Module):
+    """``(batch, C, h, w) -> (batch, 1, *size)``: conv, upsample to ``size``, conv-ReLU-conv, ReLU (relative)
+    or ``max_depth * sigmoid`` (metric)."""
+
+    def __init__(self, channels: int, hidden: int, depth_estimation_type: str, max_depth: float):
+        super().__init__()
+        if depth_estimation_type not in ("relative", "metric"):
+            raise ValueError(f"depth_estimation_type must be 'relative' or 'metric'; got {depth_estimation_type!r}")
+        self.conv1 = nn.Conv2d(channels, channels // 2, 3, padding=1)
+        self.conv2 = nn.Conv2d(channels // 2, hidden, 3, padding=1)
+        self.conv3 = nn.Conv2d(hidden, 1, 1)
+        self.depth_estimation_type = depth_estimation_type
+        self.max_depth = max_depth
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        x = F.interpolate(self.conv1(x), size=size, mode="bilinear", align_corners=True)
+        x = self.conv3(F.relu(self.conv2(x)))
+        if self.depth_estimation_type == "relative":
+            return F.relu(x) * self.max_depth
+        return torch.sigmoid(x) * self.max_depth
+
+
+class DPTDecoder(nn.Module):
+    """Depth Anything's DPT decoder.
+
+    Args:
+        in_channels: channels of the four input maps, fine to coarse (``neck_hidden_sizes``).
+        fusion_hidden_size: channels inside the fusion stage.
+        head_hidden_size: hidden channels of the head.
+        head_in_index: which fused map feeds the head (-1: the finest, as Depth Anything).
+        depth_estimation_type: ``"relative"`` (ReLU output) or ``"metric"`` (sigmoid times ``max_depth``).
+        max_depth: output scale (1 for relative models, as transformers).
+    """
+
+    def __init__(
+        self,
+        in_channels: list[int],
+        fusion_hidden_size: int,
+        head_hidden_size: int,
+        head_in_index: int = -1,
+        depth_estimation_type: str = "relative",
+        max_depth: float = 1.0,
+    ):
+        super().__init__()
+        if head_in_index != -1:
+            raise ValueError(f"head_in_index must be -1 (the finest fused map, as Depth Anything); got {head_in_index}")
+        self.in_channels = list(in_channels)
+        self.convs = nn.ModuleList(nn.Conv2d(c, fusion_hidden_size, 3, padding=1, bias=False) for c in in_channels)
+        self.fusion_stage = FusionStage(fusion_hidden_size, len(in_channels))
+        self.head = DepthHead(fusion_hidden_size, head_hidden_size, depth_estimation_type, max_depth)
+
+    def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        """``features``: fine-to-coarse maps ``(batch, C_i, H_i, W_i)``; ``size``: the network input size
+        ``(h, w)``. Returns depth ``(batch, 1, h, w)``."""
+        if len(features) != len(self.convs):
+            raise ValueError(f"expected {len(self.convs)} feature maps; got {len(features)}")
+        for i, (f, c) in enumerate(zip(features, self.in_channels, strict=True)):
+            if f.dim() != 4 or f.shape[1] != c:
+                raise ValueError(f"feature {i} must have shape (batch, {c}, H, W); got {tuple(f.shape)}")
+        fused = self.fusion_stage([conv(f) for conv, f in zip(self.convs, features, strict=True)])
+        return self.head(fused, size)
+
+    def load_from_depth_anything(self, model: nn.Module) -> None:
+        """Copy the neck convolutions, fusion stage and head of a ``DepthAnythingForDepthEstimation``
+        (strict: any missing or unexpected key is an error)."""
+        state = {f"convs.{k}": v for k, v in model.neck.convs.state_dict().items()}
+        state.update({f"fusion_stage.{k}": v for k, v in model.neck.fusion_stage.state_dict().items()})
+        state.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
+        self.load_state_dict(state, strict=True)

@@ -1,0 +1,340 @@
+"""VideoMambaDepth: a frozen teacher encoder, per-scale temporal Mamba modules and a trainable DPT decoder.
+
+For each of the teacher's four feature maps ``f (B, N, C, h, w)``::
+
+    z = SpatialPreMix(f)                         # depthwise 3x3 per frame
+    t = temporal_tokenize(z) + PE(frame index)   # ((B*h*w), N, C), PE continues across chunks
+    y = TemporalMambaScale(t, state)             # causal Mamba blocks along time
+    f' = f + temporal_detokenize(Linear(y))      # the Linear starts at zero
+
+and the decoder turns ``f'`` into depth frame by frame. With the zero-initialised output projections
+and the decoder copied from the teacher, a fresh model reproduces the teacher exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+from einops import rearrange, repeat
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from videostate.ssm import MambaState, StreamState
+
+from .teacher import DepthAnythingTeacher, check_rgb, resize_depth
+from .temporal import (
+    SpatialPreMix,
+    TemporalMambaScale,
+    TemporalScaleState,
+    temporal_detokenize,
+    temporal_position_encoding,
+    temporal_tokenize,
+)
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclasses.dataclass
+class VideoMambaDepthConfig:
+    """Temporal modules of :class:`VideoMambaDepth`.
+
+    Attributes:
+        num_blocks: Mamba blocks per feature scale, fine to coarse (two on the coarse scales).
+        d_state: SSM state size of each Mamba.
+        d_conv: width of each Mamba's causal convolution.
+        expand: Mamba inner width as a multiple of the scale's channels.
+        ffn_ratio: hidden width of each block's feed-forward layer as a multiple of the channels.
+        premix_kernel_size: kernel of the depthwise spatial pre-mix convolution.
+        max_period: longest period of the sinusoidal temporal position encoding, in frames.
+        use_fast_path: use the fused GPU scans where available (the model is the same either way).
+    """
+
+    num_blocks: tuple[int, ...] = (1, 1, 2, 2)
+    d_state: int = 16
+    d_conv: int = 4
+    expand: int = 2
+    ffn_ratio: float = 2.0
+    premix_kernel_size: int = 3
+    max_period: float = 10000.0
+    use_fast_path: bool = True
+
+    def __post_init__(self):
+        self.num_blocks = tuple(int(n) for n in self.num_blocks)
+        if any(n < 1 for n in self.num_blocks):
+            raise ValueError(f"num_blocks must all be >= 1; got {self.num_blocks}")
+        for name in ("d_state", "d_conv", "expand"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.ffn_ratio <= 0 or self.max_period <= 1:
+            raise ValueError(f"ffn_ratio must be > 0 and max_period > 1; got {self.ffn_ratio}, {self.max_period}")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> VideoMambaDepthConfig:
+        """Strict: an unknown key is an error listing the valid ones."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown VideoMambaDepthConfig keys {unknown}; valid keys are {sorted(names)}")
+        return cls(**data)
+
+
+@dataclasses.dataclass
+class ScaleStreamState(StreamState):
+    """One scale's temporal state in stream layout (batch first, so streams can be selected or reset).
+
+    Attributes:
+        conv_states: per block, ``(batch, h*w, d_inner, d_conv)``.
+        ssm_states: per block, ``(batch, h*w, d_inner, d_state)``.
+    """
+
+    conv_states: list[torch.Tensor]
+    ssm_states: list[torch.Tensor]
+
+    @property
+    def positions(self) -> int:
+        return self.conv_states[0].shape[1]
+
+    def tokens(self) -> TemporalScaleState:
+        """The same values in the token layout of :class:`TemporalMambaScale` (batch ``batch*h*w``)."""
+        return TemporalScaleState(
+            [
+                MambaState(rearrange(c, "b p d w -> (b p) d w"), rearrange(s, "b p d n -> (b p) d n"))
+                for c, s in zip(self.conv_states, self.ssm_states, strict=True)
+            ]
+        )
+
+    @classmethod
+    def from_tokens(cls, state: TemporalScaleState, batch: int) -> ScaleStreamState:
+        return cls(
+            [rearrange(b.conv_state, "(b p) d w -> b p d w", b=batch) for b in state.blocks],
+            [rearrange(b.ssm_state, "(b p) d n -> b p d n", b=batch) for b in state.blocks],
+        )
+
+
+@dataclasses.dataclass
+class VideoMambaDepthState(StreamState):
+    """Streaming state of :class:`VideoMambaDepth`.
+
+    Attributes:
+        frame_index: ``(batch,)`` long, the index of the next frame of each stream (the position encoding's
+            offset, the seed's ``temporal_pos_offset``).
+        scales: one :class:`ScaleStreamState` per feature scale, fine to coarse; empty until the first frame
+            fixes the feature sizes (a stream keeps one frame size).
+    """
+
+    frame_index: torch.Tensor
+    scales: list[ScaleStreamState]
+
+
+class VideoMambaDepthOutput(NamedTuple):
+    """``depth (B, N, 1, H, W)``; ``temporal``: per scale the temporal residual added to the teacher
+    features, ``(B, N, C_i, h_i, w_i)`` (the per-frame read-out of the carried state); ``states``."""
+
+    depth: torch.Tensor
+    temporal: list[torch.Tensor]
+    states: VideoMambaDepthState
+
+
+class VideoMambaDepth(nn.Module):
+    """Temporally consistent, streaming depth on top of a frozen teacher.
+
+    Args:
+        teacher: an object with ``encode_frame``, ``predict_depth``, ``network_size``, ``feature_channels``
+            and ``build_decoder`` (see :mod:`videostate.depth.teacher`), e.g. :class:`DepthAnythingTeacher`.
+        config: the temporal modules (default :class:`VideoMambaDepthConfig`).
+
+    ``forward(rgb_clip (B, N, 3, H, W)) -> depth (B, N, 1, H, W)`` offline; ``forward(rgb_clip, states)``
+    also returns the next states; ``step(rgb_frame (B, 3, H, W), states) -> (depth (B, 1, H, W), states)``.
+    """
+
+    def __init__(self, teacher: nn.Module, config: VideoMambaDepthConfig | None = None):
+        super().__init__()
+        self.config = config or VideoMambaDepthConfig()
+        channels = list(teacher.feature_channels)
+        if len(self.config.num_blocks) != len(channels):
+            raise ValueError(
+                f"config.num_blocks must give one count per teacher scale ({len(channels)} scales, channels "
+                f"{channels}); got {self.config.num_blocks}"
+            )
+        self.teacher = teacher
+        self.channels = channels
+        cfg = self.config
+        self.premix = nn.ModuleList(SpatialPreMix(c, cfg.premix_kernel_size) for c in channels)
+        self.temporal = nn.ModuleList(
+            TemporalMambaScale(
+                c,
+                n,
+                d_state=cfg.d_state,
+                d_conv=cfg.d_conv,
+                expand=cfg.expand,
+                ffn_ratio=cfg.ffn_ratio,
+                use_fast_path=cfg.use_fast_path,
+            )
+            for c, n in zip(channels, cfg.num_blocks, strict=True)
+        )
+        self.temporal_out = nn.ModuleList(nn.Linear(c, c) for c in channels)
+        for proj in self.temporal_out:
+            nn.init.zeros_(proj.weight)
+            nn.init.zeros_(proj.bias)
+        self.decoder = teacher.build_decoder()
+        param = next(teacher.parameters())
+        self.to(device=param.device, dtype=param.dtype)
+
+    # ----------------------------------------------------------------------------------------- states
+
+    def init_states(self, batch_size: int = 1, *, device=None, dtype=None) -> VideoMambaDepthState:
+        """Fresh streams at frame 0; the per-scale states are created (zero) on the first frame."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1; got {batch_size}")
+        device = device or self.temporal_out[0].weight.device
+        return VideoMambaDepthState(torch.zeros(batch_size, dtype=torch.long, device=device), [])
+
+    def _scale_state(self, states: VideoMambaDepthState, i: int, batch: int, positions: int, like: torch.Tensor):
+        if not states.scales:
+            return self.temporal[i].init_state(batch * positions, device=like.device, dtype=like.dtype)
+        state = states.scales[i]
+        if state.positions != positions:
+            raise ValueError(
+                f"states were made for a feature map of {state.positions} positions at scale {i}; this input gives "
+                f"{positions} (a stream must keep one frame size; start a new stream with init_states)"
+            )
+        return state.tokens()
+
+    def _check_states(self, states: VideoMambaDepthState, batch: int) -> None:
+        if not isinstance(states, VideoMambaDepthState):
+            raise TypeError(f"states must be a VideoMambaDepthState (from init_states); got {type(states).__name__}")
+        if states.frame_index.shape != (batch,):
+            raise ValueError(f"states are for {states.frame_index.shape[0]} streams; the input has batch {batch}")
+        if states.scales and len(states.scales) != len(self.channels):
+            raise ValueError(f"states must have {len(self.channels)} scales; got {len(states.scales)}")
+
+    # ---------------------------------------------------------------------------------------- forward
+
+    def encode(self, rgb_clip: torch.Tensor) -> list[torch.Tensor]:
+        """``rgb_clip (B, N, 3, H, W)`` -> the teacher's maps per scale, ``(B, N, C_i, h_i, w_i)`` (no gradient)."""
+        batch = rgb_clip.shape[0]
+        feats = self.teacher.encode_frame(rearrange(rgb_clip, "b n c h w -> (b n) c h w"))
+        return [rearrange(feats[i], "(b n) c h w -> b n c h w", b=batch) for i in range(len(self.channels))]
+
+    def temporal_mix(
+        self, feats: list[torch.Tensor], states: VideoMambaDepthState
+    ) -> tuple[list[torch.Tensor], VideoMambaDepthState]:
+        """Per scale, the temporal residual ``(B, N, C_i, h_i, w_i)`` of ``feats`` given the carried states."""
+        batch, frames = feats[0].shape[:2]
+        positions = states.frame_index[:, None] + torch.arange(frames, device=states.frame_index.device)
+        residuals, new_scales = [], []
+        for i, f in enumerate(feats):
+            h, w = f.shape[-2:]
+            z = self.premix[i](rearrange(f, "b n c h w -> (b n) c h w"))
+            tokens = temporal_tokenize(rearrange(z, "(b n) c h w -> b n c h w", b=batch))
+            pe = temporal_position_encoding(positions, f.shape[2], self.config.max_period).to(tokens)
+            tokens = tokens + repeat(pe, "b n c -> (b h w) n c", h=h, w=w)
+            y, scale_state = self.temporal[i](tokens, self._scale_state(states, i, batch, h * w, tokens))
+            residuals.append(temporal_detokenize(self.temporal_out[i](y), h, w, batch))
+            new_scales.append(ScaleStreamState.from_tokens(scale_state, batch))
+        return residuals, VideoMambaDepthState(states.frame_index + frames, new_scales)
+
+    def decode(self, feats: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
+        """Per-frame DPT decoding of ``(B, N, C_i, h_i, w_i)`` maps -> ``depth (B, N, 1, H, W)`` at ``image_size``."""
+        batch = feats[0].shape[0]
+        flat = [rearrange(f, "b n c h w -> (b n) c h w") for f in feats]
+        depth = self.decoder(flat, self.teacher.network_size(*image_size))
+        return rearrange(resize_depth(depth, image_size), "(b n) 1 h w -> b n 1 h w", b=batch)
+
+    def run(self, rgb_clip: torch.Tensor, states: VideoMambaDepthState | None = None) -> VideoMambaDepthOutput:
+        """The clip ``rgb_clip (B, N, 3, H, W)`` in [0, 1] from ``states`` (fresh streams when ``None``):
+        depth, the temporal residuals and the next states."""
+        check_rgb("rgb_clip", rgb_clip, frames=True)
+        batch = rgb_clip.shape[0]
+        states = self.init_states(batch, device=rgb_clip.device) if states is None else states
+        self._check_states(states, batch)
+        feats = self.encode(rgb_clip)
+        residuals, next_states = self.temporal_mix(feats, states)
+        depth = self.decode([f + r for f, r in zip(feats, residuals, strict=True)], tuple(rgb_clip.shape[-2:]))
+        return VideoMambaDepthOutput(depth, residuals, next_states)
+
+    def forward(self, rgb_clip: torch.Tensor, states: VideoMambaDepthState | None = None):
+        """``rgb_clip (B, N, 3, H, W)`` in [0, 1] -> ``depth (B, N, 1, H, W)``, plus the next states when
+        ``states`` is given (chunked streaming; equal to one offline pass)."""
+        out = self.run(rgb_clip, states)
+        return out.depth if states is None else (out.depth, out.states)
+
+    def step_features(
+        self, feats: list[torch.Tensor], image_size: tuple[int, int], states: VideoMambaDepthState
+    ) -> tuple[torch.Tensor, VideoMambaDepthState]:
+        """One frame from already encoded maps ``(B, C_i, h_i, w_i)`` -> ``(depth (B, 1, H, W), next states)``."""
+        batch = feats[0].shape[0]
+        self._check_states(states, batch)
+        mixed, new_scales = [], []
+        for i, f in enumerate(feats):
+            h, w = f.shape[-2:]
+            tokens = rearrange(self.premix[i](f), "b c h w -> (b h w) c")
+            pe = temporal_position_encoding(states.frame_index, f.shape[1], self.config.max_period).to(tokens)
+            tokens = tokens + repeat(pe, "b c -> (b h w) c", h=h, w=w)
+            y, scale_state = self.temporal[i].step(tokens, self._scale_state(states, i, batch, h * w, tokens))
+            mixed.append(f + rearrange(self.temporal_out[i](y), "(b h w) c -> b c h w", b=batch, h=h, w=w))
+            new_scales.append(ScaleStreamState.from_tokens(scale_state, batch))
+        depth = self.decode([f[:, None] for f in mixed], image_size)[:, 0]
+        return depth, VideoMambaDepthState(states.frame_index + 1, new_scales)
+
+    def step(self, rgb_frame: torch.Tensor, states: VideoMambaDepthState) -> tuple[torch.Tensor, VideoMambaDepthState]:
+        """One frame ``rgb_frame (B, 3, H, W)`` in [0, 1] -> ``(depth (B, 1, H, W), next states)``."""
+        check_rgb("rgb_frame", rgb_frame)
+        feats = self.teacher.encode_frame(rgb_frame)
+        return self.step_features([feats[i] for i in range(len(self.channels))], tuple(rgb_frame.shape[-2:]), states)
+
+    # ------------------------------------------------------------------------------------ save / load
+
+    def save_pretrained(self, path: str | os.PathLike) -> None:
+        """Write ``config.json`` (temporal config and teacher config) and ``model.safetensors`` (all weights,
+        teacher included, so the folder is self-contained)."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        config = {
+            "model_type": "videomamba_depth",
+            "config": dataclasses.asdict(self.config),
+            "teacher": self.teacher.export_config(),
+        }
+        (path / CONFIG_NAME).write_text(json.dumps(config, indent=2))
+        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(path / WEIGHTS_NAME))
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, device=None, dtype=None) -> VideoMambaDepth:
+        """Load a folder written by :meth:`save_pretrained`; a missing or unexpected weight is an error."""
+        path = Path(path)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"{path} is not a VideoMambaDepth folder: {name} is missing")
+        data = json.loads((path / CONFIG_NAME).read_text())
+        if data.get("model_type") != "videomamba_depth":
+            raise ValueError(
+                f"{path / CONFIG_NAME} has model_type {data.get('model_type')!r}; expected 'videomamba_depth'"
+            )
+        teacher = DepthAnythingTeacher.from_exported_config(data["teacher"])
+        model = cls(teacher, VideoMambaDepthConfig.from_dict(data["config"]))
+        load_strict(model, load_file(str(path / WEIGHTS_NAME)), source=str(path / WEIGHTS_NAME))
+        return model.to(device=device, dtype=dtype)
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``module.load_state_dict(state)`` that names every missing / unexpected / mis-shaped key in a ValueError."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [
+        f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"{source} does not match {type(module).__name__}: missing keys {missing}, unexpected keys "
+            f"{unexpected}, wrong shapes {shapes}"
+        )
+    module.load_state_dict(state, strict=True)

@@ -1,0 +1,151 @@
+"""Per-scale temporal modules: spatial pre-mix, per-pixel tokens along time, positional encoding, Mamba blocks.
+
+Each feature map ``(batch, frames, C, H, W)`` becomes ``batch*H*W`` independent sequences of ``frames``
+tokens (``temporal_tokenize``), as Video Depth Anything's temporal attention does; a causal Mamba scans
+each one, so a stream can be continued chunk by chunk or frame by frame from the carried state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from videostate.ssm import Mamba, MambaState, StreamState
+
+
+def temporal_tokenize(feat: torch.Tensor) -> torch.Tensor:
+    """``feat (B, N, C, H, W)`` -> ``tokens ((B*H*W), N, C)``: one time sequence per pixel."""
+    if feat.dim() != 5:
+        raise ValueError(f"feat must have shape (B, N, C, H, W); got {tuple(feat.shape)}")
+    return rearrange(feat, "b n c h w -> (b h w) n c")
+
+
+def temporal_detokenize(tokens: torch.Tensor, H: int, W: int, B: int) -> torch.Tensor:
+    """The exact inverse of :func:`temporal_tokenize`: ``((B*H*W), N, C)`` -> ``(B, N, C, H, W)``."""
+    if tokens.dim() != 3 or tokens.shape[0] != B * H * W:
+        raise ValueError(f"tokens must have shape (B*H*W, N, C) with B*H*W={B * H * W}; got {tuple(tokens.shape)}")
+    return rearrange(tokens, "(b h w) n c -> b n c h w", b=B, h=H, w=W)
+
+
+class SpatialPreMix(nn.Module):
+    """Depthwise 3x3 convolution over ``(B*N, C, H, W)``, mixing each pixel with its neighbours before the
+    per-pixel temporal scan."""
+
+    def __init__(self, channels: int, kernel_size: int = 3):
+        super().__init__()
+        if kernel_size % 2 != 1:
+            raise ValueError(f"kernel_size must be odd; got {kernel_size}")
+        self.conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 4 or x.shape[1] != self.conv.in_channels:
+            raise ValueError(f"x must have shape (B*N, {self.conv.in_channels}, H, W); got {tuple(x.shape)}")
+        return self.conv(x)
+
+
+def temporal_position_encoding(positions: torch.Tensor, channels: int, max_period: float) -> torch.Tensor:
+    """Sinusoidal encoding of frame indices: ``positions (...)`` -> ``(..., channels)``, with
+    ``[sin(t w_i), cos(t w_i)]`` for ``w_i = max_period^(-i/half)`` (a zero last channel when odd).
+
+    It depends on the absolute frame index only, so a stream continued from a carried ``frame_index``
+    gets the same encoding as one offline pass."""
+    half = channels // 2
+    freqs = torch.exp(
+        -math.log(max_period) * torch.arange(half, device=positions.device, dtype=torch.float64) / max(half, 1)
+    )
+    angles = positions.to(torch.float64)[..., None] * freqs
+    pe = torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
+    if channels % 2:
+        pe = torch.cat([pe, torch.zeros_like(pe[..., :1])], dim=-1)
+    return pe
+
+
+class MambaBlock(nn.Module):
+    """``x + Mamba(LayerNorm(x))`` then ``x + FFN(LayerNorm(x))`` with ``FFN = Linear-SiLU-Linear``.
+
+    ``(batch, L, C) -> (batch, L, C)``; the Mamba is causal, so the block streams exactly.
+    """
+
+    def __init__(
+        self,
+        C: int,
+        d_state: int = 16,
+        d_conv: int = 4,
+        expand: int = 2,
+        ffn_ratio: float = 2.0,
+        use_fast_path: bool = True,
+    ):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(C)
+        self.mamba = Mamba(C, d_state=d_state, d_conv=d_conv, expand=expand, use_fast_path=use_fast_path)
+        self.norm2 = nn.LayerNorm(C)
+        hidden = max(1, round(ffn_ratio * C))
+        self.ffn = nn.Sequential(nn.Linear(C, hidden), nn.SiLU(), nn.Linear(hidden, C))
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> MambaState:
+        return self.mamba.init_state(batch_size, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, state: MambaState | None = None):
+        """``x (batch, L, C)`` -> ``(batch, L, C)``, plus the next state when ``state`` is given."""
+        if state is None:
+            x = x + self.mamba(self.norm1(x))
+            next_state = None
+        else:
+            mixed, next_state = self.mamba(self.norm1(x), state)
+            x = x + mixed
+        x = x + self.ffn(self.norm2(x))
+        return x if state is None else (x, next_state)
+
+    def step(self, x: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
+        """One token ``(batch, C)`` -> ``(batch, C)`` and the next state."""
+        mixed, next_state = self.mamba.step(self.norm1(x), state)
+        x = x + mixed
+        return x + self.ffn(self.norm2(x)), next_state
+
+
+@dataclasses.dataclass
+class TemporalScaleState(StreamState):
+    """State of one :class:`TemporalMambaScale`, one :class:`~videostate.ssm.MambaState` per block, each of
+    batch ``tokens = B*H*W`` (``conv_state (tokens, d_inner, d_conv)``, ``ssm_state (tokens, d_inner, d_state)``)."""
+
+    blocks: list[MambaState]
+
+
+class TemporalMambaScale(nn.Module):
+    """``num_blocks`` :class:`MambaBlock` s applied in sequence along time: ``z_seq (tokens, N, C)``."""
+
+    def __init__(self, C: int, num_blocks: int, **block_kwargs):
+        super().__init__()
+        if num_blocks < 1:
+            raise ValueError(f"num_blocks must be >= 1; got {num_blocks}")
+        self.blocks = nn.ModuleList(MambaBlock(C, **block_kwargs) for _ in range(num_blocks))
+
+    def init_state(self, batch_size: int, *, device=None, dtype=None) -> TemporalScaleState:
+        """Zero state for ``batch_size`` token sequences (``B*H*W``)."""
+        return TemporalScaleState([b.init_state(batch_size, device=device, dtype=dtype) for b in self.blocks])
+
+    def forward(
+        self, z_seq: torch.Tensor, state: TemporalScaleState | None = None
+    ) -> tuple[torch.Tensor, TemporalScaleState]:
+        """``z_seq (tokens, N, C)`` -> ``(y_seq (tokens, N, C), new_state)``; ``state=None`` starts from zeros."""
+        if state is None:
+            state = self.init_state(z_seq.shape[0], device=z_seq.device, dtype=z_seq.dtype)
+        if len(state.blocks) != len(self.blocks):
+            raise ValueError(f"state must have {len(self.blocks)} block states; got {len(state.blocks)}")
+        new_blocks = []
+        for block, block_state in zip(self.blocks, state.blocks, strict=True):
+            z_seq, block_state = block(z_seq, block_state)
+            new_blocks.append(block_state)
+        return z_seq, TemporalScaleState(new_blocks)
+
+    def step(self, z: torch.Tensor, state: TemporalScaleState) -> tuple[torch.Tensor, TemporalScaleState]:
+        """One frame ``z (tokens, C)`` -> ``(tokens, C)`` and the next state."""
+        new_blocks = []
+        for block, block_state in zip(self.blocks, state.blocks, strict=True):
+            z, block_state = block.step(z, block_state)
+            new_blocks.append(block_state)
+        return z, TemporalScaleState(new_blocks)
