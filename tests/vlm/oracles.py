@@ -1,0 +1,65 @@
+"""Straightforward per-video implementations of VLM² pieces, written from the formulas, as test oracles."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def naive_mha(attn: nn.MultiheadAttention, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Multi-head attention of one video from the module's weights: ``query (N, D)``, ``keys (K, D)``."""
+    d = attn.embed_dim
+    h = attn.num_heads
+    wq, wk, wv = attn.in_proj_weight.split(d)
+    bq, bk, bv = attn.in_proj_bias.split(d)
+    q = query @ wq.T + bq
+    k = keys @ wk.T + bk
+    v = keys @ wv.T + bv
+    heads = []
+    hd = d // h
+    for i in range(h):
+        sl = slice(i * hd, (i + 1) * hd)
+        scores = (q[:, sl] @ k[:, sl].T) / hd**0.5
+        heads.append(torch.softmax(scores, dim=-1) @ v[:, sl])
+    return torch.cat(heads, dim=-1) @ attn.out_proj.weight.T + attn.out_proj.bias
+
+
+def naive_cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Cosine of two whole frames; a zero frame (the first M_t, read from empty memories) has similarity 0."""
+    a, b = a.detach().flatten(), b.detach().flatten()
+    norms = a.norm() * b.norm()
+    return 0.0 if norms == 0 else float((a @ b) / norms)
+
+
+def algorithm1_video(module, frames: torch.Tensor, working: list | None = None, episodic: list | None = None):
+    """Algorithm 1 on one video ``frames (T, N, D)`` with Python lists as memories.
+
+    Returns ``(enhanced (T, N, D), working, episodic)``.
+    """
+    working = [] if working is None else list(working)
+    episodic = [] if episodic is None else list(episodic)
+    outputs = []
+    for H in frames:
+        if working:
+            M_w = naive_mha(module.working_attention, H, torch.cat(working))
+        else:
+            M_w = torch.zeros_like(H)
+        if episodic:
+            M_e = naive_mha(module.episodic_attention, H, torch.cat(episodic))
+        else:
+            M_e = torch.zeros_like(H)
+        lin1, lin2 = module.gate[0], module.gate[2]
+        hidden = torch.cat([M_w, M_e], dim=-1) @ lin1.weight.T + lin1.bias
+        hidden = torch.nn.functional.gelu(hidden)
+        gamma = torch.sigmoid(hidden @ lin2.weight.T + lin2.bias)
+        M = gamma * M_w + (1 - gamma) * M_e
+        if len(working) >= module.L_w:
+            working.pop(0)
+        working.append(H)
+        if len(episodic) >= module.L_e:
+            sims = [naive_cos(M, e) for e in episodic]
+            episodic.pop(max(range(len(sims)), key=lambda i: sims[i]))
+        episodic.append(M)
+        outputs.append(H + M)
+    enhanced = torch.stack(outputs) if outputs else frames
+    return enhanced, working, episodic

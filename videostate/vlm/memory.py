@@ -1,0 +1,319 @@
+"""VLM² dual memory: a working memory (sliding window) and an episodic memory (similarity replacement).
+
+Algorithm 1 of VLM², per frame ``t`` of one video, with ``H_t (tokens, dim)`` the frame's fused visual
+tokens, ``W_t`` the working memory and ``E_t`` the episodic memory:
+
+- L1  ``M^w_t = WorkingAttention(Q=H_t, KV=W_t)``
+- L2  ``M^e_t = EpisodicAttention(Q=H_t, KV=E_t)``
+- L5  ``γ_t = σ(MLP([M^w_t; M^e_t]))``
+- L6-7 ``M_t = γ_t ⊙ M^w_t + (1 − γ_t) ⊙ M^e_t``
+- L8-14 if ``|W_t| < L_w`` append ``H_t``; else drop the oldest entry, then append ``H_t``
+- L15-24 if ``|E_t| < L_e`` append ``M_t``; else delete ``E_{i*}``, ``i* = argmax_i cos(M_t, E_i)``,
+  then append ``M_t``
+- return ``(M_t, W_{t+1}, E_{t+1})``
+
+An entry of either memory is one frame: all its tokens ``(tokens, dim)``. Attention reads every token of
+every stored frame (keys ``(entries · tokens, dim)``); cosine similarity compares whole frames (the
+flattened ``tokens · dim`` vectors). A memory with no entries reads as exactly zero, so the first
+frame of a video, read against empty memories, gets ``M_1 = 0`` and its features pass unchanged
+through the residual ``H_t + M_t``.
+
+Every operation is batched over videos: a :class:`MemoryBank` keeps ``(batch, capacity, tokens, dim)``
+slots and a per-video entry count, so videos of a batch have separate memories that fill, slide and
+reset independently, with no Python loop over videos. Memory is bounded: ``L_w + L_e`` frames per video.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from ..ssm.state import StreamState
+
+
+@dataclasses.dataclass
+class MemoryBank(StreamState):
+    """A batch of fixed-capacity memories.
+
+    Attributes:
+        slots: ``(batch, capacity, tokens, dim)``; entry ``i < count[b]`` of video ``b`` is valid, in
+            insertion order (oldest first), the rest is zero padding.
+        count: ``(batch,)`` long, the number of valid entries of each video.
+    """
+
+    slots: torch.Tensor
+    count: torch.Tensor
+
+    @classmethod
+    def empty(
+        cls, batch_size: int, capacity: int, tokens: int, dim: int, *, device=None, dtype=None
+    ) -> MemoryBank:
+        if capacity < 1:
+            raise ValueError(f"memory capacity must be at least 1; got {capacity}")
+        slots = torch.zeros(batch_size, capacity, tokens, dim, device=device, dtype=dtype)
+        count = torch.zeros(batch_size, dtype=torch.long, device=device)
+        return cls(slots=slots, count=count)
+
+    @property
+    def capacity(self) -> int:
+        return self.slots.shape[1]
+
+    def valid(self) -> torch.Tensor:
+        """``(batch, capacity)`` bool: which slots hold an entry."""
+        positions = torch.arange(self.capacity, device=self.slots.device)
+        return positions[None, :] < self.count[:, None]
+
+    def entries(self, index: int) -> torch.Tensor:
+        """The valid entries of video ``index``, oldest first: ``(count, tokens, dim)``."""
+        return self.slots[index, : int(self.count[index])]
+
+
+def _check_update(bank: MemoryBank, x: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+    expected = (bank.slots.shape[0], *bank.slots.shape[2:])
+    if tuple(x.shape) != expected:
+        raise ValueError(f"memory entry must have shape (batch, tokens, dim)={expected}; got {tuple(x.shape)}")
+    if active is None:
+        return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+    if active.dtype != torch.bool or tuple(active.shape) != (x.shape[0],):
+        raise ValueError(
+            f"active must be a bool tensor of shape (batch,)=({x.shape[0]},); "
+            f"got dtype {active.dtype}, shape {tuple(active.shape)}"
+        )
+    return active
+
+
+def _append(slots: torch.Tensor, count: torch.Tensor, x: torch.Tensor, active: torch.Tensor) -> MemoryBank:
+    """Write ``x`` at position ``count`` of each active video (callers guarantee ``count < capacity``)."""
+    write = F.one_hot(count.clamp(max=slots.shape[1] - 1), slots.shape[1]).bool() & active[:, None]
+    slots = torch.where(write[:, :, None, None], x[:, None], slots)
+    return MemoryBank(slots=slots, count=count + active.long())
+
+
+def fifo_update(bank: MemoryBank, x: torch.Tensor, active: torch.Tensor | None = None) -> MemoryBank:
+    """Algorithm 1, lines 8-14: append ``x (batch, tokens, dim)``; a full memory first drops its oldest.
+
+    ``active (batch,)`` bool leaves the memories of inactive videos untouched (their video has no frame
+    at this step).
+    """
+    active = _check_update(bank, x, active)
+    full = (bank.count >= bank.capacity) & active
+    slots = torch.where(full[:, None, None, None], bank.slots.roll(-1, dims=1), bank.slots)
+    return _append(slots, bank.count - full.long(), x, active)
+
+
+def cosine_similarity(x: torch.Tensor, slots: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """``cos(x_b, slots_{b,i})`` over whole frames: ``x (batch, tokens, dim)``, ``slots (batch, L, tokens, dim)``
+    → ``(batch, L)``. A zero vector has similarity 0 with everything."""
+    x_flat = rearrange(x, "b n d -> b 1 (n d)")
+    s_flat = rearrange(slots, "b l n d -> b l (n d)")
+    dot = (x_flat * s_flat).sum(-1)
+    norms = x_flat.norm(dim=-1) * s_flat.norm(dim=-1)
+    return dot / norms.clamp_min(eps)
+
+
+def similarity_replace_update(bank: MemoryBank, x: torch.Tensor, active: torch.Tensor | None = None) -> MemoryBank:
+    """Algorithm 1, lines 15-24: append ``x``; a full memory first deletes the entry most similar to it.
+
+    The deleted entry's successors move up one place, so entries stay in insertion order.
+    """
+    active = _check_update(bank, x, active)
+    full = (bank.count >= bank.capacity) & active
+    capacity = bank.capacity
+    most_similar = cosine_similarity(x, bank.slots).argmax(dim=1)  # (batch,)
+    # gather map that closes the gap at most_similar: position p reads p + (p >= i*), the last slot is freed
+    positions = torch.arange(capacity, device=x.device)[None, :]
+    source = (positions + (positions >= most_similar[:, None]).long()).clamp(max=capacity - 1)
+    source = torch.where(full[:, None], source, positions)
+    index = source[:, :, None, None].expand_as(bank.slots)
+    slots = bank.slots.gather(1, index)
+    return _append(slots, bank.count - full.long(), x, active)
+
+
+class WorkingMemory:
+    """Sliding-window memory of the ``L_w`` most recent frames (FIFO), for a batch of videos.
+
+    ``update(H_t)`` appends ``H_t (batch, tokens, dim)``, dropping the oldest entry when full;
+    ``get_buffer()`` returns ``(slots (batch, L_w, tokens, dim), valid (batch, L_w))``; ``clear()`` empties it.
+    The memory takes its batch size, token count, dtype and device from the first update.
+    """
+
+    def __init__(self, L_w: int = 8):
+        if L_w < 1:
+            raise ValueError(f"L_w must be at least 1; got {L_w}")
+        self.capacity = L_w
+        self.bank: MemoryBank | None = None
+
+    def _ensure(self, x: torch.Tensor) -> MemoryBank:
+        if x.dim() != 3:
+            raise ValueError(f"memory entry must have shape (batch, tokens, dim); got {tuple(x.shape)}")
+        if self.bank is None:
+            b, n, d = x.shape
+            self.bank = MemoryBank.empty(b, self.capacity, n, d, device=x.device, dtype=x.dtype)
+        return self.bank
+
+    def update(self, H_t: torch.Tensor, active: torch.Tensor | None = None) -> None:
+        self.bank = fifo_update(self._ensure(H_t), H_t, active)
+
+    def get_buffer(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.bank is None:
+            raise RuntimeError("the memory has not been updated yet, so it has no batch size or shape")
+        return self.bank.slots, self.bank.valid()
+
+    def clear(self) -> None:
+        self.bank = None
+
+    def __len__(self) -> int:
+        """Entries of the fullest video (0 when empty)."""
+        return 0 if self.bank is None else int(self.bank.count.max())
+
+
+class EpisodicMemory(WorkingMemory):
+    """Long-term memory of ``L_e`` frames with similarity-based replacement, for a batch of videos.
+
+    ``update(M_t)`` appends ``M_t (batch, tokens, dim)``; when full it first deletes the stored entry with
+    the highest cosine similarity to ``M_t`` (``_compute_similarity``), so the memory keeps diverse frames.
+    """
+
+    def __init__(self, L_e: int = 32):
+        super().__init__(L_e)
+
+    @staticmethod
+    def _compute_similarity(M_t: torch.Tensor, E: torch.Tensor) -> torch.Tensor:
+        """Cosine similarity of ``M_t (batch, tokens, dim)`` with each entry of ``E (batch, L, tokens, dim)``
+        → ``(batch, L)``."""
+        return cosine_similarity(M_t, E)
+
+    def update(self, M_t: torch.Tensor, active: torch.Tensor | None = None) -> None:
+        self.bank = similarity_replace_update(self._ensure(M_t), M_t, active)
+
+
+@dataclasses.dataclass
+class DualMemoryState(StreamState):
+    """The memories of a batch of videos: ``working`` (capacity L_w) and ``episodic`` (capacity L_e)."""
+
+    working: MemoryBank
+    episodic: MemoryBank
+
+
+class DualMemoryModule(nn.Module):
+    """Algorithm 1: attention retrieval from both memories, gated fusion, memory updates.
+
+    Args:
+        dim: feature width of the tokens (the vision tower's hidden size, e.g. 1152 for SigLIP).
+        num_heads: heads of each retrieval attention.
+        L_w: working memory capacity in frames.
+        L_e: episodic memory capacity in frames.
+        dropout: attention dropout of the retrievals.
+    """
+
+    def __init__(self, dim: int, num_heads: int = 8, L_w: int = 8, L_e: int = 32, dropout: float = 0.1):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim must be divisible by num_heads; got dim={dim}, num_heads={num_heads}")
+        if L_w < 1 or L_e < 1:
+            raise ValueError(f"memory capacities must be at least 1; got L_w={L_w}, L_e={L_e}")
+        self.dim, self.L_w, self.L_e = dim, L_w, L_e
+        self.working_attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.episodic_attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        self.gate = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    def init_state(self, batch_size: int, tokens: int, *, device=None, dtype=None) -> DualMemoryState:
+        """Empty memories for ``batch_size`` videos of ``tokens`` tokens per frame."""
+        return DualMemoryState(
+            working=MemoryBank.empty(batch_size, self.L_w, tokens, self.dim, device=device, dtype=dtype),
+            episodic=MemoryBank.empty(batch_size, self.L_e, tokens, self.dim, device=device, dtype=dtype),
+        )
+
+    def retrieve(self, attention: nn.MultiheadAttention, H_t: torch.Tensor, bank: MemoryBank) -> torch.Tensor:
+        """Attention with queries ``H_t (batch, tokens, dim)`` over every token of the valid entries.
+
+        Videos whose memory is empty read exactly zero.
+        """
+        _, capacity, n, _ = bank.slots.shape
+        valid = bank.valid()
+        empty = ~valid.any(dim=1)
+        # an all-masked row would give NaN (and NaN gradients through where); unmask one zero slot instead
+        valid = valid | (empty[:, None] & (torch.arange(capacity, device=valid.device) == 0))
+        keys = rearrange(bank.slots, "b l n d -> b (l n) d")
+        key_padding_mask = ~valid.repeat_interleave(n, dim=1)
+        out, _ = attention(H_t, keys, keys, key_padding_mask=key_padding_mask, need_weights=False)
+        return out.masked_fill(empty[:, None, None], 0.0)
+
+    def forward(
+        self, H_t: torch.Tensor, W_t: MemoryBank, E_t: MemoryBank, active: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, MemoryBank, MemoryBank]:
+        """One frame of Algorithm 1.
+
+        Args:
+            H_t: ``(batch, tokens, dim)`` features of frame ``t`` of each video.
+            W_t, E_t: the memories before frame ``t``.
+            active: ``(batch,)`` bool, videos that have a frame ``t`` (default all); the memories of the
+                others are left as they are and their ``M_t`` is zero.
+
+        Returns:
+            ``(M_t (batch, tokens, dim), W_{t+1}, E_{t+1})``.
+        """
+        if H_t.dim() != 3 or H_t.shape[-1] != self.dim:
+            raise ValueError(f"H_t must have shape (batch, tokens, {self.dim}); got {tuple(H_t.shape)}")
+        M_w = self.retrieve(self.working_attention, H_t, W_t)
+        M_e = self.retrieve(self.episodic_attention, H_t, E_t)
+        gamma = torch.sigmoid(self.gate(torch.cat([M_w, M_e], dim=-1)))
+        M_t = gamma * M_w + (1 - gamma) * M_e
+        if active is not None:
+            M_t = M_t.masked_fill(~active[:, None, None], 0.0)
+        W_next = fifo_update(W_t, H_t, active)
+        E_next = similarity_replace_update(E_t, M_t, active)
+        return M_t, W_next, E_next
+
+    def forward_video(
+        self,
+        features: torch.Tensor,
+        state: DualMemoryState | None = None,
+        num_frames: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, DualMemoryState]:
+        """Run Algorithm 1 over the frames of a batch of videos and add the memory as a residual.
+
+        Args:
+            features: ``(batch, frames, tokens, dim)``.
+            state: memories carried from earlier frames of the same videos; ``None`` starts empty.
+            num_frames: ``(batch,)`` long, the real length of each video when shorter videos are padded
+                at the end (default: all ``frames``). Padded frames are neither read nor stored, and
+                their output equals their input.
+
+        Returns:
+            ``(features + M, next_state)``: enhanced features ``(batch, frames, tokens, dim)``, and the
+            memories after the last frame. Running a video in chunks with the carried state gives the
+            same output as one pass.
+        """
+        if features.dim() != 4 or features.shape[-1] != self.dim:
+            raise ValueError(
+                f"features must have shape (batch, frames, tokens, {self.dim}); got {tuple(features.shape)}"
+            )
+        b, t, n, _ = features.shape
+        if state is None:
+            state = self.init_state(b, n, device=features.device, dtype=features.dtype)
+        elif tuple(state.working.slots.shape[::2]) != (b, n):
+            raise ValueError(
+                f"memory state is for (batch, tokens)={tuple(state.working.slots.shape[::2])}; "
+                f"features have (batch, tokens)=({b}, {n})"
+            )
+        if num_frames is not None:
+            if num_frames.dtype != torch.long or tuple(num_frames.shape) != (b,):
+                raise ValueError(
+                    f"num_frames must be a long tensor of shape (batch,)=({b},); "
+                    f"got dtype {num_frames.dtype}, shape {tuple(num_frames.shape)}"
+                )
+            if bool((num_frames < 0).any()) or bool((num_frames > t).any()):
+                raise ValueError(f"num_frames must lie in [0, {t}]; got {num_frames.tolist()}")
+        W, E = state.working, state.episodic
+        outputs = []
+        for i in range(t):
+            active = None if num_frames is None else num_frames > i
+            M_t, W, E = self(features[:, i], W, E, active)
+            outputs.append(features[:, i] + M_t)
+        enhanced = torch.stack(outputs, dim=1) if outputs else features
+        return enhanced, DualMemoryState(working=W, episodic=E)
