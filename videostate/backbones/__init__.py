@@ -1,0 +1,1 @@
+"""Video backbones that carry state through time: :mod:`.videomamba`."""
