@@ -1,0 +1,160 @@
+"""The hybrid backbone: LGS (local-global synergistic) blocks over both input frames.
+
+An :class:`LGSBlock` works on the two frames' features batch-concatenated, ``(2B, H, W, C)`` (frame
+0 first). Branch A (:class:`~.ss2d.InterleavedSS2D`, Mamba-2) scans the two frames interleaved and
+so mixes them; branch B (:class:`~.attention.GatedWindowAttention`) attends locally within each
+frame. In ``hybrid`` mode the branches are concatenated, merged by a 1x1 convolution and reweighted
+by channel attention (ECA or squeeze-excitation); a single-branch mode applies channel attention to
+its one branch. Then an MLP. Both sublayers are pre-norm residuals, or mHC connections
+(:mod:`.mhc`) over ``mhc_streams`` residual streams.
+
+:class:`HybridBackbone` embeds each frame at full resolution and runs three stages (full, 1/2, 1/4
+resolution by default) and returns, per stage, both frames' features stacked on channels.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange, repeat
+from torch import nn
+
+from .attention import GatedWindowAttention
+from .channel_attention import ECAB, ChannelAttention
+from .config import HybridVFIConfig
+from .matvlm import MaTVLMReport, init_mamba2_from_attention
+from .mhc import ManifoldHyperConnection, PlainResidual
+from .ss2d import InterleavedSS2D
+
+
+class MLP(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class LGSBlock(nn.Module):
+    """One LGS block: ``(2B, H, W, C) -> (2B, H, W, C)``, or ``(n, 2B, H, W, C)`` streams with mHC."""
+
+    def __init__(self, config: HybridVFIConfig, dim: int, num_heads: int, window_size: int, shift_size: int):
+        super().__init__()
+        self.mode = config.backbone_mode
+        self.norm1 = nn.LayerNorm(dim)
+        self.ss2d = (
+            InterleavedSS2D(
+                dim,
+                d_state=config.mamba_d_state,
+                d_conv=config.mamba_d_conv,
+                expand=config.mamba_expand,
+                headdim=config.mamba_headdim,
+                chunk_size=config.mamba_chunk_size,
+            )
+            if config.use_mamba
+            else None
+        )
+        self.attn = (
+            GatedWindowAttention(dim, num_heads, window_size, shift_size, gate=config.gate)
+            if config.use_attention
+            else None
+        )
+        self.fuse = nn.Conv2d(2 * dim, dim, 1) if self.mode == "hybrid" else None
+        self.channel_attention = ECAB(dim) if config.use_ecab else ChannelAttention(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = MLP(dim, int(dim * config.mlp_ratio))
+        if config.use_mhc:
+            self.residual_mix = ManifoldHyperConnection(config.mhc_streams)
+            self.residual_mlp = ManifoldHyperConnection(config.mhc_streams)
+        else:
+            self.residual_mix, self.residual_mlp = PlainResidual(), PlainResidual()
+
+    def mix(self, x: torch.Tensor) -> torch.Tensor:
+        """The token-mixing sublayer (both branches, fusion, channel attention), without the residual."""
+        h = self.norm1(x)
+        branches = [branch(h) for branch in (self.ss2d, self.attn) if branch is not None]
+        fused = rearrange(torch.cat(branches, dim=-1), "b h w c -> b c h w")
+        if self.fuse is not None:
+            fused = self.fuse(fused)
+        return rearrange(self.channel_attention(fused), "b c h w -> b h w c")
+
+    def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.norm2(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.residual_mlp(self.residual_mix(x, self.mix), self.feed_forward)
+
+
+class HybridBackbone(nn.Module):
+    """Multi-scale features of a frame pair.
+
+    ``forward(img0, img1)`` with images ``(B, 3, H, W)`` (H and W multiples of ``window * 2**i`` for
+    every stage ``i``) returns a list over stages of ``(B, 2 * embed_dims[i], H / 2**i, W / 2**i)``:
+    frame 0's features, then frame 1's.
+    """
+
+    def __init__(self, config: HybridVFIConfig):
+        super().__init__()
+        self.config = config
+        dims = config.embed_dims
+        self.patch_embed = nn.Sequential(
+            nn.Conv2d(3, dims[0], 3, 1, 1),
+            nn.LeakyReLU(0.1),
+            nn.Conv2d(dims[0], dims[0], 3, 1, 1),
+            nn.LeakyReLU(0.1),
+        )
+        self.stages = nn.ModuleList(
+            nn.ModuleList(
+                LGSBlock(config, dim, heads, window, shift_size=0 if j % 2 == 0 else window // 2) for j in range(depth)
+            )
+            for dim, depth, heads, window in zip(
+                dims, config.depths, config.num_heads, config.window_sizes, strict=True
+            )
+        )
+        self.downsamplers = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(dims[i], dims[i + 1], 3, 2, 1), nn.LeakyReLU(0.1)) for i in range(len(dims) - 1)
+        )
+
+    def required_multiple(self) -> int:
+        return max(window * 2**i for i, window in enumerate(self.config.window_sizes))
+
+    def forward(self, img0: torch.Tensor, img1: torch.Tensor) -> list[torch.Tensor]:
+        if img0.shape != img1.shape or img0.dim() != 4 or img0.shape[1] != 3:
+            raise ValueError(
+                f"img0 and img1 must both be (B, 3, H, W); got {tuple(img0.shape)} and {tuple(img1.shape)}"
+            )
+        height, width = img0.shape[-2:]
+        for i, window in enumerate(self.config.window_sizes):
+            if height % (window * 2**i) or width % (window * 2**i):
+                raise ValueError(
+                    f"HybridBackbone needs H and W divisible by window_size * 2**stage = {window * 2**i} "
+                    f"(stage {i}); got {height}x{width} (HybridVFI pads automatically)"
+                )
+        x = self.patch_embed(torch.cat([img0, img1], dim=0))  # (2B, C0, H, W)
+        outputs = []
+        for i, blocks in enumerate(self.stages):
+            h = rearrange(x, "b c h w -> b h w c")
+            if self.config.use_mhc:
+                h = repeat(h, "... -> n ...", n=self.config.mhc_streams)
+            for block in blocks:
+                h = block(h)
+            if self.config.use_mhc:
+                h = h.mean(dim=0)
+            x = rearrange(h, "b h w c -> b c h w")
+            outputs.append(rearrange(x, "(f b) c h w -> b (f c) h w", f=2))
+            if i < len(self.downsamplers):
+                x = self.downsamplers[i](x)
+        return outputs
+
+    def init_mamba_from_attention(self) -> list[MaTVLMReport]:
+        """MaTVLM initialisation of every hybrid block's Mamba-2 from its attention branch; one report
+        per block, each listing what was copied and what could not be mapped."""
+        if self.config.backbone_mode != "hybrid":
+            raise ValueError(
+                f"MaTVLM initialisation needs both branches (backbone_mode='hybrid'); got {self.config.backbone_mode!r}"
+            )
+        return [
+            init_mamba2_from_attention(block.ss2d.mamba, block.attn, name=f"stages.{i}.{j}")
+            for i, blocks in enumerate(self.stages)
+            for j, block in enumerate(blocks)
+        ]

@@ -1,0 +1,70 @@
+"""Interleaved SS2D with a Mamba-2 (SSD) mixer: branch A of the LGS block (VFIMamba's cross-frame scan).
+
+The two frames' feature maps are interleaved token by token into one sequence of length ``2 H W``,
+``f0[p0], f1[p0], f0[p1], f1[p1], ...``, in four orders: row-major (H then W), column-major (W then
+H), and both reversed. One :class:`videostate.ssm.Mamba2` runs over the four sequences (stacked in
+the batch); the outputs are put back in pixel order, summed over the directions and split per frame.
+The recurrent state thus alternates between the frames at every pixel, mixing them in time.
+
+Differences from VFIMamba's ``SS2D`` (a Mamba-1 selective scan): the mixer is Mamba-2, whose short
+convolution is the causal 1-D one along each sequence (VFIMamba uses a depthwise 3x3 conv before
+scanning), and the four directions share the mixer's parameters (VFIMamba keeps per-direction
+``x_proj``/``dt_proj``/``A``/``D``). The scan runs in float32 even under autocast.
+"""
+
+from __future__ import annotations
+
+import torch
+from einops import rearrange
+from torch import nn
+
+from ..ssm import Mamba2
+
+NUM_DIRECTIONS = 4
+
+
+def interleaved_scan(x: torch.Tensor) -> torch.Tensor:
+    """``(2B, H, W, C)`` (frame 0 batch first, then frame 1) -> ``(4 * B, 2 H W, C)``.
+
+    Directions, each a block of B sequences: row-major, column-major, row-major reversed, column-major reversed.
+    """
+    if x.dim() != 4 or x.shape[0] % 2:
+        raise ValueError(f"x must have shape (2B, H, W, C) with frame 0 then frame 1; got {tuple(x.shape)}")
+    pair = rearrange(x, "(f b) h w c -> b h w f c", f=2)
+    rows = rearrange(pair, "b h w f c -> b (h w f) c")
+    cols = rearrange(pair, "b h w f c -> b (w h f) c")
+    return torch.cat([rows, cols, rows.flip(1), cols.flip(1)], dim=0)
+
+
+def interleaved_merge(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Inverse ordering of :func:`interleaved_scan`, summing the directions: ``(4 * B, 2 H W, C) -> (2B, H, W, C)``."""
+    if y.dim() != 3 or y.shape[0] % NUM_DIRECTIONS or y.shape[1] != 2 * height * width:
+        raise ValueError(f"y must have shape (4B, 2*{height}*{width}, C); got {tuple(y.shape)}")
+    rows, cols, rows_rev, cols_rev = y.chunk(NUM_DIRECTIONS, dim=0)
+    rows = rows + rows_rev.flip(1)
+    cols = cols + cols_rev.flip(1)
+    pair = rearrange(rows, "b (h w f) c -> b h w f c", h=height, w=width, f=2) + rearrange(
+        cols, "b (w h f) c -> b h w f c", h=height, w=width, f=2
+    )
+    return rearrange(pair, "b h w f c -> (f b) h w c")
+
+
+class InterleavedSS2D(nn.Module):
+    """Cross-frame Mamba-2 over interleaved scans: ``(2B, H, W, C) -> (2B, H, W, C)``.
+
+    Args:
+        dim: channels. d_state, d_conv, expand, headdim, chunk_size: the :class:`~videostate.ssm.Mamba2`
+        settings (``expand * dim`` must be a multiple of ``headdim``).
+    """
+
+    def __init__(
+        self, dim: int, d_state: int = 64, d_conv: int = 4, expand: int = 2, headdim: int = 16, chunk_size: int = 256
+    ):
+        super().__init__()
+        self.mamba = Mamba2(dim, d_state=d_state, d_conv=d_conv, expand=expand, headdim=headdim, chunk_size=chunk_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _, height, width, _ = x.shape
+        with torch.autocast(x.device.type, enabled=False):
+            y = self.mamba(interleaved_scan(x.float()))
+            return interleaved_merge(y, height, width).to(x.dtype)
