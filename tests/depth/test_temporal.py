@@ -1,0 +1,102 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from videostate.depth import MambaBlock, SpatialPreMix, TemporalMambaScale, temporal_detokenize, temporal_tokenize
+from videostate.depth.temporal import temporal_position_encoding
+
+
+def test_tokenize_layout_and_inverse():
+    B, N, C, H, W = 2, 3, 4, 5, 6
+    feat = torch.randn(B, N, C, H, W)
+    tokens = temporal_tokenize(feat)
+    assert tokens.shape == (B * H * W, N, C)
+    for b, h, w in [(0, 0, 0), (1, 4, 5), (1, 2, 3), (0, 3, 1)]:
+        torch.testing.assert_close(tokens[b * H * W + h * W + w], feat[b, :, :, h, w], rtol=0, atol=0)
+    assert torch.equal(temporal_detokenize(tokens, H, W, B), feat)
+
+
+def test_tokenize_errors():
+    with pytest.raises(ValueError, match=r"\(B, N, C, H, W\)"):
+        temporal_tokenize(torch.randn(2, 3, 4, 5))
+    with pytest.raises(ValueError, match="B\\*H\\*W=24"):
+        temporal_detokenize(torch.randn(25, 3, 4), 3, 4, 2)
+
+
+def test_spatial_premix_is_a_depthwise_convolution():
+    premix = SpatialPreMix(3).double()
+    x = torch.randn(4, 3, 6, 7, dtype=torch.float64)
+    expected = torch.stack(
+        [
+            F.conv2d(x[:, c : c + 1], premix.conv.weight[c : c + 1], premix.conv.bias[c : c + 1], padding=1)[:, 0]
+            for c in range(3)
+        ],
+        dim=1,
+    )
+    torch.testing.assert_close(premix(x), expected)
+    with pytest.raises(ValueError, match=r"\(B\*N, 3, H, W\)"):
+        premix(torch.randn(4, 2, 6, 7))
+
+
+def test_position_encoding_formula():
+    positions = torch.tensor([[0, 5], [17, 12345]])
+    pe = temporal_position_encoding(positions, 5, 100.0)
+    assert pe.shape == (2, 2, 5)
+    t = 12345.0
+    expected = [math.sin(t), math.sin(t / 10.0), math.cos(t), math.cos(t / 10.0), 0.0]
+    torch.testing.assert_close(pe[1, 1], torch.tensor(expected, dtype=torch.float64))
+
+
+def test_mamba_block_is_the_written_composition():
+    torch.manual_seed(0)
+    block = MambaBlock(6, d_state=4).double()
+    x = torch.randn(3, 7, 6, dtype=torch.float64)
+    h = x + block.mamba(F.layer_norm(x, (6,), block.norm1.weight, block.norm1.bias))
+    n = F.layer_norm(h, (6,), block.norm2.weight, block.norm2.bias)
+    expected = h + F.linear(
+        F.silu(F.linear(n, block.ffn[0].weight, block.ffn[0].bias)), block.ffn[2].weight, block.ffn[2].bias
+    )
+    torch.testing.assert_close(block(x), expected)
+
+
+def test_temporal_scale_chunks_and_steps_equal_offline():
+    torch.manual_seed(1)
+    scale = TemporalMambaScale(4, num_blocks=2, d_state=3).double()
+    z = torch.randn(5, 9, 4, dtype=torch.float64)
+    offline, final = scale(z)
+    state, outs = scale.init_state(5, dtype=torch.float64), []
+    for lo, hi in [(0, 2), (2, 3), (3, 9)]:
+        y, state = scale(z[:, lo:hi], state)
+        outs.append(y)
+    torch.testing.assert_close(torch.cat(outs, 1), offline)
+    state, steps = scale.init_state(5, dtype=torch.float64), []
+    for t in range(9):
+        y, state = scale.step(z[:, t], state)
+        steps.append(y)
+    torch.testing.assert_close(torch.stack(steps, 1), offline)
+    for a, b in zip(state.blocks, final.blocks, strict=True):
+        torch.testing.assert_close(a.ssm_state, b.ssm_state)
+        torch.testing.assert_close(a.conv_state, b.conv_state)
+
+
+def test_temporal_scale_is_causal():
+    torch.manual_seed(2)
+    scale = TemporalMambaScale(4, num_blocks=1, d_state=3).double()
+    z = torch.randn(2, 6, 4, dtype=torch.float64)
+    changed = z.clone()
+    changed[:, 4] += 1.0
+    y, _ = scale(z)
+    y2, _ = scale(changed)
+    torch.testing.assert_close(y[:, :4], y2[:, :4], rtol=0, atol=0)
+    assert (y[:, 4:] - y2[:, 4:]).abs().max() > 1e-3
+
+
+def test_temporal_scale_rejects_wrong_state():
+    scale = TemporalMambaScale(4, num_blocks=2)
+    other = TemporalMambaScale(4, num_blocks=1)
+    with pytest.raises(ValueError, match="2 block states"):
+        scale(torch.randn(2, 3, 4), other.init_state(2))
+    with pytest.raises(ValueError, match="num_blocks"):
+        TemporalMambaScale(4, num_blocks=0)
