@@ -6,8 +6,8 @@ pretraining: ``norm``, ``clip_decoder``) and, unwrapped, the ImageNet ones. What
 reported in the returned :class:`LoadReport`:
 
 - ``patch_embed.proj.weight`` of an image checkpoint (2D) is inflated to the 3D tubelet kernel
-  (centre frame, as the official loader); its ``head`` is dropped and the model keeps its own (zero)
-  temporal table.
+  (centre frame, as the official loader); its ``head`` is dropped and the model keeps its own head
+  and (zero) temporal table.
 - ``temporal_pos_embedding`` is interpolated linearly from ``ckpt_num_frame // kernel_size`` entries to
   the model's; ``pos_embed`` bicubically (cls slot kept) when the patch grid differs.
 - the final norm is renamed between the two layouts (``norm_f`` <-> ``norm``).
@@ -145,7 +145,7 @@ def load_checkpoint(
         key = "patch_embed.proj.weight"
         state_dict[key] = inflate_weight(state_dict[key], target[key].shape[2], center)
         report.resized[key] = f"inflated 2D -> 3D over {target[key].shape[2]} frames (center={center})"
-        report.initialised.append("temporal_pos_embedding")
+        report.initialised += ["temporal_pos_embedding"] + [k for k in target if k.startswith("head.")]
     elif "temporal_pos_embedding" in state_dict:
         _resize_temporal(state_dict, target, ckpt_num_frame, tubelet, report)
     if "pos_embed" in state_dict and state_dict["pos_embed"].shape != target["pos_embed"].shape:
