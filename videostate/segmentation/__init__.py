@@ -1,6 +1,7 @@
 """VidEoMT video segmentation: model (on transformers' VidEoMT), loss with Hungarian matching,
 post-processing into tracks, YouTube-VIS evaluation."""
 
+from .loss import VideomtHungarianMatcher, VideomtLoss
 from .model import (
     VideomtConfig,
     VideomtForUniversalSegmentation,
@@ -15,6 +16,8 @@ from .model import (
 __all__ = [
     "VideomtConfig",
     "VideomtForUniversalSegmentation",
+    "VideomtHungarianMatcher",
+    "VideomtLoss",
     "VideomtState",
     "VideomtVideoOutput",
     "flatten_frames",
