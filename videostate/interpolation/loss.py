@@ -183,6 +183,8 @@ class CompositeLoss(nn.Module):
         vgg_weights_path: torchvision VGG-19 weights file. Without it the perceptual term is off (a
             warning says so when ``vgg_weight > 0``) and ``perceptual_enabled`` is False.
         flow_edge_factor: ``edge_factor`` of :class:`FlowSmoothnessLoss`.
+        lap_levels: pyramid levels of :class:`LapLoss` (5; images must keep a side of at least 3
+            pixels at the coarsest level, so 3 levels for crops under 48 pixels).
 
     ``forward(pred, target, flow=None)`` returns ``(total, logs)`` with ``logs`` holding detached
     ``loss_lap``, ``loss_ter``, ``loss_vgg`` (when on), ``loss_flow_smooth`` (phases 2-3) and ``loss_total``.
@@ -197,6 +199,7 @@ class CompositeLoss(nn.Module):
         flow_smooth_weight: float = 0.1,
         vgg_weights_path: str | os.PathLike | None = None,
         flow_edge_factor: float = 10.0,
+        lap_levels: int = 5,
     ):
         super().__init__()
         if phase not in (1, 2, 3):
@@ -212,7 +215,7 @@ class CompositeLoss(nn.Module):
         self.phase = phase
         self.lap_weight, self.ternary_weight = lap_weight, ternary_weight
         self.vgg_weight, self.flow_smooth_weight = vgg_weight, flow_smooth_weight
-        self.lap = LapLoss()
+        self.lap = LapLoss(lap_levels)
         self.ternary = Ternary()
         self.flow_smooth = FlowSmoothnessLoss(flow_edge_factor)
         self.perceptual = None
