@@ -90,9 +90,9 @@ def test_metric_errors_name_shapes():
     a = torch.rand(3, 16, 16)
     with pytest.raises(ValueError, match=r"same shape.*\(3, 16, 16\).*\(3, 16, 15\)"):
         psnr(a, torch.rand(3, 16, 15))
-    with pytest.raises(ValueError, match="at least 11x11"):
+    with pytest.raises(ValueError, match=r"at least 11x11"):
         ssim(torch.rand(3, 8, 20), torch.rand(3, 8, 20))
-    with pytest.raises(ValueError, match="channels, height, width"):
+    with pytest.raises(ValueError, match=r"channels, height, width"):
         ssim_matlab(torch.rand(16, 16), torch.rand(16, 16))
-    with pytest.raises(ValueError, match="reduction"):
+    with pytest.raises(ValueError, match=r"reduction"):
         psnr(a, a.flip(-1), reduction="sum")

@@ -80,7 +80,7 @@ def test_truncation_changes_the_gradient_and_final_state_matches_offline():
 def test_bptt_rejects_bad_arguments():
     x, y = _data()
     model = tiny_model(dtype=torch.float64)
-    with pytest.raises(ValueError, match="chunk_size must be >= 1"):
+    with pytest.raises(ValueError, match=r"chunk_size must be >= 1"):
         truncated_bptt(model, x, _loss_fn(y), model.init_state(2, dtype=torch.float64), chunk_size=0)
-    with pytest.raises(ValueError, match="at least one step"):
+    with pytest.raises(ValueError, match=r"at least one step"):
         truncated_bptt(model, x[:, :0], _loss_fn(y), model.init_state(2, dtype=torch.float64), chunk_size=2)

@@ -93,7 +93,7 @@ def test_clipping_logs_and_images(tmp_path):
         return original_step(*args, **kwargs)
 
     trainer.optimizer.step = spy
-    with pytest.warns(UserWarning, match="overridden"):  # torch notices the spy; harmless here
+    with pytest.warns(UserWarning, match=r"overridden"):  # torch notices the spy; harmless here
         trainer.fit()
     assert seen["norm"] == pytest.approx(1e-3, rel=1e-4)  # clipped to max norm
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -107,13 +107,13 @@ def test_clipping_logs_and_images(tmp_path):
 def test_train_step_contract_errors(tmp_path):
     data = SequenceData(n=4, length=4)
     cfg = TrainerConfig(max_steps=1, batch_size=2, progress=False)
-    with pytest.raises(RuntimeError, match="must call backward"):
+    with pytest.raises(RuntimeError, match=r"must call backward"):
         Trainer(tiny_model(), lambda m, b, backward: {}, data, cfg).fit()
-    with pytest.raises(TypeError, match="log 'bad' must be a number or an image batch"):
+    with pytest.raises(TypeError, match=r"log 'bad' must be a number or an image batch"):
         Trainer(tiny_model(), lambda m, b, backward: backward(m(b[0]).mean()) or {"bad": [1]}, data, cfg).fit()
-    with pytest.raises(ValueError, match="fewer than batch_size=8"):
+    with pytest.raises(ValueError, match=r"fewer than batch_size=8"):
         Trainer(tiny_model(), noisy_step, data, TrainerConfig(batch_size=8))
-    with pytest.raises(ValueError, match="grad_accum must be >= 1"):
+    with pytest.raises(ValueError, match=r"grad_accum must be >= 1"):
         TrainerConfig(grad_accum=0)
-    with pytest.raises(ValueError, match="'fp16' needs a CUDA device"):
+    with pytest.raises(ValueError, match=r"'fp16' needs a CUDA device"):
         Trainer(tiny_model(), noisy_step, data, TrainerConfig(batch_size=2, precision="fp16", device="cpu"))

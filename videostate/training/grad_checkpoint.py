@@ -21,15 +21,14 @@ def _checkpointed(module: nn.Module, forward, *args, **kwargs):
 
 def enable_gradient_checkpointing(model: nn.Module, module_types: type | tuple[type, ...]) -> int:
     """Checkpoint every submodule of ``model`` that is an instance of ``module_types`` (e.g. the
-    residual blocks); returns how many were wrapped. Calling it again does not wrap twice."""
-    count = 0
-    for module in model.modules():
-        if isinstance(module, module_types) and "forward" not in module.__dict__:
-            module.forward = functools.partial(_checkpointed, module, module.forward)
-            count += 1
-    if count == 0:
+    residual blocks); returns how many are checkpointed. Calling it again does not wrap twice."""
+    matches = [m for m in model.modules() if isinstance(m, module_types)]
+    if not matches:
         raise ValueError(f"no submodule of {type(model).__name__} is a {module_types}")
-    return count
+    for module in matches:
+        if "forward" not in module.__dict__:
+            module.forward = functools.partial(_checkpointed, module, module.forward)
+    return len(matches)
 
 
 def disable_gradient_checkpointing(model: nn.Module) -> None:

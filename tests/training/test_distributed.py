@@ -1,0 +1,78 @@
+"""Two gloo processes on CPU: the DDP-averaged gradient equals one process on the same global batch."""
+
+import os
+import socket
+import time
+
+import torch
+import torch.multiprocessing as mp
+
+from tests.training.tiny import SequenceData, tiny_model
+from videostate.training import OptimConfig, Trainer, TrainerConfig
+
+WORLD = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _data():
+    data = SequenceData(n=8, length=5, seed=4)
+    data.x, data.y = data.x.double(), data.y.double()
+    return data
+
+
+def _step(model, batch, backward):
+    x, y = batch
+    loss = (model(x) - y).pow(2).mean()
+    backward(loss)
+    return {"loss": loss}
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
+    torch.set_num_threads(1)
+    # rank 1 builds different weights on purpose: DDP must broadcast rank 0's
+    model = tiny_model(seed=rank, dtype=torch.float64)
+    cfg = TrainerConfig(max_steps=1, batch_size=2, grad_accum=2, clip_grad_norm=None, progress=False, log_every=1)
+    trainer = Trainer(
+        model,
+        _step,
+        _data(),
+        cfg,
+        OptimConfig(schedule="constant"),
+        optimizer=torch.optim.SGD(model.parameters(), lr=1.0),
+    )
+    assert trainer.dist.world_size == WORLD and trainer.dist.rank == rank
+    seen = sorted(trainer.sampler)
+    trained = trainer.fit()
+    torch.save({"params": dict(trained.state_dict()), "samples": seen}, f"{out}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_gradient_equals_single_process_global_batch(tmp_path):
+    ctx = mp.start_processes(
+        _worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn"
+    )
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=1):
+        if time.monotonic() > deadline:
+            for p in ctx.processes:
+                p.kill()
+            raise TimeoutError("DDP workers did not finish within 120 s")
+    results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    # the two ranks split the 8 samples between them, and end with the same weights
+    assert sorted(results[0]["samples"] + results[1]["samples"]) == list(range(8))
+    for name, value in results[0]["params"].items():
+        assert torch.equal(value, results[1]["params"][name]), name
+    # oracle: rank 0's initial weights, mean loss over the global batch of 8, one SGD step with lr 1
+    reference = tiny_model(seed=0, dtype=torch.float64)
+    data = _data()
+    (reference(data.x) - data.y).pow(2).mean().backward()
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(results[0]["params"][name], (p - p.grad).detach(), rtol=1e-10, atol=1e-12, msg=name)
