@@ -240,7 +240,7 @@ def test_matvlm_exact_copy_when_dimensions_match():
     mamba = Mamba2(16, d_state=8, ngroups=2, expand=1, headdim=8)
     report = init_mamba2_from_attention(mamba, attn, name="block")
     q, k, v = attn.qkv.weight.split(16)
-    z, x, b, c, dt = mamba.in_proj.weight.split([16, 16, 16, 16, 2])
+    _z, x, b, c, _dt = mamba.in_proj.weight.split([16, 16, 16, 16, 2])
     torch.testing.assert_close(x, v)
     torch.testing.assert_close(b, k)
     torch.testing.assert_close(c, q)

@@ -146,7 +146,9 @@ def test_vgg_loads_torchvision_file_and_perceptual_loss_matches_manual_chain(tmp
         return out
 
     weights = (1 / 2.6, 1 / 4.8, 1 / 3.7, 1 / 5.6, 10 / 1.5)
-    expected = 0.1 * sum(w * (a - b).abs().mean() for w, a, b in zip(weights, features(pred), features(target)))
+    expected = 0.1 * sum(
+        w * (a - b).abs().mean() for w, a, b in zip(weights, features(pred), features(target), strict=True)
+    )
     torch.testing.assert_close(VGGPerceptualLoss(vgg)(pred, target), expected)
 
 

@@ -9,7 +9,7 @@ from videostate.interpolation.warp import _BASE_GRIDS, base_grid
 
 def bilinear_border_oracle(image, flow):
     """Sample every output pixel by hand: coordinates clamped to the image, bilinear weights."""
-    b, c, h, w = image.shape
+    b, _c, h, w = image.shape
     out = torch.empty_like(image)
     for n in range(b):
         for y in range(h):
