@@ -208,9 +208,13 @@ def _spatial_inputs(n=2, seed=0):
 @pytest.mark.parametrize("injection", [True, False])
 def test_spatial_fusion_switches(alignment, injection):
     torch.manual_seed(0)
-    module = SpatialFusion(
-        8, 6, num_heads=2, alignment_heads=2, use_viewpoint_alignment=alignment, use_coordinate_injection=injection
-    ).double().eval()
+    module = (
+        SpatialFusion(
+            8, 6, num_heads=2, alignment_heads=2, use_viewpoint_alignment=alignment, use_coordinate_injection=injection
+        )
+        .double()
+        .eval()
+    )
     inputs = _spatial_inputs()
     out = module(**inputs)
     visual = inputs["visual"]

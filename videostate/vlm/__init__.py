@@ -1,7 +1,10 @@
 """VLM²: dual working/episodic memory and view-consistent geometry fusion inside a transformers video LLM."""
 
+from .config import VLM2Config
 from .fusion import CoordinateInjection, CrossAttentionFusion, SpatialFusion, ViewpointAwareAlignment
 from .memory import DualMemoryModule, DualMemoryState, EpisodicMemory, MemoryBank, WorkingMemory
+from .model import VLM2ForConditionalGeneration
+from .spatial import SpatialFeatures
 
 __all__ = [
     "CoordinateInjection",
@@ -10,7 +13,10 @@ __all__ = [
     "DualMemoryState",
     "EpisodicMemory",
     "MemoryBank",
+    "SpatialFeatures",
     "SpatialFusion",
+    "VLM2Config",
+    "VLM2ForConditionalGeneration",
     "ViewpointAwareAlignment",
     "WorkingMemory",
 ]

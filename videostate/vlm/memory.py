@@ -49,9 +49,7 @@ class MemoryBank(StreamState):
     count: torch.Tensor
 
     @classmethod
-    def empty(
-        cls, batch_size: int, capacity: int, tokens: int, dim: int, *, device=None, dtype=None
-    ) -> MemoryBank:
+    def empty(cls, batch_size: int, capacity: int, tokens: int, dim: int, *, device=None, dtype=None) -> MemoryBank:
         if capacity < 1:
             raise ValueError(f"memory capacity must be at least 1; got {capacity}")
         slots = torch.zeros(batch_size, capacity, tokens, dim, device=device, dtype=dtype)

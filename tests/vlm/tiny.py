@@ -1,0 +1,103 @@
+"""Tiny random LLaVA-OneVision and LLaVA-NeXT-Video models for CPU tests."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    LlavaNextVideoConfig,
+    LlavaNextVideoForConditionalGeneration,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    Qwen2Config,
+    SiglipVisionConfig,
+)
+
+from videostate.vlm import SpatialFeatures, VLM2Config
+
+VIDEO_TOKEN = 251
+IMAGE_TOKEN = 250
+VISION_DIM = 32
+GEOM_DIM = 24
+IMAGE_SIZE = 32  # 4x4 patches of 8 pixels
+
+
+def tiny_base(kind: str, seed: int = 0):
+    torch.manual_seed(seed)
+    vision = SiglipVisionConfig(
+        hidden_size=VISION_DIM,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=IMAGE_SIZE,
+        patch_size=8,
+    )
+    text = Qwen2Config(
+        vocab_size=256,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
+    common = dict(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=IMAGE_TOKEN,
+        video_token_index=VIDEO_TOKEN,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+    )
+    if kind == "onevision":
+        model = LlavaOnevisionForConditionalGeneration(LlavaOnevisionConfig(**common, image_grid_pinpoints=[[32, 32]]))
+    elif kind == "nextvideo":
+        model = LlavaNextVideoForConditionalGeneration(
+            LlavaNextVideoConfig(
+                **common, image_grid_pinpoints=[[32, 32]], spatial_pool_mode="average", spatial_pool_stride=2
+            )
+        )
+    else:
+        raise ValueError(kind)
+    model.generation_config.pad_token_id = 0
+    return model.eval()
+
+
+def video_token_count(kind: str, frames: int) -> int:
+    """Placeholders per video: 2x2 pooled tokens per frame, plus one newline token for OneVision."""
+    return frames * 4 + (1 if kind == "onevision" else 0)
+
+
+def tiny_vlm2_config(**overrides) -> VLM2Config:
+    values = dict(
+        memory_L_w=2,
+        memory_L_e=3,
+        memory_feature_dim=VISION_DIM,
+        memory_num_heads=2,
+        memory_dropout=0.0,
+        spatial_feature_dim=GEOM_DIM,
+        fusion_num_heads=2,
+        fusion_dropout=0.0,
+        alignment_num_heads=2,
+    )
+    values.update(overrides)
+    return VLM2Config(**values)
+
+
+def video_batch(kind: str, batch: int, frames: int, seed: int = 0, prompt: int = 3):
+    """``input_ids (batch, prompt + video tokens + 2)`` and ``pixel_values_videos``."""
+    g = torch.Generator().manual_seed(seed)
+    pixels = torch.randn(batch, frames, 3, IMAGE_SIZE, IMAGE_SIZE, generator=g)
+    text = torch.randint(1, 200, (batch, prompt + 2), generator=g)
+    video = torch.full((batch, video_token_count(kind, frames)), VIDEO_TOKEN)
+    input_ids = torch.cat([text[:, :prompt], video, text[:, prompt:]], dim=1)
+    return input_ids, pixels
+
+
+def spatial_batch(batch: int, frames: int, seed: int = 0, points_size: int = 8) -> SpatialFeatures:
+    g = torch.Generator().manual_seed(seed)
+    return SpatialFeatures(
+        camera_tokens=torch.randn(batch, frames, 1, GEOM_DIM, generator=g),
+        patch_tokens=torch.randn(batch, frames, 16, GEOM_DIM, generator=g),
+        points=torch.randn(batch, frames, points_size, points_size, 3, generator=g),
+        confidence=torch.rand(batch, frames, points_size, points_size, generator=g),
+    )
