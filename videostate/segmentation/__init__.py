@@ -1,6 +1,7 @@
-"""VidEoMT video segmentation: model (on transformers' VidEoMT), loss with Hungarian matching,
-post-processing into tracks, YouTube-VIS evaluation."""
+"""VidEoMT video segmentation: the model (on transformers' VidEoMT), its loss with Hungarian matching,
+post-processing into tracks / semantic / panoptic maps, and YouTube-VIS export and evaluation."""
 
+from .evaluation import evaluate_ytvis
 from .loss import VideomtHungarianMatcher, VideomtLoss
 from .model import (
     VideomtConfig,
@@ -12,16 +13,33 @@ from .model import (
     to_frame_major,
     unflatten_frames,
 )
+from .postprocess import (
+    OnlineTracks,
+    PanopticVideo,
+    Track,
+    instance_tracks,
+    panoptic_video,
+    semantic_video,
+    ytvis_results,
+)
 
 __all__ = [
+    "OnlineTracks",
+    "PanopticVideo",
+    "Track",
     "VideomtConfig",
     "VideomtForUniversalSegmentation",
     "VideomtHungarianMatcher",
     "VideomtLoss",
     "VideomtState",
     "VideomtVideoOutput",
+    "evaluate_ytvis",
     "flatten_frames",
     "from_frame_major",
+    "instance_tracks",
+    "panoptic_video",
+    "semantic_video",
     "to_frame_major",
     "unflatten_frames",
+    "ytvis_results",
 ]
