@@ -259,10 +259,15 @@ class VideoMambaDepth(nn.Module):
         depth = self.decode([f + r for f, r in zip(feats, residuals, strict=True)], tuple(rgb_clip.shape[-2:]))
         return VideoMambaDepthOutput(depth, residuals, next_states)
 
-    def forward(self, rgb_clip: torch.Tensor, states: VideoMambaDepthState | None = None):
+    def forward(
+        self, rgb_clip: torch.Tensor, states: VideoMambaDepthState | None = None, *, output_temporal: bool = False
+    ):
         """``rgb_clip (B, N, 3, H, W)`` in [0, 1] -> ``depth (B, N, 1, H, W)``, plus the next states when
-        ``states`` is given (chunked streaming; equal to one offline pass)."""
+        ``states`` is given (chunked streaming; equal to one offline pass). ``output_temporal=True`` returns the
+        whole :class:`VideoMambaDepthOutput` instead (training uses its temporal read-outs)."""
         out = self.run(rgb_clip, states)
+        if output_temporal:
+            return out
         return out.depth if states is None else (out.depth, out.states)
 
     def step_features(
