@@ -111,3 +111,10 @@ def run_demos(args) -> None:
         f"{args.length} tokens, device {args.device}"
     )
     print(format_table(title, rows))
+
+    from .backbones.videomamba_demo import videomamba_streaming_demo
+
+    rows = videomamba_streaming_demo(seed=args.seed, device=args.device)
+    print()
+    print(format_table(f"VideoMamba-Ti (random weights), 8 frames of {rows[0]['source']} at 64 px", rows))
+    print(f"carried state: {rows[1]['state_bytes'] / 2**20:.2f} MiB per stream, the same after every chunk")
