@@ -31,6 +31,59 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# Depth Anything V2 architectures as transformers converts them (``convert_depth_anything_to_hf.py``):
+# backbone width, depth and heads, the layers feeding the neck, neck widths and fusion width.
+DEPTH_ANYTHING_V2_ARCHITECTURES = {
+    "small": {"hidden": 384, "layers": 12, "heads": 6, "out": [3, 6, 9, 12], "neck": [48, 96, 192, 384], "fusion": 64},
+    "base": {
+        "hidden": 768,
+        "layers": 12,
+        "heads": 12,
+        "out": [3, 6, 9, 12],
+        "neck": [96, 192, 384, 768],
+        "fusion": 128,
+    },
+    "large": {
+        "hidden": 1024,
+        "layers": 24,
+        "heads": 16,
+        "out": [5, 12, 18, 24],
+        "neck": [256, 512, 1024, 1024],
+        "fusion": 256,
+    },
+}
+
+
+def depth_anything_v2_config(size: str):
+    """The ``DepthAnythingConfig`` of Depth Anything V2 ``size`` (``small``, ``base``, ``large``), relative depth."""
+    from transformers import DepthAnythingConfig, Dinov2Config
+
+    if size not in DEPTH_ANYTHING_V2_ARCHITECTURES:
+        raise ValueError(f"size must be one of {sorted(DEPTH_ANYTHING_V2_ARCHITECTURES)}; got {size!r}")
+    arch = DEPTH_ANYTHING_V2_ARCHITECTURES[size]
+    backbone = Dinov2Config(
+        image_size=518,
+        patch_size=14,
+        hidden_size=arch["hidden"],
+        num_hidden_layers=arch["layers"],
+        num_attention_heads=arch["heads"],
+        intermediate_size=4 * arch["hidden"],
+        out_indices=arch["out"],
+        apply_layernorm=True,
+        reshape_hidden_states=False,
+    )
+    return DepthAnythingConfig(
+        backbone_config=backbone,
+        patch_size=14,
+        reassemble_hidden_size=arch["hidden"],
+        reassemble_factors=[4, 2, 1, 0.5],
+        neck_hidden_sizes=arch["neck"],
+        fusion_hidden_size=arch["fusion"],
+        head_hidden_size=32,
+        depth_estimation_type="relative",
+    )
+
+
 def constrain_to_multiple(x: float, multiple: int, min_val: int) -> int:
     """Depth Anything's ``constrain_to_multiple_of``: round to a multiple, rounding up below ``min_val``."""
     y = round(x / multiple) * multiple

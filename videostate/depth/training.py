@@ -1,0 +1,154 @@
+"""The ``depth`` training task: distil the teacher into :class:`VideoMambaDepth` with truncated BPTT.
+
+A batch of clips ``(B, N, 3, H, W)`` is, with probability ``p_single_frame``, cut to its first frame (N=1:
+fresh state, SE loss only); otherwise it runs in chunks of ``chunk_size`` frames with the state carried and
+detached between chunks, each chunk back-propagating ``alpha * SE + beta * TGM + gamma * state`` (temporal terms
+inside the chunk). Targets are the ground-truth disparity when the data has depth (supervised mode), otherwise
+the teacher's depth (cached, or computed on the fly). Use it in a recipe as
+``task: videostate.depth.training:TASK`` (or ``task: depth`` once registered).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import torch
+from torch import nn
+
+from videostate.training import truncated_bptt
+from videostate.training.recipe import Task, TaskSetup
+
+from .data import DepthDataConfig, DepthVideoDataset, collate_depth
+from .losses import depth_to_disparity, midas_se_loss, state_smooth_loss, temporal_gradient_loss
+from .model import VideoMambaDepth, VideoMambaDepthConfig, VideoMambaDepthOutput
+from .teacher import DepthAnythingTeacher, depth_anything_v2_config
+from .visualize import depth_images
+
+
+@dataclasses.dataclass
+class DepthModelConfig:
+    """The ``model`` section of a depth recipe.
+
+    Attributes:
+        teacher: Depth Anything checkpoint (local folder or hub id) in transformers format.
+        input_size: the teacher's input shorter side (518 for the official models).
+        teacher_architecture: instead of ``teacher``, a randomly initialised Depth Anything V2 of this size
+            (``small``, ``base``, ``large``): pipeline checks and timings without pretrained weights.
+        temporal: the temporal modules.
+        init_from: a saved :class:`VideoMambaDepth` folder to start from (overrides ``teacher``).
+        se_weight, tgm_weight, state_weight: the loss weights alpha, beta, gamma.
+        gradient_weight: weight of the multi-scale gradient term inside the SE loss.
+        tgm_threshold: temporal gradient matching ignores target changes above this fraction of the range.
+    """
+
+    teacher: str = ""
+    input_size: int = 518
+    teacher_architecture: str | None = None
+    temporal: VideoMambaDepthConfig = dataclasses.field(default_factory=VideoMambaDepthConfig)
+    init_from: str | None = None
+    se_weight: float = 1.0
+    tgm_weight: float = 10.0
+    state_weight: float = 0.1
+    gradient_weight: float = 0.5
+    tgm_threshold: float = 0.05
+
+    def __post_init__(self):
+        given = [n for n in ("teacher", "teacher_architecture", "init_from") if getattr(self, n)]
+        if len(given) != 1:
+            raise ValueError(
+                f"give exactly one of model.teacher, model.teacher_architecture, model.init_from; got {given}"
+            )
+        for name in ("se_weight", "tgm_weight", "state_weight", "gradient_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"model.{name} must be >= 0; got {getattr(self, name)}")
+
+
+def build_model(config: DepthModelConfig) -> VideoMambaDepth:
+    if config.init_from:
+        return VideoMambaDepth.from_pretrained(config.init_from)
+    if config.teacher_architecture:
+        teacher = DepthAnythingTeacher.from_config(
+            depth_anything_v2_config(config.teacher_architecture), config.input_size
+        )
+    else:
+        teacher = DepthAnythingTeacher.from_pretrained(config.teacher, input_size=config.input_size)
+    return VideoMambaDepth(teacher, config.temporal)
+
+
+def unwrap(model: nn.Module) -> VideoMambaDepth:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def distillation_targets(model: VideoMambaDepth, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(target, mask)`` of shape ``(B, N, H, W)`` in disparity space: ground truth when the batch has depth,
+    else the cached teacher depth, computed by the teacher for samples without a cache."""
+    if "depth" in batch:
+        disparity, valid = depth_to_disparity(batch["depth"], batch["valid"])
+        return disparity[:, :, 0], valid[:, :, 0]
+    clip, teacher = batch["clip"], batch["teacher"].clone()
+    missing = ~batch["has_teacher"]
+    if missing.any():
+        frames = clip[missing].flatten(0, 1)
+        computed = unwrap(model).teacher.predict_depth(frames)
+        teacher[missing] = computed.reshape(int(missing.sum()), clip.shape[1], *computed.shape[1:]).to(teacher)
+    return teacher[:, :, 0], torch.ones_like(teacher[:, :, 0], dtype=torch.bool)
+
+
+def make_train_step(model_cfg: DepthModelConfig, data_cfg: DepthDataConfig, seed: int = 0):
+    """``train_step(model, batch, backward) -> logs`` for the shared trainer.
+
+    The single-frame draw uses its own counter-seeded generator, so every DDP process makes the same choice
+    (and the same number of backward calls) at each step.
+    """
+    calls = {"n": 0}
+
+    def train_step(model: nn.Module, batch: dict, backward) -> dict:
+        calls["n"] += 1
+        single = random.Random(seed * 1_000_003 + calls["n"]).random() < data_cfg.p_single_frame
+        clip = batch["clip"]
+        target, mask = distillation_targets(model, batch)
+        static = batch.get("static")
+        if single:
+            clip, target, mask, static = clip[:, :1], target[:, :1], mask[:, :1], None
+        parts = {"se": 0.0, "tgm": 0.0, "state": 0.0}
+        frames = clip.shape[1]
+        last: dict = {}
+
+        def forward(chunk, states):
+            out = model(chunk, states, output_temporal=True)
+            return out, out.states
+
+        def loss_fn(out: VideoMambaDepthOutput, span: slice) -> torch.Tensor:
+            pred = out.depth[:, :, 0].float()
+            t, m = target[:, span], mask[:, span]
+            weight = (span.stop - span.start) / frames
+            se = midas_se_loss(pred, t, m, model_cfg.gradient_weight)
+            loss = model_cfg.se_weight * se
+            parts["se"] += se.detach() * weight
+            if pred.shape[1] > 1:
+                tgm = temporal_gradient_loss(pred, t, m, model_cfg.tgm_threshold)
+                chunk_static = None if static is None else static[:, span.start : span.stop - 1]
+                state = state_smooth_loss([r.float() for r in out.temporal], chunk_static)
+                loss = loss + model_cfg.tgm_weight * tgm + model_cfg.state_weight * state
+                parts["tgm"] += tgm.detach() * weight
+                parts["state"] += state.detach() * weight
+            last["depth"] = out.depth[0, -1, 0]
+            last["target"] = t[0, -1]
+            return loss
+
+        states = unwrap(model).init_states(clip.shape[0], device=clip.device)
+        result = truncated_bptt(forward, clip, loss_fn, states, data_cfg.chunk_size, backward=backward)
+        logs = {"loss": result.loss, "single_frame": float(single), **parts}
+        logs["images/student_vs_target"] = depth_images([last["depth"], last["target"]])
+        return logs
+
+    return train_step
+
+
+def build(model_cfg: DepthModelConfig, data_cfg: DepthDataConfig) -> TaskSetup:
+    model = build_model(model_cfg)
+    return TaskSetup(model, DepthVideoDataset(data_cfg), make_train_step(model_cfg, data_cfg), collate_fn=collate_depth)
+
+
+TASK = Task("depth", DepthModelConfig, DepthDataConfig, build)
