@@ -112,3 +112,32 @@ def test_state_saves_resumes_and_stays_bounded():
     shapes = {name: tuple(t.shape) for name, t in final.tensors().items()}
     assert shapes == {name: tuple(t.shape) for name, t in state.tensors().items()}
     assert shapes["layers.0.conv_state"] == (2, 32, 4) and shapes["layers.1.ssm_state"] == (2, 32, 16)
+
+
+def test_training_through_chunks_with_gradient_checkpointing():
+    model = randomize(VideoMambaEncoder(**TINY, bimamba=False, pool_type="avg", checkpoint_num=2).double())
+    x = video(1, 4, seed=13)
+
+    def grads(use_checkpoint):
+        model.zero_grad()
+        model.use_checkpoint = use_checkpoint
+        outputs, _ = run_chunks(model, x, [2, 2])
+        sum(x_pool.sum() + x_vis.square().mean() for x_vis, x_pool in outputs).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain, checkpointed = grads(False), grads(True)
+    assert plain["layers.0.mixer.A_log"].abs().sum() > 0
+    for name in plain:
+        torch.testing.assert_close(checkpointed[name], plain[name], rtol=1e-10, atol=1e-12, msg=name)
+
+
+def test_bfloat16_model_streams_close_to_float32():
+    model = randomize(VideoMambaEncoder(**TINY, bimamba=False, add_pool_norm=False)).eval()
+    x = video(1, 4, seed=14, dtype=torch.float32)
+    with torch.no_grad():
+        reference = model(x)
+        model.to(torch.bfloat16)
+        outputs, state = run_chunks(model, x.to(torch.bfloat16), [2, 2])
+    streamed = torch.cat([o[0] for o in outputs], dim=1)
+    assert streamed.dtype == torch.bfloat16 and state.layers[0].ssm_state.dtype == torch.float32
+    torch.testing.assert_close(streamed.float(), reference, rtol=0.05, atol=0.05)
