@@ -101,3 +101,24 @@ def spatial_batch(batch: int, frames: int, seed: int = 0, points_size: int = 8) 
         points=torch.randn(batch, frames, points_size, points_size, 3, generator=g),
         confidence=torch.rand(batch, frames, points_size, points_size, generator=g),
     )
+
+
+def char_tokenizer(chat_template: bool = True):
+    """A character-level tokenizer built offline: printable ASCII keeps its code point, ``<video>`` is
+    :data:`VIDEO_TOKEN`, ``<image>`` :data:`IMAGE_TOKEN`, ``<pad>`` 0, ``<eos>`` 1."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {chr(i): i for i in range(32, 127)}
+    vocab.update({"\n": 10, "<pad>": 0, "<eos>": 1, "<unk>": 2, "<video>": VIDEO_TOKEN, "<image>": IMAGE_TOKEN})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    fast.add_special_tokens({"additional_special_tokens": ["<video>", "<image>"]})
+    if chat_template:
+        fast.chat_template = (
+            "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<eos>{% endfor %}"
+            "{% if add_generation_prompt %}<assistant>{% endif %}"
+        )
+    return fast
