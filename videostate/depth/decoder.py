@@ -27,10 +27,11 @@ class PreActResidual(nn.Module):
 class FusionLayer(nn.Module):
     """One fusion step: add the (resized) skip feature through a residual unit, refine, upsample, project."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, takes_skip: bool = True):
         super().__init__()
         self.projection = nn.Conv2d(channels, channels, 1)
-        self.residual_layer1 = PreActResidual(channels)
+        if takes_skip:  # the coarsest layer has no skip input, hence no residual_layer1
+            self.residual_layer1 = PreActResidual(channels)
         self.residual_layer2 = PreActResidual(channels)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor | None, size: tuple[int, int] | None) -> torch.Tensor:
@@ -48,7 +49,7 @@ class FusionLayer(nn.Module):
 class FusionStage(nn.Module):
     def __init__(self, channels: int, num_layers: int):
         super().__init__()
-        self.layers = nn.ModuleList(FusionLayer(channels) for _ in range(num_layers))
+        self.layers = nn.ModuleList(FusionLayer(channels, takes_skip=i > 0) for i in range(num_layers))
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         """``features`` fine to coarse, ``(batch, C, H_i, W_i)`` -> the finest fused map ``(batch, C, 2H_0, 2W_0)``."""
@@ -124,8 +125,15 @@ class DPTDecoder(nn.Module):
 
     def load_from_depth_anything(self, model: nn.Module) -> None:
         """Copy the neck convolutions, fusion stage and head of a ``DepthAnythingForDepthEstimation``
-        (strict: any missing or unexpected key is an error)."""
+        (strict: any missing or unexpected key is an error). transformers gives the coarsest fusion layer a
+        ``residual_layer1`` that its forward never uses; it is not copied."""
         state = {f"convs.{k}": v for k, v in model.neck.convs.state_dict().items()}
-        state.update({f"fusion_stage.{k}": v for k, v in model.neck.fusion_stage.state_dict().items()})
+        state.update(
+            {
+                f"fusion_stage.{k}": v
+                for k, v in model.neck.fusion_stage.state_dict().items()
+                if not k.startswith("layers.0.residual_layer1.")
+            }
+        )
         state.update({f"head.{k}": v for k, v in model.head.state_dict().items()})
         self.load_state_dict(state, strict=True)
