@@ -189,8 +189,10 @@ def test_mhc_connection_matches_formula():
 def test_mhc_initialisation_is_a_mean_input_and_near_identity_mixing():
     h_res, h_pre, h_post = ManifoldHyperConnection(4).matrices()
     torch.testing.assert_close(h_pre, torch.full((4,), 0.25))
-    torch.testing.assert_close(h_post, torch.ones(4))
+    torch.testing.assert_close(h_post, 2 * torch.sigmoid(torch.tensor([-0.5, -1 / 6, 1 / 6, 0.5])))
     assert (h_res.diagonal() > 0.99).all()
+    h_res, _, _ = ManifoldHyperConnection(3, mix_streams=False).matrices()
+    torch.testing.assert_close(h_res, torch.eye(3))
 
 
 # -- LGS block and backbone ------------------------------------------------------------------------

@@ -6,7 +6,8 @@ so mixes them; branch B (:class:`~.attention.GatedWindowAttention`) attends loca
 frame. In ``hybrid`` mode the branches are concatenated, merged by a 1x1 convolution and reweighted
 by channel attention (ECA or squeeze-excitation); a single-branch mode applies channel attention to
 its one branch. Then an MLP. Both sublayers are pre-norm residuals, or mHC connections
-(:mod:`.mhc`) over ``mhc_streams`` residual streams.
+(:mod:`.mhc`) over ``mhc_streams`` residual streams (copies of the stage input, averaged at the
+stage's end).
 
 :class:`HybridBackbone` embeds each frame at full resolution and runs three stages (full, 1/2, 1/4
 resolution by default) and returns, per stage, both frames' features stacked on channels.
@@ -38,7 +39,16 @@ class MLP(nn.Module):
 class LGSBlock(nn.Module):
     """One LGS block: ``(2B, H, W, C) -> (2B, H, W, C)``, or ``(n, 2B, H, W, C)`` streams with mHC."""
 
-    def __init__(self, config: HybridVFIConfig, dim: int, num_heads: int, window_size: int, shift_size: int):
+    def __init__(
+        self,
+        config: HybridVFIConfig,
+        dim: int,
+        num_heads: int,
+        window_size: int,
+        shift_size: int,
+        first_in_stage: bool = False,
+        last_in_stage: bool = False,
+    ):
         super().__init__()
         self.mode = config.backbone_mode
         self.norm1 = nn.LayerNorm(dim)
@@ -64,8 +74,8 @@ class LGSBlock(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * config.mlp_ratio))
         if config.use_mhc:
-            self.residual_mix = ManifoldHyperConnection(config.mhc_streams)
-            self.residual_mlp = ManifoldHyperConnection(config.mhc_streams)
+            self.residual_mix = ManifoldHyperConnection(config.mhc_streams, mix_streams=not first_in_stage)
+            self.residual_mlp = ManifoldHyperConnection(config.mhc_streams, mix_streams=not last_in_stage)
         else:
             self.residual_mix, self.residual_mlp = PlainResidual(), PlainResidual()
 
@@ -105,7 +115,16 @@ class HybridBackbone(nn.Module):
         )
         self.stages = nn.ModuleList(
             nn.ModuleList(
-                LGSBlock(config, dim, heads, window, shift_size=0 if j % 2 == 0 else window // 2) for j in range(depth)
+                LGSBlock(
+                    config,
+                    dim,
+                    heads,
+                    window,
+                    shift_size=0 if j % 2 == 0 else window // 2,
+                    first_in_stage=j == 0,
+                    last_in_stage=j == depth - 1,
+                )
+                for j in range(depth)
             )
             for dim, depth, heads, window in zip(
                 dims, config.depths, config.num_heads, config.window_sizes, strict=True

@@ -7,7 +7,14 @@ The residual stream is widened to ``n`` streams ``x (n, ...)``. A sublayer ``F``
 with ``H_res (n, n)`` projected onto the doubly-stochastic matrices (Birkhoff polytope) by
 Sinkhorn-Knopp iterations on ``exp(logits)``, ``H_pre = sigmoid(.)`` and ``H_post = 2 sigmoid(.)``
 non-negative ``(n,)`` weights. The connections here are static (learned, input-independent).
-Initialisation: ``H_res`` close to the identity, ``H_pre = 1/n`` (the mean of the streams), ``H_post = 1``.
+Initialisation: ``H_res`` close to the identity, ``H_pre = 1/n`` (the mean of the streams), and
+``H_post = 2 sigmoid(linspace(-0.5, 0.5, n))`` (0.76 .. 1.24): unequal, so the streams, which start
+as copies of one input, differ after the first sublayer and the mixing has something to mix.
+
+Where mixing cannot change the result, ``H_res`` is the identity (``mix_streams=False``): on the
+first connection of a backbone stage (its streams are identical copies, and a doubly-stochastic
+matrix maps identical streams to themselves) and on the last (the stage output is the mean of the
+streams, and the column sums of ``H_res`` are 1).
 """
 
 from __future__ import annotations
@@ -34,19 +41,24 @@ def sinkhorn(logits: torch.Tensor, iterations: int = 20) -> torch.Tensor:
 class ManifoldHyperConnection(nn.Module):
     """One mHC residual connection over ``num_streams`` streams ``(n, ...)``."""
 
-    def __init__(self, num_streams: int, sinkhorn_iterations: int = 20):
+    def __init__(self, num_streams: int, sinkhorn_iterations: int = 20, mix_streams: bool = True):
         super().__init__()
         if num_streams < 2:
             raise ValueError(f"num_streams must be >= 2; got {num_streams}")
         self.num_streams, self.sinkhorn_iterations = num_streams, sinkhorn_iterations
-        self.res_logits = nn.Parameter(torch.full((num_streams, num_streams), -8.0).fill_diagonal_(0.0))
+        self.res_logits = (
+            nn.Parameter(torch.full((num_streams, num_streams), -8.0).fill_diagonal_(0.0)) if mix_streams else None
+        )
         self.pre_logits = nn.Parameter(torch.full((num_streams,), -math.log(num_streams - 1)))
-        self.post_logits = nn.Parameter(torch.zeros(num_streams))
+        self.post_logits = nn.Parameter(torch.linspace(-0.5, 0.5, num_streams))
 
     def matrices(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``H_res (n, n)``, ``H_pre (n,)``, ``H_post (n,)``."""
+        n = self.num_streams
         return (
-            sinkhorn(self.res_logits, self.sinkhorn_iterations),
+            torch.eye(n, device=self.pre_logits.device)
+            if self.res_logits is None
+            else sinkhorn(self.res_logits, self.sinkhorn_iterations),
             torch.sigmoid(self.pre_logits),
             2 * torch.sigmoid(self.post_logits),
         )
