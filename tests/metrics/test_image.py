@@ -1,4 +1,5 @@
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -96,3 +97,26 @@ def test_metric_errors_name_shapes():
         ssim_matlab(torch.rand(16, 16), torch.rand(16, 16))
     with pytest.raises(ValueError, match=r"reduction"):
         psnr(a, a.flip(-1), reduction="sum")
+
+
+UCF = Path("../shared/data/vfi/ucf101")
+
+
+@pytest.mark.skipif(not UCF.is_dir(), reason="sample data ../shared/data absent")
+def test_real_frames_match_skimage():
+    from videostate.data.video import VideoReader
+
+    first, middle, last = (torch.from_numpy(f).permute(2, 0, 1).double() for f in VideoReader(UCF / "1"))
+    average = ((first + last) / 2).round()
+    expected_psnr = peak_signal_noise_ratio(middle.numpy(), average.numpy(), data_range=255)
+    assert psnr(average, middle, data_range=255).item() == pytest.approx(expected_psnr, abs=1e-9)
+    expected_ssim = structural_similarity(
+        middle.numpy(),
+        average.numpy(),
+        gaussian_weights=True,
+        sigma=1.5,
+        use_sample_covariance=False,
+        data_range=255,
+        channel_axis=0,
+    )
+    assert ssim(average, middle, data_range=255).item() == pytest.approx(expected_ssim, abs=1e-9)

@@ -18,30 +18,30 @@ def _trainer(tmp_path, max_steps, **overrides):
         batch_size=3,
         grad_accum=2,
         output_dir=str(tmp_path),
-        save_every=3,
+        save_every=2,
         keep_last=2,
         log_every=2,
         progress=False,
     )
     cfg.update(overrides)
     optim = OptimConfig(lr=3e-3, warmup_steps=2, schedule="cosine", min_lr_ratio=0.1)
-    return Trainer(tiny_model(seed=5), noisy_step, SequenceData(n=14, length=6), TrainerConfig(**cfg), optim)
+    return Trainer(tiny_model(seed=5), noisy_step, SequenceData(n=11, length=4), TrainerConfig(**cfg), optim)
 
 
 def test_resume_gives_identical_parameters(tmp_path):
-    # 14 samples, batches of 3 (drop last): 4 micro-batches an epoch, 2 steps an epoch; k=3 stops mid-epoch
-    straight = _trainer(tmp_path / "a", 6).fit()
-    _trainer(tmp_path / "b", 6).fit(steps=3)  # stopped after 3 of 6 steps
-    assert [p.name for p in checkpoints(tmp_path / "b" / "checkpoints")] == ["step_00000003.pt"]
+    # 11 samples, batches of 3 (drop last): 3 micro-batches an epoch, 1.5 steps; k=2 stops mid-epoch
+    straight = _trainer(tmp_path / "a", 4).fit()
+    _trainer(tmp_path / "b", 4).fit(steps=2)  # stopped after 2 of 4 steps
+    assert [p.name for p in checkpoints(tmp_path / "b" / "checkpoints")] == ["step_00000002.pt"]
     torch.manual_seed(1234)  # the resumed run must not depend on the RNG state it starts with
-    resumed = _trainer(tmp_path / "b", 6)
-    assert (resumed.step, resumed.epoch, resumed.batch_in_epoch) == (3, 1, 2)
+    resumed = _trainer(tmp_path / "b", 4)
+    assert (resumed.step, resumed.epoch, resumed.batch_in_epoch) == (2, 1, 1)
     resumed.fit()
     a, b = _params(straight), _params(resumed.raw_model)
     assert all(torch.equal(a[n], b[n]) for n in a)
     # and the run really moved: not a no-op comparison
     assert any(not torch.equal(a[n], p) for n, p in _params(tiny_model(seed=5)).items())
-    assert [p.name for p in checkpoints(tmp_path / "b" / "checkpoints")] == ["step_00000003.pt", "step_00000006.pt"]
+    assert [p.name for p in checkpoints(tmp_path / "b" / "checkpoints")] == ["step_00000002.pt", "step_00000004.pt"]
 
 
 def test_accumulation_and_sgd_step_equal_the_full_batch_gradient(tmp_path):

@@ -136,6 +136,7 @@ class VideoReader:
         self._index_of = {pts: i for i, pts in enumerate(self._pts)}
         self._decoder: Iterator | None = None
         self._next_index = 0  # index of the frame the sequential decoder yields next
+        self._last: tuple[int, av.VideoFrame] | None = None  # the newest decoded frame
         first = self._decode_at(0)
         self.rotation = round(first.rotation) % 360
         self.height, self.width = self._to_rgb(first).shape[:2]
@@ -221,6 +222,13 @@ class VideoReader:
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
     def _decode_at(self, index: int) -> av.VideoFrame:
+        if self._last is not None and self._last[0] == index:
+            return self._last[1]
+        frame = self._decode_uncached(index)
+        self._last = (index, frame)
+        return frame
+
+    def _decode_uncached(self, index: int) -> av.VideoFrame:
         ahead = index - self._next_index
         if self._decoder is None or not 0 <= ahead <= _SEEK_THRESHOLD:
             self._seek(index)
@@ -259,6 +267,7 @@ class VideoReader:
             self._container.close()
             self._container = None
             self._decoder = None
+            self._last = None
 
     def __enter__(self) -> VideoReader:
         return self
