@@ -46,17 +46,28 @@ def test_pixels_resize_and_normalise():
 
 
 @pytest.mark.parametrize("chat_template", [True, False])
-def test_training_example_masks_the_prompt(chat_template):
+def test_training_example_labels_only_the_assistant_turns(chat_template):
     base = tiny_base("nextvideo")
     tokenizer = char_tokenizer(chat_template)
     encoder = VideoPromptEncoder(tokenizer, base.config)
-    example = encoder.training_example(torch.rand(2, 3, 32, 32), "Where?", "B")
+    messages = [
+        {"role": "user", "content": "<video>\nWhere?"},
+        {"role": "assistant", "content": "B"},
+        {"role": "user", "content": "Count?"},
+        {"role": "assistant", "content": "42"},
+    ]
+    example = encoder.training_example(torch.rand(2, 3, 32, 32), messages)
     ids, labels = example["input_ids"], example["labels"]
-    answer_at = int((labels != -100).nonzero()[0])
-    assert tokenizer.decode(ids[answer_at:], skip_special_tokens=True).strip() == "B"
-    assert bool((labels[:answer_at] == -100).all()) and torch.equal(labels[answer_at:], ids[answer_at:])
+    labelled = (labels != -100).int()
+    spans = [i for i in range(len(ids)) if labelled[i] and (i == 0 or not labelled[i - 1])]
+    assert len(spans) == 2  # two separate answer spans
+    answers = tokenizer.decode(ids[labels != -100], skip_special_tokens=True)
+    assert answers.replace(" ", "") == "B42"
+    assert torch.equal(labels[labels != -100], ids[labels != -100])
     assert int((ids == VIDEO_TOKEN).sum()) == 8
     assert example["pixel_values_videos"].shape == (2, 3, 32, 32)
+    with pytest.raises(ValueError, match="must end with an assistant turn"):
+        encoder.training_example(torch.rand(2, 3, 32, 32), messages[:1])
 
 
 def test_encoder_errors():

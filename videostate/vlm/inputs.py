@@ -70,17 +70,23 @@ class VideoPromptEncoder:
         self.mean = torch.tensor(image_mean, dtype=torch.float32).view(1, 3, 1, 1)
         self.std = torch.tensor(image_std, dtype=torch.float32).view(1, 3, 1, 1)
 
-    def chat_text(self, question: str, answer: str | None = None) -> str:
-        """The conversation text with one video placeholder before the question."""
-        user = f"{VIDEO_PLACEHOLDER}\n{question}"
+    def chat_text(self, messages: Sequence[dict], add_generation_prompt: bool) -> str:
+        """The conversation text of ``messages`` (``{"role": "user" | "assistant", "content": str}``), with
+        the tokenizer's chat template, or ``"USER: … ASSISTANT: …"`` when it has none."""
         if getattr(self.tokenizer, "chat_template", None):
-            messages = [{"role": "user", "content": user}]
-            if answer is None:
-                return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            messages.append({"role": "assistant", "content": answer})
-            return self.tokenizer.apply_chat_template(messages, tokenize=False)
-        prompt = f"USER: {user} ASSISTANT:"
-        return prompt if answer is None else f"{prompt} {answer}"
+            return self.tokenizer.apply_chat_template(
+                list(messages), add_generation_prompt=add_generation_prompt, tokenize=False
+            )
+        eos = self.tokenizer.eos_token or ""
+        parts = []
+        for m in messages:
+            if m["role"] == "user":
+                parts.append(f"USER: {m['content']} ")
+            elif m["role"] == "assistant":
+                parts.append(f"ASSISTANT: {m['content']}{eos}")
+            else:
+                raise ValueError(f"message roles must be 'user' or 'assistant'; got {m['role']!r}")
+        return "".join(parts) + ("ASSISTANT:" if add_generation_prompt else "")
 
     def token_ids(self, text: str, frames: int) -> list[int]:
         """Tokenise ``text`` and expand its single video placeholder to the model's video tokens."""
@@ -107,23 +113,32 @@ class VideoPromptEncoder:
         return (resized - self.mean) / self.std
 
     def __call__(self, frames: torch.Tensor, question: str) -> dict[str, torch.Tensor]:
-        """A batch of one: ``input_ids (1, L)``, ``attention_mask (1, L)``, ``pixel_values_videos
-        (1, frames, 3, S, S)``."""
-        ids = torch.tensor([self.token_ids(self.chat_text(question), frames.shape[0])])
+        """A batch of one with the video placed before ``question``: ``input_ids (1, L)``,
+        ``attention_mask (1, L)``, ``pixel_values_videos (1, frames, 3, S, S)``."""
+        messages = [{"role": "user", "content": f"{VIDEO_PLACEHOLDER}\n{question}"}]
+        ids = torch.tensor([self.token_ids(self.chat_text(messages, True), frames.shape[0])])
         return {
             "input_ids": ids,
             "attention_mask": torch.ones_like(ids),
             "pixel_values_videos": self.pixels(frames)[None],
         }
 
-    def training_example(self, frames: torch.Tensor, question: str, answer: str) -> dict[str, torch.Tensor]:
-        """``input_ids``, ``labels`` (``-100`` on everything but the answer and what follows it) and
-        ``pixel_values_videos``, unbatched."""
-        prompt_len = len(self.token_ids(self.chat_text(question), frames.shape[0]))
-        ids = self.token_ids(self.chat_text(question, answer), frames.shape[0])
-        if ids[:prompt_len] != self.token_ids(self.chat_text(question), frames.shape[0]):
-            raise ValueError("the chat template's prompt is not a prefix of the full conversation")
-        labels = [-100] * prompt_len + ids[prompt_len:]
+    def training_example(self, frames: torch.Tensor, messages: Sequence[dict]) -> dict[str, torch.Tensor]:
+        """Unbatched ``input_ids``, ``labels`` (the assistant turns; ``-100`` elsewhere) and
+        ``pixel_values_videos`` for a conversation whose text holds one ``<video>`` placeholder."""
+        if not messages or messages[-1]["role"] != "assistant":
+            raise ValueError("a training conversation must end with an assistant turn")
+        count = frames.shape[0]
+        ids = self.token_ids(self.chat_text(messages, False), count)
+        labels = [-100] * len(ids)
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant":
+                continue
+            start = len(self.token_ids(self.chat_text(messages[:i], True), count))
+            end = len(self.token_ids(self.chat_text(messages[: i + 1], False), count))
+            if ids[:end][:start] != self.token_ids(self.chat_text(messages[:i], True), count):
+                raise ValueError("the chat template's prompt is not a prefix of the conversation")
+            labels[start:end] = ids[start:end]
         return {
             "input_ids": torch.tensor(ids),
             "labels": torch.tensor(labels),
