@@ -180,3 +180,58 @@ def run_depth_precompute(args: argparse.Namespace) -> int:
     ):
         print(path)
     return 0
+
+
+def add_depth_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    """``videostate depth-eval``: arguments and handler."""
+    parser.add_argument("input", help="video file or folder of numbered frames")
+    add_model_arguments(parser)
+    parser.add_argument("--gt-depth", help="folder of 16-bit ground-truth depth PNGs, one per frame")
+    parser.add_argument("--depth-scale", type=float, default=1000.0, help="PNG units per metre")
+    parser.add_argument("--max-depth", type=float, default=10.0, help="ground truth beyond this (metres) is invalid")
+    parser.add_argument("--trajectory", help="Open3D .log camera-to-world poses (with --gt-depth: TAE)")
+    parser.add_argument("--intrinsics", type=float, nargs=4, metavar=("FX", "FY", "CX", "CY"), help="for TAE")
+    parser.add_argument("--max-frames", type=int, help="evaluate the first frames only")
+    parser.add_argument("--flow-preset", default="fast", help="DIS preset of the static masks")
+    parser.add_argument("--plots", help="folder for per-frame curve PNGs")
+    parser.add_argument("--json", help="also write the metrics to this JSON file")
+    parser.set_defaults(func=run_depth_eval)
+
+
+def run_depth_eval(args: argparse.Namespace) -> int:
+    from videostate.data.video import VideoReader
+
+    from .data import depth_frame_files, read_depth_png
+    from .evaluation import evaluate_sequence, format_table, load_trajectory_log, plot_curves, predict_sequence
+
+    if (args.trajectory is None) != (args.intrinsics is None) or (args.trajectory and not args.gt_depth):
+        raise ValueError("TAE needs --trajectory, --intrinsics and --gt-depth together")
+    with VideoReader(args.input, format="tensor") as reader:
+        count = len(reader) if args.max_frames is None else min(args.max_frames, len(reader))
+        frames = reader.read_clip(range(count))
+    gt = poses = K = None
+    if args.gt_depth:
+        files = depth_frame_files(args.gt_depth)[:count]
+        if len(files) != count:
+            raise ValueError(f"{args.gt_depth} has {len(files)} depth images; {count} frames are evaluated")
+        gt = torch.stack([torch.from_numpy(read_depth_png(f, args.depth_scale)) for f in files])
+    if args.trajectory:
+        poses = load_trajectory_log(args.trajectory)[:count]
+        fx, fy, cx, cy = args.intrinsics
+        K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1]])
+    model = load_model(args)
+    result = evaluate_sequence(
+        predict_sequence(model, frames),
+        frames,
+        gt,
+        poses,
+        K,
+        max_depth=args.max_depth,
+        flow_preset=args.flow_preset,
+    )
+    print(format_table(result))
+    if args.plots:
+        plot_curves(result, args.plots)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.metrics, indent=2))
+    return 0
