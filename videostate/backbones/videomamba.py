@@ -348,6 +348,12 @@ class VideoMambaEncoder(VideoMambaTrunk):
 
     On later chunks (``temporal_pos_offset > 0``) there is no cls token, so only ``pool_type='avg'``
     can pool them.
+
+    Two departures from the official code, both where it cannot run or is wrong: a clip shorter than
+    the temporal table uses the table's first rows (the official model requires exactly
+    ``num_frames``), and ``keep_temporal`` groups tokens by tubelet (the official ``view(B, T, -1, C)``
+    groups by input frame, which mixes frames when ``kernel_size > 1``; the same for the released
+    ``kernel_size=1`` models).
     """
 
     final_norm_name = "norm"
