@@ -169,3 +169,13 @@ def test_from_pretrained_keeps_the_dtype_and_checks_files(tmp_path):
     assert VideoMambaEncoder.from_pretrained(tmp_path / "bf16").cls_token.dtype == torch.bfloat16
     with pytest.raises(FileNotFoundError, match=r"config.json and model.safetensors"):
         VideoMambaEncoder.from_pretrained(tmp_path)
+
+
+def test_other_classifier_heads_and_non_tensor_entries():
+    source = VisionMamba(**TINY, num_classes=5)
+    with pytest.raises(
+        KeyError, match=r"head.weight: checkpoint \(5, 16\), model \(3, 16\).*drop the checkpoint's head"
+    ):
+        load_checkpoint(VisionMamba(**TINY, num_classes=3), source.state_dict(), ckpt_num_frame=4)
+    with pytest.raises(TypeError, match=r"not tensors: \['epoch'\]"):
+        load_checkpoint(source, {**source.state_dict(), "epoch": 3}, ckpt_num_frame=4)

@@ -205,6 +205,8 @@ def _check_keys(state_dict: dict, target: dict, allowed_missing: set[str]) -> No
         f"checkpoint does not match the model: missing keys {missing}, unexpected keys {unexpected}, "
         f"mismatched shapes {mismatched}"
     )
+    if any(m.startswith("head.") for m in mismatched):
+        message += ". To train a new classifier, drop the checkpoint's head.* entries before loading"
     prefix = _common_prefix(missing, unexpected)
     if prefix:
         message += (
