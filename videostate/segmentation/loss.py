@@ -299,7 +299,7 @@ class VideomtLoss(nn.Module):
         loss_class = F.cross_entropy(
             rearrange(classes, "b t q c -> (b t q) c"),
             target_classes.reshape(-1),
-            weight=self.class_weight.to(classes.dtype),
+            weight=self.class_weight.to(classes),
         )
 
         pred = rearrange(self._matched_predictions(masks, indices), "m t h w -> (m t) 1 h w")

@@ -268,7 +268,11 @@ class VideomtForUniversalSegmentation(_TransformersVideomt):
         current = state if state is not None else self.init_state(batch_size, device=hidden.device, dtype=hidden.dtype)
         frames = []
         for t in range(num_frames):
-            frame, current = self._segment_frame(hidden[:, t], current, output_auxiliary_logits, output_hidden_states)
+            # offline, every stream starts at frame 0, so the masked choice of _frame_queries is known up front
+            started = (t > 0) if state is None else (True if t > 0 else None)
+            frame, current = self._segment_frame(
+                hidden[:, t], current, started, output_auxiliary_logits, output_hidden_states
+            )
             frames.append(frame)
 
         def stack(key):
@@ -297,14 +301,25 @@ class VideomtForUniversalSegmentation(_TransformersVideomt):
             next_state=current if state is not None else None,
         )
 
+    def _frame_queries(self, state: VideomtState, started: bool | None, like: torch.Tensor) -> torch.Tensor:
+        """Queries ``(B, Q, D)``: learned where a stream starts, ``query_updater(propagated) + learned`` elsewhere.
+
+        ``started``: ``False``/``True`` when every stream is known to be at its first / a later frame (skips
+        the unused branch), ``None`` to read ``state.started`` per stream.
+        """
+        learned = self.query.weight[None].to(like.device)
+        if started is False:
+            return learned.expand(like.shape[0], -1, -1)
+        updated = self.query_updater(state.propagated.to(like.dtype)) + learned
+        if started is True:
+            return updated
+        return torch.where(state.started[:, None, None].to(like.device), updated, learned)
+
     def _segment_frame(
-        self, tokens: torch.Tensor, state: VideomtState, output_aux: bool, output_layers: bool
+        self, tokens: torch.Tensor, state: VideomtState, started: bool | None, output_aux: bool, output_layers: bool
     ) -> tuple[dict, VideomtState]:
         """One frame through the segmenter layers. ``tokens (B, 1 + R + N, D)`` after the encoder layers."""
-        learned = self.query.weight[None].to(tokens.device)
-        updated = self.query_updater(state.propagated.to(tokens.dtype)) + learned
-        queries = torch.where(state.started[:, None, None].to(tokens.device), updated, learned)
-        x = torch.cat((queries, tokens), dim=1)
+        x = torch.cat((self._frame_queries(state, started, tokens), tokens), dim=1)
         aux, layers = [], []
         for layer in self.layers[self.query_start :]:
             if output_aux:
