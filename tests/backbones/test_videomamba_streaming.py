@@ -1,5 +1,7 @@
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.backbones import videomamba_oracle as oracle
 from tests.backbones.helpers import PATCHES, TINY, float_state_dict, randomize, video
@@ -141,3 +143,18 @@ def test_bfloat16_model_streams_close_to_float32():
     streamed = torch.cat([o[0] for o in outputs], dim=1)
     assert streamed.dtype == torch.bfloat16 and state.layers[0].ssm_state.dtype == torch.float32
     torch.testing.assert_close(streamed.float(), reference, rtol=0.05, atol=0.05)
+
+
+UNIDIRECTIONAL = randomize(
+    VideoMambaEncoder(**{**TINY, "num_frames": 6}, bimamba=False, pool_type="avg").double()
+).eval()
+
+
+@given(st.lists(st.integers(1, 3), min_size=1, max_size=6).filter(lambda c: sum(c) <= 6), st.integers(0, 2**16))
+def test_any_split_of_a_unidirectional_stream_equals_offline(chunks, seed):
+    x = video(1, sum(chunks), seed=seed)
+    with torch.no_grad():
+        x_vis, x_pool = UNIDIRECTIONAL(x, keep_temporal=True)
+        outputs, _ = run_chunks(UNIDIRECTIONAL, x, chunks, keep_temporal=True)
+    torch.testing.assert_close(torch.cat([o[0] for o in outputs], dim=1), x_vis, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.cat([o[1] for o in outputs], dim=1), x_pool, rtol=1e-12, atol=1e-12)
