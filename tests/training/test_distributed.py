@@ -39,7 +39,15 @@ def _worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     # rank 1 builds different weights on purpose: DDP must broadcast rank 0's
     model = tiny_model(seed=rank, dtype=torch.float64)
-    cfg = TrainerConfig(max_steps=1, batch_size=2, grad_accum=2, clip_grad_norm=None, progress=False, log_every=1)
+    cfg = TrainerConfig(
+        max_steps=1,
+        batch_size=2,
+        grad_accum=2,
+        clip_grad_norm=None,
+        progress=False,
+        log_every=1,
+        output_dir=f"{out}/run",
+    )
     trainer = Trainer(
         model,
         _step,
@@ -70,6 +78,10 @@ def test_ddp_gradient_equals_single_process_global_batch(tmp_path):
     assert sorted(results[0]["samples"] + results[1]["samples"]) == list(range(8))
     for name, value in results[0]["params"].items():
         assert torch.equal(value, results[1]["params"][name]), name
+    # the checkpoint (written by rank 0 only) holds every rank's random streams
+    checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "step_00000001.pt", weights_only=True)
+    streams = checkpoint["rng_per_rank"]
+    assert len(streams) == WORLD and not torch.equal(streams[0]["torch"], streams[1]["torch"])
     # oracle: rank 0's initial weights, mean loss over the global batch of 8, one SGD step with lr 1
     reference = tiny_model(seed=0, dtype=torch.float64)
     data = _data()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import itertools
 from collections.abc import Callable
 from pathlib import Path
@@ -25,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .distributed import all_reduce_mean, init_distributed, seed_everything
 from .logging import TrainLogger
 from .optim import OptimConfig, build_optimizer, build_scheduler, param_groups
@@ -199,8 +200,11 @@ class Trainer:
         if self.checkpoint_dir is None:
             return None
         path = None
+        state = self.state()
+        if self.dist.distributed:  # every rank's random streams, so each resumes exactly
+            state["rng_per_rank"] = _gather_rng_states(self.dist.world_size)
         if self.dist.is_main:
-            path = save_checkpoint(self.checkpoint_dir, self.step, self.config.keep_last, **self.state())
+            path = save_checkpoint(self.checkpoint_dir, self.step, self.config.keep_last, **state)
         if self.dist.distributed:
             torch.distributed.barrier()
         return path
@@ -208,8 +212,8 @@ class Trainer:
     def resume_from(self, path) -> None:
         """Restore model, optimizer, scheduler, scaler, data position, RNG states and step from ``path``.
 
-        Process ``r`` restores the saved RNG states and then reseeds with ``seed + r + step`` on the
-        other ranks, so ranks keep distinct streams.
+        Under DDP each rank restores its own saved random streams; resuming with a different number
+        of processes reseeds rank ``r`` with ``seed + r + step`` instead.
         """
         payload = load_checkpoint(
             path,
@@ -221,7 +225,10 @@ class Trainer:
         )
         self.step = payload["step"]
         self.epoch, self.batch_in_epoch = payload["data"]["epoch"], payload["data"]["batch"]
-        if not self.dist.is_main:
+        per_rank = payload.get("rng_per_rank")
+        if per_rank is not None and len(per_rank) == self.dist.world_size:
+            set_rng_state(per_rank[self.dist.rank])
+        elif self.dist.distributed:
             seed_everything(self.config.seed + self.dist.rank + self.step)
 
     # -- the loop ------------------------------------------------------------------------------------
@@ -327,3 +334,12 @@ def _accumulate(sums: dict[str, list], key: str, value: torch.Tensor) -> None:
     entry = sums.setdefault(key, [0.0, 0])
     entry[0] = entry[0] + value
     entry[1] += 1
+
+
+def _gather_rng_states(world_size: int) -> list[dict]:
+    """Every rank's :func:`rng_state`, on every rank (sent as ``torch.save`` bytes)."""
+    buffer = io.BytesIO()
+    torch.save(rng_state(), buffer)
+    blobs = [None] * world_size
+    torch.distributed.all_gather_object(blobs, buffer.getvalue())
+    return [torch.load(io.BytesIO(blob), weights_only=True) for blob in blobs]
