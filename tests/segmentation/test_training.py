@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,3 +111,11 @@ def test_image_size_mismatch_is_an_error(tmp_path):
     )
     with pytest.raises(ValueError, match="image_size"):
         train(recipe)
+
+
+def test_recipe_file_loads():
+    path = Path(__file__).resolve().parents[2] / "configs" / "segmentation_videomt_ytvis19.yaml"
+    recipe = load_recipe(path, ["trainer.max_steps=10"])
+    assert recipe.model.matching == "consistent" and recipe.model.config["num_blocks"] == 4
+    assert (recipe.optim.layer_decay, recipe.optim.schedule, recipe.trainer.clip_grad_norm) == (0.6, "poly", 0.01)
+    assert recipe.data.num_frames == 5 and recipe.trainer.max_steps == 10
