@@ -64,9 +64,7 @@ def test_state_dict_round_trip_resumes_the_stream(tmp_path):
     with pytest.raises(KeyError, match=r"missing keys \['layers.1.ssm_state'\]"):
         resumed.load_state_dict({k: v for k, v in state.state_dict().items() if k != "layers.1.ssm_state"})
     bad = state.state_dict() | {"layers.0.ssm_state": torch.zeros(3, 32, 5)}
-    with pytest.raises(
-        ValueError, match=r"layers.0.ssm_state must have shape \(3, 32, 4\); got \(3, 32, 5\)"
-    ):
+    with pytest.raises(ValueError, match=r"layers.0.ssm_state must have shape \(3, 32, 4\); got \(3, 32, 5\)"):
         resumed.load_state_dict(bad)
 
 
@@ -88,3 +86,11 @@ def test_stack_errors():
         model(seq(), StackState([]))
     with pytest.raises(ValueError, match="mixers must be 'mamba' or 'mamba2'; got \\['lstm'\\]"):
         MambaStack(16, ["mamba", "lstm"])
+
+
+def test_carried_states_own_compact_storage():
+    """A stream's state must not pin the chunk's larger buffers (memory stays O(state))."""
+    model, x = make_stack(), seq(length=40, seed=6)
+    _, state = model(x, model.init_state(3))
+    for name, tensor in state.tensors().items():
+        assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size(), name

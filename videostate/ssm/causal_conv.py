@@ -95,7 +95,7 @@ def causal_conv1d_reference(x, weight, bias, activation, conv_state):
     inputs = torch.cat([conv_state.to(dtype), x.to(dtype)], dim=-1)
     bias_c = None if bias is None else bias.to(dtype)
     y = F.conv1d(inputs[..., 1:], weight.to(dtype)[:, None, :], bias_c, groups=dim)
-    next_state = inputs[..., -width:].to(conv_state.dtype)
+    next_state = inputs[..., -width:].to(conv_state.dtype, copy=True)  # not a view of the whole input
     return _activate(y, activation).to(x.dtype), next_state
 
 

@@ -283,7 +283,8 @@ def selective_scan_reference(
         y = y * F.silu(z.to(dtype))
     y = y.to(u.dtype)
     if return_final_state:
-        return y, rearrange(state, "b g c n -> b (g c) n")
+        # A copy, not a view: a carried state must not keep the last chunk's buffer alive.
+        return y, rearrange(state, "b g c n -> b (g c) n").clone()
     return y
 
 
