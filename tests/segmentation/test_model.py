@@ -289,3 +289,13 @@ def test_input_errors():
     with pytest.raises(ValueError, match="batch_size"):
         model.init_state(0)
     assert isinstance(model.init_state(2), VideomtState)
+
+
+@pytest.mark.parametrize("frames", [2, 3])
+def test_repeated_runs_are_identical(frames):
+    model = tiny_model()
+    video = random_video(2, frames, seed=frames)
+    with torch.no_grad():
+        first, second = model(video), model(video)
+    assert torch.equal(first.masks_queries_logits, second.masks_queries_logits)
+    assert torch.equal(first.class_queries_logits, second.class_queries_logits)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -56,3 +59,20 @@ def test_polygon_and_errors():
         rle.decode("13")
     with pytest.raises(ValueError, match="2-D"):
         rle.mask_to_counts(np.zeros((2, 2, 2)))
+
+
+SAMPLE = Path("../shared/data/segmentation/demo_vis_data")
+
+
+@pytest.mark.skipif(not SAMPLE.exists(), reason="sample data folder ../shared/data is absent")
+def test_pycocotools_files_round_trip_bit_exactly():
+    """A compressed mask written by pycocotools re-encodes to the same string; the uncompressed
+    annotation's area and bounding box match the file's."""
+    results = json.loads((SAMPLE / "results.json").read_text())
+    written = results["track_masks"][0][0][0]
+    assert rle.encode(rle.decode(written))["counts"] == written["counts"]
+    ann = json.loads((SAMPLE / "ann.json").read_text())["annotations"][0]
+    mask = rle.decode(ann["segmentation"])
+    ys, xs = np.nonzero(mask)
+    assert mask.sum() == ann["area"]
+    assert [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1] == ann["bbox"]
