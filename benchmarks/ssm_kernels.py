@@ -322,10 +322,19 @@ def main() -> None:
     if args.sweep:
         payload["sweep"] = sweep(device)
     payload["scan_config"] = copy.deepcopy(scan_kernels.CONFIG)
-    payload["selective_scan"] = bench_scan(device, copy_bw)
-    payload["bidirectional"] = bench_bidirectional(device)
-    payload["causal_conv1d"] = bench_conv(device)
-    payload["rms_norm"] = bench_norm(device)
+    sections = {
+        "selective_scan": lambda: bench_scan(device, copy_bw),
+        "bidirectional": lambda: bench_bidirectional(device),
+        "causal_conv1d": lambda: bench_conv(device),
+        "rms_norm": lambda: bench_norm(device),
+    }
+    for name, section in sections.items():
+        try:
+            payload[name] = section()
+        except Exception as error:  # keep what the other sections measured
+            payload[name] = []
+            payload.setdefault("errors", {})[name] = repr(error)
+            print(f"{name} failed: {error!r}", flush=True)
     slug = re.sub(r"[^a-z0-9]+", "_", info["device"].lower()).strip("_")
     path = write_result(f"ssm_kernels_{slug}.json", payload)
 
