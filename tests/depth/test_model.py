@@ -137,3 +137,14 @@ def test_bad_inputs(teacher_dir):
     with pytest.raises(ValueError, match="unknown VideoMambaDepthConfig keys"):
         VideoMambaDepthConfig.from_dict({"num_block": [1]})
     assert isinstance(model.init_states(), VideoMambaDepthState)
+
+
+def test_without_temporal_blocks_the_student_is_the_teacher_frame_by_frame(teacher_dir):
+    model = VideoMambaDepth(load_tiny_teacher(teacher_dir, torch.float64), VideoMambaDepthConfig(use_temporal=False))
+    assert len(model.temporal) == 0 and len(model.premix) == 0
+    clip = torch.rand(1, 3, 3, 28, 28, dtype=torch.float64)
+    expected = torch.stack([model.teacher.predict_depth(clip[:, t]) for t in range(3)], dim=1)
+    torch.testing.assert_close(model(clip), expected, rtol=1e-12, atol=1e-12)
+    depth, states = model.step(clip[:, 0], model.init_states(1))
+    torch.testing.assert_close(depth, expected[:, 0], rtol=1e-12, atol=1e-12)
+    assert states.frame_index.tolist() == [1] and states.scales == []

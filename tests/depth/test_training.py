@@ -1,9 +1,13 @@
+import argparse
+
 import cv2
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from videostate.depth import VideoMambaDepth, VideoMambaDepthConfig
+from videostate.depth.cli import add_depth_export_arguments
 from videostate.depth.data import DepthDataConfig, DepthVideoDataset, collate_depth, precompute_teacher_depth
 from videostate.depth.losses import depth_to_disparity, midas_se_loss, state_smooth_loss, temporal_gradient_loss
 from videostate.depth.training import DepthModelConfig, make_train_step
@@ -132,24 +136,34 @@ def test_single_frame_batches_use_the_se_loss_only(rgbd_sequence, teacher_dir):
     assert logs["loss"].item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-def test_recipe_trains_and_checkpoints(rgbd_sequence, teacher_dir, tmp_path):
-    recipe = load_recipe(
-        {
-            "task": "videostate.depth.training:TASK",
-            "trainer": {"max_steps": 2, "batch_size": 1, "output_dir": str(tmp_path), "progress": False},
-            "optim": {"lr": 1e-3},
-            "model": {"teacher": str(teacher_dir), "temporal": {"num_blocks": [1, 1, 1, 1], "d_state": 4}},
-            "data": {
-                "sources": [str(rgbd_sequence / "image")],
-                "depth_sources": [str(rgbd_sequence / "depth")],
-                "clip_length": 4,
-                "chunk_size": 2,
-                "crop_size": [28, 28],
-                "flow_preset": "ultrafast",
-            },
+def test_recipe_trains_checkpoints_and_exports(rgbd_sequence, teacher_dir, tmp_path):
+    raw = {
+        "task": "videostate.depth.training:TASK",
+        "trainer": {"max_steps": 2, "batch_size": 1, "output_dir": str(tmp_path), "progress": False},
+        "optim": {"lr": 1e-3},
+        "model": {"teacher": str(teacher_dir), "temporal": {"num_blocks": [1, 1, 1, 1], "d_state": 4}},
+        "data": {
+            "sources": [str(rgbd_sequence / "image")],
+            "depth_sources": [str(rgbd_sequence / "depth")],
+            "clip_length": 4,
+            "chunk_size": 2,
+            "crop_size": [28, 28],
+            "clips_per_video": 2,
+            "flow_preset": "ultrafast",
         },
-        ["model.input_size=28"],
-    )
+    }
+    recipe = load_recipe(raw, ["model.input_size=28"])
+    assert len(DepthVideoDataset(recipe.data)) == 2
     model = train(recipe)
     assert isinstance(model, VideoMambaDepth)
-    assert any((tmp_path / "checkpoints").iterdir())
+    (checkpoint,) = (tmp_path / "checkpoints").iterdir()
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(raw))
+    parser = argparse.ArgumentParser()
+    add_depth_export_arguments(parser)
+    args = parser.parse_args(
+        [str(tmp_path / "recipe.yaml"), str(checkpoint), "-o", str(tmp_path / "out"), "--set", "model.input_size=28"]
+    )
+    assert args.func(args) == 0
+    exported = VideoMambaDepth.from_pretrained(tmp_path / "out")
+    for (name, a), b in zip(model.state_dict().items(), exported.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -235,3 +235,26 @@ def run_depth_eval(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(result.metrics, indent=2))
     return 0
+
+
+def add_depth_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """``videostate depth-export``: arguments and handler."""
+    parser.add_argument("recipe", help="the depth recipe the checkpoint was trained with")
+    parser.add_argument("checkpoint", help="a training checkpoint (step_<n>.pt)")
+    parser.add_argument("-o", "--output", required=True, help="VideoMambaDepth folder to write")
+    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[])
+    parser.set_defaults(func=run_depth_export)
+
+
+def run_depth_export(args: argparse.Namespace) -> int:
+    from videostate.training import load_checkpoint
+    from videostate.training.recipe import load_recipe
+
+    from .training import build_model
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    model = build_model(recipe.model)
+    load_checkpoint(args.checkpoint, restore_rng=False, model=model)
+    model.save_pretrained(args.output)
+    print(f"wrote {args.output}")
+    return 0

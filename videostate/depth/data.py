@@ -38,6 +38,7 @@ class DepthDataConfig:
         max_depth: ground truth above this (metres) or zero is invalid.
         clip_length: frames per training clip (the largest N).
         stride: distance between a clip's frames.
+        clips_per_video: random clips drawn from each video per epoch.
         chunk_size: frames per truncated-BPTT chunk (the state is carried, detached, between chunks).
         p_single_frame: probability that a batch is cut to its first frame (N=1: fresh state, SE loss only).
         crop_size: ``(height, width)`` of the training crop, multiples of the patch size (14).
@@ -52,6 +53,7 @@ class DepthDataConfig:
     max_depth: float = 10.0
     clip_length: int = 8
     stride: int = 1
+    clips_per_video: int = 1
     chunk_size: int = 4
     p_single_frame: float = 0.2
     crop_size: tuple[int, int] = (518, 518)
@@ -67,8 +69,11 @@ class DepthDataConfig:
                 f"data.depth_sources must give one folder per source ({len(self.sources)}); "
                 f"got {len(self.depth_sources)}"
             )
-        if self.clip_length < 1 or self.chunk_size < 1:
-            raise ValueError(f"clip_length and chunk_size must be >= 1; got {self.clip_length}, {self.chunk_size}")
+        if min(self.clip_length, self.chunk_size, self.clips_per_video) < 1:
+            raise ValueError(
+                f"clip_length, chunk_size and clips_per_video must be >= 1; got {self.clip_length}, "
+                f"{self.chunk_size}, {self.clips_per_video}"
+            )
         if not 0.0 <= self.p_single_frame <= 1.0:
             raise ValueError(f"p_single_frame must be in [0, 1]; got {self.p_single_frame}")
         if len(self.crop_size) != 2 or min(self.crop_size) < 1:
@@ -101,8 +106,9 @@ class DepthVideoDataset(Dataset):
 
     Keys: ``clip`` RGB in [0, 1]; with ``depth_sources``: ``depth (N, 1, h, w)`` metres and ``valid`` (bool);
     ``teacher (N, 1, h, w)`` cached teacher depth with ``has_teacher`` (False: zeros, compute on the fly);
-    ``static (N-1, h, w)`` bool when ``static_masks``; ``meta`` (video id, frame indices). One random clip per
-    video per epoch; every frame is resized (shorter side covering the crop) and cropped at one random window.
+    ``static (N-1, h, w)`` bool when ``static_masks``; ``meta`` (video id, frame indices). ``clips_per_video``
+    random clips per video per epoch (sample ``i`` is from video ``i // clips_per_video``); every frame is
+    resized (shorter side covering the crop) and cropped at one random window.
     """
 
     def __init__(self, config: DepthDataConfig, seed: int = 0):
@@ -126,7 +132,7 @@ class DepthVideoDataset(Dataset):
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.paths) * self.config.clips_per_video
 
     def _generator(self, index: int) -> torch.Generator:
         seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, dtype=np.uint64)[0]
@@ -143,9 +149,12 @@ class DepthVideoDataset(Dataset):
             )
         return torch.from_numpy(np.ascontiguousarray(cache[frames]).astype(np.float32))[:, None]
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, item: int) -> dict:
         cfg = self.config
-        generator = self._generator(index)
+        if not 0 <= item < len(self):
+            raise IndexError(f"sample {item} out of range for {len(self)} samples")
+        generator = self._generator(item)
+        index = item // cfg.clips_per_video
         frames = self.sampler.indices(self.lengths[index], None, generator)
         with VideoReader(self.paths[index]) as reader:
             clip = reader.read_clip(frames)

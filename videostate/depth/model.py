@@ -53,6 +53,8 @@ class VideoMambaDepthConfig:
         premix_kernel_size: kernel of the depthwise spatial pre-mix convolution.
         max_period: longest period of the sinusoidal temporal position encoding, in frames.
         use_fast_path: use the fused GPU scans where available (the model is the same either way).
+        use_temporal: ``False`` builds no temporal modules: the student is the teacher's encoder and a trainable
+            decoder, frame by frame (the ablation baseline of the temporal blocks).
     """
 
     num_blocks: tuple[int, ...] = (1, 1, 2, 2)
@@ -63,6 +65,7 @@ class VideoMambaDepthConfig:
     premix_kernel_size: int = 3
     max_period: float = 10000.0
     use_fast_path: bool = True
+    use_temporal: bool = True
 
     def __post_init__(self):
         self.num_blocks = tuple(int(n) for n in self.num_blocks)
@@ -165,7 +168,8 @@ class VideoMambaDepth(nn.Module):
         self.teacher = teacher
         self.channels = channels
         cfg = self.config
-        self.premix = nn.ModuleList(SpatialPreMix(c, cfg.premix_kernel_size) for c in channels)
+        temporal_channels = channels if cfg.use_temporal else []
+        self.premix = nn.ModuleList(SpatialPreMix(c, cfg.premix_kernel_size) for c in temporal_channels)
         self.temporal = nn.ModuleList(
             TemporalMambaScale(
                 c,
@@ -176,9 +180,9 @@ class VideoMambaDepth(nn.Module):
                 ffn_ratio=cfg.ffn_ratio,
                 use_fast_path=cfg.use_fast_path,
             )
-            for c, n in zip(channels, cfg.num_blocks, strict=True)
+            for c, n in zip(temporal_channels, cfg.num_blocks, strict=False)
         )
-        self.temporal_out = nn.ModuleList(nn.Linear(c, c) for c in channels)
+        self.temporal_out = nn.ModuleList(nn.Linear(c, c) for c in temporal_channels)
         for proj in self.temporal_out:
             nn.init.zeros_(proj.weight)
             nn.init.zeros_(proj.bias)
@@ -192,7 +196,7 @@ class VideoMambaDepth(nn.Module):
         """Fresh streams at frame 0; the per-scale states are created (zero) on the first frame."""
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1; got {batch_size}")
-        device = device or self.temporal_out[0].weight.device
+        device = device or self.decoder.head.conv3.weight.device
         return VideoMambaDepthState(torch.zeros(batch_size, dtype=torch.long, device=device), [])
 
     def _scale_state(self, states: VideoMambaDepthState, i: int, batch: int, positions: int, like: torch.Tensor):
@@ -227,6 +231,8 @@ class VideoMambaDepth(nn.Module):
     ) -> tuple[list[torch.Tensor], VideoMambaDepthState]:
         """Per scale, the temporal residual ``(B, N, C_i, h_i, w_i)`` of ``feats`` given the carried states."""
         batch, frames = feats[0].shape[:2]
+        if not self.config.use_temporal:
+            return [torch.zeros_like(f) for f in feats], VideoMambaDepthState(states.frame_index + frames, [])
         positions = states.frame_index[:, None] + torch.arange(frames, device=states.frame_index.device)
         residuals, new_scales = [], []
         for i, f in enumerate(feats):
@@ -276,6 +282,9 @@ class VideoMambaDepth(nn.Module):
         """One frame from already encoded maps ``(B, C_i, h_i, w_i)`` -> ``(depth (B, 1, H, W), next states)``."""
         batch = feats[0].shape[0]
         self._check_states(states, batch)
+        if not self.config.use_temporal:
+            depth = self.decode([f[:, None] for f in feats], image_size)[:, 0]
+            return depth, VideoMambaDepthState(states.frame_index + 1, [])
         mixed, new_scales = [], []
         for i, f in enumerate(feats):
             h, w = f.shape[-2:]

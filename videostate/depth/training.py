@@ -128,11 +128,13 @@ def make_train_step(model_cfg: DepthModelConfig, data_cfg: DepthDataConfig, seed
             parts["se"] += se.detach() * weight
             if pred.shape[1] > 1:
                 tgm = temporal_gradient_loss(pred, t, m, model_cfg.tgm_threshold)
-                chunk_static = None if static is None else static[:, span.start : span.stop - 1]
-                state = state_smooth_loss([r.float() for r in out.temporal], chunk_static)
-                loss = loss + model_cfg.tgm_weight * tgm + model_cfg.state_weight * state
+                loss = loss + model_cfg.tgm_weight * tgm
                 parts["tgm"] += tgm.detach() * weight
-                parts["state"] += state.detach() * weight
+                if model_cfg.temporal.use_temporal:
+                    chunk_static = None if static is None else static[:, span.start : span.stop - 1]
+                    state = state_smooth_loss([r.float() for r in out.temporal], chunk_static)
+                    loss = loss + model_cfg.state_weight * state
+                    parts["state"] += state.detach() * weight
             last["depth"] = out.depth[0, -1, 0]
             last["target"] = t[0, -1]
             return loss
