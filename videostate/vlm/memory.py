@@ -226,23 +226,33 @@ class DualMemoryModule(nn.Module):
             episodic=MemoryBank.empty(batch_size, self.L_e, tokens, self.dim, device=device, dtype=dtype),
         )
 
-    def retrieve(self, attention: nn.MultiheadAttention, H_t: torch.Tensor, bank: MemoryBank) -> torch.Tensor:
+    def retrieve(
+        self, attention: nn.MultiheadAttention, H_t: torch.Tensor, bank: MemoryBank, used: int | None = None
+    ) -> torch.Tensor:
         """Attention with queries ``H_t (batch, tokens, dim)`` over every token of the valid entries.
 
-        Videos whose memory is empty read exactly zero.
+        ``used``: a bound on every video's entry count (slots past it are empty), so the attention skips
+        them; ``None`` reads all ``capacity`` slots. Videos whose memory is empty read exactly zero.
         """
-        _, capacity, n, _ = bank.slots.shape
-        valid = bank.valid()
+        used = bank.capacity if used is None else max(1, min(used, bank.capacity))
+        slots = bank.slots[:, :used]
+        n = slots.shape[2]
+        valid = bank.valid()[:, :used]
         empty = ~valid.any(dim=1)
         # an all-masked row would give NaN (and NaN gradients through where); unmask one zero slot instead
-        valid = valid | (empty[:, None] & (torch.arange(capacity, device=valid.device) == 0))
-        keys = rearrange(bank.slots, "b l n d -> b (l n) d")
+        valid = valid | (empty[:, None] & (torch.arange(used, device=valid.device) == 0))
+        keys = rearrange(slots, "b l n d -> b (l n) d")
         key_padding_mask = ~valid.repeat_interleave(n, dim=1)
         out, _ = attention(H_t, keys, keys, key_padding_mask=key_padding_mask, need_weights=False)
         return out.masked_fill(empty[:, None, None], 0.0)
 
     def forward(
-        self, H_t: torch.Tensor, W_t: MemoryBank, E_t: MemoryBank, active: torch.Tensor | None = None
+        self,
+        H_t: torch.Tensor,
+        W_t: MemoryBank,
+        E_t: MemoryBank,
+        active: torch.Tensor | None = None,
+        used: tuple[int, int] | None = None,
     ) -> tuple[torch.Tensor, MemoryBank, MemoryBank]:
         """One frame of Algorithm 1.
 
@@ -251,14 +261,17 @@ class DualMemoryModule(nn.Module):
             W_t, E_t: the memories before frame ``t``.
             active: ``(batch,)`` bool, videos that have a frame ``t`` (default all); the memories of the
                 others are left as they are and their ``M_t`` is zero.
+            used: bounds ``(working, episodic)`` on the entry counts, known to the caller without reading
+                the device (:meth:`forward_video` tracks them); retrieval skips the slots past them.
 
         Returns:
             ``(M_t (batch, tokens, dim), W_{t+1}, E_{t+1})``.
         """
         if H_t.dim() != 3 or H_t.shape[-1] != self.dim:
             raise ValueError(f"H_t must have shape (batch, tokens, {self.dim}); got {tuple(H_t.shape)}")
-        M_w = self.retrieve(self.working_attention, H_t, W_t)
-        M_e = self.retrieve(self.episodic_attention, H_t, E_t)
+        used_w, used_e = (None, None) if used is None else used
+        M_w = self.retrieve(self.working_attention, H_t, W_t, used_w)
+        M_e = self.retrieve(self.episodic_attention, H_t, E_t, used_e)
         gamma = torch.sigmoid(self.gate(torch.cat([M_w, M_e], dim=-1)))
         M_t = gamma * M_w + (1 - gamma) * M_e
         if active is not None:
@@ -292,7 +305,8 @@ class DualMemoryModule(nn.Module):
                 f"features must have shape (batch, frames, tokens, {self.dim}); got {tuple(features.shape)}"
             )
         b, t, n, _ = features.shape
-        if state is None:
+        fresh = state is None
+        if fresh:
             state = self.init_state(b, n, device=features.device, dtype=features.dtype)
         elif tuple(state.working.slots.shape[::2]) != (b, n):
             raise ValueError(
@@ -308,10 +322,12 @@ class DualMemoryModule(nn.Module):
             if bool((num_frames < 0).any()) or bool((num_frames > t).any()):
                 raise ValueError(f"num_frames must lie in [0, {t}]; got {num_frames.tolist()}")
         W, E = state.working, state.episodic
+        # entries already stored: read once here, so the frame loop never waits on the device
+        stored = 0 if fresh else int(torch.maximum(W.count.max(), E.count.max()))
         outputs = []
         for i in range(t):
             active = None if num_frames is None else num_frames > i
-            M_t, W, E = self(features[:, i], W, E, active)
+            M_t, W, E = self(features[:, i], W, E, active, used=(stored + i, stored + i))
             outputs.append(features[:, i] + M_t)
         enhanced = torch.stack(outputs, dim=1) if outputs else features
         return enhanced, DualMemoryState(working=W, episodic=E)
