@@ -89,6 +89,8 @@ def test_recipe_sections_are_typed_by_the_task(tmp_path):
         load_recipe({"task": "nope"})
     with pytest.raises(ConfigError, match=r"cannot import"):
         load_recipe({"task": "tests.training.tiny_task:MISSING"})
+    with pytest.raises(ConfigError, match=r"cannot import 'TASK' from .*nofile.py"):
+        load_recipe({"task": str(tmp_path / "nofile.py") + ":TASK"})
     with pytest.raises(FileNotFoundError, match=r"missing.yaml"):
         load_yaml(tmp_path / "missing.yaml")
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
@@ -104,3 +106,10 @@ def test_registered_task_by_name():
     assert load_recipe({"task": "tiny-sequence"}).task == "tiny-sequence"
     with pytest.raises(ValueError, match=r"already registered"):
         register_task(dataclasses.replace(task))
+
+
+def test_task_from_a_python_file(tmp_path):
+    source = tmp_path / "my_tasks.py"
+    source.write_text("from tests.training.tiny_task import TASK as MINE\n")
+    recipe = load_recipe({"task": f"{source}:MINE", "model": {"seed": 4}})
+    assert recipe.model.seed == 4

@@ -2,7 +2,7 @@
 
 A recipe has five sections::
 
-    task: depth                 # a registered task name, or "package.module:TASK" for your own
+    task: depth                 # a registered task, or "package.module:TASK" / "file.py:TASK" for your own
     trainer: {max_steps: 10000, batch_size: 4, output_dir: runs/depth}   # TrainerConfig
     optim: {lr: 1.0e-4, schedule: cosine, warmup_steps: 500}              # OptimConfig
     model: {...}                # the task's model config dataclass
@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
 import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -69,20 +71,36 @@ def registered_tasks() -> list[str]:
     return sorted(_TASKS)
 
 
+def _import(module_name: str):
+    if not module_name.endswith(".py"):
+        return importlib.import_module(module_name)
+    path = Path(module_name)
+    if not path.is_file():
+        raise ImportError(f"no file {path}")
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def get_task(name: str) -> Task:
-    """A registered task, or the :class:`Task` object at ``"package.module:ATTRIBUTE"``."""
+    """A registered task, or the :class:`Task` object at ``"package.module:ATTRIBUTE"`` or
+    ``"path/to/file.py:ATTRIBUTE"``."""
     if name in _TASKS:
         return _TASKS[name]
     if ":" in name:
-        module_name, _, attr = name.partition(":")
+        module_name, _, attr = name.rpartition(":")
         try:
-            task = getattr(importlib.import_module(module_name), attr)
+            task = getattr(_import(module_name), attr)
         except (ImportError, AttributeError) as e:
             raise ConfigError(f"task {name!r}: cannot import {attr!r} from {module_name!r}: {e}") from e
         if not isinstance(task, Task):
             raise ConfigError(f"task {name!r} must name a videostate.training.Task; got {type(task).__name__}")
         return task
-    raise ConfigError(f"unknown task {name!r}; registered tasks: {registered_tasks()} (or use 'package.module:TASK')")
+    raise ConfigError(
+        f"unknown task {name!r}; registered tasks: {registered_tasks()} "
+        "(or use 'package.module:TASK' or 'file.py:TASK')"
+    )
 
 
 @dataclasses.dataclass
