@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from videostate.data.video import VideoReader, VideoWriter
+from tests.data.synthetic import write_video
+from videostate.data.cli import describe
+from videostate.data.video import VideoReader
 from videostate.segmentation import instance_tracks, rle
 from videostate.segmentation.cli import add_arguments
 from videostate.segmentation.inference import overlay, preprocess_frames, track_colors
@@ -17,17 +19,8 @@ from videostate.segmentation.inference import overlay, preprocess_frames, track_
 from .tiny import tiny_model
 
 
-def write_video(path, frames=5, height=20, width=24, fps=12):
-    rng = np.random.default_rng(0)
-    with VideoWriter(path, fps) as writer:
-        for t in range(frames):
-            frame = (rng.random((height, width, 3)) * 60).astype(np.uint8)
-            frame[4:12, 2 + 3 * t : 10 + 3 * t] = (200, 40, 40)
-            writer.write(frame)
-
-
 def test_segment_command_streams_and_exports_the_offline_tracks(tmp_path):
-    write_video(tmp_path / "in.mp4")
+    write_video(tmp_path / "in.mp4", num_frames=5, height=20, width=24, fps=12, audio=True)
     model = tiny_model(dtype=torch.float32)
     model.save_pretrained(tmp_path / "model")
     parser = argparse.ArgumentParser()
@@ -53,6 +46,7 @@ def test_segment_command_streams_and_exports_the_offline_tracks(tmp_path):
     source, written = VideoReader(tmp_path / "in.mp4", format="tensor"), VideoReader(tmp_path / "out.mp4")
     assert len(written) == len(source) == 5 and written.fps == source.fps == 12
     assert (written.width, written.height) == (24, 20)
+    assert describe(str(tmp_path / "out.mp4"))["audio"] is not None
 
     frames = torch.stack(list(source))
     with torch.no_grad():

@@ -25,7 +25,9 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", help="video file or folder of numbered frames")
-    parser.add_argument("-o", "--output", required=True, help="overlay video to write (.mp4); keeps the input fps")
+    parser.add_argument(
+        "-o", "--output", required=True, help="overlay video to write (.mp4); keeps the input's fps and audio"
+    )
     parser.add_argument(
         "--model", required=True, help="a folder saved with save_pretrained (config.json + model.safetensors)"
     )
@@ -41,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..data.cli import describe
     from ..data.video import VideoReader, VideoWriter
     from .model import VideomtForUniversalSegmentation
 
@@ -49,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     size = (reader.height, reader.width)
     colors = track_colors(model.config.num_queries)
     tracker = OnlineTracks(threshold=args.threshold, output_size=size)
-    with VideoWriter(args.output, reader.frame_rate) as writer:
+    audio_from = args.input if describe(args.input)["audio"] is not None else None
+    with VideoWriter(args.output, reader.frame_rate, audio_from=audio_from) as writer:
         frames = tqdm(reader, total=len(reader), desc="segment", unit="frame")
         for frame, outputs in stream_video(model, frames, args.device):
             track_map, _ = tracker.update(outputs.class_queries_logits[0, 0], outputs.masks_queries_logits[0, 0])
