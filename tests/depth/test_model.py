@@ -92,6 +92,12 @@ def test_state_dict_resume(teacher_dir):
     _, fresh = model(torch.rand(1, 2, 3, 28, 28, dtype=torch.float64), model.init_states(1))
     fresh.load_state_dict(saved)
     torch.testing.assert_close(model(clip[:, 2:], fresh)[0], model(clip)[:, 2:], rtol=1e-10, atol=1e-10)
+    rebuilt = model.load_states(saved)
+    torch.testing.assert_close(model(clip[:, 2:], rebuilt)[0], model(clip)[:, 2:], rtol=1e-10, atol=1e-10)
+    assert model.load_states(model.init_states(3).state_dict()).frame_index.tolist() == [0, 0, 0]
+    del saved["scales.1.ssm_states.0"]
+    with pytest.raises(KeyError, match=r"missing keys \['scales.1.ssm_states.0'\]"):
+        model.load_states(saved)
 
 
 def test_save_and_load_pretrained(teacher_dir, tmp_path):

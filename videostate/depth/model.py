@@ -199,6 +199,28 @@ class VideoMambaDepth(nn.Module):
         device = device or self.decoder.head.conv3.weight.device
         return VideoMambaDepthState(torch.zeros(batch_size, dtype=torch.long, device=device), [])
 
+    def load_states(self, state_dict: dict[str, torch.Tensor]) -> VideoMambaDepthState:
+        """Streams saved with ``states.state_dict()`` (at any point, even before the first frame), rebuilt on this
+        model's device; a missing or unexpected key is an error naming it."""
+        device = self.decoder.head.conv3.weight.device
+        expected = ["frame_index"]
+        if any(k.startswith("scales.") for k in state_dict):
+            for i, n in enumerate(self.config.num_blocks if self.config.use_temporal else ()):
+                expected += [f"scales.{i}.{kind}.{j}" for kind in ("conv_states", "ssm_states") for j in range(n)]
+        missing = sorted(set(expected) - set(state_dict))
+        unexpected = sorted(set(state_dict) - set(expected))
+        if missing or unexpected:
+            raise KeyError(f"not a VideoMambaDepthState of this model: missing keys {missing}, unexpected {unexpected}")
+        scales = [
+            ScaleStreamState(
+                [state_dict[f"scales.{i}.conv_states.{j}"].to(device) for j in range(n)],
+                [state_dict[f"scales.{i}.ssm_states.{j}"].to(device) for j in range(n)],
+            )
+            for i, n in enumerate(self.config.num_blocks)
+            if f"scales.{i}.conv_states.0" in state_dict
+        ]
+        return VideoMambaDepthState(state_dict["frame_index"].to(device), scales)
+
     def _scale_state(self, states: VideoMambaDepthState, i: int, batch: int, positions: int, like: torch.Tensor):
         if not states.scales:
             return self.temporal[i].init_state(batch * positions, device=like.device, dtype=like.dtype)
