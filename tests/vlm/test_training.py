@@ -142,3 +142,19 @@ def test_conversation_messages_and_collate():
 def test_build_model_errors():
     with pytest.raises(ValueError, match=r"model\.base must name"):
         build_model(VLM2ModelConfig(vlm2=tiny_vlm2_config(memory_feature_dim=VISION_DIM)))
+
+
+@pytest.mark.parametrize(
+    "name, parts, lora",
+    [
+        ("vlm2_memory", {"dual_memory"}, False),
+        ("vlm2_memory_fusion_projector", {"dual_memory", "fusion_block", "mm_mlp_adapter"}, False),
+        ("vlm2_lora", {"dual_memory", "fusion_block", "mm_mlp_adapter"}, True),
+    ],
+)
+def test_shipped_recipes_load(name, parts, lora):
+    from pathlib import Path
+
+    recipe = load_recipe(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml")
+    assert recipe.model.vlm2.tunable_parts() == parts and recipe.model.lora_enable is lora
+    assert (recipe.model.vlm2.memory_L_w, recipe.model.vlm2.memory_L_e, recipe.data.num_frames) == (8, 32, 32)
