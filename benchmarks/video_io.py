@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from benchmarks.common import describe_device, write_result
 from videostate.data.video import VideoReader, VideoWriter
 
-SAMPLE_VIDEOS = Path("../shared/data/videos")
+SAMPLE_VIDEOS = Path(__file__).resolve().parents[1] / "../shared/data/videos"  # beside the repository
 
 
 def _status_kib(field: str) -> int:

@@ -9,7 +9,7 @@ import torch
 from tests.data.synthetic import frame_index_of, frame_pattern, write_frames, write_video
 from videostate.data.video import VideoError, VideoReader, VideoWriter, natural_key
 
-SHARED = Path("../shared/data")
+SHARED = Path(__file__).resolve().parents[2] / "../shared/data"  # beside the repository
 
 
 def test_reader_metadata_iteration_and_random_access(tmp_path):

@@ -99,7 +99,7 @@ def test_metric_errors_name_shapes():
         psnr(a, a.flip(-1), reduction="sum")
 
 
-UCF = Path("../shared/data/vfi/ucf101")
+UCF = Path(__file__).resolve().parents[2] / "../shared/data/vfi/ucf101"  # beside the repository
 
 
 @pytest.mark.skipif(not UCF.is_dir(), reason="sample data ../shared/data absent")
