@@ -49,8 +49,11 @@ def build(model_config: VideomtModelConfig, data_config: YTVISDataConfig) -> Tas
         raise ValueError(
             f"data.image_size ({data_config.image_size}) must equal the model's image_size ({model.config.image_size})"
         )
-    # the mask token only serves masked inputs, which training does not use; frozen so DDP sees no unused weight
+    # weights a step cannot reach are frozen, so DDP sees no unused parameter: the mask token (masked inputs are
+    # not used in training) and, for single-frame (image-stage) clips, the query updater
     model.embeddings.mask_token.requires_grad_(False)
+    if data_config.num_frames == 1:
+        model.query_updater.requires_grad_(False)
     criterion = VideomtLoss(model.config, matching=model_config.matching)
     return TaskSetup(
         model=model,
