@@ -178,3 +178,17 @@ def test_sample_frame_folder():
     r = VideoReader(SHARED / "sintel_frames")
     assert (len(r), r.width, r.height) == (10, 1024, 436)
     assert r.path.joinpath("frame_0016.png") == r._files[0]
+
+
+def test_iteration_holds_one_frame_at_a_time(tmp_path):
+    import tracemalloc
+
+    path = write_video(tmp_path / "long.mp4", num_frames=240, height=64, width=96, gop=30)
+    frame_bytes = 64 * 96 * 3
+    with VideoReader(path) as reader:
+        tracemalloc.start()
+        count = sum(1 for _ in reader)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert count == 240
+    assert peak < 20 * frame_bytes, f"decoding kept {peak / frame_bytes:.1f} frames' worth of arrays"  # 240 if kept

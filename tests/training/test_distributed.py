@@ -1,4 +1,5 @@
-"""Two gloo processes on CPU: the DDP-averaged gradient equals one process on the same global batch."""
+"""Two gloo processes on CPU: the DDP-averaged gradient equals one process on the same global batch,
+with gradient accumulation (no_sync) and truncated BPTT (several backward passes per micro-batch)."""
 
 import os
 import socket
@@ -8,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 from tests.training.tiny import SequenceData, tiny_model
-from videostate.training import OptimConfig, Trainer, TrainerConfig
+from videostate.training import OptimConfig, Trainer, TrainerConfig, truncated_bptt
 
 WORLD = 2
 
@@ -26,10 +27,15 @@ def _data():
 
 
 def _step(model, batch, backward):
+    """Truncated BPTT in chunks of 3 over 5 steps: two backward passes per micro-batch."""
     x, y = batch
-    loss = (model(x) - y).pow(2).mean()
-    backward(loss)
-    return {"loss": loss}
+    state = _unwrap(model).init_state(x.shape[0], dtype=torch.float64)
+    result = truncated_bptt(model, x, lambda out, t: (out - y[:, t]).pow(2).mean(), state, 3, backward=backward)
+    return {"loss": result.loss}
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)
 
 
 def _worker(rank: int, port: int, out: str) -> None:
@@ -82,9 +88,9 @@ def test_ddp_gradient_equals_single_process_global_batch(tmp_path):
     checkpoint = torch.load(tmp_path / "run" / "checkpoints" / "step_00000001.pt", weights_only=True)
     streams = checkpoint["rng_per_rank"]
     assert len(streams) == WORLD and not torch.equal(streams[0]["torch"], streams[1]["torch"])
-    # oracle: rank 0's initial weights, mean loss over the global batch of 8, one SGD step with lr 1
+    # oracle: rank 0's initial weights, truncated BPTT over the global batch of 8, one SGD step with lr 1
     reference = tiny_model(seed=0, dtype=torch.float64)
     data = _data()
-    (reference(data.x) - data.y).pow(2).mean().backward()
+    _step(reference, (data.x, data.y), torch.Tensor.backward)
     for name, p in reference.named_parameters():
         torch.testing.assert_close(results[0]["params"][name], (p - p.grad).detach(), rtol=1e-10, atol=1e-12, msg=name)
