@@ -119,3 +119,18 @@ def test_recipe_file_loads():
     assert recipe.model.matching == "consistent" and recipe.model.config["num_blocks"] == 4
     assert (recipe.optim.layer_decay, recipe.optim.schedule, recipe.trainer.clip_grad_norm) == (0.6, "poly", 0.01)
     assert recipe.data.num_frames == 5 and recipe.trainer.max_steps == 10
+
+
+@pytest.mark.parametrize("num_frames", [1, 2])
+def test_every_trainable_weight_gets_a_gradient(tmp_path, num_frames):
+    """What DDP needs without find_unused_parameters: one step reaches every weight left trainable."""
+    from videostate.segmentation.training import VideomtModelConfig, build
+
+    ann_file = write_ytvis(tmp_path, num_videos=1, frames=3)
+    data = YTVISDataConfig(root=str(tmp_path), ann_file=str(ann_file), num_frames=num_frames, image_size=SIZE)
+    setup = build(VideomtModelConfig(config=tiny_config(num_labels=2, image_size=SIZE).to_dict()), data)
+    setup.model.train()
+    setup.train_step(setup.model, setup.collate_fn([setup.dataset[0]]), lambda loss: loss.backward())
+    missing = [n for n, p in setup.model.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    assert setup.model.query_updater.weight.requires_grad == (num_frames > 1)
