@@ -219,3 +219,30 @@ def test_input_errors():
         off.encode_video(pixels, spatial_batch(2, 3))
     with pytest.raises(ValueError, match="use_dual_memory is off"):
         off.encode_video(pixels, video_ids=["a", "b"])
+
+
+def test_load_vlm3r_weights_maps_fusion_block_and_projector(tmp_path):
+    from videostate.vlm.model import load_vlm3r_weights
+
+    model = _model("onevision")
+    fusion = model.spatial_fusion.fusion
+    g = torch.Generator().manual_seed(3)
+    state = {
+        f"base_model.model.model.fusion_block.{k}": torch.randn(v.shape, generator=g)
+        for k, v in fusion.state_dict().items()
+    }
+    projector = model.base.model.multi_modal_projector
+    state["model.mm_projector.0.weight"] = torch.randn(projector.linear_1.weight.shape, generator=g)
+    state["model.mm_projector.0.bias"] = torch.randn(projector.linear_1.bias.shape, generator=g)
+    state["model.mm_projector.2.weight"] = torch.randn(projector.linear_2.weight.shape, generator=g)
+    state["model.mm_projector.2.bias"] = torch.randn(projector.linear_2.bias.shape, generator=g)
+    torch.save(state, tmp_path / "non_lora_trainables.bin")
+    loaded = load_vlm3r_weights(model, tmp_path / "non_lora_trainables.bin")
+    assert len(loaded) == len(state)
+    torch.testing.assert_close(
+        fusion.clip_query_proj.weight, state["base_model.model.model.fusion_block.clip_query_proj.weight"]
+    )
+    torch.testing.assert_close(projector.linear_2.bias, state["model.mm_projector.2.bias"])
+    del state["base_model.model.model.fusion_block.out_norm.weight"]
+    with pytest.raises(KeyError, match=r"missing keys \['out_norm.weight'\]"):
+        load_vlm3r_weights(model, state)

@@ -350,3 +350,37 @@ class VLM2ForConditionalGeneration(nn.Module):
         if pixel_values_videos is not None:
             kwargs["mm_encoder_outputs"] = self._mm_outputs(pixel_values_videos, spatial_features, video_ids)
         return self.base.generate(input_ids=input_ids, **kwargs)
+
+
+def load_vlm3r_weights(model: VLM2ForConditionalGeneration, source: str | Path | dict) -> list[str]:
+    """Load VLM-3R's trained non-LoRA weights (``non_lora_trainables.bin``): its cross-attention fusion
+    block into ``spatial_fusion.fusion`` and, when present, its ``mm_projector`` (mlp2x_gelu: layers 0 and
+    2) into the base model's projector (``linear_1``, ``linear_2``).
+
+    Keys are matched by what follows ``fusion_block.`` / ``mm_projector.`` (any prefix, e.g.
+    ``base_model.model.model.``). The fusion block must be complete; returns the parameter names set.
+    """
+    if model.spatial_fusion is None:
+        raise ValueError("the model has no spatial fusion to load VLM-3R's fusion block into")
+    state = source if isinstance(source, dict) else torch.load(Path(source), map_location="cpu", weights_only=True)
+    fusion, projector = {}, {}
+    for key, value in state.items():
+        if "fusion_block." in key:
+            fusion[key.split("fusion_block.", 1)[1]] = value
+        elif "mm_projector." in key:
+            layer, _, param = key.split("mm_projector.", 1)[1].partition(".")
+            names = {"0": "linear_1", "2": "linear_2"}
+            if layer not in names:
+                raise KeyError(f"unexpected mm_projector key {key!r}; VLM-3R's mlp2x_gelu has layers 0 and 2")
+            projector[f"{names[layer]}.{param}"] = value
+    target = model.spatial_fusion.fusion
+    expected = set(target.state_dict())
+    missing, unexpected = sorted(expected - set(fusion)), sorted(set(fusion) - expected)
+    if missing or unexpected:
+        raise KeyError(f"VLM-3R fusion block does not match: missing keys {missing}, unexpected keys {unexpected}")
+    target.load_state_dict(fusion, strict=True)
+    loaded = [f"spatial_fusion.fusion.{k}" for k in sorted(fusion)]
+    if projector:
+        model.base.model.multi_modal_projector.load_state_dict(projector, strict=True)
+        loaded += [f"base.model.multi_modal_projector.{k}" for k in sorted(projector)]
+    return loaded
