@@ -44,8 +44,13 @@ def _frame_masks(segmentations: list, height: int, width: int) -> list[np.ndarra
     return masks
 
 
-def _mean_area(masks: list[np.ndarray | None]) -> float:
-    areas = [int(m.sum()) for m in masks if m is not None and m.any()]
+def _mean_area(segmentations: list, height: int, width: int) -> float:
+    """Mean of the non-zero per-frame areas (RLE areas are read from the counts, without decoding)."""
+    areas = []
+    for seg in segmentations:
+        if seg:
+            areas.append(rle.area(seg) if isinstance(seg, dict) else int(rle.decode(seg, height, width).sum()))
+    areas = [a for a in areas if a]
     return float(np.mean(areas)) if areas else 0.0
 
 
@@ -102,28 +107,33 @@ def evaluate_ytvis(gt_json, results, max_dets: tuple[int, ...] = (1, 10, 100)) -
     categories = sorted(c["id"] for c in gt["categories"])
     max_dets = tuple(sorted(max_dets))
 
+    # masks are decoded one (video, category) group at a time, so memory holds one group's masks
     gts_by = defaultdict(list)
     for ann in gt["annotations"]:
         v = videos[ann["video_id"]]
-        masks = _frame_masks(ann["segmentations"], v["height"], v["width"])
         if "areas" in ann:
             areas = [a for a in ann["areas"] if a]
             area = float(np.mean(areas)) if areas else 0.0
         else:
-            area = _mean_area(masks)
+            area = _mean_area(ann["segmentations"], v["height"], v["width"])
         gts_by[ann["video_id"], ann["category_id"]].append(
-            {"masks": masks, "area": area, "crowd": bool(ann.get("iscrowd", 0))}
+            {"segmentations": ann["segmentations"], "area": area, "crowd": bool(ann.get("iscrowd", 0))}
         )
     dts_by = defaultdict(list)
     for i, det in enumerate(dts):
         if det["video_id"] not in videos:
             raise ValueError(f"detection {i} is for video {det['video_id']}, which is not in gt_json")
         v = videos[det["video_id"]]
-        masks = _frame_masks(det["segmentations"], v["height"], v["width"])
-        if len(masks) != v["length"]:
-            raise ValueError(f"detection {i} has {len(masks)} frames; video {det['video_id']} has {v['length']}")
+        if len(det["segmentations"]) != v["length"]:
+            raise ValueError(
+                f"detection {i} has {len(det['segmentations'])} frames; video {det['video_id']} has {v['length']}"
+            )
         dts_by[det["video_id"], det["category_id"]].append(
-            {"masks": masks, "area": _mean_area(masks), "score": det["score"]}
+            {
+                "segmentations": det["segmentations"],
+                "area": _mean_area(det["segmentations"], v["height"], v["width"]),
+                "score": det["score"],
+            }
         )
 
     num_t, num_r = len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS)
@@ -136,7 +146,10 @@ def evaluate_ytvis(gt_json, results, max_dets: tuple[int, ...] = (1, 10, 100)) -
             if not g and not d:
                 continue
             d = [d[i] for i in np.argsort([-x["score"] for x in d], kind="mergesort")][: max_dets[-1]]
-            ious = np.array([[video_iou(x["masks"], y["masks"]) for y in g] for x in d]).reshape(len(d), len(g))
+            size = (videos[vid]["height"], videos[vid]["width"])
+            g_masks = [_frame_masks(x["segmentations"], *size) for x in g]
+            d_masks = [_frame_masks(x["segmentations"], *size) for x in d]
+            ious = np.array([[video_iou(x, y) for y in g_masks] for x in d_masks]).reshape(len(d), len(g))
             per_video.append((g, d, ious))
         for a, (low, high) in enumerate(AREA_RANGES.values()):
             evaluated = []
