@@ -39,19 +39,19 @@ PEER_MS = {
     (2, 768, 6272): {"forward": 0.38, "backward": 1.37, "loop_forward": 636.0},
 }
 FORWARD_CONFIGS = [
-    {"block_d": 16, "block_l": 32, "num_warps": 4},
-    {"block_d": 8, "block_l": 32, "num_warps": 4},
-    {"block_d": 8, "block_l": 64, "num_warps": 4},
-    {"block_d": 16, "block_l": 64, "num_warps": 8},
-    {"block_d": 32, "block_l": 32, "num_warps": 8},
     {"block_d": 4, "block_l": 128, "num_warps": 4},
+    {"block_d": 4, "block_l": 256, "num_warps": 4},
+    {"block_d": 2, "block_l": 256, "num_warps": 4},
+    {"block_d": 8, "block_l": 128, "num_warps": 4},
+    {"block_d": 4, "block_l": 128, "num_warps": 2},
+    {"block_d": 2, "block_l": 128, "num_warps": 2},
 ]
 BACKWARD_CONFIGS = [
-    {"block_d": 16, "block_l": 16, "num_warps": 4},
-    {"block_d": 8, "block_l": 16, "num_warps": 4},
     {"block_d": 8, "block_l": 32, "num_warps": 4},
-    {"block_d": 16, "block_l": 32, "num_warps": 8},
-    {"block_d": 32, "block_l": 16, "num_warps": 8},
+    {"block_d": 16, "block_l": 16, "num_warps": 4},
+    {"block_d": 4, "block_l": 32, "num_warps": 4},
+    {"block_d": 4, "block_l": 64, "num_warps": 4},
+    {"block_d": 8, "block_l": 32, "num_warps": 2},
 ]
 
 
@@ -149,13 +149,30 @@ def peak_bytes(fn, device) -> int:
     return torch.cuda.max_memory_allocated(device) - base
 
 
+def scan_outputs(inputs: dict) -> list[torch.Tensor]:
+    """Output and input gradients of the Triton scan (to check every swept configuration)."""
+    leaves = {k: v.detach().requires_grad_(k in SCAN_GRADS) for k, v in inputs.items()}
+    y = scan_fn("triton")(**leaves)
+    cotangent = torch.randn(y.shape, generator=torch.Generator(device=y.device).manual_seed(0), device=y.device)
+    return [y, *torch.autograd.grad(y, [leaves[k] for k in SCAN_GRADS], cotangent.to(y.dtype))]
+
+
 def sweep(device) -> dict:
-    """Time the tile configurations on every shape; keep the one with the least summed ratio to the peer."""
+    """Time the tile configurations on every shape; keep the one with the least summed ratio to the peer.
+
+    Each configuration's output and gradients are compared with those of the default configuration
+    (the one the tests run) on a small shape; a configuration that disagrees is not chosen."""
     report = {}
+    check_inputs = scan_inputs(2, 96, 1000, device, seed=3)
+    expected = scan_outputs(check_inputs)
     for phase, configs in (("forward", FORWARD_CONFIGS), ("backward", BACKWARD_CONFIGS)):
         rows = []
         for cfg in configs:
             scan_kernels.CONFIG[phase] = dict(cfg)
+            got = scan_outputs(check_inputs)
+            error = max(
+                ((a.float() - b.float()).norm() / b.float().norm()).item() for a, b in zip(got, expected, strict=True)
+            )
             times = {}
             for shape in SHAPES:
                 inputs = scan_inputs(*shape, device)
@@ -171,8 +188,10 @@ def sweep(device) -> dict:
                 t / PEER_MS[shape][phase] if isinstance(t, float) else float("inf")
                 for shape, t in zip(SHAPES, times.values(), strict=True)
             )
-            rows.append({"config": cfg, "ms": times, "score": score})
-            print(f"sweep {phase} {cfg} {times}", flush=True)
+            if not error < 1e-2:
+                score = float("inf")
+            rows.append({"config": cfg, "ms": times, "score": score, "max_rel_error_vs_default": error})
+            print(f"sweep {phase} {cfg} {times} error vs default {error:.1e}", flush=True)
         best = min(rows, key=lambda row: row["score"])
         scan_kernels.CONFIG[phase] = dict(best["config"])
         report[phase] = {"results": rows, "chosen": best["config"]}

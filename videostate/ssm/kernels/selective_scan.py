@@ -16,10 +16,9 @@ from .scan_kernels import selective_scan_bwd_kernel, selective_scan_fwd_kernel
 # Tile sizes: BLOCK_D channels x BLOCK_L steps per chunk (BLOCK_D shrinks for N > 16 so that a
 # (BLOCK_D, N, BLOCK_L) tile keeps its size). Chosen by benchmarks/ssm_kernels.py on an H100.
 CONFIG = {
-    "forward": {"block_d": 16, "block_l": 32, "num_warps": 4},
-    "backward": {"block_d": 16, "block_l": 16, "num_warps": 4},
+    "forward": {"block_d": 4, "block_l": 128, "num_warps": 4},
+    "backward": {"block_d": 8, "block_l": 32, "num_warps": 4},
 }
-
 
 def _grouped(t: torch.Tensor) -> torch.Tensor:
     """B or C as ``(batch, G, N, L)`` (a view: ungrouped inputs get G=1)."""
