@@ -1,9 +1,15 @@
-"""Training recipes for the three phases on the shared trainer (:mod:`videostate.training`).
+"""Training for the three phases on the shared trainer (:mod:`videostate.training`).
 
-:class:`VFITrainConfig` carries the seed's command-line arguments (``phase, batch_size, lr, epochs,
-data_path, x4k_path, mixed_ratio, crop_size, resume, freeze_backbone, exp_name, backbone_mode,
-use_mhc, use_ecab, curriculum, curriculum_T, dry_run, num_workers, grad_accum, eval_interval``) and
-:func:`train` runs it: AMP (bf16 on CUDA), DDP under ``torchrun``, TensorBoard scalars
+Two entry points build the same model, data and train step (:func:`build`):
+
+- ``videostate train configs/interpolation_phase1.yaml``: the shared recipe format; ``task:
+  interpolation`` (:data:`TASK`), ``model`` = :class:`HybridVFIConfig`, ``data`` = :class:`VFIDataConfig`,
+  run for ``trainer.max_steps``.
+- ``videostate vfi-train --phase 1 --data_path ...`` (:mod:`.cli`): :class:`VFITrainConfig` carries
+  the seed's command-line arguments (``phase, batch_size, lr, epochs, data_path, x4k_path,
+  mixed_ratio, crop_size, resume, freeze_backbone, exp_name, backbone_mode, use_mhc, use_ecab,
+  curriculum, curriculum_T, dry_run, num_workers, grad_accum, eval_interval``) and :func:`train`
+  runs it by epochs: AMP (bf16 on CUDA), DDP under ``torchrun``, TensorBoard scalars
 (``loss/loss_lap``, ``loss/loss_ter``, ``loss/loss_vgg``, ``loss/loss_flow_smooth``,
 ``loss/loss_total``, ``eval/psnr``, ``eval/ssim``), exact resume of an interrupted run, and models
 saved by name: ``<ckpt_dir>/<exp_name>`` after every evaluation and at the end, and
@@ -28,6 +34,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from ..training import OptimConfig, Trainer, TrainerConfig, TrainLogger, init_distributed
+from ..training.recipe import Task, TaskSetup, register_task
 from .benchmarks import model_interpolator, vimeo90k
 from .config import HybridVFIConfig
 from .data import MixedDataset, TripletAugment, VimeoTriplet, X4KFrames
@@ -112,9 +119,7 @@ class VFITrainConfig:
     def __post_init__(self):
         if self.data_path is None:
             raise ValueError("data_path (the Vimeo-90K vimeo_triplet folder) is required")
-        if self.curriculum and self.x4k_path is None:
-            raise ValueError("curriculum grows the X4K frame span and needs x4k_path")
-        for name in ("epochs", "batch_size", "grad_accum", "crop_size", "curriculum_T"):
+        for name in ("epochs", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
         for name in ("freeze_backbone", "eval_interval", "num_workers"):
@@ -123,11 +128,28 @@ class VFITrainConfig:
         clash = sorted(set(self.model) & set(SEED_FLAGS_IN_MODEL))
         if clash:
             raise ValueError(f"set {clash} at the top level of the recipe, not under model")
-        self.model_config()  # validate early
+        self.model_config(), self.data_config()  # validate early
 
     @property
     def name(self) -> str:
         return self.exp_name or f"phase{self.phase}"
+
+    def data_config(self) -> VFIDataConfig:
+        return VFIDataConfig(
+            data_path=self.data_path,
+            x4k_path=self.x4k_path,
+            mixed_ratio=self.mixed_ratio,
+            max_span=self.max_span,
+            crop_size=self.crop_size,
+            curriculum=self.curriculum,
+            curriculum_T=self.curriculum_T,
+            freeze_backbone=self.freeze_backbone,
+            resume=None if self.resume is None else str(Path(self.ckpt_dir) / self.resume),
+            init_mamba_from_attention=self.init_mamba_from_attention,
+            vgg_weights=self.vgg_weights,
+            lap_levels=self.lap_levels,
+            seed=self.seed,
+        )
 
     def model_config(self) -> HybridVFIConfig:
         return config_from_dict(
@@ -178,7 +200,48 @@ def load_initial_weights(model: HybridVFI, folder: Path) -> list[str]:
     return left
 
 
-def build_dataset(config: VFITrainConfig):
+@dataclasses.dataclass
+class VFIDataConfig:
+    """The ``data`` section of a ``videostate train`` recipe for ``task: interpolation``.
+
+    Attributes:
+        data_path: the Vimeo-90K ``vimeo_triplet`` folder.
+        x4k_path, mixed_ratio, max_span: X4K1000FPS frames mixed in ``a:b`` with frame spans up to ``max_span``.
+        crop_size: square training crop.
+        curriculum, curriculum_T: grow the X4K span over ``curriculum_T`` epochs.
+        freeze_backbone: epochs during which the backbone gets no updates.
+        resume: a saved model folder to start from (same phase: exact; earlier phase: matching weights).
+        init_mamba_from_attention: MaTVLM-initialise the Mamba-2 branches of a fresh model.
+        vgg_weights: torchvision VGG-19 weights for the perceptual term (off without).
+        lap_levels: Laplacian-pyramid levels of the loss.
+        seed: augmentation seed.
+    """
+
+    data_path: str
+    x4k_path: str | None = None
+    mixed_ratio: str = "2:1"
+    max_span: int = 32
+    crop_size: int = 256
+    curriculum: bool = False
+    curriculum_T: int = 50
+    freeze_backbone: int = 0
+    resume: str | None = None
+    init_mamba_from_attention: bool = False
+    vgg_weights: str | None = None
+    lap_levels: int = 5
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.curriculum and self.x4k_path is None:
+            raise ValueError("curriculum grows the X4K frame span and needs x4k_path")
+        for name in ("crop_size", "curriculum_T", "max_span", "lap_levels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
+        if self.freeze_backbone < 0:
+            raise ValueError(f"freeze_backbone must be >= 0; got {self.freeze_backbone}")
+
+
+def build_dataset(config: VFIDataConfig):
     augment = TripletAugment(config.crop_size)
     vimeo = VimeoTriplet(config.data_path, "train", augment, seed=config.seed)
     if config.x4k_path is None:
@@ -191,6 +254,32 @@ def build_dataset(config: VFITrainConfig):
         seed=config.seed,
     )
     return MixedDataset(vimeo, x4k, config.mixed_ratio)
+
+
+def build(model_config: HybridVFIConfig, data: VFIDataConfig) -> TaskSetup:
+    """The task's setup: model (initialised as ``data`` says), data and train step."""
+    model = HybridVFI(model_config)
+    if data.resume is not None:
+        left = load_initial_weights(model, Path(data.resume))
+        if left:
+            log.warning(
+                "resume %s: %d weights new in phase %d keep their initialisation: %s",
+                data.resume,
+                len(left),
+                model_config.phase,
+                left,
+            )
+    elif data.init_mamba_from_attention:
+        for report in model.backbone.init_mamba_from_attention():
+            log.info("MaTVLM %s: copied %s; not mapped %s", report.name, report.copied, report.not_mapped)
+    dataset = build_dataset(data)
+    loss = CompositeLoss(model_config.phase, vgg_weights_path=data.vgg_weights, lap_levels=data.lap_levels)
+    return TaskSetup(
+        VFITrainWrapper(model), dataset, make_train_step(loss, model.backbone, dataset, data.freeze_backbone)
+    )
+
+
+TASK = register_task(Task("interpolation", HybridVFIConfig, VFIDataConfig, build))
 
 
 def make_train_step(loss_fn: CompositeLoss, backbone: nn.Module, dataset, freeze_epochs: int):
@@ -222,39 +311,22 @@ def evaluate(model: HybridVFI, data_path: str, device, limit: int | None) -> dic
 
 
 def train(config: VFITrainConfig) -> HybridVFI:
-    """Run a recipe; returns the trained model (also saved as ``<ckpt_dir>/<exp_name>``)."""
+    """Run the seed-style recipe: epochs, evaluation every ``eval_interval`` epochs, models saved by
+    name; returns the trained model (also saved as ``<ckpt_dir>/<exp_name>``)."""
     dist, device = init_distributed(config.device)
-    model = HybridVFI(config.model_config())
-    if config.resume is not None:
-        left = load_initial_weights(model, Path(config.ckpt_dir) / config.resume)
-        if left and dist.is_main:
-            log.warning(
-                "resume %s: %d weights new in phase %d keep their initialisation: %s",
-                config.resume,
-                len(left),
-                config.phase,
-                left,
-            )
-    elif config.init_mamba_from_attention:
-        for report in model.backbone.init_mamba_from_attention():
-            if dist.is_main:
-                log.info("MaTVLM %s: copied %s; not mapped %s", report.name, report.copied, report.not_mapped)
-    dataset = build_dataset(config)
-    global_batch = config.batch_size * dist.world_size * config.grad_accum
-    steps_per_epoch = len(dataset) // (config.batch_size * dist.world_size) // config.grad_accum
+    ckpt = Path(config.ckpt_dir)
+    setup = build(config.model_config(), config.data_config())
+    model, dataset = setup.model.model, setup.dataset
+    per_step = config.batch_size * dist.world_size * config.grad_accum
+    steps_per_epoch = len(dataset) // per_step
     if steps_per_epoch < 1:
-        raise ValueError(f"{len(dataset)} training samples are fewer than one global batch of {global_batch}")
+        raise ValueError(f"{len(dataset)} training samples are fewer than one global batch of {per_step}")
     epochs = 1 if config.dry_run else config.epochs
     steps_per_epoch = min(steps_per_epoch, DRY_RUN_STEPS) if config.dry_run else steps_per_epoch
     run_dir = Path(config.log_dir) / config.name
     trainer = Trainer(
-        VFITrainWrapper(model),
-        make_train_step(
-            CompositeLoss(config.phase, vgg_weights_path=config.vgg_weights, lap_levels=config.lap_levels).to(device),
-            model.backbone,
-            dataset,
-            config.freeze_backbone,
-        ),
+        setup.model,
+        setup.train_step,
         dataset,
         TrainerConfig(
             max_steps=epochs * steps_per_epoch,
@@ -280,11 +352,9 @@ def train(config: VFITrainConfig) -> HybridVFI:
     eval_every = 1 if config.dry_run else config.eval_interval
     best = -math.inf
     eval_log = TrainLogger(run_dir / "tb", epochs * steps_per_epoch, enabled=dist.is_main, progress=False)
-    ckpt = Path(config.ckpt_dir)
     try:
         for epoch in range(trainer.step // steps_per_epoch + 1, epochs + 1):
-            trainer.config.max_steps = epoch * steps_per_epoch
-            trainer.fit()
+            trainer.fit(epoch * steps_per_epoch - trainer.step)
             if not dist.is_main or eval_every == 0 or (epoch % eval_every and epoch != epochs):
                 continue
             model.save_pretrained(ckpt / config.name)
