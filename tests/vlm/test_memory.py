@@ -254,3 +254,23 @@ def test_forward_video_errors():
         module.forward_video(_frames(2, 3, 5, 8), state)
     with pytest.raises(ValueError, match="divisible by num_heads"):
         DualMemoryModule(10, 3)
+
+
+def test_episodic_consolidation_keeps_every_distinct_scene():
+    g = torch.Generator().manual_seed(4)
+    centres = torch.linalg.qr(torch.randn(12, 3, generator=g, dtype=torch.float64))[0].T.reshape(3, 3, 4)
+    labels = [0, 1, 2, 0, *torch.randint(0, 3, (30,), generator=g).tolist()]
+    memory = EpisodicMemory(L_e=4)
+    for label in labels:
+        frame = centres[label] + 0.05 * torch.randn(3, 4, generator=g, dtype=torch.float64)
+        memory.update(frame[None])
+    stored = memory.bank.entries(0)
+    kept = {max(range(3), key=lambda c, e=e: naive_cos(e, centres[c])) for e in stored}
+    assert kept == {0, 1, 2}  # a new frame replaces its own scene's entry, never another scene's
+    assert naive_cos(stored[-1], centres[labels[-1]]) > 0.9
+
+
+def test_bfloat16_memory_runs():
+    module = DualMemoryModule(8, 2, L_w=2, L_e=2, dropout=0.0).to(torch.bfloat16)
+    out, state = module.forward_video(torch.randn(1, 4, 3, 8, dtype=torch.bfloat16))
+    assert out.dtype == torch.bfloat16 and state.episodic.slots.dtype == torch.bfloat16 and torch.isfinite(out).all()

@@ -3,7 +3,7 @@
 from .config import VLM2Config
 from .fusion import CoordinateInjection, CrossAttentionFusion, SpatialFusion, ViewpointAwareAlignment
 from .memory import DualMemoryModule, DualMemoryState, EpisodicMemory, MemoryBank, WorkingMemory
-from .model import VLM2ForConditionalGeneration
+from .model import VLM2ForConditionalGeneration, load_vlm3r_weights
 from .spatial import SpatialFeatures
 
 __all__ = [
@@ -19,4 +19,5 @@ __all__ = [
     "VLM2ForConditionalGeneration",
     "ViewpointAwareAlignment",
     "WorkingMemory",
+    "load_vlm3r_weights",
 ]
