@@ -246,3 +246,28 @@ def test_load_vlm3r_weights_maps_fusion_block_and_projector(tmp_path):
     del state["base_model.model.model.fusion_block.out_norm.weight"]
     with pytest.raises(KeyError, match=r"missing keys \['out_norm.weight'\]"):
         load_vlm3r_weights(model, state)
+
+
+def test_config_from_llava_model_arguments(tmp_path):
+    from types import SimpleNamespace
+
+    args = SimpleNamespace(
+        use_dual_memory=True,
+        memory_L_w=4,
+        memory_L_e=16,
+        memory_num_heads=4,
+        memory_dropout=0.0,
+        tune_dual_memory=True,
+        mm_tunable_parts="mm_mlp_adapter",
+        vision_tower="google/siglip-so400m-patch14-384",
+        lora_enable=True,
+    )
+    config = VLM2Config.from_model_args(args)
+    assert (config.memory_L_w, config.memory_L_e, config.memory_num_heads) == (4, 16, 4)
+    assert config.tunable_parts() == {"dual_memory", "mm_mlp_adapter"}
+    config.save(tmp_path / "c.json")
+    assert VLM2Config.load(tmp_path / "c.json") == config
+    with pytest.raises(ValueError, match=r"unknown VLM2Config fields \['vision_tower'\]"):
+        VLM2Config.from_dict({"vision_tower": "x"})
+    with pytest.raises(ValueError, match="coordinate_gate_type must be one of"):
+        VLM2Config(coordinate_gate_type="relu")

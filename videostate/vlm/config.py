@@ -88,6 +88,14 @@ class VLM2Config:
             raise ValueError(f"unknown VLM2Config fields {unknown}; expected a subset of {sorted(known)}")
         return cls(**values)
 
+    @classmethod
+    def from_model_args(cls, args) -> VLM2Config:
+        """From LLaVA/VLM-3R-style training arguments (a ``ModelArguments`` dataclass or a
+        ``SimpleNamespace``): every attribute named like a field is taken, the others are ignored (those
+        arguments also configure the rest of the training run)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{n: getattr(args, n) for n in names if hasattr(args, n)})
+
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
