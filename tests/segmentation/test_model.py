@@ -299,3 +299,20 @@ def test_repeated_runs_are_identical(frames):
         first, second = model(video), model(video)
     assert torch.equal(first.masks_queries_logits, second.masks_queries_logits)
     assert torch.equal(first.class_queries_logits, second.class_queries_logits)
+
+
+def test_from_eomt_equals_eomt_without_masked_attention_on_one_frame(tmp_path):
+    from transformers import EomtConfig, EomtForUniversalSegmentation
+
+    torch.manual_seed(3)
+    eomt = EomtForUniversalSegmentation(EomtConfig(**tiny_config().to_dict())).double().eval()
+    eomt.attn_mask_probs.zero_()  # EoMT's masked attention (on by default) is what VidEoMT drops
+    eomt.save_pretrained(tmp_path)
+    model = VideomtForUniversalSegmentation.from_eomt(tmp_path).double().eval()
+    video = random_video(2, 1)
+    with torch.no_grad():
+        ours = model(video)
+        theirs = eomt(pixel_values=video[:, 0])
+    torch.testing.assert_close(ours.masks_queries_logits[:, 0], theirs.masks_queries_logits, rtol=0, atol=1e-10)
+    torch.testing.assert_close(ours.class_queries_logits[:, 0], theirs.class_queries_logits, rtol=0, atol=1e-10)
+    assert VideomtForUniversalSegmentation.from_eomt(eomt, norm_queries=True).norm_queries

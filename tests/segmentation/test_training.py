@@ -134,3 +134,21 @@ def test_every_trainable_weight_gets_a_gradient(tmp_path, num_frames):
     missing = [n for n, p in setup.model.named_parameters() if p.requires_grad and p.grad is None]
     assert missing == []
     assert setup.model.query_updater.weight.requires_grad == (num_frames > 1)
+
+
+def test_task_starts_from_eomt_or_videomt_weights(tmp_path):
+    from transformers import EomtConfig, EomtForUniversalSegmentation
+
+    from videostate.segmentation.training import VideomtModelConfig, build
+
+    ann_file = write_ytvis(tmp_path, num_videos=1, frames=2)
+    data = YTVISDataConfig(root=str(tmp_path), ann_file=str(ann_file), num_frames=2, image_size=SIZE)
+    eomt = EomtForUniversalSegmentation(EomtConfig(**tiny_config(image_size=SIZE).to_dict()))
+    eomt.save_pretrained(tmp_path / "eomt")
+    model = build(VideomtModelConfig(eomt=str(tmp_path / "eomt")), data).model
+    assert torch.equal(model.query.weight, eomt.query.weight)
+    model.save_pretrained(tmp_path / "videomt")
+    again = build(VideomtModelConfig(pretrained=str(tmp_path / "videomt")), data).model
+    assert torch.equal(again.query_updater.weight, model.query_updater.weight)
+    with pytest.raises(ValueError, match="not both"):
+        build(VideomtModelConfig(pretrained="a", eomt="b"), data)

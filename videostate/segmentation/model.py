@@ -189,6 +189,31 @@ class VideomtForUniversalSegmentation(_TransformersVideomt):
             raise ValueError(f"checkpoint does not match VideomtForUniversalSegmentation: {problems}")
         return (model, info) if want_info else model
 
+    @classmethod
+    def from_eomt(cls, eomt, **config_overrides) -> VideomtForUniversalSegmentation:
+        """A VidEoMT model from image-stage EoMT weights (an ``EomtForUniversalSegmentation`` or its folder).
+
+        Every EoMT weight is copied; ``query_updater`` keeps its fresh initialisation (trained in the video
+        stage) and ``embeddings.mask_token`` its zeros. With one frame the model then equals EoMT without
+        masked attention. ``config_overrides`` (e.g. ``norm_queries=True``) go into the new config.
+        """
+        from transformers import EomtForUniversalSegmentation
+
+        if not isinstance(eomt, EomtForUniversalSegmentation):
+            eomt = EomtForUniversalSegmentation.from_pretrained(eomt)
+        names = {f.name for f in dataclasses.fields(VideomtConfig)} - {"architectures", "transformers_version"}
+        fields = {name: getattr(eomt.config, name) for name in names if hasattr(eomt.config, name)}
+        model = cls(VideomtConfig(**{**fields, **config_overrides}))
+        weights = {k: v for k, v in eomt.state_dict().items() if k != "attn_mask_probs"}
+        result = model.load_state_dict(weights, strict=False)
+        expected_missing = {"attn_mask_probs", "embeddings.mask_token", "query_updater.weight", "query_updater.bias"}
+        if set(result.missing_keys) - expected_missing or result.unexpected_keys:
+            raise ValueError(
+                f"EoMT weights do not match VidEoMT: missing {sorted(set(result.missing_keys) - expected_missing)}, "
+                f"unexpected {sorted(result.unexpected_keys)}"
+            )
+        return model
+
     @property
     def norm_queries(self) -> bool:
         return getattr(self.config, "norm_queries", False)

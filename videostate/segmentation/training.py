@@ -22,12 +22,15 @@ class VideomtModelConfig:
     """Model section of a VidEoMT recipe.
 
     Attributes:
-        pretrained: a ``save_pretrained`` folder (or hub id) to start from; ``None`` builds ``config``.
+        pretrained: a VidEoMT ``save_pretrained`` folder (or hub id) to start from.
+        eomt: an image-stage ``EomtForUniversalSegmentation`` folder to start the video stage from (the
+            official two-stage recipe); at most one of ``pretrained`` and ``eomt``. Neither: build ``config``.
         config: ``VideomtConfig`` fields for a new model (ignored with ``pretrained``).
         matching: ``"clip"`` (one assignment per clip) or ``"consistent"`` (official online matching).
     """
 
     pretrained: str | None = None
+    eomt: str | None = None
     config: dict = dataclasses.field(default_factory=dict)
     matching: str = "consistent"
 
@@ -41,8 +44,12 @@ def train_step(model, batch, backward, criterion: VideomtLoss) -> dict:
 
 
 def build(model_config: VideomtModelConfig, data_config: YTVISDataConfig) -> TaskSetup:
+    if model_config.pretrained is not None and model_config.eomt is not None:
+        raise ValueError("give model.pretrained (VidEoMT) or model.eomt (image-stage EoMT), not both")
     if model_config.pretrained is not None:
         model = VideomtForUniversalSegmentation.from_pretrained(model_config.pretrained)
+    elif model_config.eomt is not None:
+        model = VideomtForUniversalSegmentation.from_eomt(model_config.eomt)
     else:
         model = VideomtForUniversalSegmentation(VideomtConfig(**model_config.config))
     if model.config.image_size != data_config.image_size:
