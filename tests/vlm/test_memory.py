@@ -123,14 +123,23 @@ def test_similarity_replacement_batched_rows_independent():
 
 def test_retrieval_equals_naive_attention_over_valid_entries():
     module = _module()
-    bank = MemoryBank.empty(2, 3, 4, 8, dtype=torch.float64)
-    bank = fifo_update(bank, _frames(2, 4, 8, seed=1))
-    bank = fifo_update(bank, _frames(2, 4, 8, seed=2), torch.tensor([True, False]))
+    attn = module.working_attention
+    bank = MemoryBank.empty(2, 3, 4, 8, dtype=torch.float64, cached=True)
+    first, second = _frames(2, 4, 8, seed=1), _frames(2, 4, 8, seed=2)
+    bank = fifo_update(bank, first, cache=module.cache(attn, first))
+    bank = fifo_update(bank, second, torch.tensor([True, False]), cache=module.cache(attn, second))
     H = _frames(2, 4, 8, seed=3)
-    out = module.retrieve(module.working_attention, H, bank)
+    out = module.retrieve(attn, H, bank)
     for b in range(2):
-        expected = naive_mha(module.working_attention, H[b], bank.entries(b).flatten(0, 1))
+        expected = naive_mha(attn, H[b], bank.entries(b).flatten(0, 1))
         torch.testing.assert_close(out[b], expected)
+    torch.testing.assert_close(module.retrieve(attn, H, bank, used=2), out)  # slots past the counts are skipped
+    both = fifo_update(bank, second, torch.tensor([False, True]), cache=module.cache(attn, second))
+    torch.testing.assert_close(module.retrieve(attn, H, both, used=2, dense=True), module.retrieve(attn, H, both))
+    with pytest.raises(ValueError, match="cached keys/values"):
+        module.retrieve(attn, H, MemoryBank.empty(2, 3, 4, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="needs the new entry's"):
+        fifo_update(bank, first)
 
 
 def test_empty_memory_reads_zero_and_leaves_first_frame_unchanged():
@@ -145,8 +154,9 @@ def test_empty_memory_reads_zero_and_leaves_first_frame_unchanged():
 def test_gated_fusion_formula():
     module = _module()
     state = module.init_state(2, 4, dtype=torch.float64)
-    W = fifo_update(state.working, _frames(2, 4, 8, seed=1))
-    E = similarity_replace_update(state.episodic, _frames(2, 4, 8, seed=2))
+    w_entry, e_entry = _frames(2, 4, 8, seed=1), _frames(2, 4, 8, seed=2)
+    W = fifo_update(state.working, w_entry, cache=module.cache(module.working_attention, w_entry))
+    E = similarity_replace_update(state.episodic, e_entry, cache=module.cache(module.episodic_attention, e_entry))
     H = _frames(2, 4, 8, seed=3)
     M, W_next, E_next = module(H, W, E)
     M_w = module.retrieve(module.working_attention, H, W)

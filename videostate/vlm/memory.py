@@ -43,18 +43,29 @@ class MemoryBank(StreamState):
         slots: ``(batch, capacity, tokens, dim)``; entry ``i < count[b]`` of video ``b`` is valid, in
             insertion order (oldest first), the rest is zero padding.
         count: ``(batch,)`` long, the number of valid entries of each video.
+        keys, values: ``(batch, capacity, tokens, dim)`` the entries projected by the key and value
+            weights of the attention that reads this memory, computed once when an entry is stored (the
+            memories of :class:`DualMemoryModule`), or ``None`` (plain memories).
     """
 
     slots: torch.Tensor
     count: torch.Tensor
+    keys: torch.Tensor | None = None
+    values: torch.Tensor | None = None
 
     @classmethod
-    def empty(cls, batch_size: int, capacity: int, tokens: int, dim: int, *, device=None, dtype=None) -> MemoryBank:
+    def empty(
+        cls, batch_size: int, capacity: int, tokens: int, dim: int, *, device=None, dtype=None, cached: bool = False
+    ) -> MemoryBank:
+        """An empty memory; ``cached`` adds the ``keys``/``values`` projections."""
         if capacity < 1:
             raise ValueError(f"memory capacity must be at least 1; got {capacity}")
-        slots = torch.zeros(batch_size, capacity, tokens, dim, device=device, dtype=dtype)
+
+        def zeros():
+            return torch.zeros(batch_size, capacity, tokens, dim, device=device, dtype=dtype)
+
         count = torch.zeros(batch_size, dtype=torch.long, device=device)
-        return cls(slots=slots, count=count)
+        return cls(slots=zeros(), count=count, keys=zeros() if cached else None, values=zeros() if cached else None)
 
     @property
     def capacity(self) -> int:
@@ -69,11 +80,22 @@ class MemoryBank(StreamState):
         """The valid entries of video ``index``, oldest first: ``(count, tokens, dim)``."""
         return self.slots[index, : int(self.count[index])]
 
+    def per_slot(self) -> dict[str, torch.Tensor]:
+        """The tensors indexed by slot (``slots`` and, when cached, ``keys`` and ``values``)."""
+        return {name: t for name in ("slots", "keys", "values") if (t := getattr(self, name)) is not None}
 
-def _check_update(bank: MemoryBank, x: torch.Tensor, active: torch.Tensor | None) -> torch.Tensor:
+
+def _check_update(
+    bank: MemoryBank, x: torch.Tensor, active: torch.Tensor | None, cache: tuple[torch.Tensor, torch.Tensor] | None
+) -> torch.Tensor:
     expected = (bank.slots.shape[0], *bank.slots.shape[2:])
     if tuple(x.shape) != expected:
         raise ValueError(f"memory entry must have shape (batch, tokens, dim)={expected}; got {tuple(x.shape)}")
+    if (bank.keys is None) != (cache is None):
+        raise ValueError(
+            "a memory with cached keys/values needs the new entry's (keys, values), and only such a memory; "
+            f"got a bank {'with' if bank.keys is not None else 'without'} cache and cache={cache is not None}"
+        )
     if active is None:
         return torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
     if active.dtype != torch.bool or tuple(active.shape) != (x.shape[0],):
@@ -84,23 +106,36 @@ def _check_update(bank: MemoryBank, x: torch.Tensor, active: torch.Tensor | None
     return active
 
 
-def _append(slots: torch.Tensor, count: torch.Tensor, x: torch.Tensor, active: torch.Tensor) -> MemoryBank:
-    """Write ``x`` at position ``count`` of each active video (callers guarantee ``count < capacity``)."""
-    write = F.one_hot(count.clamp(max=slots.shape[1] - 1), slots.shape[1]).bool() & active[:, None]
-    slots = torch.where(write[:, :, None, None], x[:, None], slots)
-    return MemoryBank(slots=slots, count=count + active.long())
+def _append(
+    fields: dict[str, torch.Tensor],
+    count: torch.Tensor,
+    x: torch.Tensor,
+    cache: tuple[torch.Tensor, torch.Tensor] | None,
+    active: torch.Tensor,
+) -> MemoryBank:
+    """Write ``x`` (and its cache) at position ``count`` of each active video (``count < capacity``)."""
+    capacity = fields["slots"].shape[1]
+    write = (F.one_hot(count.clamp(max=capacity - 1), capacity).bool() & active[:, None])[:, :, None, None]
+    new = {"slots": x} if cache is None else {"slots": x, "keys": cache[0], "values": cache[1]}
+    out = {name: torch.where(write, new[name][:, None], t) for name, t in fields.items()}
+    return MemoryBank(count=count + active.long(), **out)
 
 
-def fifo_update(bank: MemoryBank, x: torch.Tensor, active: torch.Tensor | None = None) -> MemoryBank:
+def fifo_update(
+    bank: MemoryBank,
+    x: torch.Tensor,
+    active: torch.Tensor | None = None,
+    cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> MemoryBank:
     """Algorithm 1, lines 8-14: append ``x (batch, tokens, dim)``; a full memory first drops its oldest.
 
     ``active (batch,)`` bool leaves the memories of inactive videos untouched (their video has no frame
-    at this step).
+    at this step). ``cache``: the new entry's ``(keys, values)`` for a memory that caches them.
     """
-    active = _check_update(bank, x, active)
-    full = (bank.count >= bank.capacity) & active
-    slots = torch.where(full[:, None, None, None], bank.slots.roll(-1, dims=1), bank.slots)
-    return _append(slots, bank.count - full.long(), x, active)
+    active = _check_update(bank, x, active, cache)
+    full = ((bank.count >= bank.capacity) & active)[:, None, None, None]
+    fields = {name: torch.where(full, t.roll(-1, dims=1), t) for name, t in bank.per_slot().items()}
+    return _append(fields, bank.count - full.flatten().long(), x, cache, active)
 
 
 def cosine_similarity(x: torch.Tensor, slots: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -113,12 +148,17 @@ def cosine_similarity(x: torch.Tensor, slots: torch.Tensor, eps: float = 1e-8) -
     return dot / norms.clamp_min(eps)
 
 
-def similarity_replace_update(bank: MemoryBank, x: torch.Tensor, active: torch.Tensor | None = None) -> MemoryBank:
+def similarity_replace_update(
+    bank: MemoryBank,
+    x: torch.Tensor,
+    active: torch.Tensor | None = None,
+    cache: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> MemoryBank:
     """Algorithm 1, lines 15-24: append ``x``; a full memory first deletes the entry most similar to it.
 
     The deleted entry's successors move up one place, so entries stay in insertion order.
     """
-    active = _check_update(bank, x, active)
+    active = _check_update(bank, x, active, cache)
     full = (bank.count >= bank.capacity) & active
     capacity = bank.capacity
     most_similar = cosine_similarity(x, bank.slots).argmax(dim=1)  # (batch,)
@@ -127,8 +167,8 @@ def similarity_replace_update(bank: MemoryBank, x: torch.Tensor, active: torch.T
     source = (positions + (positions >= most_similar[:, None]).long()).clamp(max=capacity - 1)
     source = torch.where(full[:, None], source, positions)
     index = source[:, :, None, None].expand_as(bank.slots)
-    slots = bank.slots.gather(1, index)
-    return _append(slots, bank.count - full.long(), x, active)
+    fields = {name: t.gather(1, index) for name, t in bank.per_slot().items()}
+    return _append(fields, bank.count - full.long(), x, cache, active)
 
 
 class WorkingMemory:
@@ -196,6 +236,24 @@ class DualMemoryState(StreamState):
     working: MemoryBank
     episodic: MemoryBank
 
+    @classmethod
+    def cat(cls, states: list[DualMemoryState]) -> DualMemoryState:
+        """The states of several batches of videos as one batch, in order."""
+        if not states:
+            raise ValueError("cat needs at least one state; got an empty list")
+
+        def bank(name: str) -> MemoryBank:
+            banks = [getattr(s, name) for s in states]
+            fields = {}
+            for f in dataclasses.fields(MemoryBank):
+                values = [getattr(b, f.name) for b in banks]
+                if any(v is None for v in values) and not all(v is None for v in values):
+                    raise ValueError(f"{name}.{f.name} is cached in some states and not in others")
+                fields[f.name] = None if values[0] is None else torch.cat(values)
+            return MemoryBank(**fields)
+
+        return cls(working=bank("working"), episodic=bank("episodic"))
+
 
 class DualMemoryModule(nn.Module):
     """Algorithm 1: attention retrieval from both memories, gated fusion, memory updates.
@@ -220,30 +278,56 @@ class DualMemoryModule(nn.Module):
         self.gate = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, dim))
 
     def init_state(self, batch_size: int, tokens: int, *, device=None, dtype=None) -> DualMemoryState:
-        """Empty memories for ``batch_size`` videos of ``tokens`` tokens per frame."""
+        """Empty memories for ``batch_size`` videos of ``tokens`` tokens per frame (with key/value caches)."""
         return DualMemoryState(
-            working=MemoryBank.empty(batch_size, self.L_w, tokens, self.dim, device=device, dtype=dtype),
-            episodic=MemoryBank.empty(batch_size, self.L_e, tokens, self.dim, device=device, dtype=dtype),
+            working=MemoryBank.empty(batch_size, self.L_w, tokens, self.dim, device=device, dtype=dtype, cached=True),
+            episodic=MemoryBank.empty(batch_size, self.L_e, tokens, self.dim, device=device, dtype=dtype, cached=True),
         )
 
+    @staticmethod
+    def project(attention: nn.MultiheadAttention, x: torch.Tensor, which: int) -> torch.Tensor:
+        """``x`` through the query (0), key (1) or value (2) projection of ``attention``."""
+        d = attention.embed_dim
+        part = slice(which * d, (which + 1) * d)
+        return F.linear(x, attention.in_proj_weight[part], attention.in_proj_bias[part])
+
+    def cache(self, attention: nn.MultiheadAttention, entry: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``(keys, values)`` a memory read by ``attention`` stores with ``entry``."""
+        return self.project(attention, entry, 1), self.project(attention, entry, 2)
+
     def retrieve(
-        self, attention: nn.MultiheadAttention, H_t: torch.Tensor, bank: MemoryBank, used: int | None = None
+        self,
+        attention: nn.MultiheadAttention,
+        H_t: torch.Tensor,
+        bank: MemoryBank,
+        used: int | None = None,
+        dense: bool = False,
     ) -> torch.Tensor:
-        """Attention with queries ``H_t (batch, tokens, dim)`` over every token of the valid entries.
+        """``attention`` with queries ``H_t (batch, tokens, dim)`` over every token of the valid entries,
+        reading the bank's cached keys and values.
 
         ``used``: a bound on every video's entry count (slots past it are empty), so the attention skips
-        them; ``None`` reads all ``capacity`` slots. Videos whose memory is empty read exactly zero.
+        them; ``None`` reads all ``capacity`` slots. ``dense``: every video holds exactly ``used`` entries,
+        so no mask is needed. Videos whose memory is empty read exactly zero.
         """
+        if bank.keys is None:
+            raise ValueError("DualMemoryModule reads memories with cached keys/values; make them with init_state")
         used = bank.capacity if used is None else max(1, min(used, bank.capacity))
-        slots = bank.slots[:, :used]
-        n = slots.shape[2]
+        heads = attention.num_heads
+        query = rearrange(self.project(attention, H_t, 0), "b n (h e) -> b h n e", h=heads)
+        keys = rearrange(bank.keys[:, :used], "b l n (h e) -> b h (l n) e", h=heads)
+        values = rearrange(bank.values[:, :used], "b l n (h e) -> b h (l n) e", h=heads)
+        dropout = attention.dropout if self.training else 0.0
+        if dense:
+            out = F.scaled_dot_product_attention(query, keys, values, dropout_p=dropout)
+            return attention.out_proj(rearrange(out, "b h n e -> b n (h e)"))
         valid = bank.valid()[:, :used]
         empty = ~valid.any(dim=1)
         # an all-masked row would give NaN (and NaN gradients through where); unmask one zero slot instead
         valid = valid | (empty[:, None] & (torch.arange(used, device=valid.device) == 0))
-        keys = rearrange(slots, "b l n d -> b (l n) d")
-        key_padding_mask = ~valid.repeat_interleave(n, dim=1)
-        out, _ = attention(H_t, keys, keys, key_padding_mask=key_padding_mask, need_weights=False)
+        mask = valid.repeat_interleave(bank.slots.shape[2], dim=1)[:, None, None, :]
+        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, dropout_p=dropout)
+        out = attention.out_proj(rearrange(out, "b h n e -> b n (h e)"))
         return out.masked_fill(empty[:, None, None], 0.0)
 
     def forward(
@@ -253,16 +337,18 @@ class DualMemoryModule(nn.Module):
         E_t: MemoryBank,
         active: torch.Tensor | None = None,
         used: tuple[int, int] | None = None,
+        dense: bool = False,
     ) -> tuple[torch.Tensor, MemoryBank, MemoryBank]:
         """One frame of Algorithm 1.
 
         Args:
             H_t: ``(batch, tokens, dim)`` features of frame ``t`` of each video.
-            W_t, E_t: the memories before frame ``t``.
+            W_t, E_t: the memories before frame ``t`` (from :meth:`init_state` and earlier calls).
             active: ``(batch,)`` bool, videos that have a frame ``t`` (default all); the memories of the
                 others are left as they are and their ``M_t`` is zero.
             used: bounds ``(working, episodic)`` on the entry counts, known to the caller without reading
                 the device (:meth:`forward_video` tracks them); retrieval skips the slots past them.
+            dense: every video holds exactly ``used`` entries in both memories (attention without a mask).
 
         Returns:
             ``(M_t (batch, tokens, dim), W_{t+1}, E_{t+1})``.
@@ -270,14 +356,14 @@ class DualMemoryModule(nn.Module):
         if H_t.dim() != 3 or H_t.shape[-1] != self.dim:
             raise ValueError(f"H_t must have shape (batch, tokens, {self.dim}); got {tuple(H_t.shape)}")
         used_w, used_e = (None, None) if used is None else used
-        M_w = self.retrieve(self.working_attention, H_t, W_t, used_w)
-        M_e = self.retrieve(self.episodic_attention, H_t, E_t, used_e)
+        M_w = self.retrieve(self.working_attention, H_t, W_t, used_w, dense and used_w is not None and used_w > 0)
+        M_e = self.retrieve(self.episodic_attention, H_t, E_t, used_e, dense and used_e is not None and used_e > 0)
         gamma = torch.sigmoid(self.gate(torch.cat([M_w, M_e], dim=-1)))
         M_t = gamma * M_w + (1 - gamma) * M_e
         if active is not None:
             M_t = M_t.masked_fill(~active[:, None, None], 0.0)
-        W_next = fifo_update(W_t, H_t, active)
-        E_next = similarity_replace_update(E_t, M_t, active)
+        W_next = fifo_update(W_t, H_t, active, self.cache(self.working_attention, H_t))
+        E_next = similarity_replace_update(E_t, M_t, active, self.cache(self.episodic_attention, M_t))
         return M_t, W_next, E_next
 
     def forward_video(
@@ -324,10 +410,13 @@ class DualMemoryModule(nn.Module):
         W, E = state.working, state.episodic
         # entries already stored: read once here, so the frame loop never waits on the device
         stored = 0 if fresh else int(torch.maximum(W.count.max(), E.count.max()))
+        # fresh memories of videos without padding all hold min(i, capacity) entries at frame i
+        dense = fresh and num_frames is None
         outputs = []
         for i in range(t):
             active = None if num_frames is None else num_frames > i
-            M_t, W, E = self(features[:, i], W, E, active, used=(stored + i, stored + i))
+            used = (min(stored + i, self.L_w), min(stored + i, self.L_e))
+            M_t, W, E = self(features[:, i], W, E, active, used=used, dense=dense)
             outputs.append(features[:, i] + M_t)
         enhanced = torch.stack(outputs, dim=1) if outputs else features
         return enhanced, DualMemoryState(working=W, episodic=E)

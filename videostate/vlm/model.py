@@ -32,7 +32,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .config import VLM2Config
 from .fusion import SpatialFusion
-from .memory import DualMemoryModule, DualMemoryState, MemoryBank
+from .memory import DualMemoryModule, DualMemoryState
 from .spatial import SpatialFeatures
 
 BASE_CLASSES = {
@@ -227,15 +227,7 @@ class VLM2ForConditionalGeneration(nn.Module):
             if state is None:
                 state = self.dual_memory.init_state(1, tokens, device=like.device, dtype=like.dtype)
             states.append(state)
-        return DualMemoryState(
-            working=MemoryBank(
-                slots=torch.cat([s.working.slots for s in states]), count=torch.cat([s.working.count for s in states])
-            ),
-            episodic=MemoryBank(
-                slots=torch.cat([s.episodic.slots for s in states]),
-                count=torch.cat([s.episodic.count for s in states]),
-            ),
-        )
+        return DualMemoryState.cat(states)
 
     def vision_features(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
         """The vision tower's selected features, as the base model selects them:
