@@ -20,7 +20,10 @@ through the residual ``H_t + M_t``.
 
 Every operation is batched over videos: a :class:`MemoryBank` keeps ``(batch, capacity, tokens, dim)``
 slots and a per-video entry count, so videos of a batch have separate memories that fill, slide and
-reset independently, with no Python loop over videos. Memory is bounded: ``L_w + L_e`` frames per video.
+reset independently, with no Python loop over videos. The memories of :class:`DualMemoryModule` also
+keep each entry's key and value projections, computed once when it is stored (reading a memory then
+costs one query projection and the attention itself). Memory is bounded: ``L_w + L_e`` frames per
+video, ``3 · (L_w + L_e) · tokens · dim`` numbers with the caches.
 """
 
 from __future__ import annotations
