@@ -8,8 +8,8 @@ For each architecture (random weights of the published DA2 sizes) and input size
 - ``teacher_step_ms`` and ``step_ms``: batch-1 latency of the teacher and of ``model.step`` (goal: 4 ms for
   DA2-S at 518x518 on an H100);
 - ``stream``: peak memory after 10, 100, 1000, ... frames streamed through the keyframe streamer of
-  ``videostate depth`` (CUDA: allocated now and the allocator's peak; CPU: the process's resident set), flat
-  when the memory is bounded.
+  ``videostate depth`` (CUDA: allocated now and the allocator's peak; CPU: the process's resident set and the
+  live tensor bytes), flat once the keyframe bank is full (``interval * max_keyframes`` = 256 frames).
 
     python benchmarks/depth.py --device cuda --dtype bfloat16            # H100: DA2-S and -L, 518x518, 518x924
     python benchmarks/depth.py --arch small --sizes 140x140 --frames 4 --stream-frames 200 --threads 1   # CPU
@@ -18,6 +18,7 @@ For each architecture (random weights of the published DA2 sizes) and input size
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 
 import torch
@@ -29,14 +30,20 @@ from videostate.depth.teacher import depth_anything_v2_config
 
 
 def memory(device: torch.device) -> dict:
-    """CUDA: bytes allocated now and the allocator's peak since the stream started; CPU: the resident set now."""
+    """CUDA: bytes allocated now and the allocator's peak since the stream started; CPU: the resident set and
+    the bytes of all live tensor storages now."""
     if device.type == "cuda":
         return {
             "allocated_bytes": torch.cuda.memory_allocated(device),
             "peak_bytes": torch.cuda.max_memory_allocated(device),
         }
+    gc.collect()
+    storages = {
+        o.untyped_storage().data_ptr(): o.untyped_storage().nbytes() for o in gc.get_objects() if torch.is_tensor(o)
+    }
     with open("/proc/self/statm") as f:
-        return {"rss_bytes": int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")}
+        rss = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    return {"rss_bytes": rss, "live_tensor_bytes": sum(storages.values())}
 
 
 def bench(arch: str, size: tuple[int, int], frames: int, stream_frames: int, device, dtype, repeats: int) -> dict:
@@ -65,7 +72,7 @@ def bench(arch: str, size: tuple[int, int], frames: int, stream_frames: int, dev
         row["state_bytes"] = sum(t.numel() * t.element_size() for t in states.tensors().values())
 
         streamer = KeyframeStreamer(model, KeyframeConfig())
-        checkpoints = [n for n in (10, 100, 1000, 10000, 100000) if n <= stream_frames]
+        checkpoints = [n for n in (10, 100, 300, 1000, 3000, 10000, 100000) if n <= stream_frames]
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         stream = []
