@@ -1,6 +1,6 @@
 """The README's depth example (kept identical to the block in the README's depth section)."""
 
-EXAMPLE = '''
+EXAMPLE = """
 import torch
 from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
@@ -33,7 +33,7 @@ with torch.no_grad():
 loss = midas_se_loss(depth[:, :, 0], teacher_depth[:, :, 0]) + 10 * temporal_gradient_loss(depth, teacher_depth)
 model.save_pretrained("tiny-videomamba-depth")  # config.json + model.safetensors
 reloaded = VideoMambaDepth.from_pretrained("tiny-videomamba-depth")
-'''
+"""
 
 
 def test_readme_example_runs(tmp_path, monkeypatch, capsys):
