@@ -158,3 +158,45 @@ def test_shipped_recipes_load(name, parts, lora):
     recipe = load_recipe(Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml")
     assert recipe.model.vlm2.tunable_parts() == parts and recipe.model.lora_enable is lora
     assert (recipe.model.vlm2.memory_L_w, recipe.model.vlm2.memory_L_e, recipe.data.num_frames) == (8, 32, 32)
+
+
+def test_transformers_trainer_trains_the_memory(tmp_path):
+    pytest.importorskip("accelerate")
+    import functools
+
+    from transformers import AutoTokenizer, Trainer, TrainingArguments
+
+    from videostate.vlm.inputs import VideoPromptEncoder
+    from videostate.vlm.training import ConversationVideoDataset, VLM2DataConfig, collate_for_hf_trainer
+
+    _write_run(tmp_path)
+    model = build_model(VLM2ModelConfig(base=str(tmp_path / "base"), vlm2=tiny_vlm2_config(tune_dual_memory=True)))
+    encoder = VideoPromptEncoder(AutoTokenizer.from_pretrained(tmp_path / "base"), model.base.config)
+    data = VLM2DataConfig(
+        data_path=str(tmp_path / "data.json"),
+        video_folder=str(tmp_path / "videos"),
+        spatial_folder=str(tmp_path / "spatial"),
+        num_frames=3,
+    )
+    initial = {n: p.detach().clone() for n, p in model.named_parameters()}
+    args = TrainingArguments(
+        output_dir=str(tmp_path / "hf"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        learning_rate=1e-2,
+        use_cpu=True,
+        report_to=[],
+        save_strategy="no",
+        remove_unused_columns=False,
+        logging_steps=1,
+        disable_tqdm=True,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=ConversationVideoDataset(data, encoder),
+        data_collator=functools.partial(collate_for_hf_trainer, pad_token_id=0),
+    )
+    trainer.train()
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), initial[n])}
+    assert changed and all(n.startswith("dual_memory.") for n in changed)

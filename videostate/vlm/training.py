@@ -1,4 +1,4 @@
-"""Training VLM² with the shared trainer on LLaVA-style conversation data.
+"""Training VLM² on LLaVA-style conversation data, with the shared trainer or the transformers ``Trainer``.
 
 A recipe names ``task: videostate.vlm.training:TASK``. Data is LLaVA's conversation JSON: a list of
 
@@ -11,6 +11,10 @@ Frames are sampled uniformly (``num_frames``, VLM-3R's ``frames_upbound``); spat
 VLM-3R ``.pt`` files, indexed with the same frames. Every sample starts from empty memories (the
 memory is reset per training sample). What trains is set by ``vlm2.mm_tunable_parts`` (memory only,
 + projector, + fusion, ...) and, with ``lora_enable``, LoRA adapters on the language model (peft).
+
+With the transformers ``Trainer``: build the model with :func:`build_model`, the dataset with
+:class:`ConversationVideoDataset` and pass ``data_collator=functools.partial(collate_for_hf_trainer,
+pad_token_id=...)`` and ``TrainingArguments(remove_unused_columns=False, ...)``.
 """
 
 from __future__ import annotations
@@ -150,6 +154,18 @@ def collate_conversations(items: list[dict], pad_token_id: int) -> dict:
             raise ValueError(f"{name} is given for some samples of the batch and missing for others")
         if all(present):
             batch[name] = torch.stack([i[name] for i in items])
+    return batch
+
+
+def collate_for_hf_trainer(items: list[dict], pad_token_id: int) -> dict:
+    """:func:`collate_conversations` with the 3D features gathered into one ``spatial_features`` entry, so
+    the batch can be passed as ``model(**batch)`` (what the transformers ``Trainer`` does)."""
+    batch = collate_conversations(items, pad_token_id)
+    spatial = spatial_from_batch(batch)
+    for name in ("camera_tokens", "patch_tokens", "points", "confidence"):
+        batch.pop(name, None)
+    if spatial is not None:
+        batch["spatial_features"] = spatial
     return batch
 
 
