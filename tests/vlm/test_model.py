@@ -271,3 +271,23 @@ def test_config_from_llava_model_arguments(tmp_path):
         VLM2Config.from_dict({"vision_tower": "x"})
     with pytest.raises(ValueError, match="coordinate_gate_type must be one of"):
         VLM2Config(coordinate_gate_type="relu")
+
+
+def test_a_video_stream_saves_and_resumes_in_another_model():
+    model = _memory_only("onevision")
+    _, pixels = video_batch("onevision", 1, 5, seed=8)
+    with torch.no_grad():
+        model.encode_video(pixels[:, :3], video_ids=["v"])
+        saved = model.video_memory("v").state_dict()
+        expected = model.encode_video(pixels[:, 3:], video_ids=["v"])
+    other = _memory_only("onevision")  # same seeds: same weights
+    state = other.dual_memory.init_state(1, 16)
+    state.load_state_dict(saved)
+    other.set_video_memory("v", state)
+    with torch.no_grad():
+        resumed = other.encode_video(pixels[:, 3:], video_ids=["v"])
+    torch.testing.assert_close(resumed, expected, rtol=0, atol=0)
+    with pytest.raises(KeyError, match="no memory is kept for video 'w'"):
+        other.video_memory("w")
+    with pytest.raises(ValueError, match="batch size 1; got 2"):
+        other.set_video_memory("w", other.dual_memory.init_state(2, 16))

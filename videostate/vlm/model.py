@@ -216,6 +216,20 @@ class VLM2ForConditionalGeneration(nn.Module):
         else:
             self._video_memories.pop(video_id, None)
 
+    def video_memory(self, video_id: Hashable) -> DualMemoryState:
+        """The memories kept for ``video_id`` (batch of one); ``state_dict()`` of it saves the stream."""
+        if video_id not in self._video_memories:
+            raise KeyError(f"no memory is kept for video {video_id!r}; kept: {sorted(map(str, self._video_memories))}")
+        return self._video_memories[video_id]
+
+    def set_video_memory(self, video_id: Hashable, state: DualMemoryState) -> None:
+        """Resume ``video_id`` from ``state`` (e.g. one rebuilt with ``init_state`` + ``load_state_dict``)."""
+        if self.dual_memory is None:
+            raise ValueError("use_dual_memory is off, so there is no memory to set")
+        if state.working.batch_size != 1:
+            raise ValueError(f"a video's memory has batch size 1; got {state.working.batch_size}")
+        self._video_memories[video_id] = state
+
     def _memory_state(self, video_ids: Sequence[Hashable] | None, tokens: int, like: torch.Tensor):
         if video_ids is None:
             return None
