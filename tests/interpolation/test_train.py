@@ -1,5 +1,6 @@
 import dataclasses
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,9 +8,18 @@ from safetensors.torch import load_file
 
 from videostate.interpolation import CompositeLoss, HybridVFI
 from videostate.interpolation.data import VimeoTriplet
-from videostate.interpolation.train import SEED_FLAGS_IN_MODEL, VFITrainConfig, VFITrainWrapper, make_train_step, train
+from videostate.interpolation.train import (
+    SEED_FLAGS_IN_MODEL,
+    VFIDataConfig,
+    VFITrainConfig,
+    VFITrainWrapper,
+    make_train_step,
+    train,
+)
 from videostate.metrics import psnr
 from videostate.training import OptimConfig, Trainer, TrainerConfig
+from videostate.training.recipe import load_recipe
+from videostate.training.recipe import train as train_recipe
 
 from .synthetic import write_vimeo
 from .tiny import TINY, tiny_config
@@ -102,3 +112,27 @@ def test_resume_from_a_later_phase_is_an_error(tmp_path):
 def test_recipe_errors(tmp_path, changes, message):
     with pytest.raises(ValueError, match=message):
         recipe(tmp_path, **changes)
+
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize("phase", [1, 2, 3])
+def test_shipped_recipes_load(phase):
+    recipe = load_recipe(CONFIGS / f"interpolation_phase{phase}.yaml")
+    assert recipe.model.phase == phase and isinstance(recipe.data, VFIDataConfig)
+
+
+def test_videostate_train_recipe_runs_the_task(tmp_path):
+    write_vimeo(tmp_path / "vimeo", count=4, size=16)
+    raw = {
+        "task": "videostate.interpolation.train:TASK",
+        "trainer": {"max_steps": 2, "batch_size": 2, "device": "cpu", "precision": "fp32", "progress": False},
+        "optim": {"lr": 1e-3, "warmup_steps": 1},
+        "model": dataclasses.asdict(tiny_config(phase=2)),
+        "data": {"data_path": str(tmp_path / "vimeo"), "crop_size": 16, "lap_levels": 3},
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        wrapper = train_recipe(load_recipe(raw))
+    assert isinstance(wrapper.model, HybridVFI) and wrapper.model.config.phase == 2
