@@ -18,11 +18,9 @@ from .tiny import load_tiny_teacher
 FRAMES, H, W = 6, 28, 42
 
 
-@pytest.fixture(scope="module")
-def rgbd_sequence(tmp_path_factory):
+def write_rgbd_sequence(root):
     """Frames whose red channel encodes the column and depth PNGs (mm) that encode it too."""
-    root = tmp_path_factory.mktemp("rgbd")
-    (root / "image").mkdir()
+    (root / "image").mkdir(parents=True)
     (root / "depth").mkdir()
     rng = np.random.default_rng(0)
     columns = np.broadcast_to(np.arange(W, dtype=np.uint8)[None, :] * 5, (H, W))
@@ -33,6 +31,11 @@ def rgbd_sequence(tmp_path_factory):
         depth = (np.arange(W, dtype=np.uint16)[None, :] + 1) * 100 + np.zeros((H, 1), np.uint16)
         cv2.imwrite(str(root / "depth" / f"{i:05d}.png"), depth)
     return root
+
+
+@pytest.fixture(scope="module")
+def rgbd_sequence(tmp_path_factory):
+    return write_rgbd_sequence(tmp_path_factory.mktemp("rgbd"))
 
 
 def data_config(root, **kw):
