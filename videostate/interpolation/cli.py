@@ -93,14 +93,20 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=run_train)
 
 
+def train_config_from_args(args: argparse.Namespace):
+    """The :class:`~.train.VFITrainConfig` of parsed ``vfi-train`` arguments."""
+    from .train import VFITrainConfig
+
+    return VFITrainConfig(**{k: v for k, v in vars(args).items() if k not in ("func", "command")})
+
+
 def run_train(args: argparse.Namespace) -> int:
     import logging
 
-    from .train import VFITrainConfig, train
+    from .train import train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    fields = {k: v for k, v in vars(args).items() if k not in ("func", "command")}
-    train(VFITrainConfig(**fields))
+    train(train_config_from_args(args))
     return 0
 
 
