@@ -143,3 +143,13 @@ def vimeo_sample_runs(interpolate) -> bool:
     i0, gt, i1 = (read_rgb(folder / f"im{k}.png")[None] for k in (1, 2, 3))
     pred = interpolate(i0, i1, 0.5, 1.0)
     return pred.shape == gt.shape == (1, 3, 256, 448) and bool(((pred >= 0) & (pred <= 1)).all())
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_VFI.is_dir(), reason="sample data ../shared/data/vfi not present")
+def test_sample_vimeo_triplet_through_the_official_reader(tmp_path):
+    """The sample has the official sequences/ folder but no list: write one naming its triplet."""
+    (tmp_path / "tri_testlist.txt").write_text("00001/0001\n")
+    (tmp_path / "sequences").symlink_to((SHARED_VFI / "vimeo_triplet" / "sequences").resolve())
+    rows = run_benchmark("vimeo90k", tmp_path, Recorder())
+    assert [r["samples"] for r in rows] == [1, 1] and rows[0]["psnr"] == pytest.approx(rows[1]["psnr"])
