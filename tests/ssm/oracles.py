@@ -6,9 +6,7 @@ import torch
 import torch.nn.functional as F
 
 
-def selective_scan_loop(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None
-):
+def selective_scan_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, initial_state=None):
     """h_t = exp(delta_t A) h_{t-1} + delta_t B_t u_t; y_t = C_t . h_t + D u_t; y *= silu(z)."""
     batch, dim, length = u.shape
     n = A.shape[1]
@@ -37,9 +35,7 @@ def selective_scan_loop(
     return y, h
 
 
-def ssd_loop(
-    x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None, initial_states=None
-):
+def ssd_loop(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None, initial_states=None):
     """Per head: h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T; y_t = h_t C_t + D x_t; y *= silu(z)."""
     batch, length, heads, headdim = x.shape
     groups, n = B.shape[2:]
@@ -50,11 +46,7 @@ def ssd_loop(
     if dt_limit is not None:
         dt = dt.clamp(*dt_limit)
     head_group = torch.arange(heads) // (heads // groups)
-    h = (
-        torch.zeros(batch, heads, headdim, n, dtype=x.dtype)
-        if initial_states is None
-        else initial_states.clone()
-    )
+    h = torch.zeros(batch, heads, headdim, n, dtype=x.dtype) if initial_states is None else initial_states.clone()
     ys = []
     for t in range(length):
         Bt, Ct = B[:, t, head_group], C[:, t, head_group]  # (batch, heads, n)

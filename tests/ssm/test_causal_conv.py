@@ -63,9 +63,7 @@ def test_update_steps_equal_the_convolution():
 
 def test_gradcheck():
     x, weight, bias, state = (t.requires_grad_() for t in make_inputs(batch=1, dim=2, length=5, seed=6))
-    assert torch.autograd.gradcheck(
-        lambda *a: causal_conv1d(*a[:3], "silu", conv_state=a[3]), (x, weight, bias, state)
-    )
+    assert torch.autograd.gradcheck(lambda *a: causal_conv1d(*a[:3], "silu", conv_state=a[3]), (x, weight, bias, state))
 
 
 @pytest.mark.parametrize(

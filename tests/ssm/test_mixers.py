@@ -24,11 +24,7 @@ def randomize(module, seed):
 def mamba_direction_oracle(x, z, conv, x_proj, dt_proj, A_log, D, d_state):
     """One direction, written out: depthwise conv (padded, truncated), projections, loop scan."""
     length = x.shape[-1]
-    x = F.silu(
-        F.conv1d(x, conv.weight, conv.bias, padding=conv.weight.shape[-1] - 1, groups=x.shape[1])[
-            ..., :length
-        ]
-    )
+    x = F.silu(F.conv1d(x, conv.weight, conv.bias, padding=conv.weight.shape[-1] - 1, groups=x.shape[1])[..., :length])
     x_dbl = torch.einsum("bdl,ed->bel", x, x_proj.weight)
     rank = dt_proj.weight.shape[1]
     dt, B, C = x_dbl[:, :rank], x_dbl[:, rank : rank + d_state], x_dbl[:, rank + d_state :]
@@ -58,9 +54,9 @@ def mamba2_oracle(m, hidden):
     dt = zxbcdt[..., -m.nheads :]
     length = hidden.shape[1]
     xBC = F.silu(
-        F.conv1d(
-            xBC.transpose(1, 2), m.conv1d.weight, m.conv1d.bias, padding=m.d_conv - 1, groups=m.conv_dim
-        )[..., :length]
+        F.conv1d(xBC.transpose(1, 2), m.conv1d.weight, m.conv1d.bias, padding=m.d_conv - 1, groups=m.conv_dim)[
+            ..., :length
+        ]
     ).transpose(1, 2)
     gn = m.ngroups * m.d_state
     x, B, C = xBC[..., : m.d_ssm], xBC[..., m.d_ssm : m.d_ssm + gn], xBC[..., m.d_ssm + gn :]
@@ -79,9 +75,7 @@ def mamba2_oracle(m, hidden):
     # gated RMSNorm (norm after gate), statistics per group of d_ssm / ngroups channels
     y = y * F.silu(z)
     groups = y.reshape(b, length, m.ngroups, -1)
-    y = (groups / torch.sqrt(groups.pow(2).mean(-1, keepdim=True) + 1e-5)).reshape(
-        b, length, -1
-    ) * m.norm.weight
+    y = (groups / torch.sqrt(groups.pow(2).mean(-1, keepdim=True) + 1e-5)).reshape(b, length, -1) * m.norm.weight
     if d_mlp:
         y = torch.cat([F.silu(z0) * x0, y], -1)
     return y @ m.out_proj.weight.T
@@ -308,9 +302,7 @@ def test_bad_inputs_and_states_raise_clear_errors():
         match=r"hidden_states must have shape \(batch, L, d_model\)=\(\*, \*, 16\); got \(2, 5, 15\)",
     ):
         m(torch.randn(2, 5, 15))
-    with pytest.raises(
-        ValueError, match=r"state.conv_state must have shape \(batch, d_inner, d_conv\)=\(2, 32, 4\)"
-    ):
+    with pytest.raises(ValueError, match=r"state.conv_state must have shape \(batch, d_inner, d_conv\)=\(2, 32, 4\)"):
         m(torch.randn(2, 5, 16), m.init_state(3))
     with pytest.raises(TypeError, match="state must be a MambaState"):
         m(torch.randn(2, 5, 16), m2.init_state(2))

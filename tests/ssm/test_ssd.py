@@ -60,9 +60,7 @@ def test_segment_sums_formula():
     for i in range(6):
         for j in range(6):
             expected = (
-                log_decay[:, j + 1 : i + 1].sum(-1)
-                if i >= j
-                else torch.full((2,), -math.inf, dtype=torch.float64)
+                log_decay[:, j + 1 : i + 1].sum(-1) if i >= j else torch.full((2,), -math.inf, dtype=torch.float64)
             )
             torch.testing.assert_close(out[:, i, j], expected)
 
@@ -131,9 +129,7 @@ def test_gradcheck_including_initial_states():
     tensors = [inputs[k].requires_grad_() for k in names]
 
     def fn(*args):
-        return ssd_scan(
-            **dict(zip(names, args, strict=True)), chunk_size=4, dt_softplus=True, return_final_states=True
-        )
+        return ssd_scan(**dict(zip(names, args, strict=True)), chunk_size=4, dt_softplus=True, return_final_states=True)
 
     assert torch.autograd.gradcheck(fn, tensors)
 
