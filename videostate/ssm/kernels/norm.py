@@ -103,6 +103,4 @@ def rms_norm_gated_triton(x, weight, z, eps, group_size, norm_before_gate, bias)
     """Triton gated RMSNorm (see :func:`videostate.ssm.norm.rms_norm_gated`)."""
     if any_float64(x, weight, z, bias):
         return rms_norm_gated_reference(x, weight, z, eps, group_size, norm_before_gate, bias)
-    return RMSNormFunction.apply(
-        x, None, z, weight, bias, eps, group_size or x.shape[-1], bool(norm_before_gate), None
-    )
+    return RMSNormFunction.apply(x, None, z, weight, bias, eps, group_size or x.shape[-1], bool(norm_before_gate), None)

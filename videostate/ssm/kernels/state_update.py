@@ -107,9 +107,7 @@ def selective_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias
     return y, next_state
 
 
-def ssd_state_update_triton(
-    state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=NO_LIMIT
-):
+def ssd_state_update_triton(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=NO_LIMIT):
     """One Mamba-2 step (see :func:`videostate.ssm.ssd.ssd_state_update`)."""
     if _needs_reference(state, x, dt, A, B, C, D, z, dt_bias):
         return ssd_state_update_reference(state, x, dt, A, B, C, D, z, dt_bias, dt_softplus, dt_limit)
