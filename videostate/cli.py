@@ -64,6 +64,37 @@ register_command(
     "info", "frame count, size, frame rate, rotation and audio of videos", "videostate.data.cli:add_arguments"
 )
 register_command("metrics", "PSNR, SSIM and ssim_matlab between two videos", "videostate.metrics.cli:add_arguments")
+register_command("depth", "colourised depth video, streamed with keyframes", "videostate.depth.cli:add_depth_arguments")
+register_command(
+    "depth-precompute", "cache teacher depth for training", "videostate.depth.cli:add_depth_precompute_arguments"
+)
+register_command(
+    "depth-eval",
+    "teacher alone vs VideoMambaDepth: AbsRel, delta1, flicker, TAE",
+    "videostate.depth.cli:add_depth_eval_arguments",
+)
+register_command(
+    "depth-export", "training checkpoint -> VideoMambaDepth folder", "videostate.depth.cli:add_depth_export_arguments"
+)
+register_command(
+    "segment", "segment and track objects in a video with VidEoMT", "videostate.segmentation.cli:add_arguments"
+)
+register_command(
+    "interpolate",
+    "raise a video's frame rate with HybridVFI",
+    "videostate.interpolation.cli:add_interpolate_arguments",
+)
+register_command(
+    "vfi-train", "train HybridVFI with the seed's flags", "videostate.interpolation.cli:add_train_arguments"
+)
+register_command(
+    "vfi-bench", "evaluate HybridVFI on a VFI test set", "videostate.interpolation.cli:add_bench_arguments"
+)
+register_command(
+    "vlm",
+    "VSI-Bench / VSTI-Bench evaluation and scoring of video LLMs with VLM²",
+    "videostate.vlm.cli:add_vlm_arguments",
+)
 
 
 def _load(target: str):

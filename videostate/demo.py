@@ -90,13 +90,22 @@ def ssm_streaming_demo(
 
 
 def format_table(title: str, rows: list[dict]) -> str:
-    lines = [title, f"{'mode':<18}{'max |diff| vs offline':>24}{'tokens/s':>14}"]
-    lines += [f"{r['mode']:<18}{r['max_abs_diff']:>24.3e}{r['tokens_per_s']:>14,.0f}" for r in rows]
+    """Rows with ``mode``, ``max_abs_diff`` and a rate (``tokens_per_s`` or ``frames_per_s``)."""
+    unit = "tokens_per_s" if "tokens_per_s" in rows[0] else "frames_per_s"
+    width = max(18, *(len(r["mode"]) + 2 for r in rows))
+    lines = [title, f"{'mode':<{width}}{'max |diff| vs offline':>24}{unit.replace('_per_s', '/s'):>14}"]
+    lines += [f"{r['mode']:<{width}}{r['max_abs_diff']:>24.3e}{r[unit]:>14,.1f}" for r in rows]
     return "\n".join(lines)
 
 
 def run_demos(args) -> None:
     """Print every system's demo table (``args`` from ``videostate demo``)."""
+    from .backbones.videomamba_demo import videomamba_streaming_demo
+    from .depth.demo import depth_streaming_demo
+    from .interpolation.demo import interpolation_demo
+    from .segmentation.demo import segmentation_demo
+    from .vlm.demo import vlm_streaming_demo
+
     rows = ssm_streaming_demo(
         length=args.length,
         dim=args.dim,
@@ -112,9 +121,24 @@ def run_demos(args) -> None:
     )
     print(format_table(title, rows))
 
-    from .backbones.videomamba_demo import videomamba_streaming_demo
-
     rows = videomamba_streaming_demo(seed=args.seed, device=args.device)
     print()
     print(format_table(f"VideoMamba-Ti (random weights), 8 frames of {rows[0]['source']} at 64 px", rows))
     print(f"carried state: {rows[1]['state_bytes'] / 2**20:.2f} MiB per stream, the same after every chunk")
+
+    rows = depth_streaming_demo(seed=args.seed, device=args.device)
+    print()
+    print(format_table(f"VideoMambaDepth (tiny random teacher), 16 frames of {rows[0]['source']}", rows))
+
+    rows = segmentation_demo(seed=args.seed, device=args.device)
+    print()
+    print(format_table("VidEoMT (tiny random model), 16 frames at 64 px: propagated queries", rows))
+
+    rows = interpolation_demo(seed=args.seed, device=args.device)
+    print()
+    print(format_table("HybridVFI (random weights): a batch of timesteps vs one call per timestep", rows))
+
+    rows = vlm_streaming_demo(seed=args.seed, device=args.device)
+    print()
+    print(format_table(f"VLM² dual memory (tiny random LLaVA-OneVision), 8 frames of {rows[0]['source']}", rows))
+    print(f"memory held per video: {rows[-1]['memory_bytes'] / 2**10:.0f} KiB (bounded by L_w + L_e frames)")

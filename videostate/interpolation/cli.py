@@ -13,7 +13,7 @@ import json
 
 
 def add_interpolate_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Raise a video's frame rate with a HybridVFI model; keeps the audio."
+    parser.epilog = "Raise a video's frame rate with a HybridVFI model; keeps the audio."
     parser.add_argument("input", help="video file or folder of numbered frames")
     parser.add_argument("-o", "--output", required=True, help="output video (.mp4, .mkv, .mov)")
     parser.add_argument("--model", required=True, help="model folder written by HybridVFI.save_pretrained")
@@ -61,7 +61,7 @@ def run_interpolate(args: argparse.Namespace) -> int:
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = "Train HybridVFI with the seed's flags (epochs, evaluation, models saved by name)."
+    parser.epilog = "Train HybridVFI with the seed's flags (epochs, evaluation, models saved by name)."
     p = parser.add_argument
     p("--phase", type=int, default=1, choices=(1, 2, 3), help="training phase")
     p("--batch_size", type=int, default=8, help="batch size per GPU")
@@ -113,7 +113,7 @@ def run_train(args: argparse.Namespace) -> int:
 def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     from .benchmarks import BENCHMARKS
 
-    parser.description = "Evaluate a model on a standard VFI test set, with frame averaging beside it."
+    parser.epilog = "Evaluate a model on a standard VFI test set, with frame averaging beside it."
     parser.add_argument("benchmark", choices=sorted(BENCHMARKS))
     parser.add_argument("path", help="the test set's folder in its official layout")
     parser.add_argument("--model", required=True, help="model folder written by HybridVFI.save_pretrained")
