@@ -1,7 +1,7 @@
 """VidEoMT speed and memory: our clip forward and online ``step`` beside transformers' model, same weights.
 
-    python benchmarks/segmentation.py                       # CPU: ViT-S at 224, 4-frame clips
-    python benchmarks/segmentation.py --device cuda --dtype bfloat16 --image-size 640 --arch S B L \
+    python benchmarks/videomt.py                       # CPU: ViT-S at 224, 4-frame clips
+    python benchmarks/videomt.py --device cuda --dtype bfloat16 --image-size 640 --arch S B L \
         --frames 8 --stream-frames 10000 --compile
 
 Per architecture (random weights; DINOv2 ViT-S/B/L shapes with VidEoMT's segmenter blocks and 200 queries):
