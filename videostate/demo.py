@@ -26,7 +26,8 @@ def synthetic_sequence(batch: int, length: int, dim: int, *, generator: torch.Ge
     return torch.sin(freq * t + phase) + noise
 
 
-def _timed(fn: Callable[[], torch.Tensor], device: torch.device) -> tuple[torch.Tensor, float]:
+def timed(fn: Callable[[], object], device: torch.device) -> tuple[object, float]:
+    """``(fn(), seconds)``, synchronising CUDA around the call."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     start = time.perf_counter()
@@ -60,7 +61,7 @@ def ssm_streaming_demo(
     tokens = batch * length
     model(x[:, : min(length, chunk)])  # warm-up, so the first timed mode pays no one-off costs
 
-    offline, t_offline = _timed(lambda: model(x), dev)
+    offline, t_offline = timed(lambda: model(x), dev)
 
     def chunked():
         state, outs = model.init_state(batch), []
@@ -78,7 +79,7 @@ def ssm_streaming_demo(
 
     rows = [{"mode": "offline", "tokens_per_s": tokens / t_offline, "max_abs_diff": 0.0}]
     for mode, fn in ((f"chunks of {chunk}", chunked), ("step by step", stepwise)):
-        out, seconds = _timed(fn, dev)
+        out, seconds = timed(fn, dev)
         rows.append(
             {
                 "mode": mode,
@@ -89,9 +90,8 @@ def ssm_streaming_demo(
     return rows
 
 
-def format_table(title: str, rows: list[dict]) -> str:
-    """Rows with ``mode``, ``max_abs_diff`` and a rate (``tokens_per_s`` or ``frames_per_s``)."""
-    unit = "tokens_per_s" if "tokens_per_s" in rows[0] else "frames_per_s"
+def format_table(title: str, rows: list[dict], unit: str = "tokens_per_s") -> str:
+    """Rows with ``mode``, ``max_abs_diff`` and the rate ``unit`` (``tokens_per_s`` or ``frames_per_s``)."""
     width = max(18, *(len(r["mode"]) + 2 for r in rows))
     lines = [title, f"{'mode':<{width}}{'max |diff| vs offline':>24}{unit.replace('_per_s', '/s'):>14}"]
     lines += [f"{r['mode']:<{width}}{r['max_abs_diff']:>24.3e}{r[unit]:>14,.1f}" for r in rows]
@@ -128,15 +128,19 @@ def run_demos(args) -> None:
 
     rows = depth_streaming_demo(seed=args.seed, device=args.device)
     print()
-    print(format_table(f"VideoMambaDepth (tiny random teacher), 16 frames of {rows[0]['source']}", rows))
+    print(
+        format_table(f"VideoMambaDepth (tiny random teacher), 16 frames of {rows[0]['source']}", rows, "frames_per_s")
+    )
 
     rows = segmentation_demo(seed=args.seed, device=args.device)
     print()
-    print(format_table("VidEoMT (tiny random model), 16 frames at 64 px: propagated queries", rows))
+    print(format_table("VidEoMT (tiny random model), 16 frames at 64 px: propagated queries", rows, "frames_per_s"))
 
     rows = interpolation_demo(seed=args.seed, device=args.device)
     print()
-    print(format_table("HybridVFI (random weights): a batch of timesteps vs one call per timestep", rows))
+    print(
+        format_table("HybridVFI (random weights): a batch of timesteps vs one call per timestep", rows, "frames_per_s")
+    )
 
     rows = vlm_streaming_demo(seed=args.seed, device=args.device)
     print()

@@ -7,11 +7,12 @@ active. Rows report the largest difference from the offline clip forward and the
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from ..demo import timed
 
 SAMPLE_VIDEOS = Path("../shared/data/videos")
 
@@ -103,15 +104,6 @@ def depth_streaming_demo(
     clip = clip.to(dev)
     model(clip[:, :1])  # warm-up
 
-    def timed(fn):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        start = time.perf_counter()
-        out = fn()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        return out, time.perf_counter() - start
-
     def chunked():
         states, outs = model.init_states(1), []
         for start in range(0, frames, chunk):
@@ -129,11 +121,11 @@ def depth_streaming_demo(
     def teacher_alone():
         return torch.stack([teacher.predict_depth(clip[:, t]) for t in range(clip.shape[1])], dim=1)
 
-    offline, seconds = timed(lambda: model(clip))
+    offline, seconds = timed(lambda: model(clip), dev)
     n = clip.shape[1]
     rows = [{"mode": "offline clip", "max_abs_diff": 0.0, "frames_per_s": n / seconds, "source": source}]
     for mode, fn in ((f"chunks of {chunk}", chunked), ("frame by frame", stepwise), ("teacher alone", teacher_alone)):
-        out, seconds = timed(fn)
+        out, seconds = timed(fn, dev)
         rows.append(
             {
                 "mode": mode,

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import torch
 
+from ..demo import timed
 from .model import VideomtConfig, VideomtForUniversalSegmentation
 
 
@@ -42,15 +41,6 @@ def segmentation_demo(
     video = torch.randn(1, frames, 3, image_size, image_size, generator=torch.Generator().manual_seed(seed)).to(dev)
     model(video[:, :1])  # warm-up
 
-    def timed(fn):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        start = time.perf_counter()
-        out = fn()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        return out, time.perf_counter() - start
-
     def chunked():
         state, outs = model.init_state(1, device=dev), []
         for start in range(0, frames, chunk):
@@ -66,10 +56,10 @@ def segmentation_demo(
             outs.append(out.masks_queries_logits)
         return torch.cat(outs, dim=1)
 
-    offline, seconds = timed(lambda: model(video).masks_queries_logits)
+    offline, seconds = timed(lambda: model(video).masks_queries_logits, dev)
     rows = [{"mode": "offline clip", "frames_per_s": frames / seconds, "max_abs_diff": 0.0}]
     for mode, fn in ((f"chunks of {chunk}", chunked), ("step by step", stepwise)):
-        out, seconds = timed(fn)
+        out, seconds = timed(fn, dev)
         rows.append(
             {"mode": mode, "frames_per_s": frames / seconds, "max_abs_diff": (out - offline).abs().max().item()}
         )
