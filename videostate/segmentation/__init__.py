@@ -2,6 +2,7 @@
 post-processing into tracks / semantic / panoptic maps, and YouTube-VIS export and evaluation."""
 
 from .evaluation import evaluate_ytvis
+from .fast_step import VideomtFastStep
 from .loss import VideomtHungarianMatcher, VideomtLoss
 from .model import (
     VideomtConfig,
@@ -28,6 +29,7 @@ __all__ = [
     "PanopticVideo",
     "Track",
     "VideomtConfig",
+    "VideomtFastStep",
     "VideomtForUniversalSegmentation",
     "VideomtHungarianMatcher",
     "VideomtLoss",

@@ -11,7 +11,8 @@ The ViT layers, heads and embeddings are transformers' own; this class adds what
 - auxiliary predictions from every segmenter layer for training (``config.norm_queries`` as the
   official ``NORM_QUERIES``),
 - the online API: :meth:`init_state` and :meth:`step` carry the propagated queries, so an unbounded video
-  runs frame by frame with constant memory and gives the same result as the clip forward.
+  runs frame by frame with constant memory and gives the same result as the clip forward;
+  :meth:`fast_step` replays that step from a CUDA graph (no per-frame Python or launch overhead).
 
 Forward, per clip: layers ``[0, L - num_blocks)`` run on every frame at once; then frame by frame the
 queries are prepended (frame 0: ``query.weight``; frame t: ``query_updater(q_{t-1}) + query.weight``, with
@@ -22,6 +23,7 @@ queries are prepended (frame 0: ``query.weight``; frame t: ``query_updater(q_{t-
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 import torch
 from einops import rearrange
@@ -31,6 +33,9 @@ from transformers.models.videomt.modeling_videomt import VideomtEmbeddings
 from transformers.utils import ModelOutput
 
 from ..ssm.state import StreamState
+
+if TYPE_CHECKING:
+    from .fast_step import VideomtFastStep
 
 # Fields this library adds to ``VideomtConfig``; everything else must be a field transformers knows.
 EXTENSION_FIELDS = {
@@ -169,7 +174,8 @@ class VideomtForUniversalSegmentation(_TransformersVideomt):
     """VidEoMT for video instance / semantic / panoptic segmentation, offline on a clip or online per frame.
 
     ``forward(pixel_values_videos (B, T, C, H, W)) -> VideomtVideoOutput`` (batch-major). Streaming:
-    ``state = model.init_state(B)`` then ``outputs, state = model.step(frames (B, C, H, W), state)``.
+    ``state = model.init_state(B)`` then ``outputs, state = model.step(frames (B, C, H, W), state)``; for
+    inference, ``fast = model.fast_step()`` once and ``outputs, state = fast(frames, state)`` (a CUDA graph).
     """
 
     def __init__(self, config: VideomtConfig):
@@ -377,3 +383,11 @@ class VideomtForUniversalSegmentation(_TransformersVideomt):
             raise ValueError("step needs a state; start with model.init_state(batch_size)")
         outputs = self.forward(frames[:, None], bool_masked_pos=bool_masked_pos, state=state)
         return outputs, outputs.next_state
+
+    def fast_step(self) -> VideomtFastStep:
+        """:meth:`step` replayed from a CUDA graph, for inference: ``fast = model.fast_step()``, then
+        ``outputs, state = fast(frames, state)`` per frame, with the same values as ``model.step(frames, state)``.
+        See :class:`~videostate.segmentation.fast_step.VideomtFastStep`."""
+        from .fast_step import VideomtFastStep
+
+        return VideomtFastStep(self)
