@@ -17,10 +17,10 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
-from einops import rearrange, repeat
+from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -35,6 +35,9 @@ from .temporal import (
     temporal_position_encoding,
     temporal_tokenize,
 )
+
+if TYPE_CHECKING:
+    from .fast_step import DepthFastStep
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -249,24 +252,31 @@ class VideoMambaDepth(nn.Module):
         return [rearrange(feats[i], "(b n) c h w -> b n c h w", b=batch) for i in range(len(self.channels))]
 
     def temporal_mix(
-        self, feats: list[torch.Tensor], states: VideoMambaDepthState
-    ) -> tuple[list[torch.Tensor], VideoMambaDepthState]:
-        """Per scale, the temporal residual ``(B, N, C_i, h_i, w_i)`` of ``feats`` given the carried states."""
+        self, feats: list[torch.Tensor], states: VideoMambaDepthState | None
+    ) -> tuple[list[torch.Tensor], VideoMambaDepthState | None]:
+        """Per scale, the temporal residual ``(B, N, C_i, h_i, w_i)`` of ``feats`` given the carried states, and the
+        next states. ``states=None`` runs offline from frame 0 and zero states without forming the next states
+        (no zero state is allocated, no final state is written) and returns ``None`` for them."""
         batch, frames = feats[0].shape[:2]
+        carry = states is not None
         if not self.config.use_temporal:
-            return [torch.zeros_like(f) for f in feats], VideoMambaDepthState(states.frame_index + frames, [])
-        positions = states.frame_index[:, None] + torch.arange(frames, device=states.frame_index.device)
+            residuals = [torch.zeros_like(f) for f in feats]
+            return residuals, VideoMambaDepthState(states.frame_index + frames, []) if carry else None
+        steps = torch.arange(frames, device=feats[0].device)
+        positions = states.frame_index[:, None] + steps if carry else steps[None]
         residuals, new_scales = [], []
         for i, f in enumerate(feats):
             h, w = f.shape[-2:]
-            z = self.premix[i](rearrange(f, "b n c h w -> (b n) c h w"))
-            tokens = temporal_tokenize(rearrange(z, "(b n) c h w -> b n c h w", b=batch))
-            pe = temporal_position_encoding(positions, f.shape[2], self.config.max_period).to(tokens)
-            tokens = tokens + repeat(pe, "b n c -> (b h w) n c", h=h, w=w)
-            y, scale_state = self.temporal[i](tokens, self._scale_state(states, i, batch, h * w, tokens))
+            z = rearrange(self.premix[i](rearrange(f, "b n c h w -> (b n) c h w")), "(b n) c h w -> b n c h w", b=batch)
+            pe = temporal_position_encoding(positions, f.shape[2], self.config.max_period).to(z)
+            tokens = temporal_tokenize(z + pe[..., None, None])
+            if carry:
+                y, scale_state = self.temporal[i](tokens, self._scale_state(states, i, batch, h * w, tokens))
+                new_scales.append(ScaleStreamState.from_tokens(scale_state, batch))
+            else:
+                y = self.temporal[i].offline(tokens)
             residuals.append(temporal_detokenize(self.temporal_out[i](y), h, w, batch))
-            new_scales.append(ScaleStreamState.from_tokens(scale_state, batch))
-        return residuals, VideoMambaDepthState(states.frame_index + frames, new_scales)
+        return residuals, VideoMambaDepthState(states.frame_index + frames, new_scales) if carry else None
 
     def decode(self, feats: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
         """Per-frame DPT decoding of ``(B, N, C_i, h_i, w_i)`` maps -> ``depth (B, N, 1, H, W)`` at ``image_size``."""
@@ -279,9 +289,15 @@ class VideoMambaDepth(nn.Module):
         """The clip ``rgb_clip (B, N, 3, H, W)`` in [0, 1] from ``states`` (fresh streams when ``None``):
         depth, the temporal residuals and the next states."""
         check_rgb("rgb_clip", rgb_clip, frames=True)
-        batch = rgb_clip.shape[0]
-        states = self.init_states(batch, device=rgb_clip.device) if states is None else states
-        self._check_states(states, batch)
+        if states is None:
+            states = self.init_states(rgb_clip.shape[0], device=rgb_clip.device)
+        return self._run(rgb_clip, states)
+
+    def _run(self, rgb_clip: torch.Tensor, states: VideoMambaDepthState | None) -> VideoMambaDepthOutput:
+        """:meth:`run`; ``states=None`` is the offline pass, whose output has ``states=None``."""
+        check_rgb("rgb_clip", rgb_clip, frames=True)
+        if states is not None:
+            self._check_states(states, rgb_clip.shape[0])
         feats = self.encode(rgb_clip)
         residuals, next_states = self.temporal_mix(feats, states)
         depth = self.decode([f + r for f, r in zip(feats, residuals, strict=True)], tuple(rgb_clip.shape[-2:]))
@@ -293,9 +309,9 @@ class VideoMambaDepth(nn.Module):
         """``rgb_clip (B, N, 3, H, W)`` in [0, 1] -> ``depth (B, N, 1, H, W)``, plus the next states when
         ``states`` is given (chunked streaming; equal to one offline pass). ``output_temporal=True`` returns the
         whole :class:`VideoMambaDepthOutput` instead (training uses its temporal read-outs)."""
-        out = self.run(rgb_clip, states)
         if output_temporal:
-            return out
+            return self.run(rgb_clip, states)
+        out = self._run(rgb_clip, states)
         return out.depth if states is None else (out.depth, out.states)
 
     def step_features(
@@ -310,20 +326,33 @@ class VideoMambaDepth(nn.Module):
         mixed, new_scales = [], []
         for i, f in enumerate(feats):
             h, w = f.shape[-2:]
-            tokens = rearrange(self.premix[i](f), "b c h w -> (b h w) c")
-            pe = temporal_position_encoding(states.frame_index, f.shape[1], self.config.max_period).to(tokens)
-            tokens = tokens + repeat(pe, "b c -> (b h w) c", h=h, w=w)
+            z = self.premix[i](f)
+            pe = temporal_position_encoding(states.frame_index, f.shape[1], self.config.max_period).to(z)
+            tokens = rearrange(z + pe[..., None, None], "b c h w -> (b h w) c")
             y, scale_state = self.temporal[i].step(tokens, self._scale_state(states, i, batch, h * w, tokens))
             mixed.append(f + rearrange(self.temporal_out[i](y), "(b h w) c -> b c h w", b=batch, h=h, w=w))
             new_scales.append(ScaleStreamState.from_tokens(scale_state, batch))
         depth = self.decode([f[:, None] for f in mixed], image_size)[:, 0]
         return depth, VideoMambaDepthState(states.frame_index + 1, new_scales)
 
-    def step(self, rgb_frame: torch.Tensor, states: VideoMambaDepthState) -> tuple[torch.Tensor, VideoMambaDepthState]:
-        """One frame ``rgb_frame (B, 3, H, W)`` in [0, 1] -> ``(depth (B, 1, H, W), next states)``."""
+    def frame_features(self, rgb_frame: torch.Tensor) -> list[torch.Tensor]:
+        """``rgb_frame (B, 3, H, W)`` in [0, 1] -> the teacher's maps ``(B, C_i, h_i, w_i)``, fine to coarse."""
         check_rgb("rgb_frame", rgb_frame)
         feats = self.teacher.encode_frame(rgb_frame)
-        return self.step_features([feats[i] for i in range(len(self.channels))], tuple(rgb_frame.shape[-2:]), states)
+        return [feats[i] for i in range(len(self.channels))]
+
+    def step(self, rgb_frame: torch.Tensor, states: VideoMambaDepthState) -> tuple[torch.Tensor, VideoMambaDepthState]:
+        """One frame ``rgb_frame (B, 3, H, W)`` in [0, 1] -> ``(depth (B, 1, H, W), next states)``.
+
+        The step has no host synchronisation, so it can be captured in a CUDA graph: :meth:`fast_step`."""
+        return self.step_features(self.frame_features(rgb_frame), tuple(rgb_frame.shape[-2:]), states)
+
+    def fast_step(self) -> DepthFastStep:
+        """``fast(rgb_frame, states)``: the values of :meth:`step`, replayed from CUDA graphs (see
+        :class:`~videostate.depth.fast_step.DepthFastStep`)."""
+        from .fast_step import DepthFastStep
+
+        return DepthFastStep(self)
 
     # ------------------------------------------------------------------------------------ save / load
 

@@ -19,6 +19,7 @@ Keyframes are evicted oldest first beyond ``max_keyframes``, so memory stays bou
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import torch
 import torch.nn.functional as F
@@ -74,15 +75,53 @@ def frame_descriptor(features: list[torch.Tensor]) -> torch.Tensor:
     return F.normalize(pooled.float(), dim=0)
 
 
+def state_tensors(state) -> dict[str, torch.Tensor]:
+    """Every tensor of a state by dotted path, as ``StreamState.tensors()``.
+
+    Written as a plain recursion: a recursive closure (what ``tensors()`` builds) is a reference cycle that keeps
+    every tensor of the state alive until Python's cycle collector runs, which on a long stream held several
+    states (hundreds of MB each at 518x518) beyond their last use."""
+    out: dict[str, torch.Tensor] = {}
+    _collect(out, "", state)
+    return out
+
+
+def _collect(out: dict[str, torch.Tensor], prefix: str, value) -> None:
+    if isinstance(value, torch.Tensor):
+        out[prefix] = value
+    elif isinstance(value, StreamState):
+        for f in dataclasses.fields(value):
+            _collect(out, f"{prefix}.{f.name}" if prefix else f.name, getattr(value, f.name))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _collect(out, f"{prefix}.{i}", v)
+
+
+def state_change_terms(new: StreamState, old: StreamState) -> torch.Tensor | None:
+    """``(|new - old|^2, |old|^2)`` over the floating tensors of two states, as a float64 tensor ``(2,)`` on their
+    device (no host synchronisation); ``None`` when the states do not have the same tensors (before the first
+    frame)."""
+    a, b = state_tensors(new), state_tensors(old)
+    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
+        return None
+    names = [k for k in a if a[k].is_floating_point()]
+    diff = sum((a[k].double() - b[k].double()).square().sum() for k in names)
+    norm = sum(b[k].double().square().sum() for k in names)
+    return torch.stack([diff, norm])
+
+
+def relative_change(terms: torch.Tensor | None) -> float:
+    """``sqrt(diff / norm)`` from :func:`state_change_terms` (``inf`` for ``None`` or a zero ``norm``)."""
+    if terms is None:
+        return float("inf")
+    diff, norm = terms.tolist()
+    return float("inf") if norm == 0 else math.sqrt(diff / norm)
+
+
 def relative_state_change(new: StreamState, old: StreamState) -> float:
     """``|new - old| / |old|`` over every tensor of the two states (``inf`` when ``old`` is all zero, or when the
     states do not have the same tensors, e.g. before the first frame)."""
-    a, b = new.tensors(), old.tensors()
-    if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
-        return float("inf")
-    diff = sum(((a[k].double() - b[k].double()) ** 2).sum() for k in a if a[k].is_floating_point())
-    norm = sum((b[k].double() ** 2).sum() for k in b if b[k].is_floating_point())
-    return float("inf") if norm == 0 else float((diff / norm).sqrt())
+    return relative_change(state_change_terms(new, old))
 
 
 class KeyframeBank:
@@ -94,27 +133,33 @@ class KeyframeBank:
         self.anchor: int | None = None  # id of the keyframe the stream descends from
         self._next_id = 0
 
-    def nearest(self, descriptor: torch.Tensor) -> tuple[Keyframe | None, float]:
-        """The keyframe of highest cosine similarity to ``descriptor (D,)`` and that similarity."""
+    def similarities(self, descriptor: torch.Tensor) -> list[float]:
+        """Cosine similarity of ``descriptor (D,)`` to each stored keyframe, oldest first (one host transfer)."""
         if not self.keyframes:
+            return []
+        stored = torch.stack([k.descriptor for k in self.keyframes])
+        return F.cosine_similarity(stored, descriptor[None], dim=1).tolist()
+
+    def nearest(
+        self, descriptor: torch.Tensor, similarities: list[float] | None = None
+    ) -> tuple[Keyframe | None, float]:
+        """The keyframe of highest cosine similarity to ``descriptor (D,)`` and that similarity (``similarities``:
+        the values of :meth:`similarities`, when already computed)."""
+        sims = self.similarities(descriptor) if similarities is None else similarities
+        if not sims:
             return None, float("-inf")
-        sims = torch.stack([F.cosine_similarity(descriptor, k.descriptor, dim=0) for k in self.keyframes])
-        best = int(sims.argmax())
-        return self.keyframes[best], float(sims[best])
+        best = max(range(len(sims)), key=sims.__getitem__)
+        return self.keyframes[best], sims[best]
 
-    def similarity(self, descriptor: torch.Tensor, keyframe_id: int | None) -> float:
-        for k in self.keyframes:
-            if k.id == keyframe_id:
-                return float(F.cosine_similarity(descriptor, k.descriptor, dim=0))
-        return float("-inf")
-
-    def reset_target(self, descriptor: torch.Tensor) -> Keyframe | None:
+    def reset_target(self, descriptor: torch.Tensor, similarities: list[float] | None = None) -> Keyframe | None:
         """The keyframe to reset the states to, or ``None`` (see the module's rule 2)."""
-        best, sim = self.nearest(descriptor)
+        sims = self.similarities(descriptor) if similarities is None else similarities
+        best, sim = self.nearest(descriptor, sims)
         threshold = self.config.similarity_threshold
         if best is None or sim <= threshold or best.id == self.anchor:
             return None
-        if self.similarity(descriptor, self.anchor) > threshold:
+        anchor = [s for k, s in zip(self.keyframes, sims, strict=True) if k.id == self.anchor]
+        if anchor and anchor[0] > threshold:
             return None
         return best
 
@@ -166,11 +211,16 @@ class KeyframeStreamer:
 
     ``streamer(rgb_frame (1, 3, H, W))`` in [0, 1] -> aligned ``depth (1, 1, H, W)``; ``streamer.report`` tells
     what the rules did on that frame.
+
+    ``fast=True`` runs the model's encoder and step through :meth:`VideoMambaDepth.fast_step` (CUDA graphs on a
+    CUDA model, captured on the first frame; the same values as the eager model). The keyframe rules stay in
+    Python between the two graphs: the reset decision needs the frame's descriptor before the step.
     """
 
-    def __init__(self, model, config: KeyframeConfig | None = None):
+    def __init__(self, model, config: KeyframeConfig | None = None, *, fast: bool = False):
         self.model = model
         self.config = config or KeyframeConfig()
+        self.fast = model.fast_step() if fast else None
         self.reset()
 
     def reset(self) -> None:
@@ -188,21 +238,25 @@ class KeyframeStreamer:
             raise ValueError(
                 f"a KeyframeStreamer runs one stream: rgb_frame must be (1, 3, H, W); got {tuple(rgb_frame.shape)}"
             )
-        encoded = self.model.teacher.encode_frame(rgb_frame)
-        features = [encoded[i] for i in range(len(encoded))]
+        features = (self.model if self.fast is None else self.fast).frame_features(rgb_frame)
         descriptor = frame_descriptor(features)
 
-        target = self.bank.reset_target(descriptor)
-        if target is not None:
-            self.states = target.states.clone()
+        sims = self.bank.similarities(descriptor)
+        target = self.bank.reset_target(descriptor, sims)
+        if target is not None:  # steps never write into their input states, so the keyframe's stay intact
+            self.states = target.states
             self.bank.anchor = target.id
-        matched, similarity = self.bank.nearest(descriptor)
+        matched, similarity = self.bank.nearest(descriptor, sims)
         if similarity <= self.config.similarity_threshold:
             matched = None
 
-        previous = self.states
-        raw, self.states = self.model.step_features(features, tuple(rgb_frame.shape[-2:]), previous)
-        change = relative_state_change(self.states, previous)
+        previous, size = self.states, tuple(rgb_frame.shape[-2:])
+        if self.fast is None:
+            raw, self.states = self.model.step_features(features, size, previous)
+            terms = state_change_terms(self.states, previous)
+        else:
+            raw, self.states, terms = self.fast.step_features(features, size, previous, change=True)
+        change = relative_change(terms)
         aligned = matched is not None and change < self.config.state_change_threshold
         if aligned:
             self.alignment.update(raw, matched.depth)

@@ -141,6 +141,13 @@ class DepthAnythingTeacher(nn.Module):
             raise ValueError(f"input_size must be at least the patch size {self.patch_size}; got {input_size}")
         self.model = model
         self.input_size = int(input_size)
+        # Buffers, so that pre-processing copies nothing from the host (a CUDA graph can capture it).
+        self.register_buffer(
+            "pixel_mean", torch.tensor(IMAGENET_MEAN, dtype=torch.float64).view(1, 3, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "pixel_std", torch.tensor(IMAGENET_STD, dtype=torch.float64).view(1, 3, 1, 1), persistent=False
+        )
         self.model.requires_grad_(False)
         self.model.eval()
 
@@ -180,9 +187,7 @@ class DepthAnythingTeacher(nn.Module):
         x = rgb
         if tuple(x.shape[-2:]) != size:
             x = F.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
-        mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-        return (x - mean) / std
+        return (x - self.pixel_mean.to(x)) / self.pixel_std.to(x)
 
     @torch.no_grad()
     def encode_frame(self, rgb: torch.Tensor) -> dict[int, torch.Tensor]:

@@ -142,6 +142,12 @@ class TemporalMambaScale(nn.Module):
             new_blocks.append(block_state)
         return z_seq, TemporalScaleState(new_blocks)
 
+    def offline(self, z_seq: torch.Tensor) -> torch.Tensor:
+        """``z_seq (tokens, N, C)`` -> ``y_seq``: :meth:`forward` from a zero state without forming the next state."""
+        for block in self.blocks:
+            z_seq = block(z_seq)
+        return z_seq
+
     def step(self, z: torch.Tensor, state: TemporalScaleState) -> tuple[torch.Tensor, TemporalScaleState]:
         """One frame ``z (tokens, C)`` -> ``(tokens, C)`` and the next state."""
         new_blocks = []
