@@ -130,6 +130,45 @@ def test_vstibench_overall_is_the_plain_mean_of_its_types():
         score_vstibench([_mca("route_planning", True)])
 
 
+def test_vstibench_five_category_table():
+    records = [
+        _na("camera_obj_abs_dist", 11.8, 10),  # 0.7
+        _na("camera_obj_abs_dist", 10, 10),  # (0.7 + 1) / 2 = 0.85
+        _na("camera_displacement", 15, 10),  # 0.1
+        _mca("camera_movement_direction", True),
+        _mca("camera_movement_direction", True),
+        _mca("camera_movement_direction", False),  # 2/3
+        _mca("obj_obj_relative_pos_nf", True),  # nf 1.0
+        _mca("obj_obj_relative_pos_ud", False),  # ud 0.0
+        _mca("obj_obj_relative_pos_lr", True),
+        _mca("obj_obj_relative_pos_lr", True),
+        _mca("obj_obj_relative_pos_lr", True),
+        _mca("obj_obj_relative_pos_lr", False),  # lr 0.75 -> (1 + 0 + 0.75) / 3 (pooled: 4/6)
+        _mca("camera_obj_rel_dist_v1", False),  # v1 0.0
+        _mca("camera_obj_rel_dist_v2", True),  # v2 1.0; v3 absent -> 0.5
+        _na("camera_obj_dist_change", 3.25, 3.0),  # 0.9: per type only, no category
+    ]
+    scores = score_vstibench(records)
+    expected = {
+        "camera_object_absolute_distance": 0.85,
+        "camera_displacement": 0.1,
+        "camera_movement_direction": 2 / 3,
+        "object_object_relative_position": 1.75 / 3,
+        "camera_object_relative_distance": 0.5,
+    }
+    assert scores["categories"].keys() == expected.keys()
+    for key, value in expected.items():
+        assert scores["categories"][key] == pytest.approx(value), key
+    assert scores["categories_overall"] == pytest.approx(100 * sum(expected.values()) / 5)
+    per_type = [0.85, 0.1, 2 / 3, 1.0, 0.0, 0.75, 0.0, 1.0, 0.9]  # the code's overall: all 9 types present
+    assert scores["overall"] == pytest.approx(100 * sum(per_type) / len(per_type))
+    table = format_table(scores, "VSTI-Bench")
+    assert "| camera_displacement | 10.00 |" in table
+    assert f"| **overall of the categories** | **{scores['categories_overall']:.2f}** |" in table
+    only_distance = score_vstibench([_na("camera_displacement", 10, 10)])
+    assert only_distance["categories"] == {"camera_displacement": 1.0}
+
+
 def test_prompts_follow_the_official_text():
     na = {"question_type": "object_counting", "question": "How many chairs?"}
     assert build_prompt(na) == (

@@ -8,7 +8,8 @@ Scoring (``thinking-in-space/lmms_eval/tasks/vsibench/utils.py``):
   ``MRA = mean_θ 1(|ŷ − y| / y <= 1 − θ)`` (``<=`` as the code has it; the paper writes ``<``); an
   answer that is not a number scores 0;
 - VSI-Bench overall: mean of the 8 task scores, the three ``object_rel_direction_*`` subsets averaged
-  into one task first; VSTI-Bench overall: mean of all its question types (no merging), as its code does.
+  into one task first; VSTI-Bench overall: mean of all its question types (no merging), as its code does,
+  plus the 5-category table of the VLM-3R paper (:data:`VSTIBENCH_CATEGORIES`, subsets averaged first).
 
 The harness reads the benchmark's local files (JSON, JSONL or parquet with the fields ``dataset``,
 ``scene_name``, ``question``, ``question_type``, ``options``, ``ground_truth``), samples frames uniformly
@@ -48,6 +49,16 @@ VSTIBENCH_MCA = (
 )
 VSTIBENCH_NA = ("camera_obj_abs_dist", "camera_displacement", "camera_obj_dist_change")
 MRA_KEY = "MRA:.5:.95:.05"
+# the five columns of VLM-3R's VSTI-Bench table, each the mean of its subsets' scores (subsets averaged
+# first, as VSI-Bench merges its direction subsets). camera_obj_dist_change has no column in that table: it
+# is scored and listed per type, outside the five categories.
+VSTIBENCH_CATEGORIES = {
+    "camera_object_absolute_distance": (f"camera_obj_abs_dist_{MRA_KEY}",),
+    "camera_displacement": (f"camera_displacement_{MRA_KEY}",),
+    "camera_movement_direction": ("camera_movement_direction_accuracy",),
+    "object_object_relative_position": tuple(f"obj_obj_relative_pos_{s}_accuracy" for s in ("nf", "ud", "lr")),
+    "camera_object_relative_distance": tuple(f"camera_obj_rel_dist_v{i}_accuracy" for i in (1, 2, 3)),
+}
 PRE_PROMPT = "These are frames of a video."
 NA_POST_PROMPT = "Please answer the question using a single word or phrase."
 MCA_POST_PROMPT = "Answer with the option's letter from the given choices directly."
@@ -141,11 +152,27 @@ def score_vsibench(records: Iterable[dict]) -> dict:
 
 
 def score_vstibench(records: Iterable[dict]) -> dict:
-    """VSTI-Bench scores: per question type means and ``overall`` = their mean × 100 (no merging)."""
+    """VSTI-Bench scores: per question type means and ``overall`` = their mean × 100 (no merging, as the
+    official code), ``"categories"``: the paper's 5-category table (:func:`vstibench_categories`) and
+    ``"categories_overall"``: the mean of those categories × 100."""
     output, scored = _per_type(records, "vstibench")
     output["overall"] = 100.0 * sum(output.values()) / len(output)
+    output["categories"] = vstibench_categories(output)
+    present = list(output["categories"].values())
+    output["categories_overall"] = 100.0 * sum(present) / len(present) if present else float("nan")
     output["records"] = scored
     return output
+
+
+def vstibench_categories(per_type: dict[str, float]) -> dict[str, float]:
+    """The five VSTI-Bench categories from per-type scores (``"<type>_<metric>"`` in [0, 1]): each is the
+    mean of its subsets present in ``per_type``; a category with no subset present is left out."""
+    out = {}
+    for category, subsets in VSTIBENCH_CATEGORIES.items():
+        values = [per_type[s] for s in subsets if s in per_type]
+        if values:
+            out[category] = sum(values) / len(values)
+    return out
 
 
 def format_table(scores: dict, title: str = "") -> str:
@@ -153,10 +180,14 @@ def format_table(scores: dict, title: str = "") -> str:
     lines = [f"### {title}", ""] if title else []
     lines += ["| task | score |", "| --- | ---: |"]
     for key, value in scores.items():
-        if key in ("overall", "records"):
+        if key in ("overall", "records", "categories", "categories_overall"):
             continue
         lines.append(f"| {key} | {100 * value:.2f} |")
     lines.append(f"| **overall** | **{scores['overall']:.2f}** |")
+    if scores.get("categories"):
+        lines += ["", "| category | score |", "| --- | ---: |"]
+        lines += [f"| {key} | {100 * value:.2f} |" for key, value in scores["categories"].items()]
+        lines.append(f"| **overall of the categories** | **{scores['categories_overall']:.2f}** |")
     return "\n".join(lines)
 
 
