@@ -31,15 +31,20 @@ def naive_cos(a: torch.Tensor, b: torch.Tensor) -> float:
     return 0.0 if norms == 0 else float((a @ b) / norms)
 
 
-def algorithm1_video(module, frames: torch.Tensor, working: list | None = None, episodic: list | None = None):
+def algorithm1_video(
+    module, frames: torch.Tensor, working: list | None = None, episodic: list | None = None, record: list | None = None
+):
     """Algorithm 1 on one video ``frames (T, N, D)`` with Python lists as memories.
 
-    Returns ``(enhanced (T, N, D), working, episodic)``.
+    Returns ``(enhanced (T, N, D), working, episodic)``. ``record``: a list that gets, per frame, a dict with
+    the mean gate, ``|M^w|``/``|M^e|`` per token, the deleted episodic position (-1 for none), its cosine
+    and which frames the episodic memory holds afterwards.
     """
+    held = [-2] * len(episodic or [])
     working = [] if working is None else list(working)
     episodic = [] if episodic is None else list(episodic)
     outputs = []
-    for H in frames:
+    for t, H in enumerate(frames):
         if working:
             M_w = naive_mha(module.working_attention, H, torch.cat(working))
         else:
@@ -56,10 +61,27 @@ def algorithm1_video(module, frames: torch.Tensor, working: list | None = None, 
         if len(working) >= module.L_w:
             working.pop(0)
         working.append(H)
+        deleted, similarity = -1, float("nan")
         if len(episodic) >= module.L_e:
             sims = [naive_cos(M, e) for e in episodic]
-            episodic.pop(max(range(len(sims)), key=lambda i: sims[i]))
+            deleted = max(range(len(sims)), key=lambda i: sims[i])
+            similarity = sims[deleted]
+            episodic.pop(deleted)
+            held.pop(deleted)
         episodic.append(M)
+        held.append(t)
         outputs.append(H + M)
+        if record is not None:
+            record.append(
+                {
+                    "gate": float(gamma.detach().mean()),
+                    "working_norm": float(M_w.detach().norm(dim=-1).mean()),
+                    "episodic_norm": float(M_e.detach().norm(dim=-1).mean()),
+                    "replaced": deleted,
+                    "similarity": similarity,
+                    "held": list(held),
+                    "memory": M,
+                }
+            )
     enhanced = torch.stack(outputs) if outputs else frames
     return enhanced, working, episodic

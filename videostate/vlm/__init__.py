@@ -2,7 +2,7 @@
 
 from .config import VLM2Config
 from .fusion import CoordinateInjection, CrossAttentionFusion, SpatialFusion, ViewpointAwareAlignment
-from .memory import DualMemoryModule, DualMemoryState, EpisodicMemory, MemoryBank, WorkingMemory
+from .memory import DualMemoryModule, DualMemoryState, EpisodicMemory, MemoryBank, MemoryTrace, WorkingMemory
 from .model import VLM2ForConditionalGeneration, load_vlm3r_weights
 from .spatial import SpatialFeatures
 
@@ -13,6 +13,7 @@ __all__ = [
     "DualMemoryState",
     "EpisodicMemory",
     "MemoryBank",
+    "MemoryTrace",
     "SpatialFeatures",
     "SpatialFusion",
     "VLM2Config",

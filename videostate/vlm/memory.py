@@ -164,7 +164,7 @@ def similarity_replace_update(
     active = _check_update(bank, x, active, cache)
     full = (bank.count >= bank.capacity) & active
     capacity = bank.capacity
-    most_similar = cosine_similarity(x, bank.slots).argmax(dim=1)  # (batch,)
+    most_similar = cosine_similarity(x, bank.slots).argmax(dim=1)  # (batch,): i* of lines 15-24
     # gather map that closes the gap at most_similar: position p reads p + (p >= i*), the last slot is freed
     positions = torch.arange(capacity, device=x.device)[None, :]
     source = (positions + (positions >= most_similar[:, None]).long()).clamp(max=capacity - 1)
@@ -256,6 +256,77 @@ class DualMemoryState(StreamState):
             return MemoryBank(**fields)
 
         return cls(working=bank("working"), episodic=bank("episodic"))
+
+
+@dataclasses.dataclass
+class MemoryTrace:
+    """What the dual memory did on each frame of a batch of videos (from :meth:`DualMemoryModule.trace_video`).
+
+    All fields are ``(batch, frames)`` unless noted; entries of frames a video does not have (``active``
+    false) are 0, -1 or NaN as stated.
+
+    Attributes:
+        memory: ``(batch, frames, tokens, dim)`` the memory output ``M_t`` (differentiable; 0 when inactive).
+        gate: mean of ``γ_t`` over tokens and channels: 1 reads the working memory only, 0 the episodic
+            one (differentiable; 0 when inactive).
+        working_norm, episodic_norm: mean per-token L2 norm of ``M^w_t`` and ``M^e_t``.
+        replaced: position (oldest first) of the episodic entry deleted at frame ``t`` (lines 15-24), -1
+            when none was (the memory was not full, or the video has no frame ``t``).
+        replaced_similarity: cosine of ``M_t`` with the deleted entry, NaN when none was deleted.
+        read: the video has frame ``t`` and its memories held at least one entry before it.
+        active: the video has frame ``t``.
+        episodic_before: ``(batch,)`` entries the episodic memory held before the first frame.
+        L_e: the episodic capacity.
+    """
+
+    memory: torch.Tensor
+    gate: torch.Tensor
+    working_norm: torch.Tensor
+    episodic_norm: torch.Tensor
+    replaced: torch.Tensor
+    replaced_similarity: torch.Tensor
+    read: torch.Tensor
+    active: torch.Tensor
+    episodic_before: torch.Tensor
+    L_e: int
+
+    def episodic_frames(self) -> torch.Tensor:
+        """``(batch, frames, L_e)`` long: after frame ``t``, the frame (index into this trace) whose ``M``
+        each episodic slot holds, oldest first; -1 marks an empty slot, -2 an entry stored before the trace."""
+        batch, frames = self.replaced.shape
+        out = torch.full((batch, frames, self.L_e), -1, dtype=torch.long)
+        replaced, active = self.replaced.cpu().tolist(), self.active.cpu().tolist()
+        for b in range(batch):
+            slots = [-2] * int(self.episodic_before[b])
+            for t in range(frames):
+                if active[b][t]:
+                    if replaced[b][t] >= 0:
+                        slots.pop(replaced[b][t])
+                    slots.append(t)
+                out[b, t, : len(slots)] = torch.tensor(slots, dtype=torch.long)
+        return out
+
+    def summary(self) -> list[dict]:
+        """Per video: frames, frames that read memory, mean gate over them, episodic replacements and
+        their rate per frame, mean similarity of the replaced entries."""
+        rows = []
+        for b in range(self.gate.shape[0]):
+            read, active = self.read[b], self.active[b]
+            replaced = (self.replaced[b] >= 0) & active
+            frames = int(active.sum())
+            rows.append(
+                {
+                    "frames": frames,
+                    "frames_reading_memory": int(read.sum()),
+                    "mean_gate": float(self.gate[b][read].mean()) if read.any() else float("nan"),
+                    "episodic_replacements": int(replaced.sum()),
+                    "replacement_rate": int(replaced.sum()) / frames if frames else float("nan"),
+                    "mean_replaced_similarity": float(self.replaced_similarity[b][replaced].mean())
+                    if replaced.any()
+                    else float("nan"),
+                }
+            )
+        return rows
 
 
 class DualMemoryModule(nn.Module):
@@ -356,6 +427,11 @@ class DualMemoryModule(nn.Module):
         Returns:
             ``(M_t (batch, tokens, dim), W_{t+1}, E_{t+1})``.
         """
+        M_t, W_next, E_next, _ = self._step(H_t, W_t, E_t, active, used, dense)
+        return M_t, W_next, E_next
+
+    def _step(self, H_t, W_t, E_t, active, used, dense):
+        """:meth:`forward` plus ``(γ_t, M^w_t, M^e_t)``."""
         if H_t.dim() != 3 or H_t.shape[-1] != self.dim:
             raise ValueError(f"H_t must have shape (batch, tokens, {self.dim}); got {tuple(H_t.shape)}")
         used_w, used_e = (None, None) if used is None else used
@@ -367,7 +443,7 @@ class DualMemoryModule(nn.Module):
             M_t = M_t.masked_fill(~active[:, None, None], 0.0)
         W_next = fifo_update(W_t, H_t, active, self.cache(self.working_attention, H_t))
         E_next = similarity_replace_update(E_t, M_t, active, self.cache(self.episodic_attention, M_t))
-        return M_t, W_next, E_next
+        return M_t, W_next, E_next, (gamma, M_w, M_e)
 
     def forward_video(
         self,
@@ -389,6 +465,20 @@ class DualMemoryModule(nn.Module):
             memories after the last frame. Running a video in chunks with the carried state gives the
             same output as one pass.
         """
+        enhanced, state, _ = self._run(features, state, num_frames, trace=False)
+        return enhanced, state
+
+    def trace_video(
+        self,
+        features: torch.Tensor,
+        state: DualMemoryState | None = None,
+        num_frames: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, DualMemoryState, MemoryTrace]:
+        """:meth:`forward_video` (same outputs) plus a :class:`MemoryTrace` of gates, retrieval norms and
+        episodic replacements per frame (a few extra reductions per frame)."""
+        return self._run(features, state, num_frames, trace=True)
+
+    def _run(self, features, state, num_frames, trace: bool):
         if features.dim() != 4 or features.shape[-1] != self.dim:
             raise ValueError(
                 f"features must have shape (batch, frames, tokens, {self.dim}); got {tuple(features.shape)}"
@@ -411,15 +501,69 @@ class DualMemoryModule(nn.Module):
             if bool((num_frames < 0).any()) or bool((num_frames > t).any()):
                 raise ValueError(f"num_frames must lie in [0, {t}]; got {num_frames.tolist()}")
         W, E = state.working, state.episodic
+        episodic_before = E.count.clone()
         # entries already stored: read once here, so the frame loop never waits on the device
         stored = 0 if fresh else int(torch.maximum(W.count.max(), E.count.max()))
         # fresh memories of videos without padding all hold min(i, capacity) entries at frame i
         dense = fresh and num_frames is None
-        outputs = []
+        outputs, records = [], []
         for i in range(t):
             active = None if num_frames is None else num_frames > i
             used = (min(stored + i, self.L_w), min(stored + i, self.L_e))
-            M_t, W, E = self(features[:, i], W, E, active, used=used, dense=dense)
+            if trace:
+                records.append(self._trace_frame(features[:, i], W, E, active))
+            M_t, W, E, extras = self._step(features[:, i], W, E, active, used, dense)
+            if trace:
+                records[-1].update(memory=M_t, extras=extras)
             outputs.append(features[:, i] + M_t)
         enhanced = torch.stack(outputs, dim=1) if outputs else features
-        return enhanced, DualMemoryState(working=W, episodic=E)
+        next_state = DualMemoryState(working=W, episodic=E)
+        if not trace:
+            return enhanced, next_state, None
+        return enhanced, next_state, self._collect_trace(records, features, episodic_before)
+
+    @staticmethod
+    def _trace_frame(H_t, W, E, active) -> dict:
+        on = torch.ones(H_t.shape[0], dtype=torch.bool, device=H_t.device) if active is None else active
+        return {"active": on, "read": on & ((W.count > 0) | (E.count > 0)), "E": E}
+
+    def _collect_trace(self, records: list[dict], features: torch.Tensor, episodic_before) -> MemoryTrace:
+        b, _, n, d = features.shape
+        if not records:
+            empty = features.new_zeros(b, 0)
+            return MemoryTrace(
+                memory=features.new_zeros(b, 0, n, d),
+                gate=empty,
+                working_norm=empty,
+                episodic_norm=empty,
+                replaced=torch.zeros(b, 0, dtype=torch.long, device=features.device),
+                replaced_similarity=empty,
+                read=torch.zeros(b, 0, dtype=torch.bool, device=features.device),
+                active=torch.zeros(b, 0, dtype=torch.bool, device=features.device),
+                episodic_before=episodic_before,
+                L_e=self.L_e,
+            )
+        gate, w_norm, e_norm, replaced, similarity = [], [], [], [], []
+        for r in records:
+            gamma, M_w, M_e = r["extras"]
+            active, E, M_t = r["active"], r["E"], r["memory"]
+            gate.append(gamma.mean(dim=(1, 2)).masked_fill(~active, 0.0))
+            w_norm.append(M_w.detach().norm(dim=-1).mean(dim=1).masked_fill(~active, 0.0))
+            e_norm.append(M_e.detach().norm(dim=-1).mean(dim=1).masked_fill(~active, 0.0))
+            sims = cosine_similarity(M_t.detach(), E.slots)
+            best, index = sims.max(dim=1)
+            full = (E.count >= E.capacity) & active
+            replaced.append(torch.where(full, index, -1))
+            similarity.append(torch.where(full, best, float("nan")))
+        return MemoryTrace(
+            memory=torch.stack([r["memory"] for r in records], dim=1),
+            gate=torch.stack(gate, dim=1),
+            working_norm=torch.stack(w_norm, dim=1),
+            episodic_norm=torch.stack(e_norm, dim=1),
+            replaced=torch.stack(replaced, dim=1),
+            replaced_similarity=torch.stack(similarity, dim=1),
+            read=torch.stack([r["read"] for r in records], dim=1),
+            active=torch.stack([r["active"] for r in records], dim=1),
+            episodic_before=episodic_before,
+            L_e=self.L_e,
+        )
