@@ -13,13 +13,14 @@ from ..selective_scan import selective_scan_reference
 from .common import any_float64, next_power_of_2
 from .scan_kernels import selective_scan_bwd_kernel, selective_scan_fwd_kernel
 
-# Tile sizes: BLOCK_D channels x BLOCK_L steps per chunk (BLOCK_D shrinks for N > 16 so that a
-# (BLOCK_D, N, BLOCK_L) tile keeps its size). These are the tiles the GPU tests validate; faster tiles
-# found by `benchmarks/ssm_kernels.py --sweep` must pass tests/ssm/test_kernels_gpu.py before they replace them.
-CONFIG = {
-    "forward": {"block_d": 16, "block_l": 32, "num_warps": 4},
-    "backward": {"block_d": 16, "block_l": 16, "num_warps": 4},
-}
+# Both kernels walk time step by step; one channel's N states are spread over SPLIT lanes
+# (:func:`lanes_per_channel`). Launch settings that `benchmarks/ssm_kernels.py --sweep` finds faster must
+# pass tests/ssm/test_kernels_gpu.py before they replace these.
+FORWARD_WARPS = 4
+BACKWARD_WARPS = 4
+BACKWARD_CHUNK = 8  # steps whose states the backward holds in registers
+THREADS_PER_SM = 1024
+MAX_SPLIT = 16
 
 
 def _grouped(t: torch.Tensor) -> torch.Tensor:
@@ -27,29 +28,37 @@ def _grouped(t: torch.Tensor) -> torch.Tensor:
     return t.unsqueeze(1) if t.dim() == 3 else t
 
 
-def _blocks(cpg: int, n: int, cfg: dict) -> tuple[int, int, int]:
-    block_n = next_power_of_2(n)
-    block_d = max(1, min(cfg["block_d"], next_power_of_2(cpg), cfg["block_d"] * 16 // block_n))
-    return block_n, block_d, cfg["block_l"]
-
-
 def _strides3(t: torch.Tensor | None) -> tuple[int, int, int]:
     return (0, 0, 0) if t is None else tuple(t.stride())
 
 
+def lanes_per_channel(batch: int, dim: int, n: int, device: torch.device) -> int:
+    """Lanes that share one channel's ``n`` states: the fewest (each lane then holds more states and
+    repeats less per-channel work) that still give every SM ``THREADS_PER_SM`` threads."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    wanted = THREADS_PER_SM * sms
+    split = 1
+    while split < min(next_power_of_2(n), MAX_SPLIT) and batch * dim * split < wanted:
+        split *= 2
+    return split
+
+
 def scan_forward(
-    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, *, y=None, reverse_out=False, accumulate=False
-):
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, *, y=None, reverse_out=False,
+    accumulate=False, split=None,
+):  # fmt: skip
     """Launch the forward kernel; returns ``(y, final_state)``.
 
     With ``y`` given the result is written into it (``accumulate`` adds its current value before the
-    gate); ``reverse_out`` reads ``z`` and writes ``y`` at ``L - 1 - t``.
+    gate); ``reverse_out`` reads ``z`` and writes ``y`` at ``L - 1 - t``. ``split`` overrides
+    :func:`lanes_per_channel`.
     """
     batch, dim, length = u.shape
     B4, C4 = _grouped(B), _grouped(C)
     groups = B4.shape[1]
     cpg, n = dim // groups, A.shape[1]
-    block_n, block_d, block_l = _blocks(cpg, n, CONFIG["forward"])
+    split = split or lanes_per_channel(batch, dim, n, u.device)
+    block_d = 32 * FORWARD_WARPS // split
     if y is None:
         y = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)
     final_state = torch.empty(batch, dim, n, device=u.device, dtype=torch.float32)
@@ -61,17 +70,17 @@ def scan_forward(
         final_state if h0 is None else h0, y, final_state,
         dim, length, cpg,
         *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides3(z), *y.stride(),
-        N=n, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_L=block_l,
+        N=n, SPLIT=split, BLOCK_D=block_d,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         HAS_H0=h0 is not None, STORE_HT=True, REVERSE_OUT=reverse_out, ACCUMULATE=accumulate,
-        num_warps=CONFIG["forward"]["num_warps"],
+        num_warps=FORWARD_WARPS,
     )  # fmt: skip
     return y, final_state
 
 
 def scan_backward(
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, dy, d_final, *,
-    dz=None, accumulate_dz=False, reverse_out=False,
+    dz=None, accumulate_dz=False, reverse_out=False, split=None,
 ):  # fmt: skip
     """Launch the backward kernel; returns the gradients ``(du, ddelta, dA, dB, dC, dD, dz, dbias, dh0)``.
 
@@ -83,16 +92,17 @@ def scan_backward(
     B4, C4 = _grouped(B), _grouped(C)
     groups = B4.shape[1]
     cpg, n = dim // groups, A.shape[1]
-    block_n, block_d, block_l = _blocks(cpg, n, CONFIG["backward"])
-    n_chunks = triton.cdiv(length, block_l)
+    split = split or lanes_per_channel(batch, dim, n, u.device)
+    block_d = 32 * BACKWARD_WARPS // split
+    n_chunks = triton.cdiv(length, BACKWARD_CHUNK)
+    terms_per_step = 2 * triton.cdiv(n, split)  # dB and dC terms of one lane
     device, f32 = u.device, torch.float32
-    checkpoints = torch.empty(batch, dim, n_chunks, block_n, device=device, dtype=f32)
+    checkpoints = torch.empty(batch, dim, n_chunks, n, device=device, dtype=f32)
     du = torch.empty(batch, dim, length, device=device, dtype=u.dtype)
     ddelta = torch.empty(batch, dim, length, device=device, dtype=delta.dtype)
     if z is not None and dz is None:
         dz = torch.empty(batch, dim, length, device=device, dtype=z.dtype)
-    dB = torch.zeros(batch, groups, n, length, device=device, dtype=f32)
-    dC = torch.zeros(batch, groups, n, length, device=device, dtype=f32)
+    dBC = torch.zeros(2, batch, groups, n, length, device=device, dtype=f32)
     dA = torch.empty(batch, dim, n, device=device, dtype=f32)
     dD = torch.empty(batch, dim, device=device, dtype=f32)
     dbias = torch.empty(batch, dim, device=device, dtype=f32)
@@ -104,14 +114,15 @@ def scan_backward(
         u, delta, A, B4, C4,
         u if D is None else D, u if z is None else z, u if delta_bias is None else delta_bias,
         dA if h0 is None else h0, dy, dA if d_final is None else d_final, checkpoints,
-        du, ddelta, du if dz is None else dz, dB, dC, dA, dD, dbias, dA if dh0 is None else dh0,
-        dim, length, cpg, groups, n_chunks,
+        du, ddelta, du if dz is None else dz, dBC, dA, dD, dbias, dA if dh0 is None else dh0,
+        dim, length, cpg, groups, n_chunks, dBC[0].numel(),
         *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides3(z), *dy.stride(),
-        N=n, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_L=block_l,
+        N=n, SPLIT=split, BLOCK_D=block_d, CHUNK=BACKWARD_CHUNK, JOIN_LEVELS=(terms_per_step - 1).bit_length(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         HAS_H0=h0 is not None, HAS_DHT=d_final is not None, REVERSE_OUT=reverse_out, ACCUMULATE_DZ=accumulate_dz,
-        num_warps=CONFIG["backward"]["num_warps"],
+        num_warps=BACKWARD_WARPS,
     )  # fmt: skip
+    dB, dC = dBC
     if B.dim() == 3:
         dB, dC = dB[:, 0], dC[:, 0]
     return du, ddelta, dA.sum(0), dB, dC, dD.sum(0), dz, dbias.sum(0), dh0
