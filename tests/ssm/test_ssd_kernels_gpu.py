@@ -191,8 +191,9 @@ def test_ssd_scan_chunks_equal_offline(split):
             piece, state = ssd_scan_triton(**part, chunk_size=64, dt_softplus=True, return_final_states=True)
             pieces.append(piece)
             start += size
-    assert rel_error(torch.cat(pieces, dim=1), y) < 1e-5
-    assert rel_error(state, final) < 1e-5
+    # Chunk boundaries move with the pieces, so TF32 roundings differ: the float32 tolerance applies.
+    assert rel_error(torch.cat(pieces, dim=1), y) < TOLERANCE[torch.float32]
+    assert rel_error(state, final) < TOLERANCE[torch.float32]
 
 
 def test_ssd_scan_final_state_gradient_alone():
