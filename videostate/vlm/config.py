@@ -32,6 +32,9 @@ class VLM2Config:
         use_viewpoint_alignment: align geometry tokens with the view tokens before fusion.
         use_coordinate_injection: inject pooled 3D points into the visual tokens before fusion.
         coordinate_gate_type: ``"sigmoid"`` or ``"softmax"`` gate of the coordinate injection.
+        memory_consistency_weight: weight of the memory consistency loss added to the language-model loss
+            in training (``videostate.vlm.memory_utils``; 0 turns it off).
+        memory_utilization_weight: weight of the memory utilisation loss (0 turns it off).
         tune_dual_memory: train the memory (same as listing ``"dual_memory"`` in ``mm_tunable_parts``).
         mm_tunable_parts: comma-separated parts to train, from ``mm_vision_tower``, ``mm_mlp_adapter``
             (projector), ``mm_language_model``, ``fusion_block``, ``dual_memory``; every other
@@ -52,6 +55,8 @@ class VLM2Config:
     use_viewpoint_alignment: bool = True
     use_coordinate_injection: bool = True
     coordinate_gate_type: str = "sigmoid"
+    memory_consistency_weight: float = 0.0
+    memory_utilization_weight: float = 0.0
     tune_dual_memory: bool = False
     mm_tunable_parts: str = "dual_memory"
 
@@ -64,6 +69,11 @@ class VLM2Config:
             raise ValueError(
                 f"dropouts must lie in [0, 1); got memory_dropout={self.memory_dropout}, "
                 f"fusion_dropout={self.fusion_dropout}"
+            )
+        if self.memory_consistency_weight < 0 or self.memory_utilization_weight < 0:
+            raise ValueError(
+                f"memory loss weights must be >= 0; got memory_consistency_weight={self.memory_consistency_weight}, "
+                f"memory_utilization_weight={self.memory_utilization_weight}"
             )
         self.tunable_parts()  # validates the names
 

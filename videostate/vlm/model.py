@@ -12,6 +12,11 @@ With both additions switched off the features, logits and generated tokens equal
 bit for bit. Memory lives per video: without ``video_ids`` every call starts from empty memories (one
 training sample, one video); with ``video_ids`` the memories persist across calls (a video streamed in
 chunks of frames) until :meth:`clear_video_memory`, bounded to ``L_w + L_e`` frames per video.
+
+With ``trace_memory`` set (or a memory loss weight above 0), each call keeps a
+:class:`~videostate.vlm.memory.MemoryTrace` of what the memory did in ``last_memory_trace`` (plot it with
+:func:`videostate.vlm.memory_utils.plot_memory`); with ``labels``, the weighted memory losses are added
+to the language-model loss.
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from .config import VLM2Config
 from .fusion import SpatialFusion
-from .memory import DualMemoryModule, DualMemoryState
+from .memory import DualMemoryModule, DualMemoryState, MemoryTrace
+from .memory_utils import memory_consistency_loss, memory_utilization_loss
 from .spatial import SpatialFeatures
 
 BASE_CLASSES = {
@@ -98,6 +104,8 @@ class VLM2ForConditionalGeneration(nn.Module):
             else None
         )
         self._video_memories: dict[Hashable, DualMemoryState] = {}
+        self.trace_memory = False
+        self.last_memory_trace: MemoryTrace | None = None
         base_dtype = next(base.parameters()).dtype
         self.vlm2_modules().to(base_dtype)
 
@@ -216,6 +224,12 @@ class VLM2ForConditionalGeneration(nn.Module):
         else:
             self._video_memories.pop(video_id, None)
 
+    def retain_video_memories(self, video_ids: Sequence[Hashable]) -> None:
+        """Forget the memories of every video not in ``video_ids`` (streams that have ended)."""
+        keep = set(video_ids)
+        for vid in [v for v in self._video_memories if v not in keep]:
+            del self._video_memories[vid]
+
     def video_memory(self, video_id: Hashable) -> DualMemoryState:
         """The memories kept for ``video_id`` (batch of one); ``state_dict()`` of it saves the stream."""
         if video_id not in self._video_memories:
@@ -314,7 +328,10 @@ class VLM2ForConditionalGeneration(nn.Module):
         if self.dual_memory is not None:
             per_video = features.unflatten(0, (batch, frames))
             state = self._memory_state(video_ids, per_video.shape[2], per_video)
-            per_video, next_state = self.dual_memory.forward_video(per_video, state)
+            if self._tracing():
+                per_video, next_state, self.last_memory_trace = self.dual_memory.trace_video(per_video, state)
+            else:
+                per_video, next_state = self.dual_memory.forward_video(per_video, state)
             if video_ids is not None:
                 next_state = next_state.detach()
                 for i, vid in enumerate(video_ids):
@@ -323,6 +340,22 @@ class VLM2ForConditionalGeneration(nn.Module):
         elif video_ids is not None:
             raise ValueError("video_ids were given but use_dual_memory is off (there is no memory to keep)")
         return self.project(features, batch)
+
+    def _tracing(self) -> bool:
+        c = self.config
+        return self.trace_memory or c.memory_consistency_weight > 0 or c.memory_utilization_weight > 0
+
+    def memory_losses(self) -> dict[str, torch.Tensor]:
+        """The weighted memory losses of the last encoded video batch (only those with a weight above 0)."""
+        c, trace = self.config, self.last_memory_trace
+        losses = {}
+        if trace is None:
+            return losses
+        if c.memory_consistency_weight > 0:
+            losses["memory_consistency"] = c.memory_consistency_weight * memory_consistency_loss(trace)
+        if c.memory_utilization_weight > 0:
+            losses["memory_utilization"] = c.memory_utilization_weight * memory_utilization_loss(trace)
+        return losses
 
     def _mm_outputs(self, pixel_values_videos, spatial_features, video_ids) -> dict:
         video = self.encode_video(pixel_values_videos, spatial_features, video_ids)
@@ -338,10 +371,16 @@ class VLM2ForConditionalGeneration(nn.Module):
         video_ids: Sequence[Hashable] | None = None,
         **kwargs,
     ):
-        """The base model's forward (``labels``, ``attention_mask``, ... pass through) with our video tokens."""
+        """The base model's forward (``labels``, ``attention_mask``, ... pass through) with our video tokens;
+        with ``labels``, ``loss`` includes the weighted memory losses of this call's videos."""
+        self.last_memory_trace = None
         if pixel_values_videos is not None:
             kwargs["mm_encoder_outputs"] = self._mm_outputs(pixel_values_videos, spatial_features, video_ids)
-        return self.base(input_ids=input_ids, **kwargs)
+        out = self.base(input_ids=input_ids, **kwargs)
+        if out.loss is not None:
+            for value in self.memory_losses().values():
+                out.loss = out.loss + value
+        return out
 
     @torch.no_grad()
     def generate(

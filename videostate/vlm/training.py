@@ -5,7 +5,14 @@ A recipe names ``task: videostate.vlm.training:TASK``. Data is LLaVA's conversat
     {"id": "...", "video": "scene0000_00.mp4",
      "conversations": [{"from": "human", "value": "<image>\\nHow many chairs are there?"},
                        {"from": "gpt", "value": "4"}],
-     "spatial_features": "scene0000_00.pt"}          # optional; else {spatial_folder}/{video stem}.pt
+     "spatial_features": "scene0000_00.pt",          # optional; else {spatial_folder}/{video stem}.pt
+     "frame_range": [0, 240]}                        # optional: a segment of a video streamed in order
+
+Frames are sampled uniformly (``num_frames``, VLM-3R's ``frames_upbound``) from the whole video or from its
+``frame_range`` ``[start, stop)``. Samples with a ``frame_range`` are segments of one long video (id:
+``video_id``, default the video path) listed in order: their memory carries from one segment to the next
+(detached) and resets at the segment starting at frame 0 (:func:`train_step`); keep their order (no
+shuffling) with one stream per batch row.
 
 Frames are sampled uniformly (``num_frames``, VLM-3R's ``frames_upbound``); spatial features are the
 VLM-3R ``.pt`` files, indexed with the same frames. Every sample starts from empty memories (the
@@ -121,9 +128,18 @@ class ConversationVideoDataset(Dataset):
 
         sample = self.samples[index]
         with VideoReader(Path(self.config.video_folder) / sample["video"], format="tensor") as reader:
-            frame_indices = sample_frame_indices(len(reader), self.config.num_frames)
+            start, stop = sample.get("frame_range", (0, len(reader)))
+            if not 0 <= start < stop <= len(reader):
+                raise ValueError(
+                    f"sample {index}: frame_range must satisfy 0 <= start < stop <= {len(reader)} frames; "
+                    f"got [{start}, {stop}]"
+                )
+            frame_indices = [start + i for i in sample_frame_indices(stop - start, self.config.num_frames)]
             frames = reader.read_clip(frame_indices)
         item = self.encoder.training_example(frames, conversation_messages(sample["conversations"]))
+        if "frame_range" in sample:
+            item["video_id"] = sample.get("video_id", sample["video"])
+            item["video_start"] = start == 0
         if self.config.spatial_folder is not None:
             name = sample.get("spatial_features", f"{Path(sample['video']).stem}.pt")
             spatial = load_vlm3r_features(Path(self.config.spatial_folder) / name, frame_indices)
@@ -148,12 +164,16 @@ def collate_conversations(items: list[dict], pad_token_id: int) -> dict:
         batch["input_ids"][row, :n] = item["input_ids"]
         batch["labels"][row, :n] = item["labels"]
         batch["attention_mask"][row, :n] = 1
-    for name in ("camera_tokens", "patch_tokens", "points", "confidence"):
+    for name in ("camera_tokens", "patch_tokens", "points", "confidence", "video_id"):
         present = [name in i for i in items]
         if any(present) and not all(present):
             raise ValueError(f"{name} is given for some samples of the batch and missing for others")
-        if all(present):
+    for name in ("camera_tokens", "patch_tokens", "points", "confidence"):
+        if name in items[0]:
             batch[name] = torch.stack([i[name] for i in items])
+    if "video_id" in items[0]:
+        batch["video_ids"] = [i["video_id"] for i in items]
+        batch["video_start"] = torch.tensor([i["video_start"] for i in items])
     return batch
 
 
@@ -181,16 +201,37 @@ def spatial_from_batch(batch: dict) -> SpatialFeatures | None:
 
 
 def train_step(model: nn.Module, batch: dict, backward) -> dict:
-    """One micro-batch: the language-model loss on the assistant turns, memories fresh per sample."""
+    """One micro-batch: the language-model loss on the assistant turns (plus the weighted memory losses).
+
+    Memories are fresh per sample, unless the batch names ``video_ids`` (one per sample) and
+    ``video_start`` (bool per sample): then each video's memory carries over from its previous batch
+    (detached: truncated backpropagation through time), is reset where ``video_start`` is true, and the
+    memories of videos absent from the batch (ended streams) are dropped.
+    """
+    video_ids = batch.get("video_ids")
+    if video_ids is not None:
+        starts = batch.get("video_start")
+        if starts is None or len(starts) != len(video_ids):
+            raise ValueError(
+                f"video_ids need a video_start flag per sample; got {len(video_ids)} ids and "
+                f"{None if starts is None else len(starts)} flags"
+            )
+        model.retain_video_memories(video_ids)
+        for vid, start in zip(video_ids, starts, strict=True):
+            if bool(start):
+                model.clear_video_memory(vid)
     out = model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         labels=batch["labels"],
         pixel_values_videos=batch["pixel_values_videos"],
         spatial_features=spatial_from_batch(batch),
+        video_ids=video_ids,
     )
     backward(out.loss)
-    return {"loss": out.loss.detach()}
+    metrics = {"loss": out.loss.detach()}
+    metrics.update({name: value.detach() for name, value in model.memory_losses().items()})
+    return metrics
 
 
 def add_lora(model: VLM2ForConditionalGeneration, r: int, alpha: int, dropout: float) -> list[str]:
