@@ -29,14 +29,16 @@ def stream_video(
     model: VideomtForUniversalSegmentation, frames: Iterable[torch.Tensor], device: torch.device | str = "cpu"
 ) -> Iterator[tuple[torch.Tensor, VideomtVideoOutput]]:
     """``(frame, outputs)`` for each frame ``(3, H, W)`` in ``[0, 1]``: outputs with ``T = 1``, batch 1, the
-    queries carried from frame to frame; constant memory."""
+    queries carried from frame to frame; constant memory. The model must be in eval mode: frames go through
+    ``model.fast_step()`` (a CUDA graph on CUDA)."""
     state = None
+    step = model.fast_step()
     size = model.config.image_size
     for frame in frames:
         pixels = preprocess_frames(frame[None].to(device=device, dtype=model.dtype), size)
         if state is None:
             state = model.init_state(1, device=pixels.device, dtype=pixels.dtype)
-        outputs, state = model.step(pixels, state)
+        outputs, state = step(pixels, state)
         yield frame, outputs
 
 
