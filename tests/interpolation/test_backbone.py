@@ -70,6 +70,25 @@ def test_gated_window_attention_matches_naive_attention(gate, shift):
     torch.testing.assert_close(attn(x), window_attention_oracle(attn, x))
 
 
+@pytest.mark.parametrize("shift", [0, 2])
+def test_gated_window_attention_calls_sdpa_with_fused_kernel_layout(monkeypatch, shift):
+    """The fused SDPA kernels take only 4-D (batch, heads, tokens, head_dim) inputs; a shifted window's
+    mask must broadcast over frames and heads (size 1 there) instead of being copied per frame."""
+    calls = []
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def recording_sdpa(q, k, v, attn_mask=None, **kwargs):
+        calls.append((q.shape, None if attn_mask is None else attn_mask.shape))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
+    attn = GatedWindowAttention(8, num_heads=2, window_size=4, shift_size=shift)
+    attn(torch.rand(3, 8, 12, 8))
+    windows, tokens = (8 // 4) * (12 // 4), 16
+    expected_q = (windows, 3 * 2, tokens, 4) if shift else (3 * windows, 2, tokens, 4)
+    assert calls == [(torch.Size(expected_q), torch.Size((windows, 1, tokens, tokens)) if shift else None)]
+
+
 def test_gated_window_attention_errors():
     with pytest.raises(ValueError, match="num_heads=3 must divide dim=8"):
         GatedWindowAttention(8, 3, 4)

@@ -5,7 +5,10 @@ a window with the usual mask so tokens attend only within their original region.
 output is gated by ``sigmoid(gate(x))`` before the output projection (Qiu et al. 2025, "Gated
 Attention"): one gate per head (``"headwise"``) or per channel (``"elementwise"``), computed from
 the same normalised input as the queries. Attention runs through
-``F.scaled_dot_product_attention`` so fused (flash / memory-efficient) kernels are used on GPU.
+``F.scaled_dot_product_attention`` on 4-D ``(batch, heads, tokens, head_dim)`` tensors (the fused
+flash / memory-efficient kernels take nothing else): unshifted windows are batched as
+``(B * nW, heads)``; shifted windows as ``(nW, B * heads)``, so the per-window additive mask
+``(nW, 1, N, N)`` broadcasts over frames and heads without being copied.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ def window_reverse(windows: torch.Tensor, window: int, height: int, width: int) 
 
 def shifted_window_mask(height: int, width: int, window: int, shift: int, device=None) -> torch.Tensor:
     """Boolean ``(nH * nW, window**2, window**2)`` mask, True where two tokens of a window after a cyclic
-    shift by ``-shift`` came from the same region of the unshifted map (Swin's mask)."""
+    shift by ``-shift`` came from the same region of the unshifted map (Swin's mask). Every token is
+    allowed to attend to itself, so no row is all False."""
     region = torch.zeros(height, width, dtype=torch.long, device=device)
     bounds = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
     label = 0
@@ -88,11 +92,17 @@ class GatedWindowAttention(nn.Module):
         if shift:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
         windows = window_partition(x, ws)  # (B, nW, N, C)
+        batch = windows.shape[0]
         q, k, v = rearrange(self.qkv(windows), "b w n (three h d) -> three b w h n d", three=3, h=self.num_heads)
-        mask = None
         if shift:
-            mask = shifted_window_mask(height, width, ws, shift, device=x.device)[:, None]  # (nW, 1, N, N)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nW, h, N, d)
+            allowed = shifted_window_mask(height, width, ws, shift, device=x.device)[:, None]  # (nW, 1, N, N)
+            mask = torch.zeros(allowed.shape, device=x.device, dtype=q.dtype).masked_fill_(~allowed, float("-inf"))
+            q, k, v = (rearrange(t, "b w h n d -> w (b h) n d") for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            out = rearrange(out, "w (b h) n d -> b w h n d", b=batch)
+        else:
+            q, k, v = (rearrange(t, "b w h n d -> (b w) h n d") for t in (q, k, v))
+            out = rearrange(F.scaled_dot_product_attention(q, k, v), "(b w) h n d -> b w h n d", b=batch)
         gate = torch.sigmoid(self.gate(windows))  # (B, nW, N, h or C)
         if self.gate_kind == "headwise":
             out = out * rearrange(gate, "b w n h -> b w h n 1")
