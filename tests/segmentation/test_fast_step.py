@@ -129,9 +129,16 @@ def test_fast_step_errors():
         fast(video[:, 0].float(), model.init_state(2))
     with pytest.raises(ValueError, match=r"got \(\(2, 3, 16, 16\), torch.float64, device\(type='cpu'\), torch.float32"):
         fast(video[:, 0], model.init_state(2, dtype=torch.float32))
+    with (
+        torch.autocast("cpu", dtype=torch.bfloat16),
+        pytest.raises(ValueError, match=r"autocast\) = .*False\); got .*True\)"),
+    ):
+        fast(video[:, 0], model.init_state(2))
+    kept = [p.detach() for p in model.parameters()]  # the old storage stays, so new weights cannot reuse it
     model.float().double()  # same dtype again, but every weight now lives elsewhere
     with pytest.raises(RuntimeError, match="moved or cast"):
         fast(video[:, 0], model.init_state(2))
+    del kept
     again = model.fast_step()
     with torch.no_grad():
         out, _ = again(video[:, 0], model.init_state(2))
@@ -212,9 +219,11 @@ def test_cuda_graph_step_rejects_another_device_or_batch():
             fast(video[:, 1], model.init_state(2, device="cpu"))
         with pytest.raises(ValueError, match=r"got \(\(1, 3, 16, 16\)"):
             fast(video[:1, 1], model.init_state(1, device="cuda"))
+        kept = [p.detach() for p in model.parameters()]  # the old memory stays, so new weights cannot reuse it
         model.cpu()
         with pytest.raises(ValueError, match=r"device\(type='cpu'\)"):
             fast(video[:, 1].cpu(), model.init_state(2))
         model.cuda()
         with pytest.raises(RuntimeError, match="moved or cast"):
             fast(video[:, 1], model.init_state(2, device="cuda"))
+        del kept

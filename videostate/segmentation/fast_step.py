@@ -42,7 +42,8 @@ class VideomtFastStep:
     """``outputs, state = fast(frames (B, C, H, W), state)``: the values of ``model.step(frames, state)``,
     replayed from a CUDA graph.
 
-    The first call fixes what the step runs on: the frames' shape, dtype and device and the state's dtypes.
+    The first call fixes what the step runs on: the frames' shape, dtype and device, the state's dtypes and
+    whether autocast is on.
     On CUDA it captures the step into a CUDA graph there; every call copies ``frames`` and ``state`` into the
     graph's static buffers, replays it, and returns copies of its outputs and next state (earlier outputs
     and states stay valid, as with the eager step). Frames or a state of another shape, dtype or device are
@@ -87,6 +88,7 @@ class VideomtFastStep:
             state.propagated.device,
             state.started.dtype,
             state.started.device,
+            torch.is_autocast_enabled(frames.device.type),
         )
 
     def _check(self, frames: torch.Tensor, state: VideomtState) -> None:
@@ -134,7 +136,7 @@ class VideomtFastStep:
             self._setup(frames, state)
         signature = self._describe(frames, state)
         if signature != self._signature:
-            fields = "frames shape, dtype, device; propagated dtype, device; started dtype, device"
+            fields = "frames shape, dtype, device; propagated dtype, device; started dtype, device; autocast"
             raise ValueError(
                 f"this fast step was set up for ({fields}) = {self._signature}; got {signature}; "
                 "make another one with model.fast_step()"
