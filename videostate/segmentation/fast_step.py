@@ -43,12 +43,12 @@ class VideomtFastStep:
     replayed from a CUDA graph.
 
     The first call fixes what the step runs on: the frames' shape, dtype and device, the state's dtypes and
-    whether autocast is on.
-    On CUDA it captures the step into a CUDA graph there; every call copies ``frames`` and ``state`` into the
-    graph's static buffers, replays it, and returns copies of its outputs and next state (earlier outputs
-    and states stay valid, as with the eager step). Frames or a state of another shape, dtype or device are
-    a ``ValueError``: make another fast step for them. On other devices the same buffered step runs eagerly
-    (same values, no speed-up); :attr:`cuda_graph` says which.
+    whether autocast is on. On CUDA it captures the step into a CUDA graph there; every call copies ``frames``
+    and ``state`` into the graph's static buffers, replays it, and returns copies of its outputs and next state
+    (earlier outputs and states stay valid, as with the eager step). Frames or a state of another shape, dtype
+    or device, or another autocast setting, are a ``ValueError``: make another fast step for them.
+    On other devices the same buffered step runs eagerly (same values, no speed-up); :attr:`cuda_graph` says
+    which.
 
     Inference only: the model must be in eval mode, no autograd graph is recorded, and ``bool_masked_pos``
     (a training input) is not taken. Weights may change in place (``load_state_dict``); moving or casting
