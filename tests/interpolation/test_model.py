@@ -5,6 +5,7 @@ import torch
 
 from videostate.interpolation import HybridVFI, HybridVFIConfig, warp
 from videostate.interpolation.model import centred_padding
+from videostate.ssm import Mamba2
 
 from .tiny import random_pair, tiny_config
 
@@ -142,6 +143,8 @@ def test_loading_mismatched_weights_names_the_keys(tmp_path, phase1, phase2):
         ({"num_heads": (3, 2, 2)}, "must divide embed_dims"),
         ({"backbone_mode": "mamba"}, "backbone_mode must be"),
         ({"mamba_headdim": 12}, "multiple of mamba_headdim"),
+        ({"scan_from_stage": 3}, r"scan_from_stage must be a stage index in \[0, 3\); got 3"),
+        ({"scan_from_stage": 1, "backbone_mode": "mamba2_only"}, "needs backbone_mode='hybrid'"),
     ],
 )
 def test_config_errors(changes, message):
@@ -155,3 +158,43 @@ def test_default_sizes_match_the_seed():
     p2 = sum(p.numel() for p in HybridVFI(HybridVFIConfig(phase=2)).parameters())
     assert 1.0e6 < p1 < 1.6e6 and 6e6 < p2 - p1 < 10e6
     assert HybridVFIConfig().pad_multiple() == HybridVFIConfig(phase=2).pad_multiple() == 32
+
+
+@pytest.mark.parametrize("scan_from_stage", [0, 1, 2])
+def test_scan_from_stage_keeps_the_scan_off_the_large_maps(scan_from_stage):
+    """Every Mamba-2 call sees the interleaved sequences (4 directions x B, 2 * h * w) of a stage at or
+    after ``scan_from_stage`` only; earlier stages' blocks have the attention branch alone."""
+    torch.manual_seed(3)
+    model = HybridVFI(tiny_config(phase=2, scan_from_stage=scan_from_stage)).eval()
+    lengths = []
+    for module in model.modules():
+        if isinstance(module, Mamba2):
+            module.register_forward_hook(lambda mod, args, out: lengths.append(tuple(args[0].shape[:2])))
+    img0, img1 = random_pair(2, 16, 32, seed=7)
+    with torch.no_grad():
+        frame = model(img0, img1)
+    assert frame.shape == (2, 3, 16, 32)
+    expected = [
+        (4 * 2, 2 * (16 >> i) * (32 >> i))
+        for i, depth in enumerate(model.config.depths)
+        if i >= scan_from_stage
+        for _ in range(depth)
+    ]
+    assert lengths == expected
+    for i, blocks in enumerate(model.backbone.stages):
+        for block in blocks:
+            assert (block.ss2d is None) == (i < scan_from_stage)
+            assert block.attn is not None and (block.fuse is None) == (i < scan_from_stage)
+
+
+def test_scan_from_stage_save_load_roundtrip(tmp_path):
+    torch.manual_seed(4)
+    model = HybridVFI(tiny_config(phase=1, scan_from_stage=1)).eval()
+    model.save_pretrained(tmp_path / "m")
+    loaded = HybridVFI.from_pretrained(tmp_path / "m").eval()
+    assert loaded.config.scan_from_stage == 1
+    img0, img1 = random_pair(1, 16, 16, seed=8)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(img0, img1), model(img0, img1), rtol=0, atol=0)
+    reports = loaded.backbone.init_mamba_from_attention()
+    assert [r.name for r in reports] == ["stages.1.0", "stages.1.1", "stages.2.0"]

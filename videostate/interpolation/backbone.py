@@ -10,7 +10,9 @@ its one branch. Then an MLP. Both sublayers are pre-norm residuals, or mHC conne
 stage's end).
 
 :class:`HybridBackbone` embeds each frame at full resolution and runs three stages (full, 1/2, 1/4
-resolution by default) and returns, per stage, both frames' features stacked on channels.
+resolution by default) and returns, per stage, both frames' features stacked on channels. With
+``scan_from_stage = k`` the first ``k`` stages run the attention branch alone, so the Mamba-2 scan
+(whose cost per token is many times that of window attention) never sees the largest maps.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from torch import nn
 
 from .attention import GatedWindowAttention
 from .channel_attention import ECAB, ChannelAttention
-from .config import HybridVFIConfig
+from .config import BackboneMode, HybridVFIConfig
 from .matvlm import MaTVLMReport, init_mamba2_from_attention
 from .mhc import ManifoldHyperConnection, PlainResidual
 from .ss2d import InterleavedSS2D
@@ -37,7 +39,11 @@ class MLP(nn.Module):
 
 
 class LGSBlock(nn.Module):
-    """One LGS block: ``(2B, H, W, C) -> (2B, H, W, C)``, or ``(n, 2B, H, W, C)`` streams with mHC."""
+    """One LGS block: ``(2B, H, W, C) -> (2B, H, W, C)``, or ``(n, 2B, H, W, C)`` streams with mHC.
+
+    ``mode`` overrides ``config.backbone_mode`` for this block (the backbone passes
+    :meth:`HybridVFIConfig.stage_mode`).
+    """
 
     def __init__(
         self,
@@ -48,9 +54,12 @@ class LGSBlock(nn.Module):
         shift_size: int,
         first_in_stage: bool = False,
         last_in_stage: bool = False,
+        mode: BackboneMode | None = None,
     ):
         super().__init__()
-        self.mode = config.backbone_mode
+        self.mode = config.backbone_mode if mode is None else mode
+        if self.mode not in ("hybrid", "mamba2_only", "gated_attn_only"):
+            raise ValueError(f"mode must be 'hybrid', 'mamba2_only' or 'gated_attn_only'; got {self.mode!r}")
         self.norm1 = nn.LayerNorm(dim)
         self.ss2d = (
             InterleavedSS2D(
@@ -61,12 +70,12 @@ class LGSBlock(nn.Module):
                 headdim=config.mamba_headdim,
                 chunk_size=config.mamba_chunk_size,
             )
-            if config.use_mamba
+            if self.mode != "gated_attn_only"
             else None
         )
         self.attn = (
             GatedWindowAttention(dim, num_heads, window_size, shift_size, gate=config.gate)
-            if config.use_attention
+            if self.mode != "mamba2_only"
             else None
         )
         self.fuse = nn.Conv2d(2 * dim, dim, 1) if self.mode == "hybrid" else None
@@ -123,11 +132,12 @@ class HybridBackbone(nn.Module):
                     shift_size=0 if j % 2 == 0 else window // 2,
                     first_in_stage=j == 0,
                     last_in_stage=j == depth - 1,
+                    mode=config.stage_mode(i),
                 )
                 for j in range(depth)
             )
-            for dim, depth, heads, window in zip(
-                dims, config.depths, config.num_heads, config.window_sizes, strict=True
+            for i, (dim, depth, heads, window) in enumerate(
+                zip(dims, config.depths, config.num_heads, config.window_sizes, strict=True)
             )
         )
         self.downsamplers = nn.ModuleList(
@@ -176,4 +186,5 @@ class HybridBackbone(nn.Module):
             init_mamba2_from_attention(block.ss2d.mamba, block.attn, name=f"stages.{i}.{j}")
             for i, blocks in enumerate(self.stages)
             for j, block in enumerate(blocks)
+            if block.ss2d is not None
         ]

@@ -23,6 +23,11 @@ class HybridVFIConfig:
         window_sizes: attention window side per stage.
         mlp_ratio: hidden width of the blocks' MLP, relative to the stage width.
         backbone_mode: ``"hybrid"`` (both branches), ``"mamba2_only"`` or ``"gated_attn_only"``.
+        scan_from_stage: the first stage whose blocks run the Mamba-2 branch; earlier stages run the
+            attention branch alone (as ``"gated_attn_only"``). 0 (default, the seed's model) scans
+            every stage, the full-resolution one included; 1 or 2 keep the scan, which costs far more
+            per token than window attention, off the largest maps (VFIMamba scans only its 1/8 and
+            1/16 stages). Needs ``backbone_mode="hybrid"`` when above 0.
         gate: gated attention's gate, ``"headwise"`` or ``"elementwise"``.
         use_ecab: fuse with ECA channel attention; False uses squeeze-excitation channel attention.
         use_mhc: manifold-constrained hyper-connections (``mhc_streams`` residual streams) instead
@@ -42,6 +47,7 @@ class HybridVFIConfig:
     window_sizes: tuple[int, ...] = (8, 8, 8)
     mlp_ratio: float = 4.0
     backbone_mode: BackboneMode = "hybrid"
+    scan_from_stage: int = 0
     gate: Literal["headwise", "elementwise"] = "headwise"
     use_ecab: bool = True
     use_mhc: bool = False
@@ -74,8 +80,16 @@ class HybridVFIConfig:
             raise ValueError(
                 f"backbone_mode must be 'hybrid', 'mamba2_only' or 'gated_attn_only'; got {self.backbone_mode!r}"
             )
+        if not 0 <= self.scan_from_stage < n:
+            raise ValueError(f"scan_from_stage must be a stage index in [0, {n}); got {self.scan_from_stage}")
+        if self.scan_from_stage and self.backbone_mode != "hybrid":
+            raise ValueError(
+                "scan_from_stage > 0 runs the early stages on the attention branch alone, which needs "
+                f"backbone_mode='hybrid'; got backbone_mode={self.backbone_mode!r}, "
+                f"scan_from_stage={self.scan_from_stage}"
+            )
         if self.use_mamba:
-            for dim in self.embed_dims:
+            for dim in self.embed_dims[self.scan_from_stage :]:
                 if (self.mamba_expand * dim) % self.mamba_headdim:
                     raise ValueError(
                         f"mamba_expand * embed_dim must be a multiple of mamba_headdim={self.mamba_headdim}; "
@@ -101,6 +115,10 @@ class HybridVFIConfig:
     @property
     def use_attention(self) -> bool:
         return self.backbone_mode in ("hybrid", "gated_attn_only")
+
+    def stage_mode(self, stage: int) -> BackboneMode:
+        """The branches of stage ``stage``'s blocks: ``"gated_attn_only"`` before ``scan_from_stage``."""
+        return "gated_attn_only" if stage < self.scan_from_stage else self.backbone_mode
 
     def pad_multiple(self, flow_scale: float = 1.0) -> int:
         """Input sides are padded to a multiple of this: every stage's map must tile into windows
