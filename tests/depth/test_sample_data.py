@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from videostate.depth.data import DepthDataConfig, DepthVideoDataset, depth_frame_files, read_depth_png
+from videostate.depth.data import DepthDataConfig, DepthVideoDataset, frame_files, read_depth_png
 from videostate.depth.evaluation import load_trajectory_log
 from videostate.depth.flow import static_mask
 from videostate.depth.metrics import temporal_alignment_error
@@ -22,7 +22,7 @@ needs_rgbd = pytest.mark.skipif(not RGBD.is_dir(), reason="sample RGB-D data abs
 def test_ground_truth_is_temporally_consistent_under_its_poses():
     """The TAE of the ground truth with the camera-to-world poses is small; with the poses inverted it is not."""
     poses = load_trajectory_log(RGBD / "trajectory.log")[:8]
-    depth = np.stack([read_depth_png(f, 1000.0) for f in depth_frame_files(RGBD / "depth")[:8]])
+    depth = np.stack([read_depth_png(f, 1000.0) for f in frame_files(RGBD / "depth")[:8]])
     consistent = temporal_alignment_error(depth, poses, K_ICL)
     assert consistent < 1.0
     assert temporal_alignment_error(depth, np.linalg.inv(poses), K_ICL) > 5 * consistent

@@ -199,19 +199,17 @@ def add_depth_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_depth_eval(args: argparse.Namespace) -> int:
-    from videostate.data.video import VideoReader
-
-    from .data import depth_frame_files, read_depth_png
+    from .data import FrameSource, frame_files, read_depth_png
     from .evaluation import evaluate_sequence, format_table, load_trajectory_log, plot_curves, predict_sequence
 
     if (args.trajectory is None) != (args.intrinsics is None) or (args.trajectory and not args.gt_depth):
         raise ValueError("TAE needs --trajectory, --intrinsics and --gt-depth together")
-    with VideoReader(args.input, format="tensor") as reader:
-        count = len(reader) if args.max_frames is None else min(args.max_frames, len(reader))
-        frames = reader.read_clip(range(count))
+    with FrameSource(args.input) as source:
+        count = len(source) if args.max_frames is None else min(args.max_frames, len(source))
+        frames = source.read_clip(range(count))
     gt = poses = K = None
     if args.gt_depth:
-        files = depth_frame_files(args.gt_depth)[:count]
+        files = frame_files(args.gt_depth)[:count]
         if len(files) != count:
             raise ValueError(f"{args.gt_depth} has {len(files)} depth images; {count} frames are evaluated")
         gt = torch.stack([torch.from_numpy(read_depth_png(f, args.depth_scale)) for f in files])
