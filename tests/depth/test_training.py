@@ -10,7 +10,7 @@ from videostate.depth import VideoMambaDepth, VideoMambaDepthConfig
 from videostate.depth.cli import add_depth_export_arguments
 from videostate.depth.data import DepthDataConfig, DepthVideoDataset, collate_depth, precompute_teacher_depth
 from videostate.depth.losses import depth_to_disparity, midas_se_loss, state_smooth_loss, temporal_gradient_loss
-from videostate.depth.training import DepthModelConfig, make_train_step
+from videostate.depth.training import DepthModelConfig, build_model, make_train_step
 from videostate.training.recipe import load_recipe, train
 
 from .tiny import load_tiny_teacher
@@ -170,3 +170,42 @@ def test_recipe_trains_checkpoints_and_exports(rgbd_sequence, teacher_dir, tmp_p
     exported = VideoMambaDepth.from_pretrained(tmp_path / "out")
     for (name, a), b in zip(model.state_dict().items(), exported.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+def test_random_teacher_is_seeded_apart_and_gives_a_live_depth():
+    from videostate.depth.training import random_teacher
+
+    from .tiny import INPUT_SIZE, tiny_depth_anything_config
+
+    torch.manual_seed(1)
+    before = torch.random.get_rng_state()
+    first = random_teacher(tiny_depth_anything_config(), INPUT_SIZE, seed=0)
+    assert torch.equal(torch.random.get_rng_state(), before)  # the global stream is not consumed
+    torch.manual_seed(2)
+    second = random_teacher(tiny_depth_anything_config(), INPUT_SIZE, seed=0)
+    for (name, a), b in zip(first.state_dict().items(), second.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    third = random_teacher(tiny_depth_anything_config(), INPUT_SIZE, seed=1)
+    assert not torch.equal(third.model.head.conv3.weight, first.model.head.conv3.weight)
+    depth = first.predict_depth(torch.rand(2, 3, 28, 42, generator=torch.Generator().manual_seed(0)))
+    assert (depth > 0).float().mean() > 0.9 and depth.std() > 0.05 * depth.mean()
+
+
+def test_runs_that_differ_in_use_temporal_share_the_random_teacher(monkeypatch):
+    from videostate.depth import training
+
+    from .tiny import INPUT_SIZE, tiny_depth_anything_config
+
+    monkeypatch.setattr(training, "depth_anything_v2_config", lambda size: tiny_depth_anything_config())
+    torch.manual_seed(1)
+    temporal = build_model(DepthModelConfig(teacher_architecture="small", input_size=INPUT_SIZE))
+    torch.manual_seed(2)
+    baseline = build_model(
+        DepthModelConfig(
+            teacher_architecture="small", input_size=INPUT_SIZE, temporal=VideoMambaDepthConfig(use_temporal=False)
+        )
+    )
+    own, shared = temporal.state_dict(), baseline.state_dict()
+    assert set(shared) < set(own) and any(k.startswith("temporal.") for k in set(own) - set(shared))
+    for name, value in shared.items():
+        assert torch.equal(own[name], value), name

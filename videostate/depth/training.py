@@ -33,8 +33,10 @@ class DepthModelConfig:
     Attributes:
         teacher: Depth Anything checkpoint (local folder or hub id) in transformers format.
         input_size: the teacher's input shorter side (518 for the official models).
-        teacher_architecture: instead of ``teacher``, a randomly initialised Depth Anything V2 of this size
-            (``small``, ``base``, ``large``): pipeline checks and timings without pretrained weights.
+        teacher_architecture: instead of ``teacher``, a random Depth Anything V2 of this size (``small``, ``base``,
+            ``large``; see :func:`random_teacher`): pipeline checks and timings without pretrained weights.
+        teacher_seed: the seed of that random teacher, drawn apart from the global random stream, so runs that
+            differ only in their temporal modules (``temporal.use_temporal``) share one teacher and decoder start.
         temporal: the temporal modules.
         init_from: a saved :class:`VideoMambaDepth` folder to start from (overrides ``teacher``).
         se_weight, tgm_weight, state_weight: the loss weights alpha, beta, gamma.
@@ -45,6 +47,7 @@ class DepthModelConfig:
     teacher: str = ""
     input_size: int = 518
     teacher_architecture: str | None = None
+    teacher_seed: int = 0
     temporal: VideoMambaDepthConfig = dataclasses.field(default_factory=VideoMambaDepthConfig)
     init_from: str | None = None
     se_weight: float = 1.0
@@ -64,12 +67,34 @@ class DepthModelConfig:
                 raise ValueError(f"model.{name} must be >= 0; got {getattr(self, name)}")
 
 
+def random_teacher(config, input_size: int, seed: int) -> DepthAnythingTeacher:
+    """A Depth Anything of ``config`` (a ``DepthAnythingConfig``) with unit-gain random weights drawn from ``seed``
+    apart from the global random stream: every matrix and kernel normal with variance ``1 / fan_in``, norm weights
+    ``1 + N(0, 0.1^2)``, other vectors ``N(0, 0.1^2)``, and the depth head's last bias 0.5. Its depth varies over
+    the image and is positive almost everywhere; transformers' initialisation (std 0.02) instead gives a depth
+    near 1e-5 that the head's final ReLU zeroes on about a third of the pixels, a start from which the first
+    optimizer steps can leave the student's head dead (zero depth, no gradient)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        teacher = DepthAnythingTeacher.from_config(config, input_size)
+        with torch.no_grad():
+            for name, param in teacher.model.named_parameters():
+                if param.dim() > 1:
+                    param.normal_(0.0, param[0].numel() ** -0.5)
+                elif "norm" in name and name.endswith("weight"):
+                    param.normal_(1.0, 0.1)
+                else:
+                    param.normal_(0.0, 0.1)
+            teacher.model.head.conv3.bias.fill_(0.5)
+    return teacher
+
+
 def build_model(config: DepthModelConfig) -> VideoMambaDepth:
     if config.init_from:
         return VideoMambaDepth.from_pretrained(config.init_from)
     if config.teacher_architecture:
-        teacher = DepthAnythingTeacher.from_config(
-            depth_anything_v2_config(config.teacher_architecture), config.input_size
+        teacher = random_teacher(
+            depth_anything_v2_config(config.teacher_architecture), config.input_size, config.teacher_seed
         )
     else:
         teacher = DepthAnythingTeacher.from_pretrained(config.teacher, input_size=config.input_size)
