@@ -4,8 +4,8 @@ Selective scan at the issue's three shapes (bf16 u/delta/z/B/C, fp32 A/D/delta b
 delta bias and softplus): forward and backward times, achieved bytes/s against a device-to-device copy
 measured in the same run (the bandwidth floor), peak memory, and the ratio to mamba_ssm's published
 CUDA figures. Then the fused bidirectional scan against two one-direction calls plus flips, the causal
-convolution and the fused add + RMSNorm against the reference ops. ``--sweep`` first times a few tile
-configurations of the scan kernels and uses the fastest. Writes
+convolution and the fused add + RMSNorm against the reference ops. ``--sweep`` first times a few launch
+settings of the scan kernels (lanes per channel, warps, backward chunk) and uses the fastest. Writes
 ``benchmarks/results/ssm_kernels_<device>.json``.
 
     python benchmarks/ssm_kernels.py --sweep
@@ -38,20 +38,17 @@ PEER_MS = {
     (64, 384, 1569): {"forward": 1.41, "backward": 5.62},
     (2, 768, 6272): {"forward": 0.38, "backward": 1.37, "loop_forward": 636.0},
 }
+# Launch settings tried by --sweep (split None: chosen from the launch size, see lanes_per_channel).
 FORWARD_CONFIGS = [
-    {"block_d": 4, "block_l": 128, "num_warps": 4},
-    {"block_d": 4, "block_l": 256, "num_warps": 4},
-    {"block_d": 2, "block_l": 256, "num_warps": 4},
-    {"block_d": 8, "block_l": 128, "num_warps": 4},
-    {"block_d": 4, "block_l": 128, "num_warps": 2},
-    {"block_d": 2, "block_l": 128, "num_warps": 2},
+    {"split": None, "num_warps": 4},
+    *({"split": split, "num_warps": 4} for split in (1, 2, 4, 8, 16)),
+    {"split": 4, "num_warps": 2},
+    {"split": 4, "num_warps": 8},
 ]
 BACKWARD_CONFIGS = [
-    {"block_d": 8, "block_l": 32, "num_warps": 4},
-    {"block_d": 16, "block_l": 16, "num_warps": 4},
-    {"block_d": 4, "block_l": 32, "num_warps": 4},
-    {"block_d": 4, "block_l": 64, "num_warps": 4},
-    {"block_d": 8, "block_l": 32, "num_warps": 2},
+    {"split": None, "num_warps": 4, "chunk": 8},
+    *({"split": split, "num_warps": 4, "chunk": chunk} for split in (2, 4, 8) for chunk in (4, 8, 16)),
+    {"split": 4, "num_warps": 2, "chunk": 8},
 ]
 
 
@@ -158,7 +155,7 @@ def scan_outputs(inputs: dict) -> list[torch.Tensor]:
 
 
 def sweep(device) -> dict:
-    """Time the tile configurations on every shape; keep the one with the least summed ratio to the peer.
+    """Time the launch settings on every shape; keep the one with the least summed ratio to the peer.
 
     Each configuration's output and gradients are compared with those of the default configuration
     (the one the tests run) on a small shape; a configuration that disagrees is not chosen."""
@@ -181,7 +178,7 @@ def sweep(device) -> dict:
                         times[str(shape)] = ms(lambda inputs=inputs: scan_fn("triton")(**inputs), rep=50)
                     else:
                         times[str(shape)] = timed_backward(scan_fn("triton"), inputs, SCAN_GRADS)
-                except Exception as error:  # a tile too large for the chip fails to compile or launch
+                except Exception as error:  # a setting too large for the chip fails to compile or launch
                     times[str(shape)] = f"failed: {type(error).__name__}"
                 del inputs
             score = sum(
@@ -331,7 +328,7 @@ def bench_norm(device) -> list[dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sweep", action="store_true", help="time tile configurations first and keep the fastest")
+    parser.add_argument("--sweep", action="store_true", help="time launch settings first and keep the fastest")
     args = parser.parse_args()
     device = torch.device("cuda")
     info = describe_device(device)

@@ -1,17 +1,18 @@
 """Triton kernels of the Mamba-1 selective scan: forward and backward over ``(batch, dim, L)``.
 
-One program owns ``BLOCK_D`` channels of one batch element and one group of B/C, and walks the
-sequence in chunks of ``BLOCK_L`` steps. Inside a chunk the recurrence ``h_t = a_t * h_{t-1} + b_t``
-(``a = exp(delta * A)``, ``b = delta * u * B``) is solved by ``tl.associative_scan`` over a
-``(BLOCK_D, N, BLOCK_L)`` tile held in registers; the state ``(BLOCK_D, N)`` is carried between
-chunks in float32. Nothing of size ``L * N`` ever reaches memory.
+Both kernels walk time one step at a time with the state in registers. A program owns ``BLOCK_D``
+channels of one batch element and one group of B/C; every tensor is ``(BLOCK_D, SPLIT)``, channel x
+lane: a channel's N states are spread over SPLIT lanes, lane j holding ``n = i * SPLIT + j`` for
+``i < ceil(N / SPLIT)`` as a tuple of tiles. A step reads one value of u, delta and z per channel and
+one of B and C per state, updates ``h = exp(delta * A) * h + delta * u * B`` in float32 and sums
+``C h`` over the lanes. Nothing of size ``L * N`` ever reaches memory.
 
-The backward kernel runs two passes in one program: a forward pass that writes only the state entering
-each chunk (``(batch, dim, L / BLOCK_L, N)``, float32), then a reverse pass over the chunks that
-recomputes the chunk's states from that checkpoint and solves the adjoint recurrence
-``q_t = g_t C_t + exp(delta_{t+1} A) q_{t+1}`` by a reverse scan. The gradients of B and C sum over
-channels and are accumulated with atomic adds in float32; those of A, D and the delta bias are
-written per batch element and summed by the caller.
+The backward kernel runs two passes in one program: a forward pass that writes the state entering
+each chunk of ``CHUNK`` steps (``(batch, dim, L / CHUNK, N)``, float32), then a reverse pass over the
+chunks that recomputes a chunk's states into registers and walks it backwards, carrying the adjoint
+``q_t = g_t C_t + exp(delta_{t+1} A) q_{t+1}``. The per-step terms of dB and dC are summed over the
+program's channels in one reduction per step and added to float32 buffers atomically; those of A, D
+and the delta bias are written per batch element and summed by the caller.
 
 ``REVERSE_OUT`` reads ``z`` and the output gradient and writes the output at ``L - 1 - t``: the
 backward direction of a bidirectional Mamba runs over time-reversed inputs but reads the gate and
@@ -19,12 +20,15 @@ writes its result in the natural order, so no flipped copies are made. ``ACCUMUL
 already in the output before gating (the two directions share one gate).
 """
 
+# Triton kernels build tuples by concatenation: its compiler does not accept starred unpacking.
+# ruff: noqa: RUF005
+
 from __future__ import annotations
 
 import triton
 import triton.language as tl
 
-from .common import LOG2E, scan_combine, sigmoid, softplus
+from .common import LOG2E, sigmoid, softplus
 
 
 @triton.jit
@@ -152,7 +156,8 @@ def selective_scan_bwd_kernel(
 ):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
-    lane = tl.arange(0, SPLIT)[None, :]
+    lane_1d = tl.arange(0, SPLIT)
+    lane = lane_1d[None, :]
     dl = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)[:, None] + 0 * lane
     d_mask = dl < cpg
     d = g * cpg + dl
@@ -191,7 +196,7 @@ def selective_scan_bwd_kernel(
             for i in tl.static_range(NI):
                 n = i * SPLIT + lane
                 tl.store(ckpt_rows + (t // CHUNK) * N + n, hs[i], mask=d_mask & (n < N))
-        u, dt, z = _step_inputs(u_rows, dt_rows, z_rows, t, t, su_l, sdt_l, sz_l, d_mask, bias,
+        u, dt, _ = _step_inputs(u_rows, dt_rows, z_rows, t, t, su_l, sdt_l, sz_l, d_mask, bias,
                                 False, HAS_BIAS, SOFTPLUS)  # fmt: skip
         new = ()
         for i in tl.static_range(NI):
@@ -222,12 +227,12 @@ def selective_scan_bwd_kernel(
         states = ()  # states[k][i]: h after step k of the chunk
         decays = ()
         steps = ()  # steps[k]: (u, dt, sigmoid of the raw dt, output before the gate)
-        h = h_in
+        running = h_in
         for k in tl.static_range(CHUNK):
             t = c * CHUNK + k
             in_range = (t + 0 * dl) < L
             valid = d_mask & in_range
-            u, dt, z = _step_inputs(u_rows, dt_rows, z_rows, t, t, su_l, sdt_l, sz_l, valid, bias,
+            u, dt, _ = _step_inputs(u_rows, dt_rows, z_rows, t, t, su_l, sdt_l, sz_l, valid, bias,
                                     False, HAS_BIAS, SOFTPLUS)  # fmt: skip
             dt_raw = tl.load(dt_rows + t * sdt_l, mask=valid, other=0.0).to(tl.float32) + bias
             dt = tl.where(valid, dt, 0.0)
@@ -239,25 +244,24 @@ def selective_scan_bwd_kernel(
                 Bn = tl.load(B_rows + n * sB_n + t * sB_l, mask=(n < N) & in_range, other=0.0).to(tl.float32)
                 Cn = tl.load(C_rows + n * sC_n + t * sC_l, mask=(n < N) & in_range, other=0.0).to(tl.float32)
                 a = tl.exp2(dt * A[i] * LOG2E)
-                hn = a * h[i] + dt * u * Bn
+                hn = a * running[i] + dt * u * Bn
                 y_acc += hn * Cn
                 new = new + (hn,)
                 a_k = a_k + (a,)
-            h = new
-            states = states + (h,)
+            running = new
+            states = states + (running,)
             decays = decays + (a_k,)
             steps = steps + ((u, dt, sigmoid(dt_raw), tl.sum(y_acc, axis=1, keep_dims=True) + Dv * u),)
 
-        for k_rev in tl.static_range(CHUNK):
-            k = CHUNK - 1 - k_rev
-            t = c * CHUNK + k
+        for j in tl.static_range(CHUNK - 1, -1, -1):
+            t = c * CHUNK + j
             in_range = (t + 0 * dl) < L
             valid = d_mask & in_range
             if REVERSE_OUT:
                 t_out = L - 1 - t
             else:
                 t_out = t
-            u, dt, dt_sig, y_pre = steps[k]
+            u, dt, dt_sig, y_pre = steps[j]
             dy = tl.load(dy_rows + t_out * sdy_l, mask=valid, other=0.0).to(tl.float32)
             if HAS_Z:
                 zt = tl.load(z_rows + t_out * sz_l, mask=valid, other=0.0).to(tl.float32)
@@ -282,26 +286,27 @@ def selective_scan_bwd_kernel(
                 Bn = tl.load(B_rows + n * sB_n + t * sB_l, mask=n_ok, other=0.0).to(tl.float32)
                 Cn = tl.load(C_rows + n * sC_n + t * sC_l, mask=n_ok, other=0.0).to(tl.float32)
                 q = gy * Cn + carry[i]
-                if k == 0:
+                if j == 0:
                     h_prev = h_in[i]
                 else:
-                    h_prev = states[k - 1][i]
-                a = decays[k][i]
+                    h_prev = states[j - 1][i]
+                a = decays[j][i]
                 through_decay = q * a * h_prev  # q_t * exp(dt_t A) h_{t-1}
                 ddt_acc += through_decay * A[i] + q * Bn * u
                 du_acc += q * Bn
                 new_dA = new_dA + (dA_acc[i] + through_decay * dt,)
                 new_carry = new_carry + (a * q,)
-                offset = ((b * G + g) * N + n) * L + t + 0 * dl
-                grads = grads + (q * dt * u, gy * states[k][i])
-                offsets = offsets + (tl.where(n_ok, offset, -1), tl.where(n_ok, offset + dC_offset, -1))
+                n_1d = i * SPLIT + lane_1d
+                offset = tl.where((n_1d < N) & (t < L), ((b * G + g) * N + n_1d) * L + t, -1)
+                grads = grads + (q * dt * u, gy * states[j][i])
+                offsets = offsets + (offset, tl.where(offset >= 0, offset + dC_offset, -1))
             for _ in tl.static_range(2**JOIN_LEVELS - 2 * NI):
                 grads = grads + (tl.zeros((BLOCK_D, SPLIT), tl.float32),)
-                offsets = offsets + (tl.full((BLOCK_D, SPLIT), -1, offsets[0].dtype),)
+                offsets = offsets + (tl.full((SPLIT,), -1, offsets[0].dtype),)
             carry = new_carry
             dA_acc = new_dA
             dBC = tl.sum(_join_all(grads, JOIN_LEVELS), axis=0)
-            dBC_offsets = tl.max(_join_all(offsets, JOIN_LEVELS), axis=0)
+            dBC_offsets = _join_all(offsets, JOIN_LEVELS)
             tl.atomic_add(dBC_ptr + dBC_offsets, dBC, mask=dBC_offsets >= 0)
             ddt = tl.sum(ddt_acc, axis=1, keep_dims=True)
             if SOFTPLUS:

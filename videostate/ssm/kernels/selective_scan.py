@@ -16,9 +16,11 @@ from .scan_kernels import selective_scan_bwd_kernel, selective_scan_fwd_kernel
 # Both kernels walk time step by step; one channel's N states are spread over SPLIT lanes
 # (:func:`lanes_per_channel`). Launch settings that `benchmarks/ssm_kernels.py --sweep` finds faster must
 # pass tests/ssm/test_kernels_gpu.py before they replace these.
-FORWARD_WARPS = 4
-BACKWARD_WARPS = 4
-BACKWARD_CHUNK = 8  # steps whose states the backward holds in registers
+# ``split=None`` picks it from the launch size; ``chunk``: steps whose states the backward holds in registers.
+CONFIG = {
+    "forward": {"split": None, "num_warps": 4},
+    "backward": {"split": None, "num_warps": 4, "chunk": 8},
+}
 THREADS_PER_SM = 1024
 MAX_SPLIT = 16
 
@@ -45,20 +47,20 @@ def lanes_per_channel(batch: int, dim: int, n: int, device: torch.device) -> int
 
 def scan_forward(
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, *, y=None, reverse_out=False,
-    accumulate=False, split=None,
+    accumulate=False,
 ):  # fmt: skip
     """Launch the forward kernel; returns ``(y, final_state)``.
 
     With ``y`` given the result is written into it (``accumulate`` adds its current value before the
-    gate); ``reverse_out`` reads ``z`` and writes ``y`` at ``L - 1 - t``. ``split`` overrides
-    :func:`lanes_per_channel`.
+    gate); ``reverse_out`` reads ``z`` and writes ``y`` at ``L - 1 - t``.
     """
     batch, dim, length = u.shape
     B4, C4 = _grouped(B), _grouped(C)
     groups = B4.shape[1]
     cpg, n = dim // groups, A.shape[1]
-    split = split or lanes_per_channel(batch, dim, n, u.device)
-    block_d = 32 * FORWARD_WARPS // split
+    cfg = CONFIG["forward"]
+    split = cfg["split"] or lanes_per_channel(batch, dim, n, u.device)
+    block_d = 32 * cfg["num_warps"] // split
     if y is None:
         y = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)
     final_state = torch.empty(batch, dim, n, device=u.device, dtype=torch.float32)
@@ -73,14 +75,14 @@ def scan_forward(
         N=n, SPLIT=split, BLOCK_D=block_d,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         HAS_H0=h0 is not None, STORE_HT=True, REVERSE_OUT=reverse_out, ACCUMULATE=accumulate,
-        num_warps=FORWARD_WARPS,
+        num_warps=cfg["num_warps"],
     )  # fmt: skip
     return y, final_state
 
 
 def scan_backward(
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, dy, d_final, *,
-    dz=None, accumulate_dz=False, reverse_out=False, split=None,
+    dz=None, accumulate_dz=False, reverse_out=False,
 ):  # fmt: skip
     """Launch the backward kernel; returns the gradients ``(du, ddelta, dA, dB, dC, dD, dz, dbias, dh0)``.
 
@@ -92,9 +94,10 @@ def scan_backward(
     B4, C4 = _grouped(B), _grouped(C)
     groups = B4.shape[1]
     cpg, n = dim // groups, A.shape[1]
-    split = split or lanes_per_channel(batch, dim, n, u.device)
-    block_d = 32 * BACKWARD_WARPS // split
-    n_chunks = triton.cdiv(length, BACKWARD_CHUNK)
+    cfg = CONFIG["backward"]
+    split = cfg["split"] or lanes_per_channel(batch, dim, n, u.device)
+    block_d = 32 * cfg["num_warps"] // split
+    n_chunks = triton.cdiv(length, cfg["chunk"])
     terms_per_step = 2 * triton.cdiv(n, split)  # dB and dC terms of one lane
     device, f32 = u.device, torch.float32
     checkpoints = torch.empty(batch, dim, n_chunks, n, device=device, dtype=f32)
@@ -117,10 +120,10 @@ def scan_backward(
         du, ddelta, du if dz is None else dz, dBC, dA, dD, dbias, dA if dh0 is None else dh0,
         dim, length, cpg, groups, n_chunks, dBC[0].numel(),
         *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides3(z), *dy.stride(),
-        N=n, SPLIT=split, BLOCK_D=block_d, CHUNK=BACKWARD_CHUNK, JOIN_LEVELS=(terms_per_step - 1).bit_length(),
+        N=n, SPLIT=split, BLOCK_D=block_d, CHUNK=cfg["chunk"], JOIN_LEVELS=(terms_per_step - 1).bit_length(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         HAS_H0=h0 is not None, HAS_DHT=d_final is not None, REVERSE_OUT=reverse_out, ACCUMULATE_DZ=accumulate_dz,
-        num_warps=BACKWARD_WARPS,
+        num_warps=cfg["num_warps"],
     )  # fmt: skip
     dB, dC = dBC
     if B.dim() == 3:
