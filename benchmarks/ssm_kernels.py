@@ -40,15 +40,16 @@ PEER_MS = {
 }
 # Launch settings tried by --sweep (split None: chosen from the launch size, see lanes_per_channel).
 FORWARD_CONFIGS = [
-    {"split": None, "num_warps": 4},
-    *({"split": split, "num_warps": 4} for split in (1, 2, 4, 8, 16)),
-    {"split": 4, "num_warps": 2},
-    {"split": 4, "num_warps": 8},
+    {"split": None, "num_warps": 2, "unroll": 4},
+    *({"split": split, "num_warps": 2, "unroll": 4} for split in (1, 4, 8, 16)),
+    {"split": 4, "num_warps": 2, "unroll": 8},
+    {"split": 8, "num_warps": 4, "unroll": 4},
 ]
 BACKWARD_CONFIGS = [
-    {"split": None, "num_warps": 4, "chunk": 8},
-    *({"split": split, "num_warps": 4, "chunk": chunk} for split in (2, 4, 8) for chunk in (4, 8, 16)),
-    {"split": 4, "num_warps": 2, "chunk": 8},
+    {"split": None, "num_warps": 4, "chunk": 4},
+    *({"split": split, "num_warps": 4, "chunk": chunk} for split, chunk in ((4, 4), (8, 4), (8, 8), (16, 8))),
+    {"split": 8, "num_warps": 2, "chunk": 4},
+    {"split": 16, "num_warps": 2, "chunk": 4},
 ]
 
 

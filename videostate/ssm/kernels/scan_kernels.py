@@ -11,7 +11,7 @@ The backward kernel runs two passes in one program: a forward pass that writes t
 each chunk of ``CHUNK`` steps (``(batch, dim, L / CHUNK, N)``, float32), then a reverse pass over the
 chunks that recomputes a chunk's states into registers and walks it backwards, carrying the adjoint
 ``q_t = g_t C_t + exp(delta_{t+1} A) q_{t+1}``. The per-step terms of dB and dC are summed over the
-program's channels in one reduction per step and added to float32 buffers atomically; those of A, D
+program's channels in one reduction per chunk and added to float32 buffers atomically; those of A, D
 and the delta bias are written per batch element and summed by the caller.
 
 ``REVERSE_OUT`` reads ``z`` and the output gradient and writes the output at ``L - 1 - t``: the
@@ -64,7 +64,7 @@ def selective_scan_fwd_kernel(
     su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sA_d, sA_n,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     sz_b, sz_d, sz_l, sy_b, sy_d, sy_l,
-    N: tl.constexpr, SPLIT: tl.constexpr, BLOCK_D: tl.constexpr,
+    N: tl.constexpr, SPLIT: tl.constexpr, BLOCK_D: tl.constexpr, UNROLL: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE: tl.constexpr,
 ):  # fmt: skip
@@ -101,30 +101,36 @@ def selective_scan_fwd_kernel(
     B_rows = B_ptr + b * sB_b + g * sB_g + 0 * dl
     C_rows = C_ptr + b * sC_b + g * sC_g + 0 * dl
     first_lane = d_mask & (lane == 0)
-    for t in range(0, L):
-        if REVERSE_OUT:
-            t_out = L - 1 - t
-        else:
-            t_out = t
-        u, dt, z = _step_inputs(u_rows, dt_rows, z_rows, t, t_out, su_l, sdt_l, sz_l, d_mask, bias,
-                                HAS_Z, HAS_BIAS, SOFTPLUS)  # fmt: skip
-        dtu = dt * u
-        y_acc = tl.zeros((BLOCK_D, SPLIT), tl.float32)
-        new = ()
-        for i in tl.static_range(NI):
-            n = i * SPLIT + lane
-            Bn = tl.load(B_rows + n * sB_n + t * sB_l, mask=n < N, other=0.0).to(tl.float32)
-            Cn = tl.load(C_rows + n * sC_n + t * sC_l, mask=n < N, other=0.0).to(tl.float32)
-            h = tl.exp2(dt * A2[i]) * hs[i] + dtu * Bn
-            y_acc += h * Cn
-            new = new + (h,)
-        hs = new
-        y = tl.sum(y_acc, axis=1, keep_dims=True) + Dv * u
-        if ACCUMULATE:
-            y += tl.load(y_rows + t_out * sy_l, mask=d_mask, other=0.0).to(tl.float32)
-        if HAS_Z:
-            y = y * z * sigmoid(z)
-        tl.store(y_rows + t_out * sy_l, y.to(y_ptr.dtype.element_ty), mask=first_lane)
+    for t0 in range(0, L, UNROLL):
+        # UNROLL steps in one block: their loads and decays do not wait on the state chain.
+        for k in tl.static_range(UNROLL):
+            t = t0 + k
+            in_range = (t + 0 * dl) < L
+            valid = d_mask & in_range
+            if REVERSE_OUT:
+                t_out = L - 1 - t
+            else:
+                t_out = t
+            u, dt, z = _step_inputs(u_rows, dt_rows, z_rows, t, t_out, su_l, sdt_l, sz_l, valid, bias,
+                                    HAS_Z, HAS_BIAS, SOFTPLUS)  # fmt: skip
+            dt = tl.where(valid, dt, 0.0)  # steps past the end leave the state unchanged
+            dtu = dt * u
+            y_acc = tl.zeros((BLOCK_D, SPLIT), tl.float32)
+            new = ()
+            for i in tl.static_range(NI):
+                n = i * SPLIT + lane
+                Bn = tl.load(B_rows + n * sB_n + t * sB_l, mask=(n < N) & in_range, other=0.0).to(tl.float32)
+                Cn = tl.load(C_rows + n * sC_n + t * sC_l, mask=(n < N) & in_range, other=0.0).to(tl.float32)
+                h = tl.exp2(dt * A2[i]) * hs[i] + dtu * Bn
+                y_acc += h * Cn
+                new = new + (h,)
+            hs = new
+            y = tl.sum(y_acc, axis=1, keep_dims=True) + Dv * u
+            if ACCUMULATE:
+                y += tl.load(y_rows + t_out * sy_l, mask=valid, other=0.0).to(tl.float32)
+            if HAS_Z:
+                y = y * z * sigmoid(z)
+            tl.store(y_rows + t_out * sy_l, y.to(y_ptr.dtype.element_ty), mask=first_lane & in_range)
     if STORE_HT:
         for i in tl.static_range(NI):
             n = i * SPLIT + lane
@@ -191,19 +197,23 @@ def selective_scan_bwd_kernel(
     first_lane = d_mask & (lane == 0)
 
     # Pass 1: the state entering every chunk of CHUNK steps.
-    for t in range(0, L):
-        if t % CHUNK == 0:
-            for i in tl.static_range(NI):
-                n = i * SPLIT + lane
-                tl.store(ckpt_rows + (t // CHUNK) * N + n, hs[i], mask=d_mask & (n < N))
-        u, dt, _ = _step_inputs(u_rows, dt_rows, z_rows, t, t, su_l, sdt_l, sz_l, d_mask, bias,
-                                False, HAS_BIAS, SOFTPLUS)  # fmt: skip
-        new = ()
+    for c in range(0, n_chunks):
         for i in tl.static_range(NI):
             n = i * SPLIT + lane
-            Bn = tl.load(B_rows + n * sB_n + t * sB_l, mask=n < N, other=0.0).to(tl.float32)
-            new = new + (tl.exp2(dt * A[i] * LOG2E) * hs[i] + dt * u * Bn,)
-        hs = new
+            tl.store(ckpt_rows + c * N + n, hs[i], mask=d_mask & (n < N))
+        for k in tl.static_range(CHUNK):
+            t = c * CHUNK + k
+            in_range = (t + 0 * dl) < L
+            valid = d_mask & in_range
+            u, dt, _ = _step_inputs(u_rows, dt_rows, z_rows, t, t, su_l, sdt_l, sz_l, valid, bias,
+                                    False, HAS_BIAS, SOFTPLUS)  # fmt: skip
+            dt = tl.where(valid, dt, 0.0)
+            new = ()
+            for i in tl.static_range(NI):
+                n = i * SPLIT + lane
+                Bn = tl.load(B_rows + n * sB_n + t * sB_l, mask=(n < N) & in_range, other=0.0).to(tl.float32)
+                new = new + (tl.exp2(dt * A[i] * LOG2E) * hs[i] + dt * u * Bn,)
+            hs = new
 
     # Pass 2: chunks in reverse. Recompute the chunk's states in registers, then walk it backwards
     # carrying the adjoint q_t = g_t C_t + exp(dt_{t+1} A) q_{t+1} (``carry`` = the second term).
@@ -253,6 +263,8 @@ def selective_scan_bwd_kernel(
             decays = decays + (a_k,)
             steps = steps + ((u, dt, sigmoid(dt_raw), tl.sum(y_acc, axis=1, keep_dims=True) + Dv * u),)
 
+        grads = ()  # per-channel terms of dB and dC of the chunk, summed over channels below
+        offsets = ()
         for j in tl.static_range(CHUNK - 1, -1, -1):
             t = c * CHUNK + j
             in_range = (t + 0 * dl) < L
@@ -276,8 +288,6 @@ def selective_scan_bwd_kernel(
             dD_acc += gy * u
             ddt_acc = tl.zeros((BLOCK_D, SPLIT), tl.float32)
             du_acc = tl.zeros((BLOCK_D, SPLIT), tl.float32)
-            grads = ()  # per-channel terms of dB and dC, summed over channels below
-            offsets = ()
             new_carry = ()
             new_dA = ()
             for i in tl.static_range(NI):
@@ -300,14 +310,8 @@ def selective_scan_bwd_kernel(
                 offset = tl.where((n_1d < N) & (t < L), ((b * G + g) * N + n_1d) * L + t, -1)
                 grads = grads + (q * dt * u, gy * states[j][i])
                 offsets = offsets + (offset, tl.where(offset >= 0, offset + dC_offset, -1))
-            for _ in tl.static_range(2**JOIN_LEVELS - 2 * NI):
-                grads = grads + (tl.zeros((BLOCK_D, SPLIT), tl.float32),)
-                offsets = offsets + (tl.full((SPLIT,), -1, offsets[0].dtype),)
             carry = new_carry
             dA_acc = new_dA
-            dBC = tl.sum(_join_all(grads, JOIN_LEVELS), axis=0)
-            dBC_offsets = _join_all(offsets, JOIN_LEVELS)
-            tl.atomic_add(dBC_ptr + dBC_offsets, dBC, mask=dBC_offsets >= 0)
             ddt = tl.sum(ddt_acc, axis=1, keep_dims=True)
             if SOFTPLUS:
                 ddt = ddt * dt_sig
@@ -316,6 +320,12 @@ def selective_scan_bwd_kernel(
             du = dt * tl.sum(du_acc, axis=1, keep_dims=True) + Dv * gy
             tl.store(du_ptr + grad_rows + t, du.to(du_ptr.dtype.element_ty), mask=valid & (lane == 0))
             tl.store(ddt_ptr + grad_rows + t, ddt.to(ddt_ptr.dtype.element_ty), mask=valid & (lane == 0))
+        for _ in tl.static_range(2**JOIN_LEVELS - 2 * NI * CHUNK):
+            grads = grads + (tl.zeros((BLOCK_D, SPLIT), tl.float32),)
+            offsets = offsets + (tl.full((SPLIT,), -1, offsets[0].dtype),)
+        dBC = tl.sum(_join_all(grads, JOIN_LEVELS), axis=0)
+        dBC_offsets = _join_all(offsets, JOIN_LEVELS)
+        tl.atomic_add(dBC_ptr + dBC_offsets, dBC, mask=dBC_offsets >= 0)
 
     for i in tl.static_range(NI):
         n = i * SPLIT + lane

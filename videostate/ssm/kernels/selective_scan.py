@@ -16,10 +16,11 @@ from .scan_kernels import selective_scan_bwd_kernel, selective_scan_fwd_kernel
 # Both kernels walk time step by step; one channel's N states are spread over SPLIT lanes
 # (:func:`lanes_per_channel`). Launch settings that `benchmarks/ssm_kernels.py --sweep` finds faster must
 # pass tests/ssm/test_kernels_gpu.py before they replace these.
-# ``split=None`` picks it from the launch size; ``chunk``: steps whose states the backward holds in registers.
+# ``split=None`` picks it from the launch size; ``unroll``: forward steps per
+# loop iteration; ``chunk``: steps whose states the backward holds in registers.
 CONFIG = {
-    "forward": {"split": None, "num_warps": 4},
-    "backward": {"split": None, "num_warps": 4, "chunk": 8},
+    "forward": {"split": None, "num_warps": 2, "unroll": 4},
+    "backward": {"split": None, "num_warps": 4, "chunk": 4},
 }
 THREADS_PER_SM = 1024
 MAX_SPLIT = 16
@@ -72,7 +73,7 @@ def scan_forward(
         final_state if h0 is None else h0, y, final_state,
         dim, length, cpg,
         *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides3(z), *y.stride(),
-        N=n, SPLIT=split, BLOCK_D=block_d,
+        N=n, SPLIT=split, BLOCK_D=block_d, UNROLL=cfg["unroll"],
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         HAS_H0=h0 is not None, STORE_HT=True, REVERSE_OUT=reverse_out, ACCUMULATE=accumulate,
         num_warps=cfg["num_warps"],
@@ -98,7 +99,7 @@ def scan_backward(
     split = cfg["split"] or lanes_per_channel(batch, dim, n, u.device)
     block_d = 32 * cfg["num_warps"] // split
     n_chunks = triton.cdiv(length, cfg["chunk"])
-    terms_per_step = 2 * triton.cdiv(n, split)  # dB and dC terms of one lane
+    terms_per_chunk = 2 * triton.cdiv(n, split) * cfg["chunk"]  # dB and dC terms of one lane
     device, f32 = u.device, torch.float32
     checkpoints = torch.empty(batch, dim, n_chunks, n, device=device, dtype=f32)
     du = torch.empty(batch, dim, length, device=device, dtype=u.dtype)
@@ -120,7 +121,7 @@ def scan_backward(
         du, ddelta, du if dz is None else dz, dBC, dA, dD, dbias, dA if dh0 is None else dh0,
         dim, length, cpg, groups, n_chunks, dBC[0].numel(),
         *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides3(z), *dy.stride(),
-        N=n, SPLIT=split, BLOCK_D=block_d, CHUNK=cfg["chunk"], JOIN_LEVELS=(terms_per_step - 1).bit_length(),
+        N=n, SPLIT=split, BLOCK_D=block_d, CHUNK=cfg["chunk"], JOIN_LEVELS=(terms_per_chunk - 1).bit_length(),
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         HAS_H0=h0 is not None, HAS_DHT=d_final is not None, REVERSE_OUT=reverse_out, ACCUMULATE_DZ=accumulate_dz,
         num_warps=cfg["num_warps"],
