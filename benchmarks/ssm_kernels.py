@@ -38,18 +38,17 @@ PEER_MS = {
     (64, 384, 1569): {"forward": 1.41, "backward": 5.62},
     (2, 768, 6272): {"forward": 0.38, "backward": 1.37, "loop_forward": 636.0},
 }
-# Launch settings tried by --sweep (split None: chosen from the launch size, see lanes_per_channel).
+# Launch settings tried by --sweep.
 FORWARD_CONFIGS = [
-    {"split": None, "num_warps": 2, "unroll": 4},
     *({"split": split, "num_warps": 2, "unroll": 4} for split in (1, 4, 8, 16)),
     {"split": 4, "num_warps": 2, "unroll": 8},
     {"split": 8, "num_warps": 4, "unroll": 4},
 ]
 BACKWARD_CONFIGS = [
-    {"split": None, "num_warps": 4, "chunk": 4},
-    *({"split": split, "num_warps": 4, "chunk": chunk} for split, chunk in ((4, 4), (8, 4), (8, 8), (16, 8))),
-    {"split": 8, "num_warps": 2, "chunk": 4},
-    {"split": 16, "num_warps": 2, "chunk": 4},
+    {"block_d": 8, "block_l": 32, "num_warps": 4},
+    {"block_d": 16, "block_l": 16, "num_warps": 4},
+    {"block_d": 4, "block_l": 32, "num_warps": 4},
+    {"block_d": 8, "block_l": 32, "num_warps": 2},
 ]
 
 

@@ -36,3 +36,9 @@ def softplus(x):
 @triton.jit
 def sigmoid(x):
     return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def scan_combine(a1, b1, a2, b2):
+    """Compose two steps of ``h -> a * h + b`` (first ``1``, then ``2``)."""
+    return a1 * a2, b1 * a2 + b2

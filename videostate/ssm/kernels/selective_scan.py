@@ -13,17 +13,13 @@ from ..selective_scan import selective_scan_reference
 from .common import any_float64, next_power_of_2
 from .scan_kernels import selective_scan_bwd_kernel, selective_scan_fwd_kernel
 
-# Both kernels walk time step by step; one channel's N states are spread over SPLIT lanes
-# (:func:`lanes_per_channel`). Launch settings that `benchmarks/ssm_kernels.py --sweep` finds faster must
-# pass tests/ssm/test_kernels_gpu.py before they replace these.
-# ``split=None`` picks it from the launch size; ``unroll``: forward steps per
-# loop iteration; ``chunk``: steps whose states the backward holds in registers.
+# Forward: one channel's N states spread over ``split`` lanes, ``unroll`` steps per loop iteration.
+# Backward: tiles of ``block_d`` channels x ``block_l`` steps. Settings that `benchmarks/ssm_kernels.py
+# --sweep` finds faster must pass tests/ssm/test_kernels_gpu.py before they replace these.
 CONFIG = {
-    "forward": {"split": None, "num_warps": 2, "unroll": 4},
-    "backward": {"split": None, "num_warps": 4, "chunk": 4},
+    "forward": {"split": 4, "num_warps": 2, "unroll": 4},
+    "backward": {"block_d": 16, "block_l": 16, "num_warps": 4},
 }
-THREADS_PER_SM = 1024
-MAX_SPLIT = 16
 
 
 def _grouped(t: torch.Tensor) -> torch.Tensor:
@@ -31,19 +27,14 @@ def _grouped(t: torch.Tensor) -> torch.Tensor:
     return t.unsqueeze(1) if t.dim() == 3 else t
 
 
+def _blocks(cpg: int, n: int, cfg: dict) -> tuple[int, int, int]:
+    block_n = next_power_of_2(n)
+    block_d = max(1, min(cfg["block_d"], next_power_of_2(cpg), cfg["block_d"] * 16 // block_n))
+    return block_n, block_d, cfg["block_l"]
+
+
 def _strides3(t: torch.Tensor | None) -> tuple[int, int, int]:
     return (0, 0, 0) if t is None else tuple(t.stride())
-
-
-def lanes_per_channel(batch: int, dim: int, n: int, device: torch.device) -> int:
-    """Lanes that share one channel's ``n`` states: the fewest (each lane then holds more states and
-    repeats less per-channel work) that still give every SM ``THREADS_PER_SM`` threads."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
-    wanted = THREADS_PER_SM * sms
-    split = 1
-    while split < min(next_power_of_2(n), MAX_SPLIT) and batch * dim * split < wanted:
-        split *= 2
-    return split
 
 
 def scan_forward(
@@ -60,7 +51,7 @@ def scan_forward(
     groups = B4.shape[1]
     cpg, n = dim // groups, A.shape[1]
     cfg = CONFIG["forward"]
-    split = cfg["split"] or lanes_per_channel(batch, dim, n, u.device)
+    split = min(cfg["split"], next_power_of_2(n))
     block_d = 32 * cfg["num_warps"] // split
     if y is None:
         y = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)
@@ -95,18 +86,16 @@ def scan_backward(
     B4, C4 = _grouped(B), _grouped(C)
     groups = B4.shape[1]
     cpg, n = dim // groups, A.shape[1]
-    cfg = CONFIG["backward"]
-    split = cfg["split"] or lanes_per_channel(batch, dim, n, u.device)
-    block_d = 32 * cfg["num_warps"] // split
-    n_chunks = triton.cdiv(length, cfg["chunk"])
-    terms_per_chunk = 2 * triton.cdiv(n, split) * cfg["chunk"]  # dB and dC terms of one lane
+    block_n, block_d, block_l = _blocks(cpg, n, CONFIG["backward"])
+    n_chunks = triton.cdiv(length, block_l)
     device, f32 = u.device, torch.float32
-    checkpoints = torch.empty(batch, dim, n_chunks, n, device=device, dtype=f32)
+    checkpoints = torch.empty(batch, dim, n_chunks, block_n, device=device, dtype=f32)
     du = torch.empty(batch, dim, length, device=device, dtype=u.dtype)
     ddelta = torch.empty(batch, dim, length, device=device, dtype=delta.dtype)
     if z is not None and dz is None:
         dz = torch.empty(batch, dim, length, device=device, dtype=z.dtype)
-    dBC = torch.zeros(2, batch, groups, n, length, device=device, dtype=f32)
+    dB = torch.zeros(batch, groups, n, length, device=device, dtype=f32)
+    dC = torch.zeros(batch, groups, n, length, device=device, dtype=f32)
     dA = torch.empty(batch, dim, n, device=device, dtype=f32)
     dD = torch.empty(batch, dim, device=device, dtype=f32)
     dbias = torch.empty(batch, dim, device=device, dtype=f32)
@@ -118,15 +107,14 @@ def scan_backward(
         u, delta, A, B4, C4,
         u if D is None else D, u if z is None else z, u if delta_bias is None else delta_bias,
         dA if h0 is None else h0, dy, dA if d_final is None else d_final, checkpoints,
-        du, ddelta, du if dz is None else dz, dBC, dA, dD, dbias, dA if dh0 is None else dh0,
-        dim, length, cpg, groups, n_chunks, dBC[0].numel(),
+        du, ddelta, du if dz is None else dz, dB, dC, dA, dD, dbias, dA if dh0 is None else dh0,
+        dim, length, cpg, groups, n_chunks,
         *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides3(z), *dy.stride(),
-        N=n, SPLIT=split, BLOCK_D=block_d, CHUNK=cfg["chunk"], JOIN_LEVELS=(terms_per_chunk - 1).bit_length(),
+        N=n, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_L=block_l,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         HAS_H0=h0 is not None, HAS_DHT=d_final is not None, REVERSE_OUT=reverse_out, ACCUMULATE_DZ=accumulate_dz,
-        num_warps=cfg["num_warps"],
+        num_warps=CONFIG["backward"]["num_warps"],
     )  # fmt: skip
-    dB, dC = dBC
     if B.dim() == 3:
         dB, dC = dB[:, 0], dC[:, 0]
     return du, ddelta, dA.sum(0), dB, dC, dD.sum(0), dz, dbias.sum(0), dh0
