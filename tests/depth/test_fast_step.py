@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from videostate.depth import VideoMambaDepth, VideoMambaDepthConfig
-from videostate.depth.streaming import KeyframeConfig, KeyframeStreamer, state_tensors
+from videostate.depth.streaming import KeyframeConfig, KeyframeStreamer
 
 from .tiny import load_tiny_teacher
 
@@ -21,7 +21,7 @@ def make_model(teacher_dir, device="cpu", dtype=torch.float32):
 
 
 def assert_states_equal(a, b, **tol):
-    ta, tb = state_tensors(a), state_tensors(b)
+    ta, tb = a.tensors(), b.tensors()
     assert ta.keys() == tb.keys()
     for k in ta:
         torch.testing.assert_close(ta[k], tb[k], **tol, msg=k)

@@ -1,3 +1,5 @@
+import gc
+
 import pytest
 import torch
 
@@ -94,3 +96,17 @@ def test_carried_states_own_compact_storage():
     _, state = model(x, model.init_state(3))
     for name, tensor in state.tensors().items():
         assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size(), name
+
+
+def test_tensors_leaves_no_reference_cycle():
+    """Listing a state's tensors must not tie them into garbage that only the cycle collector frees."""
+    state = make_stack().init_state(2)
+    gc.collect()
+    gc.disable()
+    try:
+        names = state.tensors()
+        assert len(names) == 4 and all(isinstance(t, torch.Tensor) for t in names.values())
+        del names
+        assert gc.collect() == 0
+    finally:
+        gc.enable()

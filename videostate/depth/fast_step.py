@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .model import VideoMambaDepthState
-from .streaming import state_change_terms, state_tensors
+from .streaming import state_change_terms
 from .teacher import check_rgb
 
 if TYPE_CHECKING:
@@ -152,7 +152,7 @@ class DepthFastStep:
             self._features, self._image_size, model.init_states(batch, device=rgb_frame.device)
         )
         self._states = full.clone()
-        for t in state_tensors(self._states).values():
+        for t in self._states.tensors().values():
             t.zero_()
         self._signature = self._describe(rgb_frame)
 
@@ -162,7 +162,7 @@ class DepthFastStep:
             return tuple(self.model.frame_features(self._rgb))
         depth, next_states = self.model.step_features(self._features, self._image_size, self._states)
         terms = state_change_terms(next_states, self._states) if kind == "step_change" else None
-        for dst, src in zip(state_tensors(self._states).values(), state_tensors(next_states).values(), strict=True):
+        for dst, src in zip(self._states.tensors().values(), next_states.tensors().values(), strict=True):
             dst.copy_(src)
         return depth, terms
 
@@ -226,7 +226,7 @@ class DepthFastStep:
         self._copy_states(states)
 
     def _copy_states(self, states: VideoMambaDepthState) -> None:
-        own, new = state_tensors(self._states), state_tensors(states)
+        own, new = self._states.tensors(), states.tensors()
         expected = {k: (tuple(t.shape), t.dtype, t.device) for k, t in own.items()}
         got = {k: (tuple(t.shape), t.dtype, t.device) for k, t in new.items()}
         if got != expected:

@@ -75,33 +75,11 @@ def frame_descriptor(features: list[torch.Tensor]) -> torch.Tensor:
     return F.normalize(pooled.float(), dim=0)
 
 
-def state_tensors(state) -> dict[str, torch.Tensor]:
-    """Every tensor of a state by dotted path, as ``StreamState.tensors()``.
-
-    Written as a plain recursion: a recursive closure (what ``tensors()`` builds) is a reference cycle that keeps
-    every tensor of the state alive until Python's cycle collector runs, which on a long stream held several
-    states (hundreds of MB each at 518x518) beyond their last use."""
-    out: dict[str, torch.Tensor] = {}
-    _collect(out, "", state)
-    return out
-
-
-def _collect(out: dict[str, torch.Tensor], prefix: str, value) -> None:
-    if isinstance(value, torch.Tensor):
-        out[prefix] = value
-    elif isinstance(value, StreamState):
-        for f in dataclasses.fields(value):
-            _collect(out, f"{prefix}.{f.name}" if prefix else f.name, getattr(value, f.name))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _collect(out, f"{prefix}.{i}", v)
-
-
 def state_change_terms(new: StreamState, old: StreamState) -> torch.Tensor | None:
     """``(|new - old|^2, |old|^2)`` over the floating tensors of two states, as a float64 tensor ``(2,)`` on their
     device (no host synchronisation); ``None`` when the states do not have the same tensors (before the first
     frame)."""
-    a, b = state_tensors(new), state_tensors(old)
+    a, b = new.tensors(), old.tensors()
     if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
         return None
     names = [k for k in a if a[k].is_floating_point()]

@@ -36,18 +36,7 @@ class StreamState:
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor, keyed by its dotted path (``"layers.3.ssm_state"``)."""
         out: dict[str, torch.Tensor] = {}
-
-        def collect(prefix, value):
-            if isinstance(value, torch.Tensor):
-                out[prefix] = value
-            elif isinstance(value, StreamState):
-                for f in dataclasses.fields(value):
-                    collect(f"{prefix}.{f.name}" if prefix else f.name, getattr(value, f.name))
-            elif isinstance(value, list):
-                for i, v in enumerate(value):
-                    collect(f"{prefix}.{i}", v)
-
-        collect("", self)
+        _collect_tensors("", self, out)
         return out
 
     @property
@@ -114,3 +103,17 @@ class StreamState:
         with torch.no_grad():
             for name, tensor in current.items():
                 tensor.copy_(state_dict[name])
+
+
+def _collect_tensors(prefix: str, value, out: dict[str, torch.Tensor]) -> None:
+    """Add every tensor under ``value`` to ``out`` by dotted path. A module-level function: a closure
+    that calls itself is a reference cycle and would keep every state tensor alive until the cycle
+    collector runs."""
+    if isinstance(value, torch.Tensor):
+        out[prefix] = value
+    elif isinstance(value, StreamState):
+        for f in dataclasses.fields(value):
+            _collect_tensors(f"{prefix}.{f.name}" if prefix else f.name, getattr(value, f.name), out)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _collect_tensors(f"{prefix}.{i}", v, out)
