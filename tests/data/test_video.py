@@ -1,3 +1,7 @@
+import json
+import subprocess
+import sys
+import textwrap
 from fractions import Fraction
 from pathlib import Path
 
@@ -7,9 +11,10 @@ import pytest
 import torch
 
 from tests.data.synthetic import frame_index_of, frame_pattern, write_frames, write_video
-from videostate.data.video import VideoError, VideoReader, VideoWriter, natural_key
+from videostate.data.video import VideoError, VideoReader, VideoWriter, frame_files, natural_key
 
-SHARED = Path(__file__).resolve().parents[2] / "../shared/data"  # beside the repository
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT / "../shared/data"  # beside the repository
 
 
 def test_reader_metadata_iteration_and_random_access(tmp_path):
@@ -62,6 +67,10 @@ def test_folder_is_sorted_numerically(tmp_path):
     assert [frame_index_of(f, 32, 48) for f in r] == list(range(12))
     assert frame_index_of(r[10], 32, 48) == 10
     assert sorted(["f10.png", "f2.png", "f1.png"], key=natural_key) == ["f1.png", "f2.png", "f10.png"]
+    (folder / "notes.txt").write_text("not a frame")
+    assert [p.name for p in frame_files(folder)] == [f"{i}.png" for i in range(12)]
+    with pytest.raises(FileNotFoundError, match=r"image folder not found: .*missing"):
+        frame_files(tmp_path / "missing")
 
 
 def test_folder_errors_name_the_file(tmp_path):
@@ -194,3 +203,45 @@ def test_iteration_holds_one_frame_at_a_time(tmp_path):
         assert len(alive) == 240
         kept = sum(ref() is not None for ref in alive)
     assert kept <= 1, f"the reader still holds {kept} decoded frames"
+
+
+def test_without_pyav_folders_are_read_and_video_files_name_the_package(tmp_path):
+    """With ``import av`` failing, as where PyAV is not installed, the package imports and reads image folders
+    (``videostate info`` too); reading or writing a video file raises an error naming the package to install."""
+    folder = write_frames(tmp_path / "frames", num_frames=5)
+    video = write_video(tmp_path / "v.mp4", num_frames=3)
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        sys.modules["av"] = None  # import av now fails
+        from videostate.data import ClipDataset, ClipSampler, VideoReader, VideoWriter
+        from videostate.data.cli import describe
+
+        errors = {{}}
+        for name, open_video in [
+            ("reader", lambda: VideoReader({str(video)!r})),
+            ("writer", lambda: VideoWriter({str(tmp_path / "out.mp4")!r}, 25)),
+        ]:
+            try:
+                open_video()
+            except ModuleNotFoundError as e:
+                errors[name] = [str(e), e.name]
+        with VideoReader({str(folder)!r}) as reader:
+            indices = [round((float(frame[..., 0].mean()) - 20) / 5) for frame in reader]  # frame_index_of
+        clip, meta = ClipDataset([{str(folder)!r}], ClipSampler(2, stride=2, mode="sliding"))[1]
+        info = describe({str(folder)!r})
+        print(json.dumps({{"indices": indices, "clip": list(clip.shape), "info": info, "errors": errors}}))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["indices"] == [0, 1, 2, 3, 4] and result["clip"] == [2, 3, 32, 48]
+    assert result["info"]["frames"] == 5 and result["info"]["audio"] is None
+    reader_error, writer_error = result["errors"]["reader"], result["errors"]["writer"]
+    assert reader_error[1] == writer_error[1] == "av"
+    assert reader_error[0].startswith(f"reading the video file {video} needs PyAV")
+    assert writer_error[0].startswith("writing the video file") and "pip install av" in writer_error[0]
+    assert "pip install av" in reader_error[0]

@@ -13,10 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def describe(path: str) -> dict:
-    """The facts ``videostate info`` prints for one video."""
-    import av
-
-    from .video import VideoReader
+    """The facts ``videostate info`` prints for one video (a frame folder needs no PyAV)."""
+    from .video import VideoReader, require_av
 
     with VideoReader(path) as reader:
         info = {
@@ -31,7 +29,7 @@ def describe(path: str) -> dict:
             "audio": None,
         }
         if reader.path.is_file():
-            with av.open(str(reader.path)) as container:
+            with require_av(f"reading the video file {reader.path}").open(str(reader.path)) as container:
                 if container.streams.audio:
                     audio = container.streams.audio[0]
                     info["audio"] = {"codec": audio.codec_context.name, "sample_rate": audio.rate}

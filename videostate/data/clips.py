@@ -102,6 +102,13 @@ class ClipSampler:
         return [min(start + i * self.stride, length - 1) for i in range(self.num_frames)]
 
 
+def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
+    """A generator seeded from ``(seed, epoch, index)``: the draws of one sample in one epoch, the same in any
+    worker and after resuming."""
+    state = np.random.SeedSequence([seed, epoch, index]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
 def video_ids(paths: Sequence[Path]) -> list[str]:
     """Each path relative to the paths' common folder, without suffix (the stem when that is empty)."""
     root = Path(os.path.commonpath([str(p.resolve()) for p in paths]))
@@ -159,9 +166,8 @@ class ClipDataset(torch.utils.data.Dataset):
         return len(self.items)
 
     def generator(self, index: int) -> torch.Generator:
-        """The seeded generator of sample ``index`` in the current epoch."""
-        seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, dtype=np.uint64)[0]
-        return torch.Generator().manual_seed(int(seed))
+        """The seeded generator of sample ``index`` in the current epoch (:func:`sample_generator`)."""
+        return sample_generator(self.seed, self.epoch, index)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         video, start = self.items[index]

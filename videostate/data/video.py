@@ -1,4 +1,4 @@
-"""Video in and out over PyAV (FFmpeg), with bounded memory.
+"""Video in and out over PyAV (FFmpeg), with bounded memory; image folders over OpenCV alone.
 
 :class:`VideoReader` reads a video file or a folder of numbered images through one interface:
 iteration decodes frame after frame (only the current frame is in memory), ``reader[i]`` seeks to
@@ -13,6 +13,10 @@ a source file, so a tool that rewrites a video keeps its sound and timing.
 Every failure to read names the file: a missing path raises :class:`FileNotFoundError`, anything
 else that cannot be read (corrupt data, no video stream, zero frames, a pixel format that cannot be
 converted to RGB) raises :class:`VideoError`.
+
+PyAV is imported only when a video file is decoded or encoded, so image folders are read (and this
+package imported) where it is not installed; opening a video file there raises
+:class:`ModuleNotFoundError` naming the package to install (:func:`require_av`).
 """
 
 from __future__ import annotations
@@ -22,11 +26,14 @@ import re
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Literal
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal
 
-import av
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    import av
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 # Decode forward instead of seeking when the wanted frame is at most this many frames ahead.
@@ -37,9 +44,34 @@ class VideoError(ValueError):
     """A video or image sequence that exists but cannot be read; the message names the file."""
 
 
+def require_av(purpose: str) -> ModuleType:
+    """The ``av`` module (PyAV), imported on first use; ``purpose`` says what needs it in the error raised
+    when it is not installed."""
+    try:
+        import av
+    except ImportError as e:
+        raise ModuleNotFoundError(
+            f"{purpose} needs PyAV, which is not installed: pip install av (image folders are read without it)",
+            name="av",
+        ) from e
+    return av
+
+
 def natural_key(name: str) -> tuple:
     """Sort key that orders embedded numbers numerically: ``frame2`` before ``frame10``."""
     return tuple(int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name))
+
+
+def frame_files(folder: str | os.PathLike) -> list[Path]:
+    """The image files of a folder (suffixes :data:`IMAGE_SUFFIXES`) in natural order: ``2.png`` before
+    ``10.png``. Other files are ignored; an empty list means no images."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    return sorted(
+        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
+        key=lambda p: natural_key(p.name),
+    )
 
 
 def to_tensor(frame: np.ndarray) -> torch.Tensor:
@@ -97,12 +129,11 @@ class VideoReader:
     # -- opening -------------------------------------------------------------------------------------
 
     def _open_folder(self, fps) -> None:
-        files = [p for p in self.path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-        if not files:
+        self._files = frame_files(self.path)
+        if not self._files:
             raise VideoError(
                 f"image folder {self.path} has no frames: expected files ending in {', '.join(IMAGE_SUFFIXES)}"
             )
-        self._files = sorted(files, key=lambda p: natural_key(p.name))
         self.frame_rate = Fraction(30) if fps is None else Fraction(fps).limit_denominator(1001)
         self.rotation = 0
         first = self._read_image(0)
@@ -110,6 +141,7 @@ class VideoReader:
         self._num_frames = len(self._files)
 
     def _open_file(self) -> None:
+        self._av = av = require_av(f"reading the video file {self.path}")
         try:
             container = av.open(str(self.path))
         except av.error.FFmpegError as e:
@@ -151,7 +183,7 @@ class VideoReader:
                 if packet.pts is None:
                     raise VideoError(f"{self.path}: a video packet has no timestamp; cannot index frames")
                 pts.append(packet.pts)
-        except av.error.FFmpegError as e:
+        except self._av.error.FFmpegError as e:
             raise VideoError(f"cannot read video {self.path}: {e}") from e
         return sorted(pts)
 
@@ -243,7 +275,7 @@ class VideoReader:
                     return frame
                 if position > index:
                     break
-        except av.error.FFmpegError as e:
+        except self._av.error.FFmpegError as e:
             raise VideoError(f"cannot decode frame {index} of {self.path}: {e}") from e
         self._decoder = None
         raise VideoError(f"{self.path}: frame {index} (pts {target}) could not be decoded")
@@ -256,7 +288,7 @@ class VideoReader:
     def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
         try:
             rgb = frame.to_ndarray(format="rgb24")
-        except (av.error.FFmpegError, ValueError) as e:
+        except (self._av.error.FFmpegError, ValueError) as e:
             raise VideoError(f"{self.path}: cannot convert pixel format {frame.format.name!r} to RGB: {e}") from e
         return _rotate_upright(rgb, frame.rotation)
 
@@ -312,6 +344,7 @@ class VideoWriter:
         self.path = Path(path)
         self.frame_rate = Fraction(fps).limit_denominator(1001) if isinstance(fps, float) else Fraction(fps)
         self._options = {"crf": str(crf), "preset": preset}
+        self._av = av = require_av(f"writing the video file {self.path}")
         self._audio_source = None
         if audio_from is not None:
             self._open_audio_source(Path(audio_from))
@@ -331,8 +364,8 @@ class VideoWriter:
         if not source.exists():
             raise FileNotFoundError(f"audio source not found: {source}")
         try:
-            container = av.open(str(source))
-        except av.error.FFmpegError as e:
+            container = self._av.open(str(source))
+        except self._av.error.FFmpegError as e:
             raise VideoError(f"cannot read audio source {source}: {e}") from e
         if not container.streams.audio:
             container.close()
@@ -350,7 +383,7 @@ class VideoWriter:
             in_audio = self._audio_source.streams.audio[0]
             try:
                 self._audio_out = self._container.add_stream_from_template(in_audio)
-            except (av.error.FFmpegError, ValueError) as e:
+            except (self._av.error.FFmpegError, ValueError) as e:
                 raise VideoError(
                     f"cannot copy audio codec {in_audio.codec_context.name!r} from "
                     f"{self._audio_source.name} into {self.path}: {e}"
@@ -370,7 +403,7 @@ class VideoWriter:
         pad_h, pad_w = self.output_size[1] - rgb.shape[0], self.output_size[0] - rgb.shape[1]
         if pad_h or pad_w:
             rgb = np.pad(rgb, ((0, pad_h), (0, pad_w), (0, 0)), mode="edge")
-        video_frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+        video_frame = self._av.VideoFrame.from_ndarray(rgb, format="rgb24")
         video_frame.pts = self.frames_written
         video_frame.time_base = 1 / self.frame_rate
         self.frames_written += 1
