@@ -6,7 +6,8 @@ import cv2
 import numpy as np
 import pytest
 
-from videostate.depth.data import DepthDataConfig, DepthVideoDataset, frame_files, read_depth_png
+from videostate.data.video import frame_files
+from videostate.depth.data import DepthDataConfig, DepthVideoDataset, read_depth_png
 from videostate.depth.evaluation import load_trajectory_log
 from videostate.depth.flow import static_mask
 from videostate.depth.metrics import temporal_alignment_error

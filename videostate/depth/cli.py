@@ -199,14 +199,16 @@ def add_depth_eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_depth_eval(args: argparse.Namespace) -> int:
-    from .data import FrameSource, frame_files, read_depth_png
+    from videostate.data.video import VideoReader, frame_files
+
+    from .data import read_depth_png
     from .evaluation import evaluate_sequence, format_table, load_trajectory_log, plot_curves, predict_sequence
 
     if (args.trajectory is None) != (args.intrinsics is None) or (args.trajectory and not args.gt_depth):
         raise ValueError("TAE needs --trajectory, --intrinsics and --gt-depth together")
-    with FrameSource(args.input) as source:
-        count = len(source) if args.max_frames is None else min(args.max_frames, len(source))
-        frames = source.read_clip(range(count))
+    with VideoReader(args.input) as reader:
+        count = len(reader) if args.max_frames is None else min(args.max_frames, len(reader))
+        frames = reader.read_clip(range(count))
     gt = poses = K = None
     if args.gt_depth:
         files = frame_files(args.gt_depth)[:count]

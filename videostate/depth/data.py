@@ -1,22 +1,19 @@
 """Training clips for depth distillation: RGB clips from videos or frame folders, optional ground-truth depth
 (RGB-D sequences), cached teacher depth, and static-pixel masks.
 
-Frame folders are read with OpenCV alone (:class:`FrameSource`); video files go through the shared
-:class:`~videostate.data.video.VideoReader` (PyAV), imported only when a file is opened, so training and
-evaluation on frame folders run on machines without PyAV. Clip frames are drawn as the shared
-:class:`~videostate.data.clips.ClipSampler` does in ``"random"`` mode (tests hold the two equal).
+Frames are read by the shared :class:`~videostate.data.video.VideoReader` (frame folders need no PyAV), clip
+frames are drawn by the shared :class:`~videostate.data.clips.ClipSampler` in ``"random"`` mode, and clips are
+resized by :func:`videostate.data.transforms.resize`.
 
 The teacher cache holds one float16 ``.npy`` per video, ``(frames, H, W)`` at the video's resolution, named by
-the video's id (:func:`video_ids`, as :func:`videostate.data.clips.video_ids`); :func:`precompute_teacher_depth`
-writes it.
+the video's id (:func:`videostate.data.clips.video_ids`); :func:`precompute_teacher_depth` writes it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -26,9 +23,11 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from .flow import PRESETS, clip_static_masks
+from videostate.data.clips import ClipSampler, sample_generator, video_ids
+from videostate.data.transforms import resize
+from videostate.data.video import VideoReader, frame_files
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from .flow import PRESETS, clip_static_masks
 
 
 @dataclasses.dataclass
@@ -74,10 +73,10 @@ class DepthDataConfig:
                 f"data.depth_sources must give one folder per source ({len(self.sources)}); "
                 f"got {len(self.depth_sources)}"
             )
-        if min(self.clip_length, self.chunk_size, self.clips_per_video) < 1:
+        if min(self.clip_length, self.stride, self.chunk_size, self.clips_per_video) < 1:
             raise ValueError(
-                f"clip_length, chunk_size and clips_per_video must be >= 1; got {self.clip_length}, "
-                f"{self.chunk_size}, {self.clips_per_video}"
+                f"clip_length, stride, chunk_size and clips_per_video must be >= 1; got {self.clip_length}, "
+                f"{self.stride}, {self.chunk_size}, {self.clips_per_video}"
             )
         if not 0.0 <= self.p_single_frame <= 1.0:
             raise ValueError(f"p_single_frame must be in [0, 1]; got {self.p_single_frame}")
@@ -85,108 +84,6 @@ class DepthDataConfig:
             raise ValueError(f"crop_size must be (height, width); got {self.crop_size}")
         if self.flow_preset not in PRESETS:
             raise ValueError(f"flow_preset must be one of {sorted(PRESETS)}; got {self.flow_preset!r}")
-
-
-def natural_key(name: str) -> tuple:
-    """Sort key that orders embedded numbers numerically: ``frame2`` before ``frame10``."""
-    return tuple(int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", name))
-
-
-def frame_files(folder: str | os.PathLike) -> list[Path]:
-    """The image files of a frame or depth folder in natural order (``2.png`` before ``10.png``)."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"frame folder not found: {folder}")
-    return sorted(
-        (p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES),
-        key=lambda p: natural_key(p.name),
-    )
-
-
-def video_ids(paths: Sequence[Path]) -> list[str]:
-    """Each path relative to the paths' common folder, without suffix (the stem when that is empty)."""
-    root = Path(os.path.commonpath([str(p.resolve()) for p in paths]))
-    relative = [p.resolve().relative_to(root) for p in paths]
-    return [str(r.with_suffix("")) if r.name else p.stem for p, r in zip(paths, relative, strict=True)]
-
-
-def random_clip_indices(length: int, clip_length: int, stride: int, generator: torch.Generator) -> list[int]:
-    """``clip_length`` frames ``stride`` apart from a start drawn uniformly among those that fit; a video shorter
-    than the clip's span starts at 0 and repeats its last frame."""
-    span = (clip_length - 1) * stride + 1
-    start = int(torch.randint(max(1, length - span + 1), (), generator=generator))
-    return [min(start + i * stride, length - 1) for i in range(clip_length)]
-
-
-class FrameSource:
-    """The frames of a video file or of a folder of numbered images, as float ``(3, height, width)`` in [0, 1].
-
-    A folder is read with OpenCV (its images must share one size); a file is decoded by the shared
-    :class:`~videostate.data.video.VideoReader`, which needs PyAV.
-    """
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        if not self.path.exists():
-            raise FileNotFoundError(f"video file or frame folder not found: {self.path}")
-        self.reader = None
-        if self.path.is_dir():
-            self.files = frame_files(self.path)
-            if not self.files:
-                raise ValueError(f"frame folder {self.path} has no images ending in {', '.join(IMAGE_SUFFIXES)}")
-            self.height, self.width = self._read_image(0).shape[:2]
-        else:
-            from videostate.data.video import VideoReader
-
-            self.reader = VideoReader(self.path, format="tensor")
-            self.height, self.width = self.reader.height, self.reader.width
-
-    def __len__(self) -> int:
-        return len(self.files) if self.reader is None else len(self.reader)
-
-    def _read_image(self, index: int) -> np.ndarray:
-        file = self.files[index]
-        image = cv2.imread(str(file), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f"cannot read image {file} (frame {index} of {self.path})")
-        if index and image.shape[:2] != (self.height, self.width):
-            raise ValueError(
-                f"image {file} is {image.shape[1]}x{image.shape[0]}; the folder's frames are {self.width}x{self.height}"
-            )
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-    def _frame(self, index: int) -> torch.Tensor:
-        if not 0 <= index < len(self):
-            raise IndexError(f"frame {index} out of range for {self.path} with {len(self)} frames")
-        image = self._read_image(index)
-        return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float().div_(255.0)
-
-    def read_clip(self, indices) -> torch.Tensor:
-        """Frames ``indices`` (any order, repeats allowed) as ``(N, 3, height, width)``."""
-        if self.reader is not None:
-            return self.reader.read_clip(indices)
-        indices = [int(i) for i in indices]
-        if not indices:
-            raise ValueError(f"read_clip needs at least one frame index for {self.path}")
-        frames = {i: self._frame(i) for i in sorted(set(indices))}
-        return torch.stack([frames[i] for i in indices])
-
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        if self.reader is not None:
-            yield from self.reader
-            return
-        for i in range(len(self)):
-            yield self._frame(i)
-
-    def close(self) -> None:
-        if self.reader is not None:
-            self.reader.close()
-
-    def __enter__(self) -> FrameSource:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 def read_depth_png(path: Path, scale: float) -> np.ndarray:
@@ -210,12 +107,13 @@ class DepthVideoDataset(Dataset):
 
     def __init__(self, config: DepthDataConfig, seed: int = 0):
         self.config, self.seed, self.epoch = config, seed, 0
+        self.sampler = ClipSampler(config.clip_length, config.stride, mode="random")
         self.paths = [Path(s) for s in config.sources]
         self.ids = video_ids(self.paths)
         self.lengths = []
         for path in self.paths:
-            with FrameSource(path) as source:
-                self.lengths.append(len(source))
+            with VideoReader(path) as reader:
+                self.lengths.append(len(reader))
         self.depth_files = [frame_files(d) for d in config.depth_sources]
         for path, files, length in zip(self.paths, self.depth_files, self.lengths, strict=False):
             if len(files) != length:
@@ -229,10 +127,6 @@ class DepthVideoDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.paths) * self.config.clips_per_video
-
-    def _generator(self, index: int) -> torch.Generator:
-        seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, dtype=np.uint64)[0]
-        return torch.Generator().manual_seed(int(seed))
 
     def _cached_teacher(self, index: int, frames: list[int], size: tuple[int, int]) -> torch.Tensor | None:
         path = self.cache_files[index]
@@ -249,11 +143,11 @@ class DepthVideoDataset(Dataset):
         cfg = self.config
         if not 0 <= item < len(self):
             raise IndexError(f"sample {item} out of range for {len(self)} samples")
-        generator = self._generator(item)
+        generator = sample_generator(self.seed, self.epoch, item)
         index = item // cfg.clips_per_video
-        frames = random_clip_indices(self.lengths[index], cfg.clip_length, cfg.stride, generator)
-        with FrameSource(self.paths[index]) as source:
-            clip = source.read_clip(frames)
+        frames = self.sampler.indices(self.lengths[index], None, generator)
+        with VideoReader(self.paths[index]) as reader:
+            clip = reader.read_clip(frames)
         height, width = clip.shape[-2:]
         crop_h, crop_w = cfg.crop_size
         scale = max(crop_h / height, crop_w / width)
@@ -264,10 +158,7 @@ class DepthVideoDataset(Dataset):
         def crop(x: torch.Tensor) -> torch.Tensor:
             return x[..., top : top + crop_h, left : left + crop_w]
 
-        if size != (height, width):  # bilinear, antialiased when shrinking (the shared transforms.resize)
-            shrinking = size[0] < height or size[1] < width
-            clip = F.interpolate(clip, size=size, mode="bilinear", align_corners=False, antialias=shrinking)
-        sample = {"clip": crop(clip).contiguous()}
+        sample = {"clip": crop(resize(clip, size)).contiguous()}
         if self.depth_files:
             depth = torch.stack(
                 [torch.from_numpy(read_depth_png(self.depth_files[index][i], cfg.depth_scale)) for i in frames]
@@ -322,7 +213,7 @@ def precompute_teacher_depth(
         target = out_dir / f"{vid}.npy"
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(target.name + ".partial.npy")
-        with FrameSource(path) as reader:
+        with VideoReader(path, format="tensor") as reader:
             array = np.lib.format.open_memmap(
                 partial, mode="w+", dtype=np.float16, shape=(len(reader), reader.height, reader.width)
             )
