@@ -29,8 +29,15 @@ from .ssd_kernels import (
 
 MIN_CHUNK, MAX_CHUNK = 16, 64
 # Columns of N per program in the kernels that split N (chunk states and the B/C gradients), elements
-# per program in the state passing, warps of the chunk kernels.
-CONFIG = {"block_n": 64, "state_block": 1024, "num_warps": 4}
+# per program in the state passing, warps of the chunk kernels (8 for the output and B/C gradient kernels:
+# at 4, triton 3.6 on Hopper makes out-of-range shared memory accesses in them for headdim 16, N 64).
+CONFIG = {"block_n": 64, "state_block": 1024, "num_warps": 4, "fwd_num_warps": 8, "dbc_num_warps": 8}
+
+
+def _precision(x: torch.Tensor) -> str:
+    """Float32 dots in full precision (the tensor cores' TF32 rounds to 10 bits of mantissa); half types use
+    the tensor cores."""
+    return "ieee" if x.dtype == torch.float32 else "tf32"
 
 
 def kernel_chunk(chunk_size: int) -> int:
@@ -74,7 +81,8 @@ def chunk_states(x, B, dt, s, h0, chunk):
         x, B, x, dt, s, states,
         length, heads, heads // groups, n_chunks,
         *x.stride(), *B.stride(), *_s(None, 4), *dt.stride(),
-        P=headdim, N=n, CHUNK=chunk, BLOCK_P=block_p, BLOCK_N=block_n, FORWARD=True, HAS_Z=False,
+        P=headdim, N=n, CHUNK=chunk, BLOCK_P=block_p, BLOCK_N=block_n,
+        PRECISION=_precision(x), FORWARD=True, HAS_Z=False,
         num_warps=CONFIG["num_warps"],
     )  # fmt: skip
     h0 = None if h0 is None else h0.to(torch.float32).contiguous()
@@ -102,8 +110,9 @@ def ssd_forward(x, dt, A, B, C, D, z, h0, chunk):
         x, B, C, x if z is None else z, x if D is None else D, dt, s, states, y, y if gate_in is None else gate_in,
         length, heads, heads // groups, n_chunks,
         *x.stride(), *B.stride(), *C.stride(), *_s(z, 4), *_D_strides(D), *dt.stride(), *y.stride(),
-        P=headdim, N=n, CHUNK=chunk, BLOCK_P=block_p, BLOCK_N=block_n, HAS_D=D is not None, HAS_Z=z is not None,
-        num_warps=CONFIG["num_warps"],
+        P=headdim, N=n, CHUNK=chunk, BLOCK_P=block_p, BLOCK_N=block_n,
+        PRECISION=_precision(x), HAS_D=D is not None, HAS_Z=z is not None,
+        num_warps=CONFIG["fwd_num_warps"],
     )  # fmt: skip
     return y, gate_in, final
 
@@ -123,7 +132,8 @@ def ssd_backward(x, dt, A, B, C, D, z, h0, gate_in, dy, d_final, chunk):
         dy, C, x if z is None else z, dt, s, dstates,
         length, heads, heads // groups, n_chunks,
         *dy.stride(), *C.stride(), *_s(z, 4), *dt.stride(),
-        P=headdim, N=n, CHUNK=chunk, BLOCK_P=block_p, BLOCK_N=split_n, FORWARD=False, HAS_Z=z is not None,
+        P=headdim, N=n, CHUNK=chunk, BLOCK_P=block_p, BLOCK_N=split_n,
+        PRECISION=_precision(x), FORWARD=False, HAS_Z=z is not None,
         num_warps=CONFIG["num_warps"],
     )  # fmt: skip
     dh0 = None if h0 is None else torch.empty(batch, heads, headdim, n, device=device, dtype=f32)
@@ -144,7 +154,8 @@ def ssd_backward(x, dt, A, B, C, D, z, h0, gate_in, dy, d_final, chunk):
         dx, dx if dz is None else dz, ddt, ddt if dD is None else dD,
         length, heads, heads // groups, n_chunks,
         *common, *_D_strides(D), *dt.stride(), *dx.stride(), *dy.stride(),
-        P=headdim, N=n, CHUNK=chunk, BLOCK_P=block_p, BLOCK_N=block_n, HAS_D=D is not None, HAS_Z=z is not None,
+        P=headdim, N=n, CHUNK=chunk, BLOCK_P=block_p, BLOCK_N=block_n,
+        PRECISION=_precision(x), HAS_D=D is not None, HAS_Z=z is not None,
         num_warps=CONFIG["num_warps"],
     )  # fmt: skip
     dB = torch.zeros(batch, length, groups, n, device=device, dtype=f32)
@@ -154,8 +165,8 @@ def ssd_backward(x, dt, A, B, C, D, z, h0, gate_in, dy, d_final, chunk):
         x, B, C, x if z is None else z, dt, s, states, dstates, dy, dB, dC, dlog,
         length, heads, groups, heads // groups, n_chunks,
         *common, *dt.stride(), *dy.stride(),
-        P=headdim, N=n, CHUNK=chunk, BLOCK_P=block_p, BLOCK_N=split_n, HAS_Z=z is not None,
-        num_warps=CONFIG["num_warps"],
+        P=headdim, N=n, CHUNK=chunk, BLOCK_P=block_p, BLOCK_N=split_n, PRECISION=_precision(x), HAS_Z=z is not None,
+        num_warps=CONFIG["dbc_num_warps"],
     )  # fmt: skip
     # d(dt A) back to (batch, L, heads): a (batch, L, heads) float32 step, as fast in PyTorch.
     dlog = dlog.permute(0, 2, 3, 1).reshape(batch, n_chunks * chunk, heads)[:, :length]
@@ -224,7 +235,8 @@ def ssd_scan_triton(
         )
     dot_dtype = x.dtype if x.dtype == B.dtype == C.dtype else torch.promote_types(x.dtype, B.dtype)
     dot_dtype = torch.promote_types(dot_dtype, C.dtype)
-    dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit, torch.float32)
+    # Contiguous: the gradient of dt is written with dt's strides.
+    dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit, torch.float32).contiguous()
     y, final = SSDScanFunction.apply(
         x.to(dot_dtype), dt, A, B.to(dot_dtype), C.to(dot_dtype), D, z, initial_states, kernel_chunk(chunk_size)
     )

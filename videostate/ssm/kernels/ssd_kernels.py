@@ -9,8 +9,8 @@ log decay ``cumsum(dt * A)`` within the chunk, ``x~_j = dt_j x_j``, ``H_c`` the 
 
 then ``y += D x`` and ``y *= silu(z)``. Decays inside a chunk are ``exp`` of differences masked to ``-inf``
 above the diagonal, so no exponential of a positive sum is formed. Steps past ``L`` load ``dt = 0``: they
-neither decay the state nor add to it. Every matmul is a ``tl.dot`` with float32 accumulation; states and
-sums are float32.
+neither decay the state nor add to it. Every matmul is a ``tl.dot`` with float32 accumulation (full-precision
+products for float32 inputs, tensor cores for half types); states and sums are float32.
 
 Backward, with ``g = dy * silu(z)`` the gradient of the SSD output before ``D`` and the gate, and ``G_c`` the
 gradient of the state entering chunk ``c``::
@@ -56,7 +56,7 @@ def chunk_state_kernel(
     L, H, heads_per_group, n_chunks,
     sx_b, sx_l, sx_h, sx_p, sy_b, sy_l, sy_g, sy_n, sz_b, sz_l, sz_h, sz_p, sdt_b, sdt_l, sdt_h,
     P: tl.constexpr, N: tl.constexpr, CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    FORWARD: tl.constexpr, HAS_Z: tl.constexpr,
+    PRECISION: tl.constexpr, FORWARD: tl.constexpr, HAS_Z: tl.constexpr,
 ):  # fmt: skip
     """``out[b, c, h] = sum_t X_t^T w_t Y_t`` over the chunk, ``(P, N)`` float32.
 
@@ -92,7 +92,7 @@ def chunk_state_kernel(
         mask=t_mask[:, None] & n_mask[None, :],
         other=0.0,
     )
-    acc = tl.dot((X * w[None, :]).to(Y.dtype), Y)
+    acc = tl.dot((X * w[None, :]).to(Y.dtype), Y, input_precision=PRECISION)
     out = out_ptr + ((b * n_chunks + c) * H + h) * P * N + p[:, None] * N + n[None, :]
     tl.store(out, acc, mask=p_mask[:, None] & n_mask[None, :])
 
@@ -156,7 +156,7 @@ def chunk_scan_fwd_kernel(
     sx_b, sx_l, sx_h, sx_p, sB_b, sB_l, sB_g, sB_n, sC_b, sC_l, sC_g, sC_n,
     sz_b, sz_l, sz_h, sz_p, sD_h, sD_p, sdt_b, sdt_l, sdt_h, sy_b, sy_l, sy_h, sy_p,
     P: tl.constexpr, N: tl.constexpr, CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
 ):  # fmt: skip
     """Output of one chunk: intra-chunk dual form plus the carried state, then ``D x`` and the gate.
 
@@ -177,14 +177,14 @@ def chunk_scan_fwd_kernel(
     Bt = tl.load(B_ptr + b * sB_b + grp * sB_g + t[:, None] * sB_l + n[None, :] * sB_n, mask=tn_mask, other=0.0)
     s = tl.load(s_ptr + (bh.to(tl.int64) * n_chunks + c) * CHUNK + i)
     dt = tl.load(dt_ptr + b * sdt_b + h * sdt_h + t * sdt_l, mask=t_mask, other=0.0)
-    scores = tl.dot(Ct, tl.trans(Bt)) * _chunk_decay(s, CHUNK) * dt[None, :]
+    scores = tl.dot(Ct, tl.trans(Bt), input_precision=PRECISION) * _chunk_decay(s, CHUNK) * dt[None, :]
     x = tl.load(x_ptr + b * sx_b + h * sx_h + t[:, None] * sx_l + p[None, :] * sx_p, mask=tp_mask, other=0.0)
-    y = tl.dot(scores.to(x.dtype), x)
+    y = tl.dot(scores.to(x.dtype), x, input_precision=PRECISION)
     pn_mask = (p < P)[:, None] & (n < N)[None, :]
     state = tl.load(
         states_ptr + ((b * n_chunks + c) * H + h) * P * N + p[:, None] * N + n[None, :], mask=pn_mask, other=0.0
     )
-    y += tl.exp(s)[:, None] * tl.dot(Ct, tl.trans(state.to(Ct.dtype)))
+    y += tl.exp(s)[:, None] * tl.dot(Ct, tl.trans(state.to(Ct.dtype)), input_precision=PRECISION)
     out_offsets = b * sy_b + h * sy_h + t[:, None] * sy_l + p[None, :] * sy_p
     if HAS_D:
         Dv = tl.load(D_ptr + h * sD_h + p * sD_p, mask=p < P, other=0.0).to(tl.float32)
@@ -205,7 +205,7 @@ def chunk_scan_bwd_dx_kernel(
     sx_b, sx_l, sx_h, sx_p, sB_b, sB_l, sB_g, sB_n, sC_b, sC_l, sC_g, sC_n,
     sz_b, sz_l, sz_h, sz_p, sD_h, sD_p, sdt_b, sdt_l, sdt_h, sy_b, sy_l, sy_h, sy_p, sdy_b, sdy_l, sdy_h, sdy_p,
     P: tl.constexpr, N: tl.constexpr, CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
 ):  # fmt: skip
     """Per chunk: gradients of x and z, the gradient of dt where it multiplies x (float32, ``(batch, L,
     heads)``), and per-chunk partial sums of the gradient of D ``(batch, chunks, heads, P)``.
@@ -229,17 +229,17 @@ def chunk_scan_bwd_dx_kernel(
     s = tl.load(s_ptr + chunk_row * CHUNK + i)
     s_last = tl.load(s_ptr + chunk_row * CHUNK + CHUNK - 1)
     dt = tl.load(dt_ptr + b * sdt_b + h * sdt_h + t * sdt_l, mask=t_mask, other=0.0)
-    kernel = tl.dot(Ct, tl.trans(Bt)) * _chunk_decay(s, CHUNK)  # (i, j)
+    kernel = tl.dot(Ct, tl.trans(Bt), input_precision=PRECISION) * _chunk_decay(s, CHUNK)  # (i, j)
     dy = tl.load(dy_ptr + b * sdy_b + h * sdy_h + t[:, None] * sdy_l + p[None, :] * sdy_p, mask=tp_mask, other=0.0)
     dy = dy.to(tl.float32)
     z_ptrs = z_ptr + b * sz_b + h * sz_h + t[:, None] * sz_l + p[None, :] * sz_p
     g = _gate_grad(dy, z_ptrs, tp_mask, HAS_Z)
     x = tl.load(x_ptr + b * sx_b + h * sx_h + t[:, None] * sx_l + p[None, :] * sx_p, mask=tp_mask, other=0.0)
-    dxt = tl.dot(tl.trans(kernel).to(x.dtype), g.to(x.dtype))
+    dxt = tl.dot(tl.trans(kernel).to(x.dtype), g.to(x.dtype), input_precision=PRECISION)
     pn_mask = (p < P)[:, None] & (n < N)[None, :]
     state_offsets = ((b * n_chunks + c) * H + h) * P * N + p[:, None] * N + n[None, :]
     grad_leaving = tl.load(dstates_ptr + state_offsets, mask=pn_mask, other=0.0)
-    dxt += tl.exp(s_last - s)[:, None] * tl.dot(Bt, tl.trans(grad_leaving.to(Bt.dtype)))
+    dxt += tl.exp(s_last - s)[:, None] * tl.dot(Bt, tl.trans(grad_leaving.to(Bt.dtype)), input_precision=PRECISION)
     x = x.to(tl.float32)
     out_offsets = b * sy_b + h * sy_h + t[:, None] * sy_l + p[None, :] * sy_p
     dx = dt[:, None] * dxt
@@ -264,7 +264,7 @@ def chunk_scan_bwd_dbc_kernel(
     sx_b, sx_l, sx_h, sx_p, sB_b, sB_l, sB_g, sB_n, sC_b, sC_l, sC_g, sC_n,
     sz_b, sz_l, sz_h, sz_p, sdt_b, sdt_l, sdt_h, sdy_b, sdy_l, sdy_h, sdy_p,
     P: tl.constexpr, N: tl.constexpr, CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-    HAS_Z: tl.constexpr,
+    PRECISION: tl.constexpr, HAS_Z: tl.constexpr,
 ):  # fmt: skip
     """Per chunk and block of N: this head's share of the gradients of B and C, added in float32 to
     ``dB, dC (batch, L, groups, N)`` (heads of one group add into the same rows), and this block's share of
@@ -294,25 +294,31 @@ def chunk_scan_bwd_dbc_kernel(
     z_ptrs = z_ptr + b * sz_b + h * sz_h + t[:, None] * sz_l + p[None, :] * sz_p
     g = _gate_grad(dy.to(tl.float32), z_ptrs, tp_mask, HAS_Z)
     x = tl.load(x_ptr + b * sx_b + h * sx_h + t[:, None] * sx_l + p[None, :] * sx_p, mask=tp_mask, other=0.0)
-    dtype = x.dtype
+    # Float32 operands here (TF32 tensor cores for half inputs): on Hopper, triton 3.6 miscompiles this
+    # kernel's 16-bit dots (wrong dB/dC and out-of-range shared memory accesses).
+    dtype = tl.float32
     xt = (x.to(tl.float32) * dt[:, None]).to(dtype)
     g = g.to(dtype)
-    weights = tl.dot(g, tl.trans(xt)) * _chunk_decay(s, CHUNK)  # (i, j): g_i . x~_j decayed
-    Ct = tl.load(C_ptr + b * sC_b + grp * sC_g + t[:, None] * sC_l + n[None, :] * sC_n, mask=tn_mask, other=0.0)
-    Bt = tl.load(B_ptr + b * sB_b + grp * sB_g + t[:, None] * sB_l + n[None, :] * sB_n, mask=tn_mask, other=0.0)
+    weights = tl.dot(g, tl.trans(xt), input_precision=PRECISION) * _chunk_decay(s, CHUNK)  # (i, j): g_i . x~_j decayed
+    Ct = tl.load(C_ptr + b * sC_b + grp * sC_g + t[:, None] * sC_l + n[None, :] * sC_n, mask=tn_mask, other=0.0).to(
+        dtype
+    )
+    Bt = tl.load(B_ptr + b * sB_b + grp * sB_g + t[:, None] * sB_l + n[None, :] * sB_n, mask=tn_mask, other=0.0).to(
+        dtype
+    )
     pn_mask = (p < P)[:, None] & (n < N)[None, :]
     state_offsets = ((b * n_chunks + c) * H + h) * P * N + p[:, None] * N + n[None, :]
     entering = tl.load(states_ptr + state_offsets, mask=pn_mask, other=0.0)
     grad_leaving = tl.load(dstates_ptr + state_offsets, mask=pn_mask, other=0.0)
-    dC_inter = tl.exp(s)[:, None] * tl.dot(g, entering.to(dtype))
-    dB_inter = tl.exp(s_last - s)[:, None] * tl.dot(xt, grad_leaving.to(dtype))
-    dC = tl.dot(weights.to(dtype), Bt) + dC_inter
-    dB = tl.dot(tl.trans(weights.to(dtype)), Ct) + dB_inter
+    dC_inter = tl.exp(s)[:, None] * tl.dot(g, entering.to(dtype), input_precision=PRECISION)
+    dB_inter = tl.exp(s_last - s)[:, None] * tl.dot(xt, grad_leaving.to(dtype), input_precision=PRECISION)
+    dC = tl.dot(weights.to(dtype), Bt, input_precision=PRECISION) + dC_inter
+    dB = tl.dot(tl.trans(weights.to(dtype)), Ct, input_precision=PRECISION) + dB_inter
     offsets = (b * L + t[:, None]) * G * N + grp * N + n[None, :]
     tl.atomic_add(dC_ptr + offsets, dC, mask=tn_mask)
     tl.atomic_add(dB_ptr + offsets, dB, mask=tn_mask)
 
-    pairs = weights * tl.dot(Ct, tl.trans(Bt))  # W_ij over this block of N
+    pairs = weights * tl.dot(Ct, tl.trans(Bt), input_precision=PRECISION)  # W_ij over this block of N
     before_k = tl.cumsum(pairs, axis=1) - pairs  # (i, k): sum over j < k
     dlog = tl.sum(tl.where(i[:, None] >= i[None, :], before_k, 0.0), axis=0)
     out_inter = tl.sum(dC_inter * Ct.to(tl.float32), axis=1)  # g_i . y_inter_i
