@@ -38,8 +38,9 @@ import torch
 from common import describe_device, write_result
 
 from videostate.cli import main as videostate_main
+from videostate.data.video import VideoReader, frame_files
 from videostate.depth import VideoMambaDepth
-from videostate.depth.data import FrameSource, frame_files, read_depth_png
+from videostate.depth.data import read_depth_png
 from videostate.depth.evaluation import evaluate_sequence, load_trajectory_log, plot_curves, predict_sequence
 from videostate.training import Trainer, latest_checkpoint
 from videostate.training.recipe import get_task, load_recipe, recipe_to_dict
@@ -140,7 +141,7 @@ def train_one(name: str, overrides: list[str], args, work: Path) -> tuple[dict, 
 
 def load_sequence(args) -> dict:
     data = Path(args.data)
-    with FrameSource(data / "image") as source:
+    with VideoReader(data / "image") as source:
         count = len(source) if args.eval_frames is None else min(args.eval_frames, len(source))
         frames = source.read_clip(range(count))
     files = frame_files(data / "depth")[:count]
