@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import sys
 import time
 import weakref
@@ -141,3 +142,31 @@ def write_result(name: str, payload: dict) -> Path:
     path = RESULTS / name
     path.write_text(json.dumps(payload, indent=2) + "\n")
     return path
+
+
+def cuda_ms(fn: Callable[[], object], rep: int = 200) -> float:
+    """Median milliseconds of ``fn`` over about ``rep`` ms of repetitions (CUDA events), after warm-up."""
+    fn()
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    once = time.perf_counter() - start
+    for _ in range(max(1, min(10, int(0.025 / max(once, 1e-6))))):
+        fn()
+    repeats = max(3, min(1000, int(rep * 1e-3 / max(once, 1e-6))))
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
+    for begin, end in events:
+        begin.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize()
+    return statistics.median(begin.elapsed_time(end) for begin, end in events)
+
+
+def copy_bandwidth(device) -> float:
+    """Bytes/s of a large device-to-device copy, counting bytes read plus bytes written."""
+    src = torch.randn(1 << 28, device=device)
+    dst = torch.empty_like(src)
+    t = cuda_ms(lambda: dst.copy_(src))
+    return 2 * src.numel() * src.element_size() / (t * 1e-3)

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
-import statistics
-import time
 
 import torch
 
-from benchmarks.common import describe_device, write_result
+from benchmarks.common import copy_bandwidth, cuda_ms, describe_device, write_result
 from videostate.ssm.kernels.ssd import chunk_log_decay, kernel_chunk
 from videostate.ssm.ssd import NO_LIMIT, discretize_dt, ssd_scan
 
@@ -31,31 +29,6 @@ SHAPES = {
     "interpolation": (4, 2 * 64 * 64, 4, 16, 1, 64, 64),
 }
 GRADS = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias")
-
-
-def ms(fn, rep_ms: float = 200.0) -> float:
-    """Median milliseconds of ``fn`` over about ``rep_ms`` of repetitions (CUDA events), after warm-up."""
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    once = max(time.perf_counter() - start, 1e-6)
-    repeats = max(3, min(200, int(rep_ms * 1e-3 / once)))
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
-    for begin, end in events:
-        begin.record()
-        fn()
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(begin.elapsed_time(end) for begin, end in events)
-
-
-def copy_bandwidth(device) -> float:
-    """Bytes/s of a large device-to-device copy, counting bytes read plus bytes written."""
-    src = torch.randn(1 << 28, device=device)
-    dst = torch.empty_like(src)
-    return 2 * src.numel() * src.element_size() / (ms(lambda: dst.copy_(src)) * 1e-3)
 
 
 def ssd_inputs(batch, length, heads, headdim, groups, n, device, seed=0):
@@ -115,11 +88,11 @@ def bench_shape(name, shape, device, copy_bw) -> dict:
     for backend in ("triton", "reference"):
         print(f"{name}: {backend}", flush=True)
         try:
-            row[f"{backend}_forward_ms"] = ms(step(backend, inputs, chunk_size, False))
-            row[f"{backend}_forward_with_states_ms"] = ms(
+            row[f"{backend}_forward_ms"] = cuda_ms(step(backend, inputs, chunk_size, False))
+            row[f"{backend}_forward_with_states_ms"] = cuda_ms(
                 step(backend, inputs, chunk_size, False, initial_states=states, return_final_states=True)
             )
-            row[f"{backend}_forward_backward_ms"] = ms(step(backend, inputs, chunk_size, True))
+            row[f"{backend}_forward_backward_ms"] = cuda_ms(step(backend, inputs, chunk_size, True))
             row[f"{backend}_peak_extra_bytes_fwd_bwd"] = peak_bytes(step(backend, inputs, chunk_size, True), device)
         except torch.OutOfMemoryError:
             row[f"{backend}_error"] = "out of memory"
@@ -129,7 +102,7 @@ def bench_shape(name, shape, device, copy_bw) -> dict:
         dt = discretize_dt(inputs["dt"], inputs["dt_bias"], True, NO_LIMIT, torch.float32)
         return chunk_log_decay(dt, inputs["A"], row["kernel_chunk"])
 
-    row["glue_forward_ms"] = ms(glue)
+    row["glue_forward_ms"] = cuda_ms(glue)
     row["forward_bytes"] = forward_bytes(*shape[:-1])
     row["floor_ms"] = row["forward_bytes"] / copy_bw * 1e3
     row["bytes_of_one_BHLPN_float32"] = 4 * batch * heads * length * headdim * n

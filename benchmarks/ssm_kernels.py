@@ -17,13 +17,11 @@ import argparse
 import copy
 import importlib.metadata
 import re
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import describe_device, write_result
+from benchmarks.common import copy_bandwidth, cuda_ms, describe_device, write_result
 from videostate.ssm.causal_conv import causal_conv1d
 from videostate.ssm.kernels import selective_scan as scan_kernels
 from videostate.ssm.mamba import selective_scan_bidirectional
@@ -50,34 +48,6 @@ BACKWARD_CONFIGS = [
     {"block_d": 4, "block_l": 32, "num_warps": 4},
     {"block_d": 8, "block_l": 32, "num_warps": 2},
 ]
-
-
-def ms(fn, rep: int = 200) -> float:
-    """Median milliseconds of ``fn`` over about ``rep`` ms of repetitions (CUDA events), after warm-up."""
-    fn()
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    once = time.perf_counter() - start
-    for _ in range(max(1, min(10, int(0.025 / max(once, 1e-6))))):
-        fn()
-    repeats = max(3, min(1000, int(rep * 1e-3 / max(once, 1e-6))))
-    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(repeats)]
-    for begin, end in events:
-        begin.record()
-        fn()
-        end.record()
-    torch.cuda.synchronize()
-    return statistics.median(begin.elapsed_time(end) for begin, end in events)
-
-
-def copy_bandwidth(device) -> float:
-    """Bytes/s of a large device-to-device copy, counting bytes read plus bytes written."""
-    src = torch.randn(1 << 28, device=device)
-    dst = torch.empty_like(src)
-    t = ms(lambda: dst.copy_(src))
-    return 2 * src.numel() * src.element_size() / (t * 1e-3)
 
 
 def scan_inputs(batch, dim, length, device, *, seed=0):
@@ -124,7 +94,7 @@ def timed_backward(fn, inputs: dict, grad_names) -> float:
     out = out[0] if isinstance(out, tuple) else out
     cotangent = torch.randn_like(out)
     targets = [leaves[k] for k in grad_names]
-    return ms(lambda: torch.autograd.grad(out, targets, cotangent, retain_graph=True))
+    return cuda_ms(lambda: torch.autograd.grad(out, targets, cotangent, retain_graph=True))
 
 
 SCAN_GRADS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -175,7 +145,7 @@ def sweep(device) -> dict:
                 inputs = scan_inputs(*shape, device)
                 try:
                     if phase == "forward":
-                        times[str(shape)] = ms(lambda inputs=inputs: scan_fn("triton")(**inputs), rep=50)
+                        times[str(shape)] = cuda_ms(lambda inputs=inputs: scan_fn("triton")(**inputs), rep=50)
                     else:
                         times[str(shape)] = timed_backward(scan_fn("triton"), inputs, SCAN_GRADS)
                 except Exception as error:  # a setting too large for the chip fails to compile or launch
@@ -201,13 +171,13 @@ def bench_scan(device, copy_bw) -> list[dict]:
         batch, dim, length = shape
         inputs = scan_inputs(*shape, device)
         row = {"shape": list(shape)}
-        row["triton_forward_ms"] = ms(lambda i=inputs: scan_fn("triton")(**i))
+        row["triton_forward_ms"] = cuda_ms(lambda i=inputs: scan_fn("triton")(**i))
         state = torch.randn(batch, dim, N, device=device)
-        row["triton_forward_with_states_ms"] = ms(
+        row["triton_forward_with_states_ms"] = cuda_ms(
             lambda i=inputs, s=state: scan_fn("triton", initial_state=s, return_final_state=True)(**i)
         )
         row["triton_backward_ms"] = timed_backward(scan_fn("triton"), inputs, SCAN_GRADS)
-        row["reference_forward_ms"] = ms(lambda i=inputs: scan_fn("reference")(**i), rep=100)
+        row["reference_forward_ms"] = cuda_ms(lambda i=inputs: scan_fn("reference")(**i), rep=100)
         try:
             row["reference_backward_ms"] = timed_backward(scan_fn("reference"), inputs, SCAN_GRADS)
         except torch.OutOfMemoryError:
@@ -215,7 +185,7 @@ def bench_scan(device, copy_bw) -> list[dict]:
         torch.cuda.empty_cache()
         if "loop_forward" in PEER_MS[shape]:
             with torch.no_grad():
-                row["loop_forward_ms"] = ms(lambda i=inputs: sequential_loop(**i), rep=1)
+                row["loop_forward_ms"] = cuda_ms(lambda i=inputs: sequential_loop(**i), rep=1)
         row["bytes"] = scan_bytes(*shape)
         row["floor_ms"] = row["bytes"] / copy_bw * 1e3
         row["forward_bytes_per_s"] = row["bytes"] / (row["triton_forward_ms"] * 1e-3)
@@ -267,8 +237,8 @@ def bench_bidirectional(device) -> list[dict]:
     for shape in SHAPES[:2]:
         inputs = bidirectional_inputs(shape, device)
         row = {"shape": list(shape)}
-        row["fused_forward_ms"] = ms(lambda i=inputs: fused(**i))
-        row["two_calls_forward_ms"] = ms(lambda i=inputs: two_calls_with_flips(**i))
+        row["fused_forward_ms"] = cuda_ms(lambda i=inputs: fused(**i))
+        row["two_calls_forward_ms"] = cuda_ms(lambda i=inputs: two_calls_with_flips(**i))
         row["fused_backward_ms"] = timed_backward(fused, inputs, grads)
         row["two_calls_backward_ms"] = timed_backward(two_calls_with_flips, inputs, grads)
         row["speedup_forward"] = row["two_calls_forward_ms"] / row["fused_forward_ms"]
@@ -295,7 +265,7 @@ def bench_conv(device) -> list[dict]:
             def run(backend=backend, **i):
                 return causal_conv1d(**i, activation="silu", backend=backend)
 
-            row[f"{backend}_forward_ms"] = ms(lambda run=run, i=inputs: run(**i))
+            row[f"{backend}_forward_ms"] = cuda_ms(lambda run=run, i=inputs: run(**i))
             row[f"{backend}_backward_ms"] = timed_backward(run, inputs, ("x", "weight", "bias"))
         row["bytes_forward"] = 2 * 2 * batch * dim * length
         rows.append(row)
@@ -318,7 +288,7 @@ def bench_norm(device) -> list[dict]:
             def run(backend=backend, **i):
                 return rms_norm(**i, eps=1e-5, prenorm=True, residual_in_fp32=True, backend=backend)
 
-            row[f"{backend}_forward_ms"] = ms(lambda run=run, i=inputs: run(**i))
+            row[f"{backend}_forward_ms"] = cuda_ms(lambda run=run, i=inputs: run(**i))
             row[f"{backend}_backward_ms"] = timed_backward(run, inputs, ("x", "weight", "residual"))
         row["bytes_forward"] = tokens * hidden * (2 + 4 + 2 + 4)
         rows.append(row)

@@ -141,16 +141,6 @@ def selective_scan_fwd_kernel(
 
 
 @triton.jit
-def _discretize(dt_raw, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    dt = dt_raw
-    if HAS_BIAS:
-        dt = dt + bias[:, None]
-    if SOFTPLUS:
-        dt = softplus(dt)
-    return dt
-
-
-@triton.jit
 def selective_scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, dy_ptr, dhT_ptr, ckpt_ptr,
     du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
