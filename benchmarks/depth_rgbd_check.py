@@ -93,7 +93,8 @@ def summarise_losses(record: list) -> dict:
 def train_one(name: str, overrides: list[str], args, work: Path) -> tuple[dict, Path]:
     """Train one model within the time budget and export it with ``videostate depth-export``: the run's summary
     and the exported folder."""
-    overrides = [*overrides, f"trainer.output_dir={json.dumps(str(work / name))}", "trainer.progress=false"]
+    recorded_overrides = [*overrides, "trainer.progress=false"]  # the scratch output folder is not recorded
+    overrides = [*recorded_overrides, f"trainer.output_dir={json.dumps(str(work / name))}"]
     recipe = load_recipe(args.recipe, overrides)
     log(f"[{name}] building the model and data")
     setup = get_task(recipe.task).build(recipe.model, recipe.data)
@@ -128,8 +129,8 @@ def train_one(name: str, overrides: list[str], args, work: Path) -> tuple[dict, 
         raise RuntimeError(f"videostate depth-export exited with {status}")
     steady = [r["seconds"] for r in record[args.print_first :]]
     return {
-        "overrides": overrides,
-        "recipe": recipe_to_dict(recipe),
+        "overrides": recorded_overrides,
+        "recipe": recipe_to_dict(load_recipe(args.recipe, recorded_overrides)),
         "trainable_parameters": trainable,
         "steps": trainer.step,
         "train_seconds": seconds,
