@@ -1,11 +1,12 @@
 """Triton kernels of the Mamba-1 selective scan: forward and backward over ``(batch, dim, L)``.
 
-Both kernels walk time one step at a time with the state in registers. A program owns ``BLOCK_D``
+The forward kernel walks time one step at a time with the state in registers. A program owns ``BLOCK_D``
 channels of one batch element and one group of B/C; every tensor is ``(BLOCK_D, SPLIT)``, channel x
 lane: a channel's N states are spread over SPLIT lanes, lane j holding ``n = i * SPLIT + j`` for
 ``i < ceil(N / SPLIT)`` as a tuple of tiles. A step reads one value of u, delta and z per channel and
 one of B and C per state, updates ``h = exp(delta * A) * h + delta * u * B`` in float32 and sums
-``C h`` over the lanes. Nothing of size ``L * N`` ever reaches memory.
+``C h`` over the lanes; ``UNROLL`` steps form one block of straight-line code, so their loads and
+decays are issued ahead of the state's multiply-add chain. Nothing of size ``L * N`` ever reaches memory.
 
 The backward kernel works on tiles: a program owns ``BLOCK_D`` channels and walks the sequence in
 chunks of ``BLOCK_L`` steps, solving the recurrence inside a chunk by ``tl.associative_scan`` over a
