@@ -118,7 +118,9 @@ def _append(
 ) -> MemoryBank:
     """Write ``x`` (and its cache) at position ``count`` of each active video (``count < capacity``)."""
     capacity = fields["slots"].shape[1]
-    write = (F.one_hot(count.clamp(max=capacity - 1), capacity).bool() & active[:, None])[:, :, None, None]
+    # a comparison, not F.one_hot: one_hot checks its indices on the host, a device sync on every frame
+    slot = torch.arange(capacity, device=count.device) == count.clamp(max=capacity - 1)[:, None]
+    write = (slot & active[:, None])[:, :, None, None]
     new = {"slots": x} if cache is None else {"slots": x, "keys": cache[0], "values": cache[1]}
     out = {name: torch.where(write, new[name][:, None], t) for name, t in fields.items()}
     return MemoryBank(count=count + active.long(), **out)
