@@ -5,6 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+import videostate.ssm.ssd as ssd_module
 from tests.ssm.oracles import chunk_bounds, ssd_loop
 from videostate.ssm import ssd_scan, ssd_state_update
 from videostate.ssm.ssd import segment_sums
@@ -42,6 +43,23 @@ def test_matches_loop_oracle_float64(chunk_size, groups, D_per_channel):
     y_ref, last_ref = ssd_loop(**inputs, dt_softplus=True)
     torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(last, last_ref, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("chunks_per_block", [1, 2, 3])
+def test_blocks_of_chunks_match_loop_oracle_float64(monkeypatch, chunks_per_block):
+    """The reference solves blocks of chunks at once; blocks of 1, 2 and 3 chunks (the last one partial)
+    give the loop's outputs, final states and gradients."""
+    monkeypatch.setattr(ssd_module, "CHUNK_BLOCK_ELEMENTS", chunks_per_block * 2 * 4 * 4 * 4)
+    inputs = {k: v.requires_grad_() for k, v in make_inputs(seed=7).items()}
+    y, last = ssd_scan(**inputs, chunk_size=4, dt_softplus=True, return_final_states=True, backend="reference")
+    y_ref, last_ref = ssd_loop(**inputs, dt_softplus=True)
+    torch.testing.assert_close(y, y_ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(last, last_ref, rtol=1e-10, atol=1e-10)
+    cot_y, cot_last = torch.randn_like(y), torch.randn_like(last)
+    grads = torch.autograd.grad((y * cot_y).sum() + (last * cot_last).sum(), list(inputs.values()))
+    grads_ref = torch.autograd.grad((y_ref * cot_y).sum() + (last_ref * cot_last).sum(), list(inputs.values()))
+    for name, g, g_ref in zip(inputs, grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-9, atol=1e-10, msg=name)
 
 
 def test_dt_limit_and_no_optional_inputs():

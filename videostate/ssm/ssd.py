@@ -9,8 +9,10 @@ Semantics are those of mamba_ssm's ``mamba_chunk_scan_combined`` (A is one scala
 
 The reference splits the sequence into chunks of ``chunk_size`` steps. Within a chunk the output is a
 masked ``(T, T)`` decay-weighted attention-like product (the "dual" form); the state ``(batch, heads,
-headdim, N)`` is carried from chunk to chunk. Decays are exponentials of segment sums that are masked
-to ``-inf`` above the diagonal before ``exp``, so no exponential of a positive sum is formed.
+headdim, N)`` is carried from chunk to chunk. Blocks of chunks are solved at once (bounded by
+``CHUNK_BLOCK_ELEMENTS``), the states entering a block's chunks by a segment-sum product over chunks.
+Decays are exponentials of segment sums that are masked to ``-inf`` above the diagonal before ``exp``,
+so no exponential of a positive sum is formed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from .dispatch import register, resolve
 from .validation import check_same_device, check_tensor, compute_dtype
 
 NO_LIMIT = (0.0, math.inf)
+# The reference solves this many elements of (batch, heads, chunks, T, T) decay matrices at once.
+CHUNK_BLOCK_ELEMENTS = 1 << 22
 
 
 def ssd_scan(
@@ -185,6 +189,33 @@ def _skip(y, x, D):
     return y + x * (D[:, None] if D.dim() == 1 else D)
 
 
+def _ssd_block(x, dt, A, B, C, state):
+    """A block of ``k`` whole chunks at once.
+
+    Args:
+        x: ``(b, k, T, heads, headdim)``; dt: ``(b, k, T, heads)``; A: ``(heads,)``;
+        B, C: ``(b, k, T, heads, N)``; state: ``(b, heads, headdim, N)`` entering the block.
+
+    Returns:
+        ``(y (b, k, T, heads, headdim), state leaving the block)``.
+    """
+    log_decay = rearrange(dt * A, "b k t h -> b h k t")
+    decay_within = torch.exp(segment_sums(log_decay))  # (b, h, k, i, j): decay from step j to step i
+    decay_from_start = torch.exp(torch.cumsum(log_decay, dim=-1))  # (b, h, k, t)
+    dt_j = rearrange(dt, "b k t h -> b h k t")
+    weights = torch.einsum("bkihn,bkjhn->bhkij", C, B) * decay_within * dt_j[:, :, :, None, :]
+    y = torch.einsum("bhkij,bkjhp->bkihp", weights, x)
+    # each chunk's state from a zero start, then the states entering the chunks (and leaving the last):
+    # entering[i] = sum_{j <= i} exp(log-decay of chunks j..i-1) * carried[j], carried = [state, chunk states]
+    decay_to_end = decay_within[:, :, :, -1, :] * dt_j  # (b, h, k, j)
+    chunk_states = torch.einsum("bhkj,bkjhn,bkjhp->bkhpn", decay_to_end, B, x)
+    carried = torch.cat([state[:, None], chunk_states], dim=1)  # (b, k + 1, h, p, n)
+    chunk_log_decay = F.pad(log_decay.sum(dim=-1), (1, 0))  # (b, h, k + 1), 0 before the first chunk
+    entering = torch.einsum("bhij,bjhpn->bihpn", torch.exp(segment_sums(chunk_log_decay)), carried)
+    y = y + torch.einsum("bkihn,bkhpn,bhki->bkihp", C, entering[:, :-1], decay_from_start)
+    return y, entering[:, -1].clone()  # a compact copy: the carried state must not pin this block's buffers
+
+
 def ssd_scan_reference(
     x,
     dt,
@@ -214,25 +245,20 @@ def ssd_scan_reference(
     else:
         state = initial_states.to(dtype)
 
+    # Padded steps have dt = 0: they leave the state as it is and their outputs are dropped.
+    pad = -length % chunk_size
+    x_r, dt_r, B_r, C_r = (
+        rearrange(F.pad(t, (0,) * (2 * (t.dim() - 2)) + (0, pad)), "b (c t) ... -> b c t ...", t=chunk_size)
+        for t in (x_c, dt, B_h, C_h)
+    )
+    chunks = x_r.shape[1]
+    per_block = max(1, CHUNK_BLOCK_ELEMENTS // (batch * heads * chunk_size * chunk_size))
     outputs = []
-    for start in range(0, length, chunk_size):
-        steps = slice(start, start + chunk_size)
-        x_t, dt_t, B_t, C_t = x_c[:, steps], dt[:, steps], B_h[:, steps], C_h[:, steps]
-        log_decay = rearrange(dt_t * A_c, "b t h -> b h t")
-        decay_within = torch.exp(segment_sums(log_decay))  # (b, h, i, j): decay from step j to step i
-        decay_from_start = torch.exp(torch.cumsum(log_decay, dim=-1))  # (b, h, t)
-        weights = (
-            torch.einsum("bihn,bjhn->bhij", C_t, B_t) * decay_within * rearrange(dt_t, "b j h -> b h 1 j")
-        )
-        y_chunk = torch.einsum("bhij,bjhp->bihp", weights, x_t)
-        y_chunk = y_chunk + torch.einsum("bihn,bhpn,bhi->bihp", C_t, state, decay_from_start)
-        decay_to_end = decay_within[:, :, -1, :] * rearrange(dt_t, "b t h -> b h t")  # (b, h, j)
-        state = state * decay_from_start[:, :, -1, None, None] + torch.einsum(
-            "bhj,bjhn,bjhp->bhpn", decay_to_end, B_t, x_t
-        )
-        outputs.append(y_chunk)
-
-    y = torch.cat(outputs, dim=1)
+    for first in range(0, chunks, per_block):
+        block = slice(first, first + per_block)
+        y_block, state = _ssd_block(x_r[:, block], dt_r[:, block], A_c, B_r[:, block], C_r[:, block], state)
+        outputs.append(y_block)
+    y = rearrange(torch.cat(outputs, dim=1), "b c t h p -> b (c t) h p")[:, :length]
     if D is not None:
         y = _skip(y, x_c, D.to(dtype))
     if z is not None:
