@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from .fusion import GATE_TYPES
+from .memory import MEMORY_MODES
 
 TUNABLE_PARTS = ("mm_vision_tower", "mm_mlp_adapter", "mm_language_model", "fusion_block", "dual_memory")
 
@@ -17,6 +18,12 @@ class VLM2Config:
 
     Attributes:
         use_dual_memory: add the working/episodic memory (Algorithm 1) after the fusion block.
+        memory_mode: ``"dual"`` (Algorithm 1), or the paper's memory ablations ``"working_only"``
+            (``M_t = M^w_t``: no episodic memory, no gate) and ``"episodic_only"`` (``M_t = M^e_t``: no
+            working memory, no gate; the episodic memory still stores ``M_t``, so it holds no frame
+            features and reads 0 until training moves its zero-initialised biases). Only the parameters of
+            the mode are created, so ``dual_memory`` in ``mm_tunable_parts`` trains exactly those
+            (``videostate.vlm.memory``).
         memory_L_w: working memory capacity in frames (8 is the paper's best).
         memory_L_e: episodic memory capacity in frames (32 is the paper's best).
         memory_feature_dim: width of the memory's tokens; must equal the vision tower's feature width
@@ -34,7 +41,8 @@ class VLM2Config:
         coordinate_gate_type: ``"sigmoid"`` or ``"softmax"`` gate of the coordinate injection.
         memory_consistency_weight: weight of the memory consistency loss added to the language-model loss
             in training (``videostate.vlm.memory_utils``; 0 turns it off).
-        memory_utilization_weight: weight of the memory utilisation loss (0 turns it off).
+        memory_utilization_weight: weight of the memory utilisation loss (0 turns it off); it balances
+            the gate, so it needs ``memory_mode="dual"``.
         tune_dual_memory: train the memory (same as listing ``"dual_memory"`` in ``mm_tunable_parts``).
         mm_tunable_parts: comma-separated parts to train, from ``mm_vision_tower``, ``mm_mlp_adapter``
             (projector), ``mm_language_model``, ``fusion_block``, ``dual_memory``; every other
@@ -42,6 +50,7 @@ class VLM2Config:
     """
 
     use_dual_memory: bool = True
+    memory_mode: str = "dual"
     memory_L_w: int = 8
     memory_L_e: int = 32
     memory_feature_dim: int = 1152
@@ -63,6 +72,14 @@ class VLM2Config:
     def __post_init__(self):
         if self.memory_L_w < 1 or self.memory_L_e < 1:
             raise ValueError(f"memory_L_w and memory_L_e must be at least 1; got {self.memory_L_w}, {self.memory_L_e}")
+        if self.memory_mode not in MEMORY_MODES:
+            raise ValueError(f"memory_mode must be one of {MEMORY_MODES}; got {self.memory_mode!r}")
+        if self.memory_utilization_weight > 0 and self.memory_mode != "dual":
+            raise ValueError(
+                "memory_utilization_weight balances the gate between the two memories, so it needs "
+                f"memory_mode='dual'; got memory_mode={self.memory_mode!r}, "
+                f"memory_utilization_weight={self.memory_utilization_weight}"
+            )
         if self.coordinate_gate_type not in GATE_TYPES:
             raise ValueError(f"coordinate_gate_type must be one of {GATE_TYPES}; got {self.coordinate_gate_type!r}")
         if not 0.0 <= self.memory_dropout < 1.0 or not 0.0 <= self.fusion_dropout < 1.0:

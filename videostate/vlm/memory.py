@@ -24,6 +24,24 @@ reset independently, with no Python loop over videos. The memories of :class:`Du
 keep each entry's key and value projections, computed once when it is stored (reading a memory then
 costs one query projection and the attention itself). Memory is bounded: ``L_w + L_e`` frames per
 video, ``3 · (L_w + L_e) · tokens · dim`` numbers with the caches.
+
+Memory ablations (``memory_mode``, the "only working memory" / "only episodic memory" studies of VLM²):
+
+- ``"dual"``: Algorithm 1 as above.
+- ``"working_only"``: ``M_t = M^w_t``. Only lines 1 and 8-14 run: no episodic memory is kept or read
+  and there is no gate MLP.
+- ``"episodic_only"``: ``M_t = M^e_t``. Only lines 2 and 15-24 run: no working memory is kept or read
+  and there is no gate MLP. The episodic memory still stores ``M_t`` (now ``M^e_t``), as lines 15-24
+  say: the ablation removes a component and leaves the other one as Algorithm 1 defines it, so the
+  comparison with ``"dual"`` isolates the working memory. A consequence: no stored entry is a frame's
+  features. The first frame stores ``M_1 = 0``, and every later entry is a retrieval over earlier
+  entries, so frames reach the memory through the attention queries (which stored entries each token
+  reads), not through its values. With the zero biases ``nn.MultiheadAttention`` starts from, every
+  ``M_t`` is exactly 0 until training moves those biases (at initialisation only the biases get a
+  non-zero gradient).
+
+A mode creates only the parameters it uses, and its state holds only the memories it keeps (the other
+field of :class:`DualMemoryState` is ``None``); the empty-memory rule holds in every mode.
 """
 
 from __future__ import annotations
@@ -36,6 +54,8 @@ from einops import rearrange
 from torch import nn
 
 from ..ssm.state import StreamState
+
+MEMORY_MODES = ("dual", "working_only", "episodic_only")
 
 
 @dataclasses.dataclass
@@ -236,10 +256,15 @@ class EpisodicMemory(WorkingMemory):
 
 @dataclasses.dataclass
 class DualMemoryState(StreamState):
-    """The memories of a batch of videos: ``working`` (capacity L_w) and ``episodic`` (capacity L_e)."""
+    """The memories of a batch of videos: ``working`` (capacity L_w) and ``episodic`` (capacity L_e);
+    ``None`` for a memory the module's ``memory_mode`` does not keep."""
 
-    working: MemoryBank
-    episodic: MemoryBank
+    working: MemoryBank | None
+    episodic: MemoryBank | None
+
+    def banks(self) -> list[MemoryBank]:
+        """The memories kept (one or two)."""
+        return [bank for bank in (self.working, self.episodic) if bank is not None]
 
     @classmethod
     def cat(cls, states: list[DualMemoryState]) -> DualMemoryState:
@@ -247,8 +272,12 @@ class DualMemoryState(StreamState):
         if not states:
             raise ValueError("cat needs at least one state; got an empty list")
 
-        def bank(name: str) -> MemoryBank:
+        def bank(name: str) -> MemoryBank | None:
             banks = [getattr(s, name) for s in states]
+            if any(b is None for b in banks):
+                if not all(b is None for b in banks):
+                    raise ValueError(f"{name} memory is kept in some states and not in others")
+                return None
             fields = {}
             for f in dataclasses.fields(MemoryBank):
                 values = [getattr(b, f.name) for b in banks]
@@ -270,15 +299,18 @@ class MemoryTrace:
     Attributes:
         memory: ``(batch, frames, tokens, dim)`` the memory output ``M_t`` (differentiable; 0 when inactive).
         gate: mean of ``γ_t`` over tokens and channels: 1 reads the working memory only, 0 the episodic
-            one (differentiable; 0 when inactive).
-        working_norm, episodic_norm: mean per-token L2 norm of ``M^w_t`` and ``M^e_t``.
+            one (differentiable; 0 when inactive). Without a gate (``mode`` ``"working_only"`` or
+            ``"episodic_only"``) it is the constant 1 or 0 on active frames.
+        working_norm, episodic_norm: mean per-token L2 norm of ``M^w_t`` and ``M^e_t``; NaN for a
+            memory the mode does not keep.
         replaced: position (oldest first) of the episodic entry deleted at frame ``t`` (lines 15-24), -1
             when none was (the memory was not full, or the video has no frame ``t``).
         replaced_similarity: cosine of ``M_t`` with the deleted entry, NaN when none was deleted.
         read: the video has frame ``t`` and its memories held at least one entry before it.
         active: the video has frame ``t``.
         episodic_before: ``(batch,)`` entries the episodic memory held before the first frame.
-        L_e: the episodic capacity.
+        L_e: the episodic capacity (0 when the mode keeps no episodic memory).
+        mode: the ``memory_mode`` of the module that made the trace.
     """
 
     memory: torch.Tensor
@@ -291,12 +323,16 @@ class MemoryTrace:
     active: torch.Tensor
     episodic_before: torch.Tensor
     L_e: int
+    mode: str = "dual"
 
     def episodic_frames(self) -> torch.Tensor:
         """``(batch, frames, L_e)`` long: after frame ``t``, the frame (index into this trace) whose ``M``
-        each episodic slot holds, oldest first; -1 marks an empty slot, -2 an entry stored before the trace."""
+        each episodic slot holds, oldest first; -1 marks an empty slot, -2 an entry stored before the trace
+        (``(batch, frames, 0)`` without an episodic memory)."""
         batch, frames = self.replaced.shape
         out = torch.full((batch, frames, self.L_e), -1, dtype=torch.long)
+        if self.L_e == 0:
+            return out
         replaced, active = self.replaced.cpu().tolist(), self.active.cpu().tolist()
         for b in range(batch):
             slots = [-2] * int(self.episodic_before[b])
@@ -340,25 +376,61 @@ class DualMemoryModule(nn.Module):
         L_w: working memory capacity in frames.
         L_e: episodic memory capacity in frames.
         dropout: attention dropout of the retrievals.
+        mode: ``"dual"`` (Algorithm 1), ``"working_only"`` or ``"episodic_only"`` (the ablations of the
+            module docstring). Only the parameters of the mode exist: ``working_attention`` unless
+            ``"episodic_only"``, ``episodic_attention`` unless ``"working_only"``, ``gate`` for ``"dual"``.
+
+    Attributes ``L_w`` and ``L_e`` are the capacities of the memories the mode keeps, 0 for one it does
+    not keep.
     """
 
-    def __init__(self, dim: int, num_heads: int = 8, L_w: int = 8, L_e: int = 32, dropout: float = 0.1):
+    def __init__(
+        self, dim: int, num_heads: int = 8, L_w: int = 8, L_e: int = 32, dropout: float = 0.1, mode: str = "dual"
+    ):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim must be divisible by num_heads; got dim={dim}, num_heads={num_heads}")
         if L_w < 1 or L_e < 1:
             raise ValueError(f"memory capacities must be at least 1; got L_w={L_w}, L_e={L_e}")
-        self.dim, self.L_w, self.L_e = dim, L_w, L_e
-        self.working_attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
-        self.episodic_attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
-        self.gate = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, dim))
+        if mode not in MEMORY_MODES:
+            raise ValueError(f"memory mode must be one of {MEMORY_MODES}; got {mode!r}")
+        self.mode = mode
+        self.uses_working, self.uses_episodic = mode != "episodic_only", mode != "working_only"
+        self.dim = dim
+        self.L_w, self.L_e = (L_w if self.uses_working else 0), (L_e if self.uses_episodic else 0)
+        if self.uses_working:
+            self.working_attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        if self.uses_episodic:
+            self.episodic_attention = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
+        if mode == "dual":
+            self.gate = nn.Sequential(nn.Linear(2 * dim, dim), nn.GELU(), nn.Linear(dim, dim))
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode!r}, L_w={self.L_w}, L_e={self.L_e}"
 
     def init_state(self, batch_size: int, tokens: int, *, device=None, dtype=None) -> DualMemoryState:
-        """Empty memories for ``batch_size`` videos of ``tokens`` tokens per frame (with key/value caches)."""
-        return DualMemoryState(
-            working=MemoryBank.empty(batch_size, self.L_w, tokens, self.dim, device=device, dtype=dtype, cached=True),
-            episodic=MemoryBank.empty(batch_size, self.L_e, tokens, self.dim, device=device, dtype=dtype, cached=True),
-        )
+        """Empty memories for ``batch_size`` videos of ``tokens`` tokens per frame (with key/value caches);
+        a memory the mode does not keep is ``None``."""
+
+        def bank(capacity: int) -> MemoryBank | None:
+            if not capacity:
+                return None
+            return MemoryBank.empty(batch_size, capacity, tokens, self.dim, device=device, dtype=dtype, cached=True)
+
+        return DualMemoryState(working=bank(self.L_w), episodic=bank(self.L_e))
+
+    def check_state(self, working: MemoryBank | None, episodic: MemoryBank | None) -> None:
+        """Raise unless exactly the memories of the mode are given."""
+        given = (working is not None, episodic is not None)
+        if given != (self.uses_working, self.uses_episodic):
+
+            def names(flags):
+                return [n for n, f in zip(("working", "episodic"), flags, strict=True) if f]
+
+            raise ValueError(
+                f"a {self.mode!r} memory keeps the memories {names((self.uses_working, self.uses_episodic))}; "
+                f"got a state with {names(given)}"
+            )
 
     @staticmethod
     def project(attention: nn.MultiheadAttention, x: torch.Tensor, which: int) -> torch.Tensor:
@@ -419,7 +491,8 @@ class DualMemoryModule(nn.Module):
 
         Args:
             H_t: ``(batch, tokens, dim)`` features of frame ``t`` of each video.
-            W_t, E_t: the memories before frame ``t`` (from :meth:`init_state` and earlier calls).
+            W_t, E_t: the memories before frame ``t`` (from :meth:`init_state` and earlier calls); ``None``
+                for a memory the mode does not keep (returned as ``None``).
             active: ``(batch,)`` bool, videos that have a frame ``t`` (default all); the memories of the
                 others are left as they are and their ``M_t`` is zero.
             used: bounds ``(working, episodic)`` on the entry counts, known to the caller without reading
@@ -429,22 +502,34 @@ class DualMemoryModule(nn.Module):
         Returns:
             ``(M_t (batch, tokens, dim), W_{t+1}, E_{t+1})``.
         """
+        self.check_state(W_t, E_t)
         M_t, W_next, E_next, _ = self._step(H_t, W_t, E_t, active, used, dense)
         return M_t, W_next, E_next
 
     def _step(self, H_t, W_t, E_t, active, used, dense):
-        """:meth:`forward` plus ``(γ_t, M^w_t, M^e_t)``."""
+        """:meth:`forward` plus ``(γ_t, M^w_t, M^e_t)``, each ``None`` where the mode lacks it."""
         if H_t.dim() != 3 or H_t.shape[-1] != self.dim:
             raise ValueError(f"H_t must have shape (batch, tokens, {self.dim}); got {tuple(H_t.shape)}")
         used_w, used_e = (None, None) if used is None else used
-        M_w = self.retrieve(self.working_attention, H_t, W_t, used_w, dense and used_w is not None and used_w > 0)
-        M_e = self.retrieve(self.episodic_attention, H_t, E_t, used_e, dense and used_e is not None and used_e > 0)
-        gamma = torch.sigmoid(self.gate(torch.cat([M_w, M_e], dim=-1)))
-        M_t = gamma * M_w + (1 - gamma) * M_e
+        M_w = M_e = gamma = None
+        if self.uses_working:
+            dense_w = dense and used_w is not None and used_w > 0
+            M_w = self.retrieve(self.working_attention, H_t, W_t, used_w, dense_w)
+        if self.uses_episodic:
+            dense_e = dense and used_e is not None and used_e > 0
+            M_e = self.retrieve(self.episodic_attention, H_t, E_t, used_e, dense_e)
+        if self.mode == "dual":
+            gamma = torch.sigmoid(self.gate(torch.cat([M_w, M_e], dim=-1)))
+            M_t = gamma * M_w + (1 - gamma) * M_e
+        else:
+            M_t = M_w if self.uses_working else M_e
         if active is not None:
             M_t = M_t.masked_fill(~active[:, None, None], 0.0)
-        W_next = fifo_update(W_t, H_t, active, self.cache(self.working_attention, H_t))
-        E_next = similarity_replace_update(E_t, M_t, active, self.cache(self.episodic_attention, M_t))
+        W_next = E_next = None
+        if self.uses_working:
+            W_next = fifo_update(W_t, H_t, active, self.cache(self.working_attention, H_t))
+        if self.uses_episodic:
+            E_next = similarity_replace_update(E_t, M_t, active, self.cache(self.episodic_attention, M_t))
         return M_t, W_next, E_next, (gamma, M_w, M_e)
 
     def forward_video(
@@ -489,11 +574,14 @@ class DualMemoryModule(nn.Module):
         fresh = state is None
         if fresh:
             state = self.init_state(b, n, device=features.device, dtype=features.dtype)
-        elif tuple(state.working.slots.shape[::2]) != (b, n):
-            raise ValueError(
-                f"memory state is for (batch, tokens)={tuple(state.working.slots.shape[::2])}; "
-                f"features have (batch, tokens)=({b}, {n})"
-            )
+        else:
+            self.check_state(state.working, state.episodic)
+            for bank in state.banks():
+                if tuple(bank.slots.shape[::2]) != (b, n):
+                    raise ValueError(
+                        f"memory state is for (batch, tokens)={tuple(bank.slots.shape[::2])}; "
+                        f"features have (batch, tokens)=({b}, {n})"
+                    )
         if num_frames is not None:
             if num_frames.dtype != torch.long or tuple(num_frames.shape) != (b,):
                 raise ValueError(
@@ -503,9 +591,9 @@ class DualMemoryModule(nn.Module):
             if bool((num_frames < 0).any()) or bool((num_frames > t).any()):
                 raise ValueError(f"num_frames must lie in [0, {t}]; got {num_frames.tolist()}")
         W, E = state.working, state.episodic
-        episodic_before = E.count.clone()
+        episodic_before = torch.zeros(b, dtype=torch.long, device=features.device) if E is None else E.count.clone()
         # entries already stored: read once here, so the frame loop never waits on the device
-        stored = 0 if fresh else int(torch.maximum(W.count.max(), E.count.max()))
+        stored = 0 if fresh else int(max(bank.count.max() for bank in state.banks()))
         # fresh memories of videos without padding all hold min(i, capacity) entries at frame i
         dense = fresh and num_frames is None
         outputs, records = [], []
@@ -527,7 +615,11 @@ class DualMemoryModule(nn.Module):
     @staticmethod
     def _trace_frame(H_t, W, E, active) -> dict:
         on = torch.ones(H_t.shape[0], dtype=torch.bool, device=H_t.device) if active is None else active
-        return {"active": on, "read": on & ((W.count > 0) | (E.count > 0)), "E": E}
+        held = torch.zeros_like(on)
+        for bank in (W, E):
+            if bank is not None:
+                held = held | (bank.count > 0)
+        return {"active": on, "read": on & held, "E": E}
 
     def _collect_trace(self, records: list[dict], features: torch.Tensor, episodic_before) -> MemoryTrace:
         b, _, n, d = features.shape
@@ -544,15 +636,29 @@ class DualMemoryModule(nn.Module):
                 active=torch.zeros(b, 0, dtype=torch.bool, device=features.device),
                 episodic_before=episodic_before,
                 L_e=self.L_e,
+                mode=self.mode,
             )
+
+        def norm(M, active):
+            if M is None:  # a memory the mode does not keep
+                return torch.full(active.shape, float("nan"), dtype=features.dtype, device=features.device)
+            return M.detach().norm(dim=-1).mean(dim=1).masked_fill(~active, 0.0)
+
         gate, w_norm, e_norm, replaced, similarity = [], [], [], [], []
         for r in records:
             gamma, M_w, M_e = r["extras"]
             active, E, M_t = r["active"], r["E"], r["memory"]
-            gate.append(gamma.mean(dim=(1, 2)).masked_fill(~active, 0.0))
-            w_norm.append(M_w.detach().norm(dim=-1).mean(dim=1).masked_fill(~active, 0.0))
-            e_norm.append(M_e.detach().norm(dim=-1).mean(dim=1).masked_fill(~active, 0.0))
-            sims = cosine_similarity(M_t.detach(), E.slots)
+            if gamma is None:  # no gate: γ is 1 (working only) or 0 (episodic only)
+                gate.append(active.to(features.dtype) * float(self.uses_working))
+            else:
+                gate.append(gamma.mean(dim=(1, 2)).masked_fill(~active, 0.0))
+            w_norm.append(norm(M_w, active))
+            e_norm.append(norm(M_e, active))
+            if E is None:
+                replaced.append(torch.full_like(active, -1, dtype=torch.long))
+                similarity.append(torch.full(active.shape, float("nan"), dtype=features.dtype, device=active.device))
+                continue
+            sims = cosine_similarity(M_t.detach(), E.slots.detach())
             best, index = sims.max(dim=1)
             full = (E.count >= E.capacity) & active
             replaced.append(torch.where(full, index, -1))
@@ -568,4 +674,5 @@ class DualMemoryModule(nn.Module):
             active=torch.stack([r["active"] for r in records], dim=1),
             episodic_before=episodic_before,
             L_e=self.L_e,
+            mode=self.mode,
         )

@@ -10,7 +10,8 @@ off by default (weights ``memory_consistency_weight``, ``memory_utilization_weig
   ``mean over pairs (t−1, t) that both read memory of 1 − cos(M_{t−1}, M_t)`` (whole frames);
 - memory utilisation: on average a video should read both memories,
   ``mean over videos of (γ̄ − 1/2)²`` with ``γ̄`` the video's mean gate over the frames that read memory
-  (``γ̄ = 1``: working memory only, ``0``: episodic only).
+  (``γ̄ = 1``: working memory only, ``0``: episodic only). It needs the gate, so a trace of a
+  ``"working_only"`` or ``"episodic_only"`` memory raises; the consistency loss works in every mode.
 
 :func:`plot_memory` draws one video's gate, retrieval norms and episodic slots over time into a PNG
 (needs matplotlib, an optional dependency).
@@ -43,6 +44,11 @@ def memory_consistency_loss(trace: MemoryTrace, eps: float = 1e-8) -> torch.Tens
 
 def memory_utilization_loss(trace: MemoryTrace) -> torch.Tensor:
     """Mean over videos that read memory of ``(γ̄ − 1/2)²``, ``γ̄`` the video's mean gate (0 if none)."""
+    if trace.mode != "dual":
+        raise ValueError(
+            "the memory utilisation loss balances the gate between the working and episodic memories, so it "
+            f"needs a trace of a 'dual' memory; got one of a {trace.mode!r} memory (it has no gate)"
+        )
     read = trace.read.to(trace.gate.dtype)
     frames = read.sum(dim=1)
     videos = frames > 0
@@ -55,7 +61,8 @@ def memory_utilization_loss(trace: MemoryTrace) -> torch.Tensor:
 def plot_memory(trace: MemoryTrace, path: str | Path, video: int = 0, title: str | None = None) -> Path:
     """Save a PNG of video ``video`` of ``trace``: the mean gate per frame, the retrieval norms of the
     working and episodic memories, and which frame each episodic slot holds over time (a cross marks
-    each frame whose ``M_t`` replaced the most similar stored entry).
+    each frame whose ``M_t`` replaced the most similar stored entry). A trace without an episodic memory
+    (``"working_only"``) has no slot panel.
 
     Needs matplotlib; returns the path written.
     """
@@ -79,7 +86,8 @@ def plot_memory(trace: MemoryTrace, path: str | Path, video: int = 0, title: str
     slots[slots == -1] = float("nan")
     replaced = (trace.replaced[video].cpu() >= 0) & trace.active[video].cpu()
 
-    fig, axes = plt.subplots(3, 1, figsize=(8, 8), sharex=True, constrained_layout=True)
+    panels = 3 if trace.L_e else 2
+    fig, axes = plt.subplots(panels, 1, figsize=(8, 8 * panels / 3), sharex=True, constrained_layout=True)
     axes[0].plot(t[read], gate[read], "o-", color="tab:purple")
     axes[0].axhline(0.5, color="grey", lw=0.8, ls="--")
     axes[0].set_ylim(0, 1)
@@ -88,6 +96,9 @@ def plot_memory(trace: MemoryTrace, path: str | Path, video: int = 0, title: str
     axes[1].plot(t, trace.episodic_norm[video].float().cpu()[active], "s-", label="episodic |M^e|")
     axes[1].set_ylabel("retrieval norm\n(per token)")
     axes[1].legend(loc="upper left")
+    if not trace.L_e:
+        axes[1].set_xlabel("frame")
+        return _save(fig, plt, path, title or f"VLM² memory, video {video}")
     image = axes[2].imshow(
         slots.T.numpy(), aspect="auto", origin="lower", interpolation="nearest", cmap="viridis",
         extent=(-0.5, frames - 0.5, -0.5, trace.L_e - 0.5), vmin=-2, vmax=max(frames - 1, 0),
@@ -99,7 +110,11 @@ def plot_memory(trace: MemoryTrace, path: str | Path, video: int = 0, title: str
     if len(steps):
         axes[2].legend(loc="lower right")
     fig.colorbar(image, ax=axes[2], label="frame stored (-2: before)")
-    fig.suptitle(title or f"VLM² memory, video {video}")
+    return _save(fig, plt, path, title or f"VLM² memory, video {video}")
+
+
+def _save(fig, plt, path: str | Path, title: str) -> Path:
+    fig.suptitle(title)
     path = Path(path)
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -11,7 +11,8 @@ itself and hands them to the base model's ``forward`` / ``generate`` through ``m
 With both additions switched off the features, logits and generated tokens equal the base model's
 bit for bit. Memory lives per video: without ``video_ids`` every call starts from empty memories (one
 training sample, one video); with ``video_ids`` the memories persist across calls (a video streamed in
-chunks of frames) until :meth:`clear_video_memory`, bounded to ``L_w + L_e`` frames per video.
+chunks of frames) until :meth:`clear_video_memory`, bounded to ``L_w + L_e`` frames per video (``L_w``
+or ``L_e`` alone for the ablations ``memory_mode="working_only"`` / ``"episodic_only"``).
 
 With ``trace_memory`` set (or a memory loss weight above 0), each call keeps a
 :class:`~videostate.vlm.memory.MemoryTrace` of what the memory did in ``last_memory_trace`` (plot it with
@@ -99,6 +100,7 @@ class VLM2ForConditionalGeneration(nn.Module):
                 L_w=config.memory_L_w,
                 L_e=config.memory_L_e,
                 dropout=config.memory_dropout,
+                mode=config.memory_mode,
             )
             if config.use_dual_memory
             else None
@@ -240,8 +242,9 @@ class VLM2ForConditionalGeneration(nn.Module):
         """Resume ``video_id`` from ``state`` (e.g. one rebuilt with ``init_state`` + ``load_state_dict``)."""
         if self.dual_memory is None:
             raise ValueError("use_dual_memory is off, so there is no memory to set")
-        if state.working.batch_size != 1:
-            raise ValueError(f"a video's memory has batch size 1; got {state.working.batch_size}")
+        self.dual_memory.check_state(state.working, state.episodic)
+        if state.batch_size != 1:
+            raise ValueError(f"a video's memory has batch size 1; got {state.batch_size}")
         self._video_memories[video_id] = state
 
     def _memory_state(self, video_ids: Sequence[Hashable] | None, tokens: int, like: torch.Tensor):
