@@ -28,7 +28,7 @@ from .validation import check_same_device, check_tensor, compute_dtype
 
 NO_LIMIT = (0.0, math.inf)
 # The reference solves this many elements of (batch, heads, chunks, T, T) decay matrices at once.
-CHUNK_BLOCK_ELEMENTS = 1 << 22
+CHUNK_BLOCK_ELEMENTS = 1 << 20
 
 
 def ssd_scan(
