@@ -24,17 +24,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..ssm.cuda_graph import WeightGuard, record
 from .model import VideoMambaDepthState
 from .streaming import state_change_terms
 from .teacher import check_rgb
 
 if TYPE_CHECKING:
     from .model import VideoMambaDepth
-
-# Untimed runs before capture, on a side stream: cuBLAS/cuDNN handles, workspaces, Triton compilation and the
-# attention kernels' lazy set-up happen there, never inside a graph.
-WARMUP_RUNS = 2
-
 
 class DepthFastStep:
     """``depth, states = fast(rgb_frame (B, 3, H, W), states)``: the values of ``model.step(rgb_frame, states)``.
@@ -52,8 +48,7 @@ class DepthFastStep:
     def __init__(self, model: VideoMambaDepth):
         self.model = model
         self._signature: tuple | None = None
-        self._weights: list[torch.Tensor] = []
-        self._weight_pointers: list[int] = []
+        self._weights: WeightGuard | None = None
         self._rgb: torch.Tensor | None = None
         self._features: list[torch.Tensor] = []
         self._states: VideoMambaDepthState | None = None
@@ -129,11 +124,8 @@ class DepthFastStep:
     def _check_model(self) -> None:
         if self.model.training:
             raise ValueError("a fast step runs inference only; call model.eval() first (the model is in training mode)")
-        if self._weights and [t.data_ptr() for t in self._weights] != self._weight_pointers:
-            raise RuntimeError(
-                "the model's weights were moved or cast after this fast step was set up; make another one with "
-                "model.fast_step()"
-            )
+        if self._weights is not None:
+            self._weights.check()
 
     @staticmethod
     def _describe(rgb_frame: torch.Tensor) -> tuple:
@@ -142,8 +134,7 @@ class DepthFastStep:
     def _setup(self, rgb_frame: torch.Tensor) -> None:
         """Static buffers from one eager frame: the frame, its features and full-size zero states."""
         model = self.model
-        self._weights = [*model.parameters(), *model.buffers()]
-        self._weight_pointers = [t.data_ptr() for t in self._weights]
+        self._weights = WeightGuard(model)
         self._image_size = tuple(rgb_frame.shape[-2:])
         self._rgb = rgb_frame.clone()
         self._features = [f.clone() for f in model.frame_features(self._rgb)]
@@ -180,18 +171,8 @@ class DepthFastStep:
 
     def _capture(self, kind: str) -> None:
         """Warm up on a side stream, then record ``kind``; the warm-up's writes to the state buffers are undone."""
-        device = self._rgb.device
         saved = self._states.clone()
-        with torch.cuda.device(device):
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for _ in range(WARMUP_RUNS):
-                    self._run(kind)
-            torch.cuda.current_stream(device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool):
-                out = self._run(kind)
+        graph, out = record(lambda: self._run(kind), self._rgb.device, self._pool)
         if self._pool is None:
             self._pool = graph.pool()
         if kind == "encode":  # the graph's outputs become the static features the step graphs read

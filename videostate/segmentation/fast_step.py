@@ -18,24 +18,13 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..ssm.cuda_graph import WeightGuard, record
 from .model import VideomtState, VideomtVideoOutput
 
 if TYPE_CHECKING:
     from .model import VideomtForUniversalSegmentation
 
-# Untimed runs before capture, on a side stream: cuBLAS/cuDNN handles, workspaces and the attention
-# kernels' lazy set-up happen there, never inside the graph.
-WARMUP_RUNS = 2
 OUTPUT_FIELDS = ("class_queries_logits", "masks_queries_logits", "last_hidden_state")
-
-
-def _sentinel_weights(model: torch.nn.Module) -> list[torch.Tensor]:
-    """The model's own parameters and buffers and the first of each child module's: ``.to()``, ``.half()``
-    and the like replace them all, and checking a few keeps the per-frame check to microseconds."""
-    tensors = [*model.parameters(recurse=False), *model.buffers(recurse=False)]
-    for child in model.children():
-        tensors.extend(list(child.parameters())[:1])
-    return tensors
 
 
 class VideomtFastStep:
@@ -58,8 +47,7 @@ class VideomtFastStep:
     def __init__(self, model: VideomtForUniversalSegmentation):
         self.model = model
         self._signature: tuple | None = None
-        self._weights: list[torch.Tensor] = []
-        self._weight_pointers: list[int] = []
+        self._weights: WeightGuard | None = None
         self._frames: torch.Tensor | None = None
         self._state: VideomtState | None = None
         self._graph: torch.cuda.CUDAGraph | None = None
@@ -107,26 +95,12 @@ class VideomtFastStep:
                 raise ValueError(f"{name} must be on the frames' device {frames.device}; got {tensor.device}")
 
     def _setup(self, frames: torch.Tensor, state: VideomtState) -> None:
-        self._weights = _sentinel_weights(self.model)
-        self._weight_pointers = [t.data_ptr() for t in self._weights]
+        self._weights = WeightGuard(self.model)
         self._frames = frames.clone()
         self._state = VideomtState(state.propagated.clone(), state.started.clone())
         if frames.device.type == "cuda":
-            self._capture(frames.device)
+            self._graph, self._static = record(self._run, frames.device)
         self._signature = self._describe(frames, state)  # last: a failed capture is retried, never skipped
-
-    def _capture(self, device: torch.device) -> None:
-        with torch.cuda.device(device):
-            side = torch.cuda.Stream(device)
-            side.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(side):
-                for _ in range(WARMUP_RUNS):
-                    self._run()
-            torch.cuda.current_stream(device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                self._static = self._run()
-        self._graph = graph
 
     @torch.no_grad()
     def __call__(self, frames: torch.Tensor, state: VideomtState) -> tuple[VideomtVideoOutput, VideomtState]:
@@ -141,11 +115,7 @@ class VideomtFastStep:
                 f"this fast step was set up for ({fields}) = {self._signature}; got {signature}; "
                 "make another one with model.fast_step()"
             )
-        if [t.data_ptr() for t in self._weights] != self._weight_pointers:
-            raise RuntimeError(
-                "the model's weights were moved or cast after this fast step was set up; "
-                "make another one with model.fast_step()"
-            )
+        self._weights.check()
         self._frames.copy_(frames)
         self._state.propagated.copy_(state.propagated)
         self._state.started.copy_(state.started)
