@@ -43,6 +43,7 @@ from videostate.depth import VideoMambaDepth
 from videostate.depth.data import read_depth_png
 from videostate.depth.evaluation import evaluate_sequence, load_trajectory_log, plot_curves, predict_sequence
 from videostate.training import Trainer, latest_checkpoint
+from videostate.training.cli import add_overrides_argument
 from videostate.training.recipe import get_task, load_recipe, recipe_to_dict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -220,15 +221,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="folder with image/, depth/ and trajectory.log")
     parser.add_argument("--recipe", default=str(ROOT / "configs" / "depth_rgbd_check.yaml"))
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        metavar="KEY=VALUE",
-        nargs="+",
-        action="extend",
-        default=[],
-        help="recipe overrides for both runs (e.g. a smaller model.input_size for a CPU dry run)",
-    )
+    add_overrides_argument(parser, "recipe overrides for both runs (e.g. a smaller model.input_size for a CPU dry run)")
     parser.add_argument("--train-seconds", type=float, default=120.0, help="wall-clock budget of each training")
     parser.add_argument("--max-segments", type=int, default=4, help="fit calls per training (step-time re-estimates)")
     parser.add_argument("--print-first", type=int, default=5, help="steps printed one by one (the step-time check)")

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from videostate.training.cli import add_overrides_argument
+
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
@@ -242,7 +244,7 @@ def add_depth_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("recipe", help="the depth recipe the checkpoint was trained with")
     parser.add_argument("checkpoint", help="a training checkpoint (step_<n>.pt)")
     parser.add_argument("-o", "--output", required=True, help="VideoMambaDepth folder to write")
-    parser.add_argument("--set", dest="overrides", metavar="KEY=VALUE", nargs="+", action="extend", default=[])
+    add_overrides_argument(parser)
     parser.set_defaults(func=run_depth_export)
 
 

@@ -7,8 +7,8 @@ import argparse
 import yaml
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("recipe", help="YAML recipe: task, trainer, optim, model and data sections")
+def add_overrides_argument(parser: argparse.ArgumentParser, help: str | None = None) -> None:
+    """``--set KEY=VALUE ...`` (repeatable) into ``args.overrides``, for :func:`.recipe.load_recipe`."""
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -16,8 +16,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         action="extend",
         default=[],
-        help="override a recipe value by dotted key, e.g. --set optim.lr=1e-4 trainer.max_steps=200",
+        help=help or "override a recipe value by dotted key, e.g. --set optim.lr=1e-4 trainer.max_steps=200",
     )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("recipe", help="YAML recipe: task, trainer, optim, model and data sections")
+    add_overrides_argument(parser)
     parser.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
     parser.add_argument(
         "--steps",
