@@ -198,3 +198,24 @@ def test_scan_from_stage_save_load_roundtrip(tmp_path):
         torch.testing.assert_close(loaded(img0, img1), model(img0, img1), rtol=0, atol=0)
     reports = loaded.backbone.init_mamba_from_attention()
     assert [r.name for r in reports] == ["stages.1.0", "stages.1.1", "stages.2.0"]
+
+
+def test_float_timestep_is_checked_on_the_host():
+    """A float timestep (the video tool's case) never reads a device value back; a tensor one still is checked."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from videostate.interpolation.model import as_timestep
+
+    class HostReads(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            HostReads.count += func is torch.ops.aten._local_scalar_dense.default
+            return func(*args, **(kwargs or {}))
+
+    with HostReads():
+        t = as_timestep(0.25, 3, "cpu", torch.float32)
+    assert HostReads.count == 0 and torch.equal(t, torch.full((3,), 0.25))
+    with HostReads():
+        as_timestep(torch.tensor([0.25, 0.5, 0.75]), 3, "cpu", torch.float32)
+    assert HostReads.count > 0

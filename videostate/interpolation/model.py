@@ -61,6 +61,10 @@ class VFIOutput:
 
 def as_timestep(timestep, batch: int, device, dtype) -> torch.Tensor:
     """A float or a tensor of shape ``()``, ``(B,)`` or ``(B, 1, 1, 1)``, strictly inside (0, 1) -> ``(B,)``."""
+    if isinstance(timestep, (int, float)):  # checked on the host: no device round trip per frame
+        if not 0 < timestep < 1:
+            raise ValueError(f"timestep must lie strictly between 0 and 1; got {timestep}")
+        return torch.full((batch,), timestep, device=device, dtype=dtype)
     t = torch.as_tensor(timestep, device=device, dtype=dtype)
     if t.numel() == 1:
         t = t.reshape(1).expand(batch)
