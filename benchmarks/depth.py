@@ -34,7 +34,7 @@ import torch
 from common import describe_device, measure_time, write_result
 
 from videostate.depth import DepthAnythingTeacher, VideoMambaDepth
-from videostate.depth.streaming import KeyframeConfig, KeyframeStreamer, state_tensors
+from videostate.depth.streaming import KeyframeConfig, KeyframeStreamer
 from videostate.depth.teacher import depth_anything_v2_config
 
 START = time.perf_counter()
@@ -141,7 +141,7 @@ def bench(arch, size, frames, device, dtype, repeats, budget_s) -> dict:
         frame = torch.rand(1, 3, *size, device=device, dtype=dtype)
         row["teacher_step_ms"] = 1e3 * measure_time(lambda: teacher.predict_depth(frame), device, repeats * 3)
         _, states = model.step(frame, model.init_states(1))
-        row["state_bytes"] = sum(t.numel() * t.element_size() for t in state_tensors(states).values())
+        row["state_bytes"] = sum(t.numel() * t.element_size() for t in states.tensors().values())
         row["step_ms"] = 1e3 * measure_time(lambda: model.step(frame, states), device, repeats * 3)
         fast = model.fast_step()
         fast_states = [fast(frame, states)[1]]  # captures the graphs
@@ -187,7 +187,7 @@ def stream(arch, size, stream_frames, device, dtype, budget_s) -> dict:
             break
     row["ms_per_frame"] = 1e3 * (time.perf_counter() - start) / i
     states = streamer.states
-    row["state_bytes"] = sum(t.numel() * t.element_size() for t in state_tensors(states).values())
+    row["state_bytes"] = sum(t.numel() * t.element_size() for t in states.tensors().values())
     row["bound_state_bytes"] = (config.max_keyframes + 1) * row["state_bytes"]
     return row
 
