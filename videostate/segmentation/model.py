@@ -306,31 +306,36 @@ class VideomtForUniversalSegmentation(_TransformersVideomt):
             )
             frames.append(frame)
 
-        def stack(key):
-            return torch.stack([f[key] for f in frames], dim=1)
+        def stack(key: str, i: int | None = None) -> torch.Tensor:
+            """``(B, T, ...)`` from every frame's ``key`` (its ``i``-th entry for a list)."""
+            return torch.stack([f[key] if i is None else f[key][i] for f in frames], dim=1)
 
+        sequence = self.layernorm(stack("output"))
+        masks, classes = self._predict_frames(sequence)
         aux = None
         if output_auxiliary_logits:
+            names = ("masks_queries_logits", "class_queries_logits")
             aux = tuple(
-                {
-                    name: torch.stack([f["aux"][i][name] for f in frames], dim=1)
-                    for name in ("masks_queries_logits", "class_queries_logits")
-                }
+                dict(zip(names, self._predict_frames(stack("aux", i)), strict=True))
                 for i in range(self.config.num_blocks)
             )
         if hidden_states is not None:
             hidden_states = [unflatten_frames(h, batch_size) for h in hidden_states]
-            hidden_states += [
-                torch.stack([f["layers"][i] for f in frames], dim=1) for i in range(self.config.num_blocks)
-            ]
+            hidden_states += [stack("layers", i) for i in range(self.config.num_blocks)]
         return VideomtVideoOutput(
-            class_queries_logits=stack("class_queries_logits"),
-            masks_queries_logits=stack("masks_queries_logits"),
-            last_hidden_state=stack("last_hidden_state"),
+            class_queries_logits=classes,
+            masks_queries_logits=masks,
+            last_hidden_state=sequence,
             auxiliary_logits=aux,
             hidden_states=tuple(hidden_states) if hidden_states is not None else None,
             next_state=current if state is not None else None,
         )
+
+    def _predict_frames(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``predict`` on every frame at once: ``x (B, T, S, D)`` -> masks ``(B, T, Q, h, w)``, classes
+        ``(B, T, Q, C + 1)``."""
+        masks, classes = self.predict(flatten_frames(x))
+        return unflatten_frames(masks, x.shape[0]), unflatten_frames(classes, x.shape[0])
 
     def _frame_queries(self, state: VideomtState, started: bool | None, like: torch.Tensor) -> torch.Tensor:
         """Queries ``(B, Q, D)``: learned where a stream starts, ``query_updater(propagated) + learned`` elsewhere.
@@ -349,28 +354,24 @@ class VideomtForUniversalSegmentation(_TransformersVideomt):
     def _segment_frame(
         self, tokens: torch.Tensor, state: VideomtState, started: bool | None, output_aux: bool, output_layers: bool
     ) -> tuple[dict, VideomtState]:
-        """One frame through the segmenter layers. ``tokens (B, 1 + R + N, D)`` after the encoder layers."""
+        """One frame through the segmenter layers. ``tokens (B, 1 + R + N, D)`` after the encoder layers.
+
+        Returns ``{"output": the last layer's output, "layers": every segmenter layer's output when
+        ``output_layers``, "aux": every segmenter layer's prediction input when ``output_aux``}`` (each
+        ``(B, Q + 1 + R + N, D)``; the caller predicts for all frames at once) and the next state.
+        """
         x = torch.cat((self._frame_queries(state, started, tokens), tokens), dim=1)
         aux, layers = [], []
         for layer in self.layers[self.query_start :]:
             if output_aux:
-                masks, classes = self.predict(self.layernorm(x) if self.norm_queries else x)
-                aux.append({"masks_queries_logits": masks, "class_queries_logits": classes})
+                aux.append(self.layernorm(x) if self.norm_queries else x)
             x = layer(x)
             if output_layers:
                 layers.append(x)
-        sequence = self.layernorm(x)
-        masks, classes = self.predict(sequence)
-        propagated = (sequence if self.norm_queries else x)[:, : self.config.num_queries]
-        next_state = VideomtState(propagated, torch.ones_like(state.started))
-        frame = {
-            "masks_queries_logits": masks,
-            "class_queries_logits": classes,
-            "last_hidden_state": sequence,
-            "aux": aux,
-            "layers": layers,
-        }
-        return frame, next_state
+        queries = x[:, : self.config.num_queries]
+        # a compact copy: the state must not pin the frame's patch tokens
+        propagated = self.layernorm(queries) if self.norm_queries else queries.contiguous()
+        return {"output": x, "layers": layers, "aux": aux}, VideomtState(propagated, torch.ones_like(state.started))
 
     def step(
         self, frames: torch.Tensor, state: VideomtState, bool_masked_pos: torch.Tensor | None = None
