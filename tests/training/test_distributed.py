@@ -5,11 +5,13 @@ import os
 import socket
 import time
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
 from tests.training.tiny import SequenceData, tiny_model
 from videostate.training import OptimConfig, Trainer, TrainerConfig, truncated_bptt
+from videostate.training.distributed import init_distributed
 
 WORLD = 2
 
@@ -94,3 +96,21 @@ def test_ddp_gradient_equals_single_process_global_batch(tmp_path):
     _step(reference, (data.x, data.y), torch.Tensor.backward)
     for name, p in reference.named_parameters():
         torch.testing.assert_close(results[0]["params"][name], (p - p.grad).detach(), rtol=1e-10, atol=1e-12, msg=name)
+
+
+
+@pytest.mark.parametrize(("device", "expected"), [("cuda", "cuda:0"), ("cuda:1", "cuda:1"), ("auto", "cuda:0")])
+def test_cuda_device_without_index_is_the_local_rank(monkeypatch, device, expected):
+    """``torch.cuda.set_device`` rejects a bare ``"cuda"``: a process takes ``cuda:LOCAL_RANK`` instead."""
+    chosen = []
+
+    def set_device(d):
+        if d.index is None:
+            raise ValueError(f"set_device needs an index; got {d}")
+        chosen.append(d)
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    info, dev = init_distributed(device)
+    assert dev == torch.device(expected) and chosen == [dev] and info.local_rank == 0

@@ -36,7 +36,8 @@ class DistInfo:
 def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> tuple[DistInfo, torch.device]:
     """Join the ``torchrun`` process group when its environment is set; pick this process's device.
 
-    ``device="auto"`` is ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``.
+    ``device="auto"`` is ``cuda:LOCAL_RANK`` when CUDA is available, else ``cpu``; ``"cuda"`` without an
+    index is ``cuda:LOCAL_RANK``.
     """
     env = os.environ
     info = DistInfo()
@@ -49,6 +50,8 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> tuple[Di
         device = f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu"
     dev = torch.device(device)
     if dev.type == "cuda":
+        if dev.index is None:
+            dev = torch.device("cuda", info.local_rank)
         torch.cuda.set_device(dev)
     if info.distributed and not dist.is_initialized():
         dist.init_process_group(
