@@ -20,10 +20,26 @@ through the residual ``H_t + M_t``.
 
 Every operation is batched over videos: a :class:`MemoryBank` keeps ``(batch, capacity, tokens, dim)``
 slots and a per-video entry count, so videos of a batch have separate memories that fill, slide and
-reset independently, with no Python loop over videos. The memories of :class:`DualMemoryModule` also
-keep each entry's key and value projections, computed once when it is stored (reading a memory then
-costs one query projection and the attention itself). Memory is bounded: ``L_w + L_e`` frames per
-video, ``3 · (L_w + L_e) · tokens · dim`` numbers with the caches.
+reset independently, with no Python loop over videos. An entry never moves once written: a memory fills
+its slots in turn, then the working memory overwrites its oldest entry (a ring buffer) and the episodic
+memory writes ``M_t`` into the slot of the entry it deletes. A per-slot insertion stamp keeps the order, so
+the memories are the lists of Algorithm 1 (``MemoryBank.entries`` lists them oldest first); attention does
+not depend on the order of its keys, so reading needs no reordering. The memories of
+:class:`DualMemoryModule` also keep each entry's key and value projections, computed once when it is stored
+(reading a memory then costs one query projection and the attention itself), and the episodic memory keeps
+each entry's norm for the cosine. Memory is bounded: ``L_w + L_e`` frames per video,
+``3 · (L_w + L_e) · tokens · dim`` numbers with the caches.
+
+:meth:`DualMemoryModule.forward_video` does at once, before its frame loop, everything that depends only on
+the input frames: the query projections of both attentions, the working memory's key/value projections and
+all its reads (frame ``t`` reads the ``L_w`` frames before it: sliding windows over the chunk, a few
+attention calls for all frames), and the working half of the gate's first layer. The loop keeps what needs
+the previous frame's output: the episodic read, the gate, the episodic key/value projection and the episodic
+write. Without autograd (grad disabled, or nothing requires it) the episodic memory is written in place, one
+slot per frame, into a copy of the state passed in; under autograd each write is one masked select of the
+bank. The cosine similarity of lines 15-24 runs only on frames where a video's episodic memory can be full,
+which the entry counts tell on the host, as one matrix product with the bank. The frame loop never reads
+the device.
 
 Memory ablations (``memory_mode``, the "only working memory" / "only episodic memory" studies of VLM²):
 
@@ -50,7 +66,7 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
+from einops import rearrange, repeat
 from torch import nn
 
 from ..ssm.state import StreamState
@@ -60,35 +76,57 @@ MEMORY_MODES = ("dual", "working_only", "episodic_only")
 
 @dataclasses.dataclass
 class MemoryBank(StreamState):
-    """A batch of fixed-capacity memories.
+    """A batch of fixed-capacity memories whose entries stay in the slot they were written to.
 
     Attributes:
-        slots: ``(batch, capacity, tokens, dim)``; entry ``i < count[b]`` of video ``b`` is valid, in
-            insertion order (oldest first), the rest is zero padding.
+        slots: ``(batch, capacity, tokens, dim)``; slot ``i < count[b]`` of video ``b`` holds an entry, the
+            rest is zero. Slots fill in turn, so the valid ones come first; ``stamp`` orders them.
         count: ``(batch,)`` long, the number of valid entries of each video.
+        stamp: ``(batch, capacity)`` long, 1 + the insertion index of the slot's entry (the number of entries
+            the video's memory had received before it), 0 for an empty slot: ascending stamps run oldest
+            first, and the largest is the number of entries ever written.
         keys, values: ``(batch, capacity, tokens, dim)`` the entries projected by the key and value
             weights of the attention that reads this memory, computed once when an entry is stored (the
             memories of :class:`DualMemoryModule`), or ``None`` (plain memories).
+        norms: ``(batch, capacity)`` the L2 norm of each entry over the whole frame, computed once when it
+            is stored (the episodic memory of :class:`DualMemoryModule`), or ``None``.
     """
 
     slots: torch.Tensor
     count: torch.Tensor
+    stamp: torch.Tensor
     keys: torch.Tensor | None = None
     values: torch.Tensor | None = None
+    norms: torch.Tensor | None = None
 
     @classmethod
     def empty(
-        cls, batch_size: int, capacity: int, tokens: int, dim: int, *, device=None, dtype=None, cached: bool = False
+        cls,
+        batch_size: int,
+        capacity: int,
+        tokens: int,
+        dim: int,
+        *,
+        device=None,
+        dtype=None,
+        cached: bool = False,
+        normed: bool = False,
     ) -> MemoryBank:
-        """An empty memory; ``cached`` adds the ``keys``/``values`` projections."""
+        """An empty memory; ``cached`` adds the ``keys``/``values`` projections, ``normed`` the entry norms."""
         if capacity < 1:
             raise ValueError(f"memory capacity must be at least 1; got {capacity}")
 
-        def zeros():
-            return torch.zeros(batch_size, capacity, tokens, dim, device=device, dtype=dtype)
+        def zeros(*shape, dtype=dtype):
+            return torch.zeros(batch_size, *shape, device=device, dtype=dtype)
 
-        count = torch.zeros(batch_size, dtype=torch.long, device=device)
-        return cls(slots=zeros(), count=count, keys=zeros() if cached else None, values=zeros() if cached else None)
+        return cls(
+            slots=zeros(capacity, tokens, dim),
+            count=zeros(dtype=torch.long),
+            stamp=zeros(capacity, dtype=torch.long),
+            keys=zeros(capacity, tokens, dim) if cached else None,
+            values=zeros(capacity, tokens, dim) if cached else None,
+            norms=zeros(capacity) if normed else None,
+        )
 
     @property
     def capacity(self) -> int:
@@ -99,13 +137,17 @@ class MemoryBank(StreamState):
         positions = torch.arange(self.capacity, device=self.slots.device)
         return positions[None, :] < self.count[:, None]
 
+    def written(self) -> torch.Tensor:
+        """``(batch,)`` long: how many entries each video's memory has received (kept or since dropped)."""
+        return self.stamp.amax(dim=1)
+
+    def order(self) -> torch.Tensor:
+        """``(batch, capacity)`` long: the slots of the entries oldest first, then the empty slots."""
+        return torch.where(self.valid(), self.stamp, torch.iinfo(self.stamp.dtype).max).argsort(dim=1)
+
     def entries(self, index: int) -> torch.Tensor:
         """The valid entries of video ``index``, oldest first: ``(count, tokens, dim)``."""
-        return self.slots[index, : int(self.count[index])]
-
-    def per_slot(self) -> dict[str, torch.Tensor]:
-        """The tensors indexed by slot (``slots`` and, when cached, ``keys`` and ``values``)."""
-        return {name: t for name in ("slots", "keys", "values") if (t := getattr(self, name)) is not None}
+        return self.slots[index, self.order()[index, : int(self.count[index])]]
 
 
 def _check_update(
@@ -129,21 +171,45 @@ def _check_update(
     return active
 
 
-def _append(
+def _trailing(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``mask`` with singleton dims appended to broadcast against ``like``'s trailing dims."""
+    return mask.reshape(*mask.shape, *[1] * (like.dim() - 1))
+
+
+def write_slot(
+    fields: dict[str, torch.Tensor], slot: torch.Tensor, new: dict[str, torch.Tensor], active: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    """Out-of-place write for autograd: ``new[name] (batch, ...)`` into slot ``slot (batch,)`` of
+    ``fields[name] (batch, capacity, ...)`` for each active video; one select per field."""
+    capacity = fields["stamp"].shape[1]
+    write = torch.arange(capacity, device=slot.device) == slot[:, None]
+    if active is not None:
+        write = write & active[:, None]
+    return {name: torch.where(_trailing(write, value), value.unsqueeze(1), fields[name]) for name, value in new.items()}
+
+
+def write_slot_(
     fields: dict[str, torch.Tensor],
-    count: torch.Tensor,
-    x: torch.Tensor,
-    cache: tuple[torch.Tensor, torch.Tensor] | None,
-    active: torch.Tensor,
-) -> MemoryBank:
-    """Write ``x`` (and its cache) at position ``count`` of each active video (``count < capacity``)."""
-    capacity = fields["slots"].shape[1]
-    # a comparison, not F.one_hot: one_hot checks its indices on the host, a device sync on every frame
-    slot = torch.arange(capacity, device=count.device) == count.clamp(max=capacity - 1)[:, None]
-    write = (slot & active[:, None])[:, :, None, None]
-    new = {"slots": x} if cache is None else {"slots": x, "keys": cache[0], "values": cache[1]}
-    out = {name: torch.where(write, new[name][:, None], t) for name, t in fields.items()}
-    return MemoryBank(count=count + active.long(), **out)
+    rows: torch.Tensor,
+    slot: torch.Tensor,
+    new: dict[str, torch.Tensor],
+    active: torch.Tensor | None,
+) -> None:
+    """:func:`write_slot` in place, touching one slot per video (``rows``: ``arange(batch)``)."""
+    for name, value in new.items():
+        field = fields[name]
+        if active is not None:  # an inactive video writes its slot's own content back
+            value = torch.where(_trailing(active, value), value, field[rows, slot])
+        field.index_put_((rows, slot), value)
+
+
+def _updated(bank: MemoryBank, slot: torch.Tensor, new: dict[str, torch.Tensor], active: torch.Tensor) -> MemoryBank:
+    written = write_slot({name: getattr(bank, name) for name in new}, slot, new, active)
+    return dataclasses.replace(bank, count=(bank.count + active.long()).clamp(max=bank.capacity), **written)
+
+
+def _cached(cache: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    return {} if cache is None else {"keys": cache[0], "values": cache[1]}
 
 
 def fifo_update(
@@ -154,23 +220,42 @@ def fifo_update(
 ) -> MemoryBank:
     """Algorithm 1, lines 8-14: append ``x (batch, tokens, dim)``; a full memory first drops its oldest.
 
-    ``active (batch,)`` bool leaves the memories of inactive videos untouched (their video has no frame
-    at this step). ``cache``: the new entry's ``(keys, values)`` for a memory that caches them.
+    A ring buffer: the entry with insertion index ``s`` goes to slot ``s mod capacity``, which in a full memory
+    holds the oldest entry. ``active (batch,)`` bool leaves the memories of inactive videos untouched (their
+    video has no frame at this step). ``cache``: the new entry's ``(keys, values)`` for a memory that caches
+    them.
     """
     active = _check_update(bank, x, active, cache)
-    full = ((bank.count >= bank.capacity) & active)[:, None, None, None]
-    fields = {name: torch.where(full, t.roll(-1, dims=1), t) for name, t in bank.per_slot().items()}
-    return _append(fields, bank.count - full.flatten().long(), x, cache, active)
+    written = bank.written()
+    return _updated(bank, written % bank.capacity, {"slots": x, "stamp": written + 1, **_cached(cache)}, active)
+
+
+def frame_norms(x: torch.Tensor) -> torch.Tensor:
+    """L2 norms of whole frames: ``(..., tokens, dim)`` → ``(...)``."""
+    return torch.linalg.vector_norm(x, dim=(-2, -1))
+
+
+def frame_cosine(
+    x: torch.Tensor, x_norms: torch.Tensor, slots: torch.Tensor, slot_norms: torch.Tensor, eps: float = 1e-8
+) -> torch.Tensor:
+    """``cos(x_b, slots_{b,i})`` over whole frames from given norms: ``x (batch, tokens, dim)``, ``x_norms
+    (batch,)``, ``slots (batch, L, tokens, dim)``, ``slot_norms (batch, L)`` → ``(batch, L)``; the dot
+    products are one batched matrix product. A zero vector has similarity 0 with everything."""
+    dot = rearrange(slots, "b l n d -> b l (n d)") @ rearrange(x, "b n d -> b (n d) 1")
+    return rearrange(dot, "b l 1 -> b l") / (x_norms[:, None] * slot_norms).clamp_min(eps)
 
 
 def cosine_similarity(x: torch.Tensor, slots: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """``cos(x_b, slots_{b,i})`` over whole frames: ``x (batch, tokens, dim)``, ``slots (batch, L, tokens, dim)``
     → ``(batch, L)``. A zero vector has similarity 0 with everything."""
-    x_flat = rearrange(x, "b n d -> b 1 (n d)")
-    s_flat = rearrange(slots, "b l n d -> b l (n d)")
-    dot = (x_flat * s_flat).sum(-1)
-    norms = x_flat.norm(dim=-1) * s_flat.norm(dim=-1)
-    return dot / norms.clamp_min(eps)
+    return frame_cosine(x, frame_norms(x), slots, frame_norms(slots), eps)
+
+
+def oldest_most_similar(similarity: torch.Tensor, stamp: torch.Tensor) -> torch.Tensor:
+    """The slot with the highest ``similarity (batch, L)`` of each video, the oldest (smallest ``stamp``) among
+    equals, as deleting the first maximum of a list in insertion order: ``(batch,)`` long."""
+    best = similarity.amax(dim=1, keepdim=True)
+    return torch.where(similarity == best, stamp, torch.iinfo(stamp.dtype).max).argmin(dim=1)
 
 
 def similarity_replace_update(
@@ -181,27 +266,29 @@ def similarity_replace_update(
 ) -> MemoryBank:
     """Algorithm 1, lines 15-24: append ``x``; a full memory first deletes the entry most similar to it.
 
-    The deleted entry's successors move up one place, so entries stay in insertion order.
+    ``x`` takes the deleted entry's slot and the newest stamp, so the other entries neither move nor change
+    order. Among equally similar entries the oldest is deleted. A memory with ``norms`` reads the stored
+    entries' norms from there (and stores ``x``'s).
     """
     active = _check_update(bank, x, active, cache)
-    full = (bank.count >= bank.capacity) & active
-    capacity = bank.capacity
-    most_similar = cosine_similarity(x, bank.slots).argmax(dim=1)  # (batch,): i* of lines 15-24
-    # gather map that closes the gap at most_similar: position p reads p + (p >= i*), the last slot is freed
-    positions = torch.arange(capacity, device=x.device)[None, :]
-    source = (positions + (positions >= most_similar[:, None]).long()).clamp(max=capacity - 1)
-    source = torch.where(full[:, None], source, positions)
-    index = source[:, :, None, None].expand_as(bank.slots)
-    fields = {name: t.gather(1, index) for name, t in bank.per_slot().items()}
-    return _append(fields, bank.count - full.long(), x, cache, active)
+    with torch.no_grad():  # the choice of a slot has no gradient
+        x_norms = frame_norms(x)
+        slot_norms = frame_norms(bank.slots) if bank.norms is None else bank.norms
+        most_similar = oldest_most_similar(frame_cosine(x, x_norms, bank.slots, slot_norms), bank.stamp)
+    slot = torch.where(bank.count >= bank.capacity, most_similar, bank.count)  # i* of lines 15-24, or a free slot
+    new = {"slots": x, "stamp": bank.written() + 1, **_cached(cache)}
+    if bank.norms is not None:
+        new["norms"] = x_norms
+    return _updated(bank, slot, new, active)
 
 
 class WorkingMemory:
     """Sliding-window memory of the ``L_w`` most recent frames (FIFO), for a batch of videos.
 
     ``update(H_t)`` appends ``H_t (batch, tokens, dim)``, dropping the oldest entry when full;
-    ``get_buffer()`` returns ``(slots (batch, L_w, tokens, dim), valid (batch, L_w))``; ``clear()`` empties it.
-    The memory takes its batch size, token count, dtype and device from the first update.
+    ``get_buffer()`` returns ``(entries (batch, L_w, tokens, dim) oldest first, valid (batch, L_w))``;
+    ``clear()`` empties it. The memory takes its batch size, token count, dtype and device from the first
+    update.
     """
 
     def __init__(self, L_w: int = 8):
@@ -224,7 +311,9 @@ class WorkingMemory:
     def get_buffer(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.bank is None:
             raise RuntimeError("the memory has not been updated yet, so it has no batch size or shape")
-        return self.bank.slots, self.bank.valid()
+        order = self.bank.order()
+        rows = torch.arange(order.shape[0], device=order.device)[:, None]
+        return self.bank.slots[rows, order], self.bank.valid()
 
     def clear(self) -> None:
         self.bank = None
@@ -409,15 +498,17 @@ class DualMemoryModule(nn.Module):
         return f"mode={self.mode!r}, L_w={self.L_w}, L_e={self.L_e}"
 
     def init_state(self, batch_size: int, tokens: int, *, device=None, dtype=None) -> DualMemoryState:
-        """Empty memories for ``batch_size`` videos of ``tokens`` tokens per frame (with key/value caches);
-        a memory the mode does not keep is ``None``."""
+        """Empty memories for ``batch_size`` videos of ``tokens`` tokens per frame (with key/value caches, and
+        entry norms for the episodic memory); a memory the mode does not keep is ``None``."""
 
-        def bank(capacity: int) -> MemoryBank | None:
+        def bank(capacity: int, normed: bool) -> MemoryBank | None:
             if not capacity:
                 return None
-            return MemoryBank.empty(batch_size, capacity, tokens, self.dim, device=device, dtype=dtype, cached=True)
+            return MemoryBank.empty(
+                batch_size, capacity, tokens, self.dim, device=device, dtype=dtype, cached=True, normed=normed
+            )
 
-        return DualMemoryState(working=bank(self.L_w), episodic=bank(self.L_e))
+        return DualMemoryState(working=bank(self.L_w, False), episodic=bank(self.L_e, True))
 
     def check_state(self, working: MemoryBank | None, episodic: MemoryBank | None) -> None:
         """Raise unless exactly the memories of the mode are given."""
@@ -443,6 +534,36 @@ class DualMemoryModule(nn.Module):
         """The ``(keys, values)`` a memory read by ``attention`` stores with ``entry``."""
         return self.project(attention, entry, 1), self.project(attention, entry, 2)
 
+    def attend(
+        self,
+        attention: nn.MultiheadAttention,
+        query: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        valid: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The heads and output projection of ``attention`` for projected ``query (batch, tokens, dim)`` over
+        every token of projected ``keys``/``values (batch, entries, tokens, dim)``.
+
+        ``valid (batch, entries)`` bool: the entries to read (``None``: all). A video with no valid entry reads
+        exactly zero.
+        """
+        heads = attention.num_heads
+        q = rearrange(query, "b n (h e) -> b h n e", h=heads)
+        k = rearrange(keys, "b l n (h e) -> b h (l n) e", h=heads)
+        v = rearrange(values, "b l n (h e) -> b h (l n) e", h=heads)
+        dropout = attention.dropout if self.training else 0.0
+        if valid is None:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+            return attention.out_proj(rearrange(out, "b h n e -> b n (h e)"))
+        empty = ~valid.any(dim=1)
+        # an all-masked row would give NaN (and NaN gradients through where); unmask one zero slot instead
+        valid = valid | (empty[:, None] & (torch.arange(valid.shape[1], device=valid.device) == 0))
+        mask = repeat(valid, "b l -> b 1 1 (l n)", n=keys.shape[2])
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout)
+        out = attention.out_proj(rearrange(out, "b h n e -> b n (h e)"))
+        return out.masked_fill(empty[:, None, None], 0.0)
+
     def retrieve(
         self,
         attention: nn.MultiheadAttention,
@@ -461,22 +582,25 @@ class DualMemoryModule(nn.Module):
         if bank.keys is None:
             raise ValueError("DualMemoryModule reads memories with cached keys/values; make them with init_state")
         used = bank.capacity if used is None else max(1, min(used, bank.capacity))
-        heads = attention.num_heads
-        query = rearrange(self.project(attention, H_t, 0), "b n (h e) -> b h n e", h=heads)
-        keys = rearrange(bank.keys[:, :used], "b l n (h e) -> b h (l n) e", h=heads)
-        values = rearrange(bank.values[:, :used], "b l n (h e) -> b h (l n) e", h=heads)
-        dropout = attention.dropout if self.training else 0.0
-        if dense:
-            out = F.scaled_dot_product_attention(query, keys, values, dropout_p=dropout)
-            return attention.out_proj(rearrange(out, "b h n e -> b n (h e)"))
-        valid = bank.valid()[:, :used]
-        empty = ~valid.any(dim=1)
-        # an all-masked row would give NaN (and NaN gradients through where); unmask one zero slot instead
-        valid = valid | (empty[:, None] & (torch.arange(used, device=valid.device) == 0))
-        mask = valid.repeat_interleave(bank.slots.shape[2], dim=1)[:, None, None, :]
-        out = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask, dropout_p=dropout)
-        out = attention.out_proj(rearrange(out, "b h n e -> b n (h e)"))
-        return out.masked_fill(empty[:, None, None], 0.0)
+        valid = None if dense else bank.valid()[:, :used]
+        query = self.project(attention, H_t, 0)
+        return self.attend(attention, query, bank.keys[:, :used], bank.values[:, :used], valid)
+
+    def gate_working_part(self, M_w: torch.Tensor) -> torch.Tensor:
+        """The working half of the gate's first layer with its bias: ``W_1[:, :dim] M^w + b_1`` for
+        ``M^w (..., tokens, dim)``."""
+        first = self.gate[0]
+        return F.linear(M_w, first.weight[:, : self.dim], first.bias)
+
+    def fuse(
+        self, working_part: torch.Tensor, M_w: torch.Tensor, M_e: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lines 5-7 for ``(batch, tokens, dim)`` retrievals, given :meth:`gate_working_part` of ``M_w``:
+        ``γ = σ(MLP([M^w; M^e]))`` and ``M = γ ⊙ M^w + (1 − γ) ⊙ M^e``. Returns ``(M, γ)``."""
+        first, activation, second = self.gate
+        hidden = torch.addmm(working_part.flatten(0, 1), M_e.flatten(0, 1), first.weight[:, self.dim :].T)
+        gamma = torch.sigmoid(second(activation(hidden))).view_as(M_e)
+        return torch.lerp(M_e, M_w, gamma), gamma
 
     def forward(
         self,
@@ -487,7 +611,7 @@ class DualMemoryModule(nn.Module):
         used: tuple[int, int] | None = None,
         dense: bool = False,
     ) -> tuple[torch.Tensor, MemoryBank, MemoryBank]:
-        """One frame of Algorithm 1.
+        """One frame of Algorithm 1; the memories passed in are not changed.
 
         Args:
             H_t: ``(batch, tokens, dim)`` features of frame ``t`` of each video.
@@ -496,22 +620,17 @@ class DualMemoryModule(nn.Module):
             active: ``(batch,)`` bool, videos that have a frame ``t`` (default all); the memories of the
                 others are left as they are and their ``M_t`` is zero.
             used: bounds ``(working, episodic)`` on the entry counts, known to the caller without reading
-                the device (:meth:`forward_video` tracks them); retrieval skips the slots past them.
+                the device; retrieval skips the slots past them.
             dense: every video holds exactly ``used`` entries in both memories (attention without a mask).
 
         Returns:
             ``(M_t (batch, tokens, dim), W_{t+1}, E_{t+1})``.
         """
         self.check_state(W_t, E_t)
-        M_t, W_next, E_next, _ = self._step(H_t, W_t, E_t, active, used, dense)
-        return M_t, W_next, E_next
-
-    def _step(self, H_t, W_t, E_t, active, used, dense):
-        """:meth:`forward` plus ``(γ_t, M^w_t, M^e_t)``, each ``None`` where the mode lacks it."""
         if H_t.dim() != 3 or H_t.shape[-1] != self.dim:
             raise ValueError(f"H_t must have shape (batch, tokens, {self.dim}); got {tuple(H_t.shape)}")
         used_w, used_e = (None, None) if used is None else used
-        M_w = M_e = gamma = None
+        M_w = M_e = None
         if self.uses_working:
             dense_w = dense and used_w is not None and used_w > 0
             M_w = self.retrieve(self.working_attention, H_t, W_t, used_w, dense_w)
@@ -519,8 +638,7 @@ class DualMemoryModule(nn.Module):
             dense_e = dense and used_e is not None and used_e > 0
             M_e = self.retrieve(self.episodic_attention, H_t, E_t, used_e, dense_e)
         if self.mode == "dual":
-            gamma = torch.sigmoid(self.gate(torch.cat([M_w, M_e], dim=-1)))
-            M_t = gamma * M_w + (1 - gamma) * M_e
+            M_t, _ = self.fuse(self.gate_working_part(M_w), M_w, M_e)
         else:
             M_t = M_w if self.uses_working else M_e
         if active is not None:
@@ -530,7 +648,7 @@ class DualMemoryModule(nn.Module):
             W_next = fifo_update(W_t, H_t, active, self.cache(self.working_attention, H_t))
         if self.uses_episodic:
             E_next = similarity_replace_update(E_t, M_t, active, self.cache(self.episodic_attention, M_t))
-        return M_t, W_next, E_next, (gamma, M_w, M_e)
+        return M_t, W_next, E_next
 
     def forward_video(
         self,
@@ -542,7 +660,8 @@ class DualMemoryModule(nn.Module):
 
         Args:
             features: ``(batch, frames, tokens, dim)``.
-            state: memories carried from earlier frames of the same videos; ``None`` starts empty.
+            state: memories carried from earlier frames of the same videos; ``None`` starts empty. It is not
+                changed (the memories after the last frame are new tensors).
             num_frames: ``(batch,)`` long, the real length of each video when shorter videos are padded
                 at the end (default: all ``frames``). Padded frames are neither read nor stored, and
                 their output equals their input.
@@ -565,16 +684,14 @@ class DualMemoryModule(nn.Module):
         episodic replacements per frame (a few extra reductions per frame)."""
         return self._run(features, state, num_frames, trace=True)
 
-    def _run(self, features, state, num_frames, trace: bool):
+    def _check_inputs(self, features, state, num_frames) -> list[int] | None:
+        """Raise on inputs that do not fit; returns the video lengths on the host (``None``: all full)."""
         if features.dim() != 4 or features.shape[-1] != self.dim:
             raise ValueError(
                 f"features must have shape (batch, frames, tokens, {self.dim}); got {tuple(features.shape)}"
             )
         b, t, n, _ = features.shape
-        fresh = state is None
-        if fresh:
-            state = self.init_state(b, n, device=features.device, dtype=features.dtype)
-        else:
+        if state is not None:
             self.check_state(state.working, state.episodic)
             for bank in state.banks():
                 if tuple(bank.slots.shape[::2]) != (b, n):
@@ -582,97 +699,252 @@ class DualMemoryModule(nn.Module):
                         f"memory state is for (batch, tokens)={tuple(bank.slots.shape[::2])}; "
                         f"features have (batch, tokens)=({b}, {n})"
                     )
-        if num_frames is not None:
-            if num_frames.dtype != torch.long or tuple(num_frames.shape) != (b,):
-                raise ValueError(
-                    f"num_frames must be a long tensor of shape (batch,)=({b},); "
-                    f"got dtype {num_frames.dtype}, shape {tuple(num_frames.shape)}"
+        if num_frames is None:
+            return None
+        if num_frames.dtype != torch.long or tuple(num_frames.shape) != (b,):
+            raise ValueError(
+                f"num_frames must be a long tensor of shape (batch,)=({b},); "
+                f"got dtype {num_frames.dtype}, shape {tuple(num_frames.shape)}"
+            )
+        lengths = num_frames.tolist()
+        if any(not 0 <= length <= t for length in lengths):
+            raise ValueError(f"num_frames must lie in [0, {t}]; got {lengths}")
+        return lengths
+
+    def _run(self, features, state, num_frames, trace: bool):
+        lengths = self._check_inputs(features, state, num_frames)
+        b, t, n, _ = features.shape
+        owned = state is None  # memories made here
+        if owned:
+            state = self.init_state(b, n, device=features.device, dtype=features.dtype)
+        # entries each video holds at the start, on the host (one read of a carried state), so that the frame
+        # loop knows without waiting on the device how many slots to read and whether a memory can be full
+        start = [[0] * b] * 2 if owned else torch.stack([bank.count for bank in state.banks()]).tolist()
+        live = t if lengths is None else max(lengths, default=0)  # frames that some video has
+        if lengths is not None and min(lengths) == live:
+            lengths = None  # every video has every frame that runs
+        steps = torch.arange(live + 1, device=features.device)[:, None].expand(live + 1, b)
+        if lengths is not None:
+            steps = steps.minimum(num_frames.to(features.device)[None])
+        # steps[i]: the frames each video has stored after i frames; active[i]: the video has frame i
+        active = None if lengths is None else steps[1:] > steps[:-1]
+        in_place = not (
+            torch.is_grad_enabled()
+            and (
+                features.requires_grad
+                or any(p.requires_grad for p in self.parameters())
+                or any(s.requires_grad for s in state.tensors().values())
+            )
+        )
+        W_next, E_next, M_w, records = state.working, state.episodic, None, []
+        if live:
+            frames = rearrange(features[:, :live], "b t n d -> t b n d")
+            projected = self._input_projections(frames)
+            if self.uses_working:
+                M_w, W_next = self._working_reads(frames, *projected[:3], state.working, start[0], steps[-1])
+            memory = M_w
+            if self.uses_episodic:
+                E = state.episodic.clone() if in_place and not owned else state.episodic  # never write the caller's
+                memory, E_next, records = self._episodic_frames(
+                    projected[-1], M_w, E, start[-1], steps, active, lengths, in_place, trace
                 )
-            if bool((num_frames < 0).any()) or bool((num_frames > t).any()):
-                raise ValueError(f"num_frames must lie in [0, {t}]; got {num_frames.tolist()}")
-        W, E = state.working, state.episodic
-        episodic_before = torch.zeros(b, dtype=torch.long, device=features.device) if E is None else E.count.clone()
-        # entries already stored: read once here, so the frame loop never waits on the device
-        stored = 0 if fresh else int(max(bank.count.max() for bank in state.banks()))
-        # fresh memories of videos without padding all hold min(i, capacity) entries at frame i
-        dense = fresh and num_frames is None
-        outputs, records = [], []
-        for i in range(t):
-            active = None if num_frames is None else num_frames > i
-            used = (min(stored + i, self.L_w), min(stored + i, self.L_e))
-            if trace:
-                records.append(self._trace_frame(features[:, i], W, E, active))
-            M_t, W, E, extras = self._step(features[:, i], W, E, active, used, dense)
-            if trace:
-                records[-1].update(memory=M_t, extras=extras)
-            outputs.append(features[:, i] + M_t)
-        enhanced = torch.stack(outputs, dim=1) if outputs else features
-        next_state = DualMemoryState(working=W, episodic=E)
+            if active is not None:
+                memory = memory.masked_fill(~active[..., None, None], 0.0)
+            residual = features[:, :live] + rearrange(memory, "t b n d -> b t n d")
+            enhanced = torch.cat([residual, features[:, live:]], dim=1)
+        else:
+            memory, enhanced = features.new_zeros(0, b, n, self.dim), features.clone()
+        next_state = DualMemoryState(working=W_next, episodic=E_next)
         if not trace:
             return enhanced, next_state, None
-        return enhanced, next_state, self._collect_trace(records, features, episodic_before)
+        return enhanced, next_state, self._collect_trace(features, state, memory, M_w, records, steps, active)
 
-    @staticmethod
-    def _trace_frame(H_t, W, E, active) -> dict:
-        on = torch.ones(H_t.shape[0], dtype=torch.bool, device=H_t.device) if active is None else active
-        held = torch.zeros_like(on)
-        for bank in (W, E):
-            if bank is not None:
-                held = held | (bank.count > 0)
-        return {"active": on, "read": on & held, "E": E}
+    def _input_projections(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        """Everything the frame loop needs from the input frames ``(frames, batch, tokens, dim)``, in one matrix
+        product: the working memory's query, key and value projections (its entries are the frames) and the
+        episodic query projection, each ``(frames, batch, tokens, dim)``, for the memories the mode keeps."""
+        weights, biases = [], []
+        if self.uses_working:
+            weights.append(self.working_attention.in_proj_weight)
+            biases.append(self.working_attention.in_proj_bias)
+        if self.uses_episodic:
+            weights.append(self.episodic_attention.in_proj_weight[: self.dim])
+            biases.append(self.episodic_attention.in_proj_bias[: self.dim])
+        return list(F.linear(frames, torch.cat(weights), torch.cat(biases)).split(self.dim, dim=-1))
 
-    def _collect_trace(self, records: list[dict], features: torch.Tensor, episodic_before) -> MemoryTrace:
-        b, _, n, d = features.shape
-        if not records:
-            empty = features.new_zeros(b, 0)
-            return MemoryTrace(
-                memory=features.new_zeros(b, 0, n, d),
-                gate=empty,
-                working_norm=empty,
-                episodic_norm=empty,
-                replaced=torch.zeros(b, 0, dtype=torch.long, device=features.device),
-                replaced_similarity=empty,
-                read=torch.zeros(b, 0, dtype=torch.bool, device=features.device),
-                active=torch.zeros(b, 0, dtype=torch.bool, device=features.device),
-                episodic_before=episodic_before,
-                L_e=self.L_e,
-                mode=self.mode,
+    def _working_reads(self, frames, query, keys, values, W: MemoryBank, start: list[int], stored: torch.Tensor):
+        """Lines 1 and 8-14 for all frames at once: ``M^w`` of every frame ``(frames, batch, tokens, dim)``
+        and the working memory after the chunk.
+
+        The carried entries (oldest first) followed by the chunk's frames form a timeline of ``L_w + frames``
+        entries, and frame ``i``'s working memory is the ``L_w`` timeline entries before it (masked where the
+        timeline holds no entry). Frames are read ``L_w`` at a time, each call with its windows gathered.
+
+        Args:
+            frames, query, keys, values: ``(frames, batch, tokens, dim)``, the chunk's features and their
+                projections by ``working_attention``.
+            W: the working memory at the start; ``start``: its entry counts on the host.
+            stored: ``(batch,)`` long, the frames each video stores (its length within the chunk).
+        """
+        capacity, (live, b) = self.L_w, frames.shape[:2]
+        device = frames.device
+        rows = torch.arange(b, device=device)
+        # the carried entries after the empty slots (stamp 0), oldest first: they end the first frame's window
+        order = W.stamp.argsort(dim=1)
+
+        def timeline(carried, new):
+            return torch.cat([rearrange(carried[rows[:, None], order], "b l ... -> l b ..."), new])
+
+        keys, values = timeline(W.keys, keys), timeline(W.values, values)
+        filled = timeline(W.stamp > 0, torch.ones(live, b, dtype=torch.bool, device=device))  # (L_w + frames, b)
+        window = torch.arange(capacity, device=device)
+        reads = []
+        for first in range(0, live, capacity):
+            index = (
+                torch.arange(first, min(first + capacity, live), device=device)[:, None, None] + window,
+                rows[:, None],
             )
+            valid = None
+            if first < capacity - min(start):  # some window holds fewer than L_w entries
+                valid = rearrange(filled[index], "f b l -> (f b) l")
+            read = self.attend(
+                self.working_attention,
+                rearrange(query[first : first + capacity], "f b n d -> (f b) n d"),
+                rearrange(keys[index], "f b l n d -> (f b) l n d"),
+                rearrange(values[index], "f b l n d -> (f b) l n d"),
+                valid,
+            )
+            reads.append(rearrange(read, "(f b) n d -> f b n d", b=b))
+        # the ring buffer after the chunk: slot q holds the entry whose insertion index is q mod L_w among the
+        # last L_w received (none where that index is negative)
+        written = W.written()[:, None]
+        total = written + stored[:, None]
+        inserted = total - capacity + (window - total) % capacity  # (batch, L_w)
+        take = (inserted - written + capacity, rows[:, None])  # timeline positions
+        W_next = MemoryBank(
+            slots=timeline(W.slots, frames)[take],
+            count=rearrange(total.clamp(max=capacity), "b 1 -> b"),
+            stamp=(inserted + 1).clamp(min=0),
+            keys=keys[take],
+            values=values[take],
+        )
+        return torch.cat(reads), W_next
 
-        def norm(M, active):
-            if M is None:  # a memory the mode does not keep
-                return torch.full(active.shape, float("nan"), dtype=features.dtype, device=features.device)
-            return M.detach().norm(dim=-1).mean(dim=1).masked_fill(~active, 0.0)
+    def _episodic_frames(self, query, M_w, E: MemoryBank, start, steps, active, lengths, in_place, trace):
+        """The frame loop: lines 2, 5-7 and 15-24, frame by frame.
 
-        gate, w_norm, e_norm, replaced, similarity = [], [], [], [], []
-        for r in records:
-            gamma, M_w, M_e = r["extras"]
-            active, E, M_t = r["active"], r["E"], r["memory"]
-            if gamma is None:  # no gate: γ is 1 (working only) or 0 (episodic only)
-                gate.append(active.to(features.dtype) * float(self.uses_working))
+        Args:
+            query: ``(frames, batch, tokens, dim)`` the episodic query projections of the frames.
+            M_w: ``(frames, batch, tokens, dim)`` the working reads (``"dual"``), else ``None``.
+            E: the episodic memory at the start; ``start``: its entry counts on the host.
+            steps: ``(frames + 1, batch)`` long, the frames each video has stored after ``i`` frames.
+            active: ``(frames, batch)`` bool, or ``None`` with ``lengths`` when every video has every frame;
+                ``lengths``: the video lengths on the host.
+            in_place: write ``E``'s tensors in place (no autograd; ``E`` belongs to this call), else write
+                out of place.
+            trace: also return per-frame records for :class:`MemoryTrace`.
+
+        Returns:
+            ``(M (frames, batch, tokens, dim), E after the chunk, records)``.
+        """
+        capacity, attention = self.L_e, self.episodic_attention
+        live, b = query.shape[:2]
+        rows = torch.arange(b, device=query.device)
+        fields = {name: getattr(E, name) for name in ("slots", "keys", "values", "norms", "stamp")}
+        counts = (E.count[None] + steps).clamp(max=capacity)  # (frames + 1, batch): entries before frame i
+        free = counts.clamp(max=capacity - 1)  # the slot that a memory which is not full writes next
+        full = counts >= capacity
+        stamps = E.written()[None] + steps[1:]  # the stamp of the entry that frame i stores
+        working_part = None if M_w is None else self.gate_working_part(M_w)
+        kv_weight, kv_bias = attention.in_proj_weight[self.dim :], attention.in_proj_bias[self.dim :]
+        outputs, records = [], []
+        for i in range(live):
+            on = range(b) if lengths is None else [v for v in range(b) if lengths[v] > i]
+            held = [min(start[v] + i, capacity) for v in on]  # the entries of the videos that have frame i
+            used = max(held)
+            valid = None  # every video holds `used` entries: no mask
+            if not used or min(held) < used:
+                valid = torch.arange(max(used, 1), device=rows.device) < counts[i][:, None]
+            slots = slice(0, max(used, 1))
+            M_e = self.attend(attention, query[i], fields["keys"][:, slots], fields["values"][:, slots], valid)
+            gamma = None
+            if working_part is None:
+                M_t = M_e
             else:
-                gate.append(gamma.mean(dim=(1, 2)).masked_fill(~active, 0.0))
-            w_norm.append(norm(M_w, active))
-            e_norm.append(norm(M_e, active))
-            if E is None:
-                replaced.append(torch.full_like(active, -1, dtype=torch.long))
-                similarity.append(torch.full(active.shape, float("nan"), dtype=features.dtype, device=active.device))
-                continue
-            sims = cosine_similarity(M_t.detach(), E.slots.detach())
-            best, index = sims.max(dim=1)
-            full = (E.count >= E.capacity) & active
-            replaced.append(torch.where(full, index, -1))
-            similarity.append(torch.where(full, best, float("nan")))
+                M_t, gamma = self.fuse(working_part[i], M_w[i], M_e)
+            keys, values = F.linear(M_t, kv_weight, kv_bias).chunk(2, dim=-1)
+            with torch.no_grad():  # norms only rank entries
+                norms = frame_norms(M_t)
+            frame_active = None if len(on) == b else active[i]
+            record = {}
+            slot = free[i]
+            if used >= capacity:  # lines 15-24: a full memory deletes its entry most similar to M_t
+                with torch.no_grad():  # the choice of a slot has no gradient
+                    similarity = frame_cosine(M_t, norms, fields["slots"], fields["norms"])
+                    most_similar = oldest_most_similar(similarity, fields["stamp"])
+                slot = most_similar if min(held) >= capacity else torch.where(full[i], most_similar, slot)
+                if trace:
+                    replaced = full[i] if frame_active is None else full[i] & frame_active
+                    chosen = most_similar[:, None]
+                    position = (fields["stamp"] < fields["stamp"].gather(1, chosen)).sum(dim=1)  # oldest first
+                    record["replaced"] = torch.where(replaced, position, -1)
+                    record["similarity"] = torch.where(replaced, similarity.gather(1, chosen)[:, 0], float("nan"))
+            new = {"slots": M_t, "keys": keys, "values": values, "norms": norms, "stamp": stamps[i]}
+            if in_place:
+                write_slot_(fields, rows, slot, new, frame_active)
+            else:
+                fields = {**fields, **write_slot(fields, slot, new, frame_active)}
+            outputs.append(M_t)
+            if trace:
+                record["episodic_norm"] = M_e.detach().norm(dim=-1).mean(dim=1)
+                if gamma is not None:
+                    record["gate"] = gamma.mean(dim=(1, 2))
+                records.append(record)
+        return torch.stack(outputs), MemoryBank(count=counts[-1], **fields), records
+
+    def _collect_trace(self, features, state, memory, M_w, records, steps, active) -> MemoryTrace:
+        """The :class:`MemoryTrace` of a run from the memory outputs ``(live, batch, tokens, dim)`` of the frames
+        that ran (the first ``live``; no video has a later frame), the working reads and the loop's records."""
+        b, t, n, d = features.shape
+        live, device = memory.shape[0], features.device
+        on = torch.ones(live, b, dtype=torch.bool, device=device) if active is None else active
+
+        def stacked(name: str, fill: float, dtype: torch.dtype) -> torch.Tensor:
+            """``(live, batch)``: the records' values, ``fill`` where a record has none."""
+            if not records:
+                return torch.full((live, b), fill, dtype=dtype, device=device)
+            default = torch.full((b,), fill, dtype=dtype, device=device)
+            return torch.stack([r.get(name, default) for r in records])
+
+        def per_video(values: torch.Tensor, fill: float) -> torch.Tensor:
+            """``(live, batch)`` → ``(batch, frames)``, ``fill`` for the frames that did not run."""
+            return rearrange(torch.cat([values, values.new_full((t - live, b), fill)]), "t b -> b t")
+
+        def read_norms(values: torch.Tensor, kept: bool) -> torch.Tensor:
+            """Mean per-token norms ``(live, batch)`` of a memory's reads; NaN for a memory the mode lacks."""
+            if not kept:
+                return torch.full((b, t), float("nan"), dtype=features.dtype, device=device)
+            return per_video(values.masked_fill(~on, 0.0), 0.0)
+
+        working = features.new_zeros(live, b) if M_w is None else M_w.detach().norm(dim=-1).mean(dim=-1)
+        if self.mode == "dual":
+            gate = stacked("gate", 0.0, features.dtype).masked_fill(~on, 0.0)
+        else:  # no gate: γ is 1 (working only) or 0 (episodic only)
+            gate = on.to(features.dtype) * float(self.uses_working)
+        before = torch.stack([bank.count for bank in state.banks()]).amax(dim=0)
+        held = (before[None] + steps[:-1]) > 0  # the video's memories hold an entry before frame i
         return MemoryTrace(
-            memory=torch.stack([r["memory"] for r in records], dim=1),
-            gate=torch.stack(gate, dim=1),
-            working_norm=torch.stack(w_norm, dim=1),
-            episodic_norm=torch.stack(e_norm, dim=1),
-            replaced=torch.stack(replaced, dim=1),
-            replaced_similarity=torch.stack(similarity, dim=1),
-            read=torch.stack([r["read"] for r in records], dim=1),
-            active=torch.stack([r["active"] for r in records], dim=1),
-            episodic_before=episodic_before,
+            memory=torch.cat([rearrange(memory, "t b n d -> b t n d"), features.new_zeros(b, t - live, n, d)], 1),
+            gate=per_video(gate, 0.0),
+            working_norm=read_norms(working, self.uses_working),
+            episodic_norm=read_norms(stacked("episodic_norm", 0.0, features.dtype), self.uses_episodic),
+            replaced=per_video(stacked("replaced", -1, torch.long), -1),
+            replaced_similarity=per_video(stacked("similarity", float("nan"), features.dtype), float("nan")),
+            read=per_video(on & held, False),
+            active=per_video(on, False),
+            episodic_before=torch.zeros(b, dtype=torch.long, device=device)
+            if state.episodic is None
+            else state.episodic.count.clone(),
             L_e=self.L_e,
             mode=self.mode,
         )
