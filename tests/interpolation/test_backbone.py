@@ -3,6 +3,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from videostate.interpolation import (
     ECAB,
@@ -17,7 +18,9 @@ from videostate.interpolation import (
     interleaved_scan,
     sinkhorn,
 )
+from videostate.interpolation.attention import shifted_windows, window_partition
 from videostate.interpolation.channel_attention import eca_kernel_size
+from videostate.interpolation.norm import LayerNorm
 from videostate.ssm import Mamba2
 
 from .tiny import tiny_config
@@ -62,18 +65,41 @@ def window_attention_oracle(attn: GatedWindowAttention, x: torch.Tensor) -> torc
     return out
 
 
-@pytest.mark.parametrize(("gate", "shift"), [("headwise", 0), ("headwise", 2), ("elementwise", 2)])
-def test_gated_window_attention_matches_naive_attention(gate, shift):
+@pytest.mark.parametrize(
+    ("gate", "shift", "size"),
+    [("headwise", 0, (8, 12)), ("headwise", 2, (8, 12)), ("elementwise", 2, (8, 12)), ("headwise", 1, (12, 16))],
+)
+def test_gated_window_attention_matches_naive_attention(gate, shift, size):
     torch.manual_seed(0)
     attn = GatedWindowAttention(8, num_heads=2, window_size=4, shift_size=shift, gate=gate).double()
-    x = rand(2, 8, 12, 8, seed=1)
+    x = rand(2, *size, 8, seed=1)
     torch.testing.assert_close(attn(x), window_attention_oracle(attn, x))
+
+
+def test_shifted_windows_gather_and_border_masks():
+    """The gather reads the map rolled by -shift window by window, the scatter undoes it, and exactly the
+    border windows (last row and column of the window grid) have pairs from different regions."""
+    height, width, ws, s = 12, 16, 4, 2
+    shifted = shifted_windows(height, width, ws, s, "cpu")
+    positions = torch.arange(height * width).view(1, height, width, 1)
+    rolled = torch.roll(positions, shifts=(-s, -s), dims=(1, 2))
+    assert torch.equal(shifted.gather, window_partition(rolled, ws).flatten())
+    assert torch.equal(shifted.gather[shifted.scatter], torch.arange(height * width))
+    # Swin's mask from the rolled coordinates: the same wrap status on both axes.
+    ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
+    wrapped = window_partition(((ys >= height - s) * 2 + (xs >= width - s))[None, :, :, None], ws)[0, :, :, 0]
+    full = wrapped[:, :, None] == wrapped[:, None, :]  # (nW, N, N)
+    mixed = [i for i in range(full.shape[0]) if not full[i].all()]
+    assert shifted.border.tolist() == mixed == [3, 7, 8, 9, 10, 11]  # a 3 x 4 grid of windows
+    assert torch.equal(shifted.allowed[:, 0], full[shifted.border])
+    assert shifted_windows(height, width, ws, s, "cpu") is shifted
 
 
 @pytest.mark.parametrize("shift", [0, 2])
 def test_gated_window_attention_calls_sdpa_with_fused_kernel_layout(monkeypatch, shift):
-    """The fused SDPA kernels take only 4-D (batch, heads, tokens, head_dim) inputs; a shifted window's
-    mask must broadcast over frames and heads (size 1 there) instead of being copied per frame."""
+    """The fused SDPA kernels take only 4-D (batch, heads, tokens, head_dim) inputs and flash takes no mask:
+    every window is attended without one; with a shift the border windows again with Swin's mask, which
+    broadcasts over frames and heads (size 1 there) instead of being copied per frame."""
     calls = []
     sdpa = torch.nn.functional.scaled_dot_product_attention
 
@@ -84,9 +110,11 @@ def test_gated_window_attention_calls_sdpa_with_fused_kernel_layout(monkeypatch,
     monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording_sdpa)
     attn = GatedWindowAttention(8, num_heads=2, window_size=4, shift_size=shift)
     attn(torch.rand(3, 8, 12, 8))
-    windows, tokens = (8 // 4) * (12 // 4), 16
-    expected_q = (windows, 3 * 2, tokens, 4) if shift else (3 * windows, 2, tokens, 4)
-    assert calls == [(torch.Size(expected_q), torch.Size((windows, 1, tokens, tokens)) if shift else None)]
+    windows, border, tokens = (8 // 4) * (12 // 4), 4, 16
+    expected = [(torch.Size((3 * windows, 2, tokens, 4)), None)]
+    if shift:
+        expected.append((torch.Size((border, 3 * 2, tokens, 4)), torch.Size((border, 1, tokens, tokens))))
+    assert calls == expected
 
 
 def test_gated_window_attention_errors():
@@ -138,6 +166,47 @@ def test_ss2d_mixes_the_two_frames():
     x2 = x.clone()
     x2[1] += rand(4, 4, 8, seed=11).float()  # change frame 1 only
     assert (ss2d(x)[0] - ss2d(x2)[0]).abs().max() > 1e-4
+
+
+def test_ss2d_under_autocast_runs_in_bfloat16_close_to_float64():
+    """Under autocast the mixer's projections and scan take bfloat16 (float32 states and sums): the output
+    is bfloat16 and within bfloat16 rounding of the same module in float64."""
+    torch.manual_seed(0)
+    ss2d = InterleavedSS2D(16, d_state=8, headdim=8, chunk_size=16)
+    x = rand(2, 6, 8, 16, seed=12).float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = ss2d(x)
+    exact = ss2d.double()(x.double())
+    assert half.dtype == torch.bfloat16
+    assert ((half.double() - exact).norm() / exact.norm()).item() < 2e-2
+
+
+# -- layer norm ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shift", [0.0, 30.0], ids=["centred", "offset"])
+def test_layer_norm_under_autocast_matches_float64_layer_norm(shift):
+    """Under autocast: float32 statistics of the bfloat16 input, the autocast dtype out, within one bfloat16
+    rounding of float64 LayerNorm of the same input; without autocast it is nn.LayerNorm."""
+    torch.manual_seed(0)
+    norm = LayerNorm(32)
+    with torch.no_grad():
+        norm.weight.uniform_(0.5, 1.5)
+        norm.bias.uniform_(-0.5, 0.5)
+    x = (rand(2, 5, 7, 32, seed=13) * 4 + shift).to(torch.bfloat16)
+    expected = F.layer_norm(x.double(), (32,), norm.weight.double(), norm.bias.double(), norm.eps)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        trained = norm(x.requires_grad_())
+        with torch.no_grad():
+            out = norm(x)
+    for y in (out, trained):
+        assert y.dtype == torch.bfloat16 and y.is_contiguous()
+        torch.testing.assert_close(y.double(), expected, rtol=2**-8, atol=2**-8)
+    trained.sum().backward()
+    assert x.grad is not None and norm.weight.grad is not None
+    x = x.detach()
+    x32 = x.float()
+    torch.testing.assert_close(norm(x32), F.layer_norm(x32, (32,), norm.weight, norm.bias, norm.eps), rtol=0, atol=0)
 
 
 # -- channel attention -----------------------------------------------------------------------------
@@ -241,6 +310,64 @@ def test_lgs_block_modes(mode, use_mhc, use_ecab, mixes_frames):
     assert (block.ss2d is not None) == (mode != "gated_attn_only")
     assert (block.attn is not None) == (mode != "mamba2_only")
     assert isinstance(block.channel_attention, ECAB if use_ecab else ChannelAttention)
+
+
+def lgs_block_oracle(block: LGSBlock, x: torch.Tensor) -> torch.Tensor:
+    """The block in its plain form: channels-first fusion convolution and channel attention, LayerNorm and
+    MLP from their formulas, window attention from the loop oracle."""
+    c = x.shape[-1]
+
+    def norm(t, ln):
+        return F.layer_norm(t, (c,), ln.weight, ln.bias, ln.eps)
+
+    h = norm(x, block.norm1)
+    branches = []
+    if block.ss2d is not None:
+        branches.append(block.ss2d(h))
+    if block.attn is not None:
+        branches.append(window_attention_oracle(block.attn, h))
+    fused = torch.cat(branches, dim=-1).permute(0, 3, 1, 2)
+    if block.fuse is not None:
+        fused = F.conv2d(fused, block.fuse.weight, block.fuse.bias)
+    x = x + block.channel_attention(fused).permute(0, 2, 3, 1)
+    hidden = F.gelu(norm(x, block.norm2) @ block.mlp.fc1.weight.T + block.mlp.fc1.bias)
+    return x + hidden @ block.mlp.fc2.weight.T + block.mlp.fc2.bias
+
+
+@pytest.mark.parametrize(("mode", "shift"), [("hybrid", 2), ("gated_attn_only", 0), ("mamba2_only", 0)])
+def test_lgs_block_matches_plain_block(mode, shift):
+    torch.manual_seed(0)
+    block = LGSBlock(tiny_config(backbone_mode=mode), dim=8, num_heads=2, window_size=4, shift_size=shift).double()
+    x = rand(2, 8, 12, 8, seed=14)
+    torch.testing.assert_close(block(x), lgs_block_oracle(block, x))
+
+
+def test_backbone_blocks_get_contiguous_channels_last_tokens(monkeypatch):
+    """The stages run channels-last convolutions, so every block's (2B, H, W, C) input is a contiguous view,
+    not a permuted copy of a channels-first map."""
+    seen = []
+    forward = LGSBlock.forward
+
+    def recording_forward(self, x):
+        seen.append(x.is_contiguous())
+        return forward(self, x)
+
+    monkeypatch.setattr(LGSBlock, "forward", recording_forward)
+    torch.manual_seed(0)
+    HybridBackbone(tiny_config())(torch.rand(1, 3, 16, 24), torch.rand(1, 3, 16, 24))
+    assert seen == [True] * sum(tiny_config().depths)
+
+
+def test_backbone_under_autocast_is_close_to_float32():
+    torch.manual_seed(0)
+    backbone = HybridBackbone(tiny_config())
+    img0, img1 = torch.rand(1, 3, 16, 24), torch.rand(1, 3, 16, 24)
+    exact = backbone(img0, img1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = backbone(img0, img1)
+    for a, b in zip(half, exact, strict=True):
+        assert a.dtype == torch.bfloat16
+        assert ((a.float() - b).norm() / b.norm()).item() < 3e-2
 
 
 def test_backbone_shapes_and_size_error():

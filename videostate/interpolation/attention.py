@@ -4,15 +4,20 @@ Self-attention inside non-overlapping ``window x window`` windows (Swin), option
 a window with the usual mask so tokens attend only within their original region. The attention
 output is gated by ``sigmoid(gate(x))`` before the output projection (Qiu et al. 2025, "Gated
 Attention"): one gate per head (``"headwise"``) or per channel (``"elementwise"``), computed from
-the same normalised input as the queries. Attention runs through
-``F.scaled_dot_product_attention`` on 4-D ``(batch, heads, tokens, head_dim)`` tensors (the fused
-flash / memory-efficient kernels take nothing else): unshifted windows are batched as
-``(B * nW, heads)``; shifted windows as ``(nW, B * heads)``, so the per-window additive mask
-``(nW, 1, N, N)`` broadcasts over frames and heads without being copied.
+the same normalised input as the queries.
+
+Attention runs through ``F.scaled_dot_product_attention`` on 4-D ``(batch * windows, heads, tokens,
+head_dim)`` views of the ``qkv`` projection, without a mask, so the fused flash kernel applies. With a
+shift only the windows on the last row and column of the window grid hold tokens from more than one
+region of the unshifted map (every other window's mask allows every pair): those few windows are
+attended again with Swin's mask, ``(windows, 1, N, N)`` broadcast over frames and heads, and replace
+the unmasked result. The shifted windows (the map rolled by ``-shift``, then cut) are one gather of
+the map's tokens and the way back one more, by indices cached per map size (:func:`shifted_windows`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import torch
@@ -33,19 +38,57 @@ def window_reverse(windows: torch.Tensor, window: int, height: int, width: int) 
     return rearrange(windows, "b (nh nw) (wh ww) c -> b (nh wh) (nw ww) c", nh=height // window, wh=window, ww=window)
 
 
-def shifted_window_mask(height: int, width: int, window: int, shift: int, device=None) -> torch.Tensor:
-    """Boolean ``(nH * nW, window**2, window**2)`` mask, True where two tokens of a window after a cyclic
-    shift by ``-shift`` came from the same region of the unshifted map (Swin's mask). Every token is
-    allowed to attend to itself, so no row is all False."""
-    region = torch.zeros(height, width, dtype=torch.long, device=device)
-    bounds = (slice(0, -window), slice(-window, -shift), slice(-shift, None))
-    label = 0
-    for hs in bounds:
-        for ws in bounds:
-            region[hs, ws] = label
-            label += 1
-    ids = window_partition(region[None, :, :, None], window)[0, :, :, 0]  # (nW, N)
-    return ids[:, :, None] == ids[:, None, :]
+@dataclasses.dataclass(frozen=True)
+class ShiftedWindows:
+    """Where the tokens of the shifted windows of one map size come from.
+
+    Attributes:
+        gather: ``(nW * N,)`` map positions ``y * W + x`` of the shifted windows' tokens, window by window
+            (``N = window**2`` tokens each, row-major within the window).
+        scatter: ``(H * W,)`` the inverse permutation: each map position's index in ``gather``.
+        border: ``(nB,)`` the windows on the last row or column of the window grid, the only ones whose
+            tokens come from more than one region of the unshifted map.
+        allowed: ``(nB, 1, N, N)`` True where two tokens of a border window come from the same region
+            (Swin's mask; every token may attend to itself).
+    """
+
+    gather: torch.Tensor
+    scatter: torch.Tensor
+    border: torch.Tensor
+    allowed: torch.Tensor
+
+
+# (height, width, window, shift, device) -> ShiftedWindows; shared by every batch size and channel count.
+_SHIFTED_WINDOWS: dict[tuple, ShiftedWindows] = {}
+
+
+def shifted_windows(height: int, width: int, window: int, shift: int, device) -> ShiftedWindows:
+    """The :class:`ShiftedWindows` of an ``height x width`` map rolled by ``-shift`` on both axes, cached."""
+    key = (height, width, window, shift, torch.device(device))
+    cached = _SHIFTED_WINDOWS.get(key)
+    if cached is not None:
+        return cached
+    rolled_y = (torch.arange(height) + shift) % height  # the rolled map's row y is the map's row (y + shift)
+    rolled_x = (torch.arange(width) + shift) % width
+    positions = rolled_y[:, None] * width + rolled_x[None, :]
+    gather = window_partition(positions[None, :, :, None], window).flatten()
+    scatter = torch.empty_like(gather)
+    scatter[gather] = torch.arange(gather.numel())
+    # Swin's regions of the rolled map: bands [0, -window), [-window, -shift), [-shift, end) on each axis.
+    bands_y = torch.bucketize(torch.arange(height), torch.tensor([height - window, height - shift]), right=True)
+    bands_x = torch.bucketize(torch.arange(width), torch.tensor([width - window, width - shift]), right=True)
+    region = window_partition((bands_y[:, None] * 3 + bands_x[None, :])[None, :, :, None], window)[0, :, :, 0]
+    grid = torch.arange(region.shape[0]).view(height // window, width // window)
+    border = torch.cat([grid[:-1, -1], grid[-1]])
+    ids = region[border]
+    shifted = ShiftedWindows(
+        gather=gather.to(device),
+        scatter=scatter.to(device),
+        border=border.to(device),
+        allowed=(ids[:, :, None] == ids[:, None, :])[:, None].to(device),
+    )
+    _SHIFTED_WINDOWS[key] = shifted
+    return shifted
 
 
 class GatedWindowAttention(nn.Module):
@@ -84,32 +127,40 @@ class GatedWindowAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() != 4 or x.shape[-1] != self.dim:
             raise ValueError(f"x must have shape (B, H, W, C={self.dim}); got {tuple(x.shape)}")
-        _, height, width, _ = x.shape
+        batch, height, width, _ = x.shape
         ws = self.window_size
         if height % ws or width % ws:
             raise ValueError(f"feature map {height}x{width} must be a multiple of window_size={ws} on both sides")
         shift = self.shift_size if min(height, width) > ws else 0
-        if shift:
-            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-        windows = window_partition(x, ws)  # (B, nW, N, C)
-        batch = windows.shape[0]
-        q, k, v = rearrange(self.qkv(windows), "b w n (three h d) -> three b w h n d", three=3, h=self.num_heads)
-        if shift:
-            allowed = shifted_window_mask(height, width, ws, shift, device=x.device)[:, None]  # (nW, 1, N, N)
-            mask = torch.zeros(allowed.shape, device=x.device, dtype=q.dtype).masked_fill_(~allowed, float("-inf"))
-            q, k, v = (rearrange(t, "b w h n d -> w (b h) n d") for t in (q, k, v))
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            out = rearrange(out, "w (b h) n d -> b w h n d", b=batch)
+        shifted = shifted_windows(height, width, ws, shift, x.device) if shift else None
+        if shifted is None:
+            windows = window_partition(x, ws)  # (B, nW, N, C)
         else:
-            q, k, v = (rearrange(t, "b w h n d -> (b w) h n d") for t in (q, k, v))
-            out = rearrange(F.scaled_dot_product_attention(q, k, v), "(b w) h n d -> b w h n d", b=batch)
+            tokens = rearrange(x, "b h w c -> b (h w) c")[:, shifted.gather]
+            windows = rearrange(tokens, "b (w n) c -> b w n c", n=ws * ws)
+        q, k, v = rearrange(self.qkv(windows), "b w n (three h d) -> three (b w) h n d", three=3, h=self.num_heads)
+        out = rearrange(F.scaled_dot_product_attention(q, k, v), "(b w) h n d -> b w n h d", b=batch)
         gate = torch.sigmoid(self.gate(windows))  # (B, nW, N, h or C)
         if self.gate_kind == "headwise":
-            out = out * rearrange(gate, "b w n h -> b w h n 1")
+            gate = rearrange(gate, "b w n h -> b w n h 1")
         else:
-            out = out * rearrange(gate, "b w n (h d) -> b w h n d", h=self.num_heads)
-        out = self.proj(rearrange(out, "b w h n d -> b w n (h d)"))
-        out = window_reverse(out, ws, height, width)
-        if shift:
-            out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
-        return out
+            gate = rearrange(gate, "b w n (h d) -> b w n h d", h=self.num_heads)
+        out = out * gate
+        if shifted is not None:
+            out[:, shifted.border] = self._attend_border_windows(q, k, v, shifted, batch) * gate[:, shifted.border]
+        out = self.proj(rearrange(out, "b w n h d -> b w n (h d)"))
+        if shifted is None:
+            return window_reverse(out, ws, height, width)
+        return rearrange(rearrange(out, "b w n c -> b (w n) c")[:, shifted.scatter], "b (h w) c -> b h w c", h=height)
+
+    @staticmethod
+    def _attend_border_windows(q, k, v, shifted: ShiftedWindows, batch: int) -> torch.Tensor:
+        """Attention in the shifted map's border windows under Swin's mask: ``q, k, v (B * nW, h, N, d)`` ->
+        ``(B, nB, N, h, d)``. The windows are batched as ``(nB, B * h)`` so the mask broadcasts."""
+
+        def border(t):
+            t = rearrange(t, "(b w) h n d -> b w h n d", b=batch)[:, shifted.border]
+            return rearrange(t, "b w h n d -> w (b h) n d")
+
+        out = F.scaled_dot_product_attention(border(q), border(k), border(v), attn_mask=shifted.allowed)
+        return rearrange(out, "w (b h) n d -> b w n h d", b=batch)

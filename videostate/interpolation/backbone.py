@@ -18,6 +18,7 @@ resolution by default) and returns, per stage, both frames' features stacked on 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
@@ -26,6 +27,7 @@ from .channel_attention import ECAB, ChannelAttention
 from .config import BackboneMode, HybridVFIConfig
 from .matvlm import MaTVLMReport, init_mamba2_from_attention
 from .mhc import ManifoldHyperConnection, PlainResidual
+from .norm import LayerNorm
 from .ss2d import InterleavedSS2D
 
 
@@ -60,7 +62,7 @@ class LGSBlock(nn.Module):
         self.mode = config.backbone_mode if mode is None else mode
         if self.mode not in ("hybrid", "mamba2_only", "gated_attn_only"):
             raise ValueError(f"mode must be 'hybrid', 'mamba2_only' or 'gated_attn_only'; got {self.mode!r}")
-        self.norm1 = nn.LayerNorm(dim)
+        self.norm1 = LayerNorm(dim)
         self.ss2d = (
             InterleavedSS2D(
                 dim,
@@ -80,7 +82,7 @@ class LGSBlock(nn.Module):
         )
         self.fuse = nn.Conv2d(2 * dim, dim, 1) if self.mode == "hybrid" else None
         self.channel_attention = ECAB(dim) if config.use_ecab else ChannelAttention(dim)
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm2 = LayerNorm(dim)
         self.mlp = MLP(dim, int(dim * config.mlp_ratio))
         if config.use_mhc:
             self.residual_mix = ManifoldHyperConnection(config.mhc_streams, mix_streams=not first_in_stage)
@@ -91,11 +93,12 @@ class LGSBlock(nn.Module):
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """The token-mixing sublayer (both branches, fusion, channel attention), without the residual."""
         h = self.norm1(x)
-        branches = [branch(h) for branch in (self.ss2d, self.attn) if branch is not None]
-        fused = rearrange(torch.cat(branches, dim=-1), "b h w c -> b c h w")
-        if self.fuse is not None:
-            fused = self.fuse(fused)
-        return rearrange(self.channel_attention(fused), "b c h w -> b h w c")
+        if self.fuse is None:
+            fused = (self.ss2d or self.attn)(h)
+        else:  # the 1x1 convolution as a linear layer over the channels-last branches
+            weight = rearrange(self.fuse.weight, "o i 1 1 -> o i")
+            fused = F.linear(torch.cat([self.ss2d(h), self.attn(h)], dim=-1), weight, self.fuse.bias)
+        return rearrange(self.channel_attention(rearrange(fused, "b h w c -> b c h w")), "b c h w -> b h w c")
 
     def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.norm2(x))
@@ -159,10 +162,12 @@ class HybridBackbone(nn.Module):
                     f"HybridBackbone needs H and W divisible by window_size * 2**stage = {window * 2**i} "
                     f"(stage {i}); got {height}x{width} (HybridVFI pads automatically)"
                 )
-        x = self.patch_embed(torch.cat([img0, img1], dim=0))  # (2B, C0, H, W)
+        # Channels-last convolutions: every stage's (2B, H, W, C) tokens are a contiguous view of their input.
+        pair = torch.cat([img0, img1], dim=0).contiguous(memory_format=torch.channels_last)
+        x = self.patch_embed(pair)  # (2B, C0, H, W)
         outputs = []
         for i, blocks in enumerate(self.stages):
-            h = rearrange(x, "b c h w -> b h w c")
+            h = rearrange(x, "b c h w -> b h w c").contiguous()
             if self.config.use_mhc:
                 h = repeat(h, "... -> n ...", n=self.config.mhc_streams)
             for block in blocks:

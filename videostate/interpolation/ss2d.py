@@ -9,7 +9,11 @@ The recurrent state thus alternates between the frames at every pixel, mixing th
 Differences from VFIMamba's ``SS2D`` (a Mamba-1 selective scan): the mixer is Mamba-2, whose short
 convolution is the causal 1-D one along each sequence (VFIMamba uses a depthwise 3x3 conv before
 scanning), and the four directions share the mixer's parameters (VFIMamba keeps per-direction
-``x_proj``/``dt_proj``/``A``/``D``). The scan runs in float32 even under autocast.
+``x_proj``/``dt_proj``/``A``/``D``). Under autocast the mixer runs like any other layer (as mamba_ssm's
+Mamba-2 does): projections, convolution and the scan's inputs and output in the autocast dtype, the scan's
+states, decays and sums in float32. VFIMamba casts its scan's inputs (already rounded to half precision by
+its projections) to float32; here the within-chunk products take them in half precision, with float32
+accumulation.
 """
 
 from __future__ import annotations
@@ -65,6 +69,4 @@ class InterleavedSS2D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, height, width, _ = x.shape
-        with torch.autocast(x.device.type, enabled=False):
-            y = self.mamba(interleaved_scan(x.float()))
-            return interleaved_merge(y, height, width).to(x.dtype)
+        return interleaved_merge(self.mamba(interleaved_scan(x)), height, width)
