@@ -738,7 +738,8 @@ class DualMemoryModule(nn.Module):
         )
         W_next, E_next, M_w, records = state.working, state.episodic, None, []
         if live:
-            frames = rearrange(features[:, :live], "b t n d -> t b n d")
+            # contiguous: a strided input would make the projections round differently with and without grad
+            frames = rearrange(features[:, :live], "b t n d -> t b n d").contiguous()
             projected = self._input_projections(frames)
             if self.uses_working:
                 M_w, W_next = self._working_reads(frames, *projected[:3], state.working, start[0], steps[-1])
