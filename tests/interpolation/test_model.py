@@ -120,6 +120,14 @@ def test_save_and_load_roundtrip(tmp_path, phase2):
         torch.testing.assert_close(loaded(img0, img1), phase2(img0, img1), rtol=0, atol=0)
 
 
+def test_convolution_weights_are_channels_last_after_loading(tmp_path, phase2):
+    """cuDNN runs a convolution channels-last when its weight is: every 4-D weight is, loaded ones too."""
+    phase2.save_pretrained(tmp_path / "m")
+    for model in (phase2, HybridVFI.from_pretrained(tmp_path / "m")):
+        weights = [p for p in model.parameters() if p.dim() == 4]
+        assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+
+
 def test_loading_mismatched_weights_names_the_keys(tmp_path, phase1, phase2):
     phase2.save_pretrained(tmp_path / "p2")
     phase1.save_pretrained(tmp_path / "p1")

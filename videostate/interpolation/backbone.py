@@ -146,6 +146,7 @@ class HybridBackbone(nn.Module):
         self.downsamplers = nn.ModuleList(
             nn.Sequential(nn.Conv2d(dims[i], dims[i + 1], 3, 2, 1), nn.LeakyReLU(0.1)) for i in range(len(dims) - 1)
         )
+        self.to(memory_format=torch.channels_last)  # convolutions then run and return channels-last
 
     def required_multiple(self) -> int:
         return max(window * 2**i for i, window in enumerate(self.config.window_sizes))
@@ -163,8 +164,7 @@ class HybridBackbone(nn.Module):
                     f"(stage {i}); got {height}x{width} (HybridVFI pads automatically)"
                 )
         # Channels-last convolutions: every stage's (2B, H, W, C) tokens are a contiguous view of their input.
-        pair = torch.cat([img0, img1], dim=0).contiguous(memory_format=torch.channels_last)
-        x = self.patch_embed(pair)  # (2B, C0, H, W)
+        x = self.patch_embed(torch.cat([img0, img1], dim=0))  # (2B, C0, H, W)
         outputs = []
         for i, blocks in enumerate(self.stages):
             h = rearrange(x, "b c h w -> b h w c").contiguous()
@@ -175,7 +175,7 @@ class HybridBackbone(nn.Module):
             if self.config.use_mhc:
                 h = h.mean(dim=0)
             x = rearrange(h, "b h w c -> b c h w")
-            outputs.append(rearrange(x, "(f b) c h w -> b (f c) h w", f=2))
+            outputs.append(torch.cat(x.chunk(2), dim=1))  # (f b) c h w -> b (f c) h w, staying channels-last
             if i < len(self.downsamplers):
                 x = self.downsamplers[i](x)
         return outputs

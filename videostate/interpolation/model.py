@@ -103,6 +103,9 @@ class HybridVFI(nn.Module):
             self.refine = RefineNet(features, config.refine_channels, context_channels=(c, 2 * c, 4 * c))
         else:
             self.refine = RefineNet(features, config.refine_channels)
+        # Channels-last convolution weights: cuDNN then runs every convolution in the tensor cores' NHWC
+        # layout, with no layout transform around it, and returns channels-last maps.
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, img0: torch.Tensor, img1: torch.Tensor, timestep=0.5, *, flow_scale: float = 1.0) -> torch.Tensor:
         """``(B, 3, H, W)`` x 2 -> the frame at ``timestep``, ``(B, 3, H, W)`` in [0, 1]."""
