@@ -94,7 +94,7 @@ class LGSBlock(nn.Module):
         """The token-mixing sublayer (both branches, fusion, channel attention), without the residual."""
         h = self.norm1(x)
         if self.fuse is None:
-            fused = (self.ss2d or self.attn)(h)
+            fused = self.ss2d(h) if self.ss2d is not None else self.attn(h)
         else:  # the 1x1 convolution as a linear layer over the channels-last branches
             weight = rearrange(self.fuse.weight, "o i 1 1 -> o i")
             fused = F.linear(torch.cat([self.ss2d(h), self.attn(h)], dim=-1), weight, self.fuse.bias)
