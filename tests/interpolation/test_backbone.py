@@ -187,14 +187,17 @@ def test_ss2d_under_autocast_runs_in_bfloat16_close_to_float64():
 @pytest.mark.parametrize("shift", [0.0, 30.0], ids=["centred", "offset"])
 def test_layer_norm_under_autocast_matches_float64_layer_norm(shift):
     """Under autocast: float32 statistics of the bfloat16 input, the autocast dtype out, within one bfloat16
-    rounding of float64 LayerNorm of the same input; without autocast it is nn.LayerNorm."""
+    rounding of float64 LayerNorm of the same input, with or without gradients (which match float64's too);
+    without autocast it is nn.LayerNorm."""
     torch.manual_seed(0)
     norm = LayerNorm(32)
     with torch.no_grad():
         norm.weight.uniform_(0.5, 1.5)
         norm.bias.uniform_(-0.5, 0.5)
     x = (rand(2, 5, 7, 32, seed=13) * 4 + shift).to(torch.bfloat16)
-    expected = F.layer_norm(x.double(), (32,), norm.weight.double(), norm.bias.double(), norm.eps)
+    exact = x.double().requires_grad_()
+    weight, bias = (p.detach().double().requires_grad_() for p in (norm.weight, norm.bias))
+    expected = F.layer_norm(exact, (32,), weight, bias, norm.eps)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         trained = norm(x.requires_grad_())
         with torch.no_grad():
@@ -202,10 +205,12 @@ def test_layer_norm_under_autocast_matches_float64_layer_norm(shift):
     for y in (out, trained):
         assert y.dtype == torch.bfloat16 and y.is_contiguous()
         torch.testing.assert_close(y.double(), expected, rtol=2**-8, atol=2**-8)
-    trained.sum().backward()
-    assert x.grad is not None and norm.weight.grad is not None
-    x = x.detach()
-    x32 = x.float()
+    cotangent = rand(*x.shape, seed=15)
+    trained.backward(cotangent.to(torch.bfloat16))
+    expected.backward(cotangent)
+    for grad, exact_grad in ((x.grad, exact.grad), (norm.weight.grad, weight.grad), (norm.bias.grad, bias.grad)):
+        assert ((grad.double() - exact_grad).norm() / exact_grad.norm()).item() < 1e-2
+    x32 = x.detach().float()
     torch.testing.assert_close(norm(x32), F.layer_norm(x32, (32,), norm.weight, norm.bias, norm.eps), rtol=0, atol=0)
 
 
