@@ -171,40 +171,33 @@ def _check_update(
     return active
 
 
-def _trailing(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """``mask`` with singleton dims appended to broadcast against ``like``'s trailing dims."""
-    return mask.reshape(*mask.shape, *[1] * (like.dim() - 1))
-
-
 def write_slot(
-    fields: dict[str, torch.Tensor], slot: torch.Tensor, new: dict[str, torch.Tensor], active: torch.Tensor | None
-) -> dict[str, torch.Tensor]:
-    """Out-of-place write for autograd: ``new[name] (batch, ...)`` into slot ``slot (batch,)`` of
-    ``fields[name] (batch, capacity, ...)`` for each active video; one select per field."""
-    capacity = fields["stamp"].shape[1]
-    write = torch.arange(capacity, device=slot.device) == slot[:, None]
-    if active is not None:
-        write = write & active[:, None]
-    return {name: torch.where(_trailing(write, value), value.unsqueeze(1), fields[name]) for name, value in new.items()}
-
-
-def write_slot_(
     fields: dict[str, torch.Tensor],
     rows: torch.Tensor,
     slot: torch.Tensor,
     new: dict[str, torch.Tensor],
     active: torch.Tensor | None,
-) -> None:
-    """:func:`write_slot` in place, touching one slot per video (``rows``: ``arange(batch)``)."""
+    in_place: bool,
+) -> dict[str, torch.Tensor]:
+    """Write ``new[name] (batch, ...)`` into slot ``slot (batch,)`` of ``fields[name] (batch, capacity, ...)`` for
+    each active video (an inactive one writes its slot's own content back), touching one slot per video;
+    ``rows``: ``arange(batch)``.
+
+    ``in_place`` writes the tensors of ``fields``; otherwise (for autograd) each field is copied once, and its
+    gradient is one copy too. Returns the written fields.
+    """
+    written = {}
     for name, value in new.items():
         field = fields[name]
-        if active is not None:  # an inactive video writes its slot's own content back
-            value = torch.where(_trailing(active, value), value, field[rows, slot])
-        field.index_put_((rows, slot), value)
+        if active is not None:
+            value = torch.where(active.reshape(-1, *[1] * (value.dim() - 1)), value, field[rows, slot])
+        written[name] = field.index_put_((rows, slot), value) if in_place else field.index_put((rows, slot), value)
+    return written
 
 
 def _updated(bank: MemoryBank, slot: torch.Tensor, new: dict[str, torch.Tensor], active: torch.Tensor) -> MemoryBank:
-    written = write_slot({name: getattr(bank, name) for name in new}, slot, new, active)
+    rows = torch.arange(slot.shape[0], device=slot.device)
+    written = write_slot({name: getattr(bank, name) for name in new}, rows, slot, new, active, in_place=False)
     return dataclasses.replace(bank, count=(bank.count + active.long()).clamp(max=bank.capacity), **written)
 
 
@@ -891,10 +884,7 @@ class DualMemoryModule(nn.Module):
                     record["replaced"] = torch.where(replaced, position, -1)
                     record["similarity"] = torch.where(replaced, similarity.gather(1, chosen)[:, 0], float("nan"))
             new = {"slots": M_t, "keys": keys, "values": values, "norms": norms, "stamp": stamps[i]}
-            if in_place:
-                write_slot_(fields, rows, slot, new, frame_active)
-            else:
-                fields = {**fields, **write_slot(fields, slot, new, frame_active)}
+            fields = {**fields, **write_slot(fields, rows, slot, new, frame_active, in_place)}
             outputs.append(M_t)
             if trace:
                 record["episodic_norm"] = M_e.detach().norm(dim=-1).mean(dim=1)
