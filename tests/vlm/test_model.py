@@ -36,6 +36,20 @@ def test_switched_off_equals_the_transformers_model_bit_for_bit(kind):
     assert torch.equal(generated, reference)
 
 
+def test_a_base_model_without_mm_encoder_outputs_is_refused():
+    """transformers < 5.18 has no mm_encoder_outputs: its forward's **kwargs would drop the video features, and
+    the language model would read the placeholder embeddings (no gradient reaches the VLM² modules)."""
+    base = tiny_base("onevision")
+
+    class WithoutEncoderOutputs(type(base)):
+        def forward(self, input_ids=None, labels=None, **kwargs):
+            return super().forward(input_ids=input_ids, labels=labels)
+
+    base.__class__ = WithoutEncoderOutputs
+    with pytest.raises(RuntimeError, match=r"takes no mm_encoder_outputs.*transformers >= 5.18"):
+        VLM2ForConditionalGeneration(base, tiny_vlm2_config())
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("memory", [True, False])
 def test_full_forward_and_generate_with_fusion(kind, memory):

@@ -22,11 +22,13 @@ to the language-model loss.
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 
 import torch
+import transformers
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import (
@@ -70,6 +72,12 @@ class VLM2ForConditionalGeneration(nn.Module):
         if model_type not in BASE_CLASSES or not isinstance(base, BASE_CLASSES[model_type]):
             raise TypeError(
                 f"base must be one of {[c.__name__ for c in BASE_CLASSES.values()]}; got {type(base).__name__}"
+            )
+        if "mm_encoder_outputs" not in inspect.signature(base.forward).parameters:
+            raise RuntimeError(
+                f"{type(base).__name__}.forward takes no mm_encoder_outputs, the argument that hands it the video "
+                f"features (added in transformers 5.18; installed: {transformers.__version__}); its **kwargs would "
+                "drop them silently. Install transformers >= 5.18"
             )
         width = vision_feature_width(base)
         if config.memory_feature_dim != width:
