@@ -9,8 +9,12 @@ the others:
   and pooling, LLM, logits) with the modules off and on; ``time_overhead = (t_on − t_off) / t_off``;
 - ``modules``: the fusion and the memory alone on the vision features (time, peak memory, share of the
   full forward), and the vision tower alone for scale;
+- ``modules.dual_memory_aten_ops_per_frame``: the aten ops the memory dispatches per frame (each is at least
+  one kernel launch on a GPU);
 - ``train_step`` (``--train``): forward + backward with the memory, fusion and projector trainable vs the
   projector alone trainable;
+- ``memory_profile`` (``--profile``): the memory's ops with the most self time (device time on CUDA) in one
+  ``forward_video``, also printed as a table;
 - ``flops``: forward FLOPs per component, counted on the meta device.
 
 The video tokens follow LLaVA-OneVision's video path: SigLIP's ``(image_size / patch_size)²`` patches per
@@ -26,7 +30,7 @@ Presets: ``7b`` (SigLIP-so400m 384/14 + Qwen2-7B, 32 frames; the reference on an
 check that the script runs). Goal: at most 5% time overhead for ``7b`` on an H100.
 
     python benchmarks/vlm.py --preset tiny --device cpu
-    python benchmarks/vlm.py --preset 7b --device cuda --dtype bfloat16 --train
+    python benchmarks/vlm.py --preset 7b --device cuda --dtype bfloat16 --train --profile
 """
 
 from __future__ import annotations
@@ -38,7 +42,9 @@ import time
 import traceback
 
 import torch
+import transformers
 from common import describe_device, measure_peak_bytes, measure_time, write_result
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from videostate.vlm import SpatialFeatures, VLM2Config, VLM2ForConditionalGeneration
@@ -271,6 +277,18 @@ def forward_part(model, batch: dict, on: bool, device, repeats: int) -> dict:
     }
 
 
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops that run."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
 def modules_part(model, batch: dict, preset: dict, device, repeats: int) -> dict:
     pixels, sf, frames = batch["pixel_values_videos"], batch["spatial_features"], preset["frames"]
     with torch.no_grad():
@@ -297,7 +315,41 @@ def modules_part(model, batch: dict, preset: dict, device, repeats: int) -> dict
     for name, fn in (("vision_tower", tower), ("spatial_fusion", fusion), ("dual_memory", memory), ("vlm2", both)):
         out[f"{name}_s"] = measure_time(fn, device, repeats)
         out[f"{name}_peak_bytes"] = measure_peak_bytes(fn, device, {"features": features, "fused": fused})
+    counter = OpCounter()
+    with counter:
+        memory()
+    out["dual_memory_aten_ops_per_frame"] = counter.count / frames
     return out
+
+
+def profile_part(model, batch: dict, preset: dict, device, rows: int = 20) -> dict:
+    """The ops of one ``dual_memory.forward_video`` with the most self time (device time on CUDA, else CPU
+    time), printed as a table."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with torch.no_grad():
+        fused = fuse(model, model.vision_features(batch["pixel_values_videos"]), batch["spatial_features"])
+    per_video = fused.unflatten(0, (1, preset["frames"]))
+
+    def memory():
+        with torch.no_grad():
+            model.dual_memory.forward_video(per_video)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    memory()  # warm-up
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with profile(activities=activities) as prof:
+        memory()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)
+    print(prof.key_averages().table(sort_by=key, row_limit=rows), flush=True)
+    return {
+        "sort_by": key,
+        "total_self_ms": sum(getattr(e, key) for e in events) / 1e3,
+        "top": [{"op": e.key, "calls": e.count, "self_ms": getattr(e, key) / 1e3} for e in events[:rows]],
+    }
 
 
 def train_part(model, batch: dict, on: bool, device, repeats: int) -> dict:
@@ -347,6 +399,9 @@ def summary(measured: dict) -> str:
     for key in ("time_overhead", "modules_share_of_forward", "train_time_overhead"):
         if key in measured:
             lines.append(f"{key:34s} {100 * measured[key]:>9.2f}%")
+    ops = measured.get("modules", {}).get("dual_memory_aten_ops_per_frame")
+    if ops is not None:
+        lines.append(f"{'dual memory aten ops per frame':34s} {ops:>10.1f}")
     return "\n".join(lines)
 
 
@@ -387,6 +442,9 @@ def measure(preset: dict, args, device, dtype, measured: dict, errors: dict, sav
             t_on, t_off = measured["train_on"]["seconds"], measured["train_off"]["seconds"]
             measured["train_time_overhead"] = (t_on - t_off) / t_off
         save()
+    if args.profile:
+        guarded(measured, errors, "memory_profile", lambda: profile_part(on, batch, preset, device), device)
+        save()
 
 
 def main(argv=None) -> None:
@@ -396,6 +454,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train", action="store_true", help="also time a forward + backward training step")
+    parser.add_argument("--profile", action="store_true", help="also profile the dual memory's ops")
     parser.add_argument("--output", default=None, help="result file name in benchmarks/results/")
     args = parser.parse_args(argv)
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
@@ -405,6 +464,7 @@ def main(argv=None) -> None:
     payload = {
         **describe_device(device),
         "preset": args.preset,
+        "transformers": transformers.__version__,
         "vlm2": dataclasses.asdict(vlm2_config(preset, True)),
         "vision": preset["vision"],
         "text": preset["text"],
