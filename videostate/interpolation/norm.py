@@ -1,12 +1,11 @@
-"""LayerNorm over the channels of the backbone's token maps ``(..., C)``, fast under autocast.
+"""LayerNorm over the channels of the backbone's token maps ``(..., C)``, fast for inference under autocast.
 
 PyTorch's CUDA LayerNorm runs one thread block per row: for the backbone's millions of tokens of 32 to
 128 channels it is bound by block scheduling, many times slower than reading the map. Under autocast
-(where ``nn.LayerNorm`` would also cast its input to float32 and return float32, which the next linear
-layer casts back) :class:`LayerNorm` takes the row statistics as two float32 reductions (mean and mean
-square) and normalises in two fused multiply-adds, the second writing the autocast dtype (with gradients
-enabled, from a float32 copy of the input to a float32 result and a cast). Without autocast it is
-``nn.LayerNorm``.
+``nn.LayerNorm`` also copies its input to float32 and returns float32, which the next linear layer casts
+back. Without gradients under autocast, :class:`LayerNorm` instead takes the row statistics as two float32
+reductions of the input (mean and mean square) and normalises in two fused multiply-adds, the second
+writing the autocast dtype; otherwise it is ``nn.LayerNorm``.
 
 The variance is ``E[x^2] - E[x]^2`` in float32: its cancellation error, ``2^-24 (mean / std)^2`` relative,
 stays below the half-precision output's rounding unless a token's mean exceeds its spread ~180 times.
@@ -19,23 +18,18 @@ from torch import nn
 
 
 class LayerNorm(nn.LayerNorm):
-    """``nn.LayerNorm(dim)`` over the last dimension; under autocast the output is in the autocast dtype."""
+    """``nn.LayerNorm(dim)`` over the last dimension; for inference under autocast the output is in the
+    autocast dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.is_autocast_enabled(x.device.type):
+        device = x.device.type
+        if torch.is_grad_enabled() or not torch.is_autocast_enabled(device):
             return super().forward(x)
-        f32, device = torch.float32, x.device.type
-        dtype = torch.get_autocast_dtype(device)
-        grad = torch.is_grad_enabled()
+        f32 = torch.float32
+        out = torch.empty_like(x, dtype=torch.get_autocast_dtype(device))
         with torch.autocast(device, enabled=False):  # autocast would copy x to float32 for addcmul
-            # With gradients, from a float32 copy: the statistics' gradients, which nearly cancel when a
-            # token's mean is large, add up in float32 before they are cast to x's dtype.
-            source = x.float() if grad else x
-            mean = source.mean(-1, keepdim=True, dtype=f32)
-            mean_square = torch.linalg.vector_norm(source, dim=-1, keepdim=True, dtype=f32).square() / x.shape[-1]
+            mean = x.mean(-1, keepdim=True, dtype=f32)
+            mean_square = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=f32).square() / x.shape[-1]
             rstd = torch.rsqrt((mean_square - mean.square()).clamp_min(0) + self.eps)
-            normalised = torch.addcmul(-mean * rstd, source, rstd)  # (x - mean) * rstd, float32
-            affine = (self.bias.to(f32), normalised, self.weight.to(f32))
-            if grad:  # an out= argument records no gradient
-                return torch.addcmul(*affine).to(dtype)
-            return torch.addcmul(*affine, out=torch.empty_like(x, dtype=dtype))
+            normalised = torch.addcmul(-mean * rstd, x, rstd)  # (x - mean) * rstd, float32
+            return torch.addcmul(self.bias.to(f32), normalised, self.weight.to(f32), out=out)
