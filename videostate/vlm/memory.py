@@ -36,10 +36,10 @@ all its reads (frame ``t`` reads the ``L_w`` frames before it: sliding windows o
 attention calls for all frames), and the working half of the gate's first layer. The loop keeps what needs
 the previous frame's output: the episodic read, the gate, the episodic key/value projection and the episodic
 write. Without autograd (grad disabled, or nothing requires it) the episodic memory is written in place, one
-slot per frame, into a copy of the state passed in; under autograd each write is one masked select of the
-bank. The cosine similarity of lines 15-24 runs only on frames where a video's episodic memory can be full,
-which the entry counts tell on the host, as one matrix product with the bank. The frame loop never reads
-the device.
+slot per frame (into a copy of a state passed in, which is never changed); under autograd each write is an
+out-of-place ``index_put`` of that slot (one copy of the bank). The cosine similarity of lines 15-24 runs
+only on frames where a video's episodic memory can be full, which the entry counts tell on the host, as one
+matrix product with the bank. The frame loop never reads the device.
 
 Memory ablations (``memory_mode``, the "only working memory" / "only episodic memory" studies of VLM²):
 
@@ -662,7 +662,7 @@ class DualMemoryModule(nn.Module):
         Returns:
             ``(features + M, next_state)``: enhanced features ``(batch, frames, tokens, dim)``, and the
             memories after the last frame. Running a video in chunks with the carried state gives the
-            same output as one pass.
+            same output as one pass, up to float rounding (a chunk's frames are projected together).
         """
         enhanced, state, _ = self._run(features, state, num_frames, trace=False)
         return enhanced, state
@@ -744,8 +744,9 @@ class DualMemoryModule(nn.Module):
                 )
             if active is not None:
                 memory = memory.masked_fill(~active[..., None, None], 0.0)
-            residual = features[:, :live] + rearrange(memory, "t b n d -> b t n d")
-            enhanced = torch.cat([residual, features[:, live:]], dim=1)
+            enhanced = features[:, :live] + rearrange(memory, "t b n d -> b t n d")
+            if live < t:  # frames no video has pass unchanged
+                enhanced = torch.cat([enhanced, features[:, live:]], dim=1)
         else:
             memory, enhanced = features.new_zeros(0, b, n, self.dim), features.clone()
         next_state = DualMemoryState(working=W_next, episodic=E_next)
