@@ -50,6 +50,18 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+class OpCounter(TorchDispatchMode):
+    """Counts the aten ops that run (on a GPU, each is at least one kernel launch from Python)."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
 class TensorMemoryTracker(TorchDispatchMode):
     """Peak bytes of tensor storage allocated by the ops run inside the mode and still referenced.
 

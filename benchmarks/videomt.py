@@ -25,8 +25,7 @@ import traceback
 
 import torch
 import transformers
-from common import TensorMemoryTracker, describe_device, measure_time, write_result
-from torch.utils._python_dispatch import TorchDispatchMode
+from common import OpCounter, TensorMemoryTracker, describe_device, measure_time, write_result
 from transformers import VideomtForUniversalSegmentation as TransformersVideomt
 
 from videostate.segmentation import VideomtConfig, VideomtForUniversalSegmentation
@@ -62,18 +61,6 @@ def stream(model, step, frames: torch.Tensor, count: int):
     for i in range(count):
         _, state = step(frames[i % len(frames)][None], state)
     return state
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts the aten ops that run (on a GPU, each is at least one kernel launch from Python)."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def max_difference(ours, fast, clip: torch.Tensor) -> dict:

@@ -43,8 +43,7 @@ import traceback
 
 import torch
 import transformers
-from common import describe_device, measure_peak_bytes, measure_time, write_result
-from torch.utils._python_dispatch import TorchDispatchMode
+from common import OpCounter, describe_device, measure_peak_bytes, measure_time, write_result
 from torch.utils.flop_counter import FlopCounterMode
 
 from videostate.vlm import SpatialFeatures, VLM2Config, VLM2ForConditionalGeneration
@@ -275,18 +274,6 @@ def forward_part(model, batch: dict, on: bool, device, repeats: int) -> dict:
         "seconds": measure_time(forward, device, repeats),
         "peak_bytes": measure_peak_bytes(forward, device, call),
     }
-
-
-class OpCounter(TorchDispatchMode):
-    """Counts the aten ops that run."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
-        return func(*args, **(kwargs or {}))
 
 
 def modules_part(model, batch: dict, preset: dict, device, repeats: int) -> dict:
