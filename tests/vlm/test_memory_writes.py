@@ -225,3 +225,23 @@ def test_gradients_match_the_oracle(mode):
     for name, got, want in zip(["frames"] + [n for n, _ in module.named_parameters()], grads, oracle, strict=True):
         torch.testing.assert_close(got, want, msg=lambda m, name=name: f"{name}: {m}")
     assert grads[0][1, 5:].eq(cotangent[1, 5:]).all()  # padded frames pass through
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("grad", [False, True])
+def test_float32_memory_under_bf16_autocast(mode, grad):
+    """The trainer's bf16 autocast on float32 features: entries are written in the memory's own dtype, over
+    wrap-around and a carried state, and the output stays within bf16 rounding of the float32 run."""
+    module = _module(mode).float()
+    features = _frames(2, 7, 3, 8, seed=5).float().requires_grad_(grad)
+    exact, exact_state = module.forward_video(features[:, :4])
+    exact_rest, _ = module.forward_video(features[:, 4:], exact_state)
+    with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16):
+        first, state = module.forward_video(features[:, :4])
+        rest, _ = module.forward_video(features[:, 4:], state)
+    assert all(bank.slots.dtype == bank.keys.dtype == bank.values.dtype == torch.float32 for bank in state.banks())
+    for got, want in ((first, exact), (rest, exact_rest)):
+        torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05)
+    if grad:
+        (first.float().sum() + rest.float().sum()).backward()
+        assert torch.isfinite(features.grad).all()

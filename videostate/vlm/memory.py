@@ -189,6 +189,7 @@ def write_slot(
     written = {}
     for name, value in new.items():
         field = fields[name]
+        value = value.to(field.dtype)  # under autocast the entry may be bf16; the memory keeps its own dtype
         if active is not None:
             value = torch.where(active.reshape(-1, *[1] * (value.dim() - 1)), value, field[rows, slot])
         written[name] = field.index_put_((rows, slot), value) if in_place else field.index_put((rows, slot), value)
