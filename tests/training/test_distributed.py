@@ -98,7 +98,6 @@ def test_ddp_gradient_equals_single_process_global_batch(tmp_path):
         torch.testing.assert_close(results[0]["params"][name], (p - p.grad).detach(), rtol=1e-10, atol=1e-12, msg=name)
 
 
-
 @pytest.mark.parametrize(("device", "expected"), [("cuda", "cuda:0"), ("cuda:1", "cuda:1"), ("auto", "cuda:0")])
 def test_cuda_device_without_index_is_the_local_rank(monkeypatch, device, expected):
     """``torch.cuda.set_device`` rejects a bare ``"cuda"``: a process takes ``cuda:LOCAL_RANK`` instead."""
