@@ -18,6 +18,7 @@ the map's tokens and the way back one more, by indices cached per map size (:fun
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Literal
 
 import torch
@@ -58,16 +59,15 @@ class ShiftedWindows:
     allowed: torch.Tensor
 
 
-# (height, width, window, shift, device) -> ShiftedWindows; shared by every batch size and channel count.
-_SHIFTED_WINDOWS: dict[tuple, ShiftedWindows] = {}
-
-
 def shifted_windows(height: int, width: int, window: int, shift: int, device) -> ShiftedWindows:
-    """The :class:`ShiftedWindows` of an ``height x width`` map rolled by ``-shift`` on both axes, cached."""
-    key = (height, width, window, shift, torch.device(device))
-    cached = _SHIFTED_WINDOWS.get(key)
-    if cached is not None:
-        return cached
+    """The :class:`ShiftedWindows` of an ``height x width`` map rolled by ``-shift`` on both axes, cached per
+    ``(height, width, window, shift, device)`` (shared by every batch size and channel count; the most recent
+    sizes are kept)."""
+    return _shifted_windows(height, width, window, shift, torch.device(device))
+
+
+@functools.lru_cache(maxsize=32)
+def _shifted_windows(height: int, width: int, window: int, shift: int, device: torch.device) -> ShiftedWindows:
     rolled_y = (torch.arange(height) + shift) % height  # the rolled map's row y is the map's row (y + shift)
     rolled_x = (torch.arange(width) + shift) % width
     positions = rolled_y[:, None] * width + rolled_x[None, :]
@@ -81,14 +81,12 @@ def shifted_windows(height: int, width: int, window: int, shift: int, device) ->
     grid = torch.arange(region.shape[0]).view(height // window, width // window)
     border = torch.cat([grid[:-1, -1], grid[-1]])
     ids = region[border]
-    shifted = ShiftedWindows(
+    return ShiftedWindows(
         gather=gather.to(device),
         scatter=scatter.to(device),
         border=border.to(device),
         allowed=(ids[:, :, None] == ids[:, None, :])[:, None].to(device),
     )
-    _SHIFTED_WINDOWS[key] = shifted
-    return shifted
 
 
 class GatedWindowAttention(nn.Module):

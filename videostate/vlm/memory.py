@@ -321,7 +321,8 @@ class EpisodicMemory(WorkingMemory):
     """Long-term memory of ``L_e`` frames with similarity-based replacement, for a batch of videos.
 
     ``update(M_t)`` appends ``M_t (batch, tokens, dim)``; when full it first deletes the stored entry with
-    the highest cosine similarity to ``M_t`` (``_compute_similarity``), so the memory keeps diverse frames.
+    the highest cosine similarity to ``M_t`` (``_compute_similarity``; the update computes the same cosine from
+    the bank's cached entry norms), so the memory keeps diverse frames.
     """
 
     def __init__(self, L_e: int = 32):
