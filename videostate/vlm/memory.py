@@ -564,22 +564,14 @@ class DualMemoryModule(nn.Module):
         attention: nn.MultiheadAttention,
         H_t: torch.Tensor,
         bank: MemoryBank,
-        used: int | None = None,
-        dense: bool = False,
     ) -> torch.Tensor:
         """``attention`` with queries ``H_t (batch, tokens, dim)`` over every token of the valid entries,
-        reading the bank's cached keys and values.
-
-        ``used``: a bound on every video's entry count (slots past it are empty), so the attention skips
-        them; ``None`` reads all ``capacity`` slots. ``dense``: every video holds exactly ``used`` entries,
-        so no mask is needed. Videos whose memory is empty read exactly zero.
+        reading the bank's cached keys and values. Videos whose memory is empty read exactly zero.
         """
         if bank.keys is None:
             raise ValueError("DualMemoryModule reads memories with cached keys/values; make them with init_state")
-        used = bank.capacity if used is None else max(1, min(used, bank.capacity))
-        valid = None if dense else bank.valid()[:, :used]
         query = self.project(attention, H_t, 0)
-        return self.attend(attention, query, bank.keys[:, :used], bank.values[:, :used], valid)
+        return self.attend(attention, query, bank.keys, bank.values, bank.valid())
 
     def gate_working_part(self, M_w: torch.Tensor) -> torch.Tensor:
         """The working half of the gate's first layer with its bias: ``W_1[:, :dim] M^w + b_1`` for
@@ -603,8 +595,6 @@ class DualMemoryModule(nn.Module):
         W_t: MemoryBank,
         E_t: MemoryBank,
         active: torch.Tensor | None = None,
-        used: tuple[int, int] | None = None,
-        dense: bool = False,
     ) -> tuple[torch.Tensor, MemoryBank, MemoryBank]:
         """One frame of Algorithm 1; the memories passed in are not changed.
 
@@ -614,9 +604,6 @@ class DualMemoryModule(nn.Module):
                 for a memory the mode does not keep (returned as ``None``).
             active: ``(batch,)`` bool, videos that have a frame ``t`` (default all); the memories of the
                 others are left as they are and their ``M_t`` is zero.
-            used: bounds ``(working, episodic)`` on the entry counts, known to the caller without reading
-                the device; retrieval skips the slots past them.
-            dense: every video holds exactly ``used`` entries in both memories (attention without a mask).
 
         Returns:
             ``(M_t (batch, tokens, dim), W_{t+1}, E_{t+1})``.
@@ -624,14 +611,11 @@ class DualMemoryModule(nn.Module):
         self.check_state(W_t, E_t)
         if H_t.dim() != 3 or H_t.shape[-1] != self.dim:
             raise ValueError(f"H_t must have shape (batch, tokens, {self.dim}); got {tuple(H_t.shape)}")
-        used_w, used_e = (None, None) if used is None else used
         M_w = M_e = None
         if self.uses_working:
-            dense_w = dense and used_w is not None and used_w > 0
-            M_w = self.retrieve(self.working_attention, H_t, W_t, used_w, dense_w)
+            M_w = self.retrieve(self.working_attention, H_t, W_t)
         if self.uses_episodic:
-            dense_e = dense and used_e is not None and used_e > 0
-            M_e = self.retrieve(self.episodic_attention, H_t, E_t, used_e, dense_e)
+            M_e = self.retrieve(self.episodic_attention, H_t, E_t)
         if self.mode == "dual":
             M_t, _ = self.fuse(self.gate_working_part(M_w), M_w, M_e)
         else:
