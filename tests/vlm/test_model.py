@@ -3,7 +3,7 @@ import torch
 
 from videostate.vlm import VLM2Config, VLM2ForConditionalGeneration
 
-from .tiny import VISION_DIM, spatial_batch, tiny_base, tiny_vlm2_config, video_batch
+from .tiny import VISION_DIM, loss_backward_and_check_gradients, spatial_batch, tiny_base, tiny_vlm2_config, video_batch
 
 KINDS = ["onevision", "nextvideo"]
 
@@ -154,14 +154,7 @@ def test_gradients_reach_exactly_the_trainable_parameters(parts, expected_module
     assert {n for n in trainable} == {
         n for n, _ in model.named_parameters() if any(n.startswith(m) for m in expected_modules)
     }
-    input_ids, pixels = video_batch("onevision", 2, 3)
-    out = model(input_ids=input_ids, pixel_values_videos=pixels, spatial_features=spatial_batch(2, 3), labels=input_ids)
-    out.loss.backward()
-    for name, p in model.named_parameters():
-        if name in trainable:
-            assert p.grad is not None and p.grad.abs().sum() > 0, name
-        else:
-            assert p.grad is None, name
+    loss_backward_and_check_gradients(model, trainable)
 
 
 def test_tune_dual_memory_flag_and_unknown_parts():

@@ -102,6 +102,19 @@ def spatial_batch(batch: int, frames: int, seed: int = 0, points_size: int = 8) 
         confidence=torch.rand(batch, frames, points_size, points_size, generator=g),
     )
 
+def loss_backward_and_check_gradients(model, trainable: set[str]) -> None:
+    """One language-model loss on a 2-video, 3-frame batch, backward; every parameter in ``trainable`` gets a
+    nonzero gradient and no other parameter gets one."""
+    input_ids, pixels = video_batch("onevision", 2, 3)
+    out = model(input_ids=input_ids, pixel_values_videos=pixels, spatial_features=spatial_batch(2, 3), labels=input_ids)
+    out.loss.backward()
+    for name, p in model.named_parameters():
+        if name in trainable:
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert p.grad is None, name
+
+
 
 def char_tokenizer(chat_template: bool = True):
     """A character-level tokenizer built offline: printable ASCII keeps its code point, ``<video>`` is
