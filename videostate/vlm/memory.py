@@ -640,7 +640,8 @@ class DualMemoryModule(nn.Module):
         Args:
             features: ``(batch, frames, tokens, dim)``.
             state: memories carried from earlier frames of the same videos; ``None`` starts empty. It is not
-                changed (the memories after the last frame are new tensors).
+                changed: the memories after the last frame are new tensors (when no video has a frame, the
+                given memories are returned as they are).
             num_frames: ``(batch,)`` long, the real length of each video when shorter videos are padded
                 at the end (default: all ``frames``). Padded frames are neither read nor stored, and
                 their output equals their input.
