@@ -28,7 +28,7 @@ else:
     DEVICE = torch.device("cuda")
 
 if INTERPRET or torch.cuda.is_available():
-    from videostate.ssm.kernels.ssd import ssd_scan_triton
+    from videostate.ssm.kernels.ssd import CONFIG, ssd_scan_triton
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 HALF = [torch.float16] if INTERPRET else [torch.bfloat16, torch.float16]
@@ -174,6 +174,19 @@ def test_ssd_scan_strided_views():
     assert not inputs["x"].is_contiguous()
     outs = run_both(inputs, chunk_size=64, dt_softplus=True)
     assert_close(*outs, dtype)
+
+
+@pytest.mark.parametrize("tile", [2, 4, 32], ids=lambda t: f"tile{t}")
+def test_ssd_scan_state_passing_tiles(tile, monkeypatch):
+    """The state passing walks the chunks a tile at a time: many tiles, a last tile cut short, and programs
+    that each own a part of a head's state, forward and backward (initial and final states included)."""
+    monkeypatch.setitem(CONFIG, "state_tile", tile)
+    monkeypatch.setitem(CONFIG, "state_block", 16)
+    shape = (1, 16 * 9 + 5, 2, 4, 1, 8) if INTERPRET else (2, 64 * 70 + 7, 4, 16, 1, 64)
+    chunk_size = 16 if INTERPRET else 64
+    inputs = ssd_inputs(*shape, torch.float32, seed=7)
+    outs = run_both(inputs, chunk_size=chunk_size, dt_softplus=True)
+    assert_close(*outs, torch.float32)
 
 
 SPLITS = [(1, 20, 49), (16, 16, 38), (69, 1)] if INTERPRET else [(1, 99, 200), (64, 64, 172), (257, 43)]

@@ -28,10 +28,18 @@ from .ssd_kernels import (
 )
 
 MIN_CHUNK, MAX_CHUNK = 16, 64
-# Columns of N per program in the kernels that split N (chunk states and the B/C gradients), elements
-# per program in the state passing, warps of the chunk kernels (8 for the output and B/C gradient kernels:
-# at 4, triton 3.6 on Hopper makes out-of-range shared memory accesses in them for headdim 16, N 64).
-CONFIG = {"block_n": 64, "state_block": 1024, "num_warps": 4, "fwd_num_warps": 8, "dbc_num_warps": 8}
+# Columns of N per program in the kernels that split N (chunk states and the B/C gradients); elements per
+# program and chunks per tile in the state passing; warps of the chunk kernels (8 for the output and B/C
+# gradient kernels: at 4, triton 3.6 on Hopper makes out-of-range shared memory accesses in them for
+# headdim 16, N 64).
+CONFIG = {
+    "block_n": 64,
+    "state_block": 128,
+    "state_tile": 32,
+    "num_warps": 4,
+    "fwd_num_warps": 8,
+    "dbc_num_warps": 8,
+}
 
 
 def _precision(x: torch.Tensor) -> str:
@@ -57,6 +65,13 @@ def _D_strides(D: torch.Tensor | None) -> tuple[int, int]:
 
 def _blocks(headdim: int, n: int) -> tuple[int, int]:
     return max(16, next_power_of_2(headdim)), max(16, next_power_of_2(n))
+
+
+def _state_tiles(elements: int, n_chunks: int) -> tuple[int, int]:
+    """Elements per program and chunks per tile of the state passing (no larger than needed; tiles of at
+    least 2 chunks)."""
+    tile = max(2, min(CONFIG["state_tile"], next_power_of_2(n_chunks)))
+    return min(CONFIG["state_block"], next_power_of_2(elements)), tile
 
 
 def chunk_log_decay(dt: torch.Tensor, A: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -86,11 +101,11 @@ def chunk_states(x, B, dt, s, h0, chunk):
         num_warps=CONFIG["num_warps"],
     )  # fmt: skip
     h0 = None if h0 is None else h0.to(torch.float32).contiguous()
-    block = min(CONFIG["state_block"], next_power_of_2(headdim * n))
+    block, tile = _state_tiles(headdim * n, n_chunks)
     state_passing_fwd_kernel[(batch * heads, triton.cdiv(headdim * n, block))](
         states, s, final if h0 is None else h0, final,
         heads, n_chunks, headdim * n,
-        CHUNK=chunk, BLOCK=block, HAS_H0=h0 is not None,
+        CHUNK=chunk, TILE=tile, BLOCK=block, HAS_H0=h0 is not None,
     )  # fmt: skip
     return states, final
 
@@ -138,11 +153,11 @@ def ssd_backward(x, dt, A, B, C, D, z, h0, gate_in, dy, d_final, chunk):
     )  # fmt: skip
     dh0 = None if h0 is None else torch.empty(batch, heads, headdim, n, device=device, dtype=f32)
     d_final = None if d_final is None else d_final.to(f32).contiguous()
-    block = min(CONFIG["state_block"], next_power_of_2(headdim * n))
+    block, tile = _state_tiles(headdim * n, n_chunks)
     state_passing_bwd_kernel[(batch * heads, triton.cdiv(headdim * n, block))](
         dstates, s, dstates if d_final is None else d_final, dstates if dh0 is None else dh0,
         heads, n_chunks, headdim * n,
-        CHUNK=chunk, BLOCK=block, HAS_DFINAL=d_final is not None, HAS_DH0=dh0 is not None,
+        CHUNK=chunk, TILE=tile, BLOCK=block, HAS_DFINAL=d_final is not None, HAS_DH0=dh0 is not None,
     )  # fmt: skip
     dx = torch.empty(x.shape, device=device, dtype=x.dtype)
     dz = None if z is None else torch.empty(x.shape, device=device, dtype=z.dtype)

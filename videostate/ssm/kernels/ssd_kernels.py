@@ -30,7 +30,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import sigmoid
+from .common import scan_combine, sigmoid
 
 
 @triton.jit
@@ -98,55 +98,101 @@ def chunk_state_kernel(
 
 
 @triton.jit
+def _tile_row(tile, rows, row):
+    """Row ``row`` of a ``(TILE, BLOCK)`` tile whose row indices are ``rows``, as a ``(BLOCK,)`` vector."""
+    return tl.sum(tl.where(rows[:, None] == row, tile, 0.0), axis=0)
+
+
+@triton.jit
 def state_passing_fwd_kernel(
     states_ptr, s_ptr, h0_ptr, final_ptr,
     H, n_chunks, PN,
-    CHUNK: tl.constexpr, BLOCK: tl.constexpr, HAS_H0: tl.constexpr,
+    CHUNK: tl.constexpr, TILE: tl.constexpr, BLOCK: tl.constexpr, HAS_H0: tl.constexpr,
 ):  # fmt: skip
     """In place over ``states (batch, chunks, heads, P*N)``: chunk contributions in, entering states out;
-    ``H_{c+1} = exp(s_last) H_c + S_c`` from ``H_0 = h0`` (or zero); the last one goes to ``final``."""
+    ``H_{c+1} = exp(s_last) H_c + S_c`` from ``H_0 = h0`` (or zero); the last one goes to ``final``.
+
+    A program owns ``BLOCK`` elements of one head and walks the chunks ``TILE`` at a time: row ``k`` of a
+    tile pairs chunk ``first + k - 1``'s decay and contribution (row 0: decay 1 and the state carried into
+    the tile), so one associative scan down the rows gives the states entering the tile's chunks. Every
+    load of a tile is issued at once; only the carried state passes from tile to tile."""
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
     h = bh % H
     e = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = e < PN
-    state = tl.zeros((BLOCK,), tl.float32)
+    e_mask = e < PN
+    k = tl.arange(0, TILE)
+    carried = tl.zeros((BLOCK,), tl.float32)
     if HAS_H0:
-        state = tl.load(h0_ptr + bh * PN + e, mask=mask, other=0.0).to(tl.float32)
-    for c in range(n_chunks):
-        ptrs = states_ptr + ((b * n_chunks + c) * H + h) * PN + e
-        contribution = tl.load(ptrs, mask=mask, other=0.0)
-        tl.store(ptrs, state, mask=mask)
-        decay = tl.exp(tl.load(s_ptr + (bh * n_chunks + c) * CHUNK + CHUNK - 1))
-        state = decay * state + contribution
-    tl.store(final_ptr + bh * PN + e, state, mask=mask)
+        carried = tl.load(h0_ptr + bh * PN + e, mask=e_mask, other=0.0).to(tl.float32)
+    for first in range(0, n_chunks, TILE):
+        chunk = first + k
+        prev = tl.maximum(chunk - 1, 0)
+        used = (k > 0) & (chunk - 1 < n_chunks)
+        rows = states_ptr + ((b * n_chunks + prev) * H + h) * PN
+        contribution = tl.load(rows[:, None] + e[None, :], mask=used[:, None] & e_mask[None, :], other=0.0)
+        contribution = tl.where(k[:, None] == 0, carried[None, :], contribution)
+        decay = tl.exp(tl.load(s_ptr + (bh * n_chunks + prev) * CHUNK + CHUNK - 1, mask=used, other=0.0))
+        decay = tl.broadcast_to(decay[:, None], (TILE, BLOCK))
+        _, entering = tl.associative_scan((decay, contribution), 0, scan_combine)
+        # The state entering the next tile: its last chunk's decay and contribution on the last row.
+        last = tl.minimum(first + TILE - 1, n_chunks - 1)
+        last_row = states_ptr + ((b * n_chunks + last) * H + h) * PN + e
+        # (a vector comparison: Triton's interpreter takes no scalar mask)
+        last_contribution = tl.load(last_row, mask=e_mask & (first + TILE - 1 + 0 * e < n_chunks), other=0.0)
+        own_decay = tl.load(s_ptr + (bh * n_chunks + chunk) * CHUNK + CHUNK - 1, mask=chunk < n_chunks, other=0.0)
+        last_decay = tl.exp(tl.sum(tl.where(k == TILE - 1, own_decay, 0.0), axis=0))
+        carried = last_decay * _tile_row(entering, k, TILE - 1) + last_contribution
+        out_rows = states_ptr + ((b * n_chunks + chunk) * H + h) * PN
+        tl.store(out_rows[:, None] + e[None, :], entering, mask=(chunk < n_chunks)[:, None] & e_mask[None, :])
+    tl.store(final_ptr + bh * PN + e, carried, mask=e_mask)
 
 
 @triton.jit
 def state_passing_bwd_kernel(
     dstates_ptr, s_ptr, dfinal_ptr, dh0_ptr,
     H, n_chunks, PN,
-    CHUNK: tl.constexpr, BLOCK: tl.constexpr, HAS_DFINAL: tl.constexpr, HAS_DH0: tl.constexpr,
+    CHUNK: tl.constexpr, TILE: tl.constexpr, BLOCK: tl.constexpr, HAS_DFINAL: tl.constexpr,
+    HAS_DH0: tl.constexpr,
 ):  # fmt: skip
     """In place over ``dstates``: ``R_c`` in, ``G_{c+1}`` (gradient of the state leaving chunk ``c``) out, with
-    ``G_c = R_c + exp(s_last) G_{c+1}`` from ``G_chunks = dfinal`` (or zero); ``G_0`` goes to ``dh0``."""
+    ``G_c = R_c + exp(s_last) G_{c+1}`` from ``G_chunks = dfinal`` (or zero); ``G_0`` goes to ``dh0``.
+
+    Tiles as in :func:`state_passing_fwd_kernel`, walked from the end with their rows in reverse chunk order:
+    row ``k`` holds chunk ``last - k`` and pairs chunk ``last - k + 1``'s decay and ``R`` (row 0: the gradient
+    carried from the tile after)."""
     bh = tl.program_id(0).to(tl.int64)
     b = bh // H
     h = bh % H
     e = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = e < PN
-    grad = tl.zeros((BLOCK,), tl.float32)
+    e_mask = e < PN
+    k = tl.arange(0, TILE)
+    carried = tl.zeros((BLOCK,), tl.float32)
     if HAS_DFINAL:
-        grad = tl.load(dfinal_ptr + bh * PN + e, mask=mask, other=0.0)
-    for k in range(n_chunks):
-        c = n_chunks - 1 - k
-        ptrs = dstates_ptr + ((b * n_chunks + c) * H + h) * PN + e
-        from_output = tl.load(ptrs, mask=mask, other=0.0)
-        tl.store(ptrs, grad, mask=mask)
-        decay = tl.exp(tl.load(s_ptr + (bh * n_chunks + c) * CHUNK + CHUNK - 1))
-        grad = from_output + decay * grad
+        carried = tl.load(dfinal_ptr + bh * PN + e, mask=e_mask, other=0.0).to(tl.float32)
+    for done in range(0, n_chunks, TILE):
+        last = n_chunks - 1 - done
+        chunk = last - k
+        nxt = tl.maximum(chunk + 1, 0)
+        used = (k > 0) & (chunk + 1 >= 0)
+        rows = dstates_ptr + ((b * n_chunks + nxt) * H + h) * PN
+        from_output = tl.load(rows[:, None] + e[None, :], mask=used[:, None] & e_mask[None, :], other=0.0)
+        from_output = tl.where(k[:, None] == 0, carried[None, :], from_output)
+        decay = tl.exp(tl.load(s_ptr + (bh * n_chunks + nxt) * CHUNK + CHUNK - 1, mask=used, other=0.0))
+        decay = tl.broadcast_to(decay[:, None], (TILE, BLOCK))
+        _, leaving = tl.associative_scan((decay, from_output), 0, scan_combine)
+        # The gradient carried to the tile before: the tile's first chunk on the last row.
+        first = tl.maximum(last - TILE + 1, 0)
+        first_row = dstates_ptr + ((b * n_chunks + first) * H + h) * PN + e
+        first_output = tl.load(first_row, mask=e_mask & (last - TILE + 1 + 0 * e >= 0), other=0.0)
+        own = tl.maximum(chunk, 0)
+        own_decay = tl.load(s_ptr + (bh * n_chunks + own) * CHUNK + CHUNK - 1, mask=chunk >= 0, other=0.0)
+        first_decay = tl.exp(tl.sum(tl.where(k == TILE - 1, own_decay, 0.0), axis=0))
+        carried = first_decay * _tile_row(leaving, k, TILE - 1) + first_output
+        out_rows = dstates_ptr + ((b * n_chunks + own) * H + h) * PN
+        tl.store(out_rows[:, None] + e[None, :], leaving, mask=(chunk >= 0)[:, None] & e_mask[None, :])
     if HAS_DH0:
-        tl.store(dh0_ptr + bh * PN + e, grad, mask=mask)
+        tl.store(dh0_ptr + bh * PN + e, carried, mask=e_mask)
 
 
 @triton.jit
