@@ -189,6 +189,17 @@ def test_ssd_scan_state_passing_tiles(tile, monkeypatch):
     assert_close(*outs, torch.float32)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, *HALF], ids=str)
+@pytest.mark.parametrize("shape", [(2, 37, 4, 8, 1, 16), (1, 70, 6, 16, 2, 32)], ids=str)
+def test_ssd_scan_group_heads_in_one_program(shape, dtype, monkeypatch):
+    """The output kernel runs a whole group's heads in one program (sharing C B^T) when the launch has
+    programs enough: 4 heads of one group, and 3 heads in each of 2 groups."""
+    monkeypatch.setitem(CONFIG, "min_programs", 1)
+    inputs = ssd_inputs(*shape, dtype, seed=8)
+    outs = run_both(inputs, chunk_size=16, dt_softplus=True)
+    assert_close(*outs, dtype)
+
+
 SPLITS = [(1, 20, 49), (16, 16, 38), (69, 1)] if INTERPRET else [(1, 99, 200), (64, 64, 172), (257, 43)]
 
 

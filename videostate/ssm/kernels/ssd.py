@@ -28,12 +28,14 @@ from .ssd_kernels import (
 )
 
 MIN_CHUNK, MAX_CHUNK = 16, 64
-# Columns of N per program in the kernels that split N (chunk states and the B/C gradients); elements per
-# program and chunks per tile in the state passing; warps of the chunk kernels (8 for the output and B/C
+# Columns of N per program in the kernels that split N (chunk states and the B/C gradients); the fewest
+# programs the output kernel is given when it runs several heads per program; elements per program and
+# chunks per tile in the state passing; warps of the chunk kernels (8 for the output and B/C
 # gradient kernels: at 4, triton 3.6 on Hopper makes out-of-range shared memory accesses in them for
 # headdim 16, N 64).
 CONFIG = {
     "block_n": 64,
+    "min_programs": 2048,
     "state_block": 128,
     "state_tile": 32,
     "num_warps": 4,
@@ -72,6 +74,15 @@ def _state_tiles(elements: int, n_chunks: int) -> tuple[int, int]:
     least 2 chunks)."""
     tile = max(2, min(CONFIG["state_tile"], next_power_of_2(n_chunks)))
     return min(CONFIG["state_block"], next_power_of_2(elements)), tile
+
+
+def _heads_per_program(heads_per_group: int, group_programs: int) -> int:
+    """Heads of one group per program of the output kernel: the whole group, or halved while the launch
+    (``group_programs`` programs with a whole group each) has fewer than ``CONFIG["min_programs"]``."""
+    run = heads_per_group
+    while run > 1 and group_programs * (heads_per_group // run) < CONFIG["min_programs"]:
+        run = run // 2 if run % 2 == 0 else 1
+    return run
 
 
 def chunk_log_decay(dt: torch.Tensor, A: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -121,9 +132,10 @@ def ssd_forward(x, dt, A, B, C, D, z, h0, chunk):
     y = torch.empty(x.shape, device=x.device, dtype=x.dtype)
     gate_in = None if z is None else torch.empty_like(y)
     block_p, block_n = _blocks(headdim, n)
-    chunk_scan_fwd_kernel[(n_chunks, batch * heads)](
+    run = _heads_per_program(heads // groups, n_chunks * batch * groups)
+    chunk_scan_fwd_kernel[(n_chunks, batch * heads // run)](
         x, B, C, x if z is None else z, x if D is None else D, dt, s, states, y, y if gate_in is None else gate_in,
-        length, heads, heads // groups, n_chunks,
+        length, heads, heads // groups, run, n_chunks,
         *x.stride(), *B.stride(), *C.stride(), *_s(z, 4), *_D_strides(D), *dt.stride(), *y.stride(),
         P=headdim, N=n, CHUNK=chunk, BLOCK_P=block_p, BLOCK_N=block_n,
         PRECISION=_precision(x), HAS_D=D is not None, HAS_Z=z is not None,

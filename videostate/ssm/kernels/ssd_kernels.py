@@ -16,7 +16,7 @@ Backward, with ``g = dy * silu(z)`` the gradient of the SSD output before ``D`` 
 gradient of the state entering chunk ``c``::
 
     R_c = sum_i exp(s_i) g_i C_i^T                  chunk_state_kernel (FORWARD=False)
-    G_c = R_c + exp(s_last) G_{c+1}                 state_passing_bwd_kernel (also <G_{c+1}, H_{c+1}>)
+    G_c = R_c + exp(s_last) G_{c+1}                 state_passing_bwd_kernel
     dx~ = (CB * decay)^T g + exp(s_last - s) B G_{c+1}^T                      chunk_scan_bwd_dx_kernel
     ds_i = g_i . y_i - x~_i . dx~_i  (+ <G_{c+1}, H_{c+1}> at the chunk's last step)
     dC = ((g x~^T) * decay) B + exp(s) g H_c,  dB = ((g x~^T) * decay)^T C + exp(s_last - s) x~ G_{c+1}
@@ -198,20 +198,24 @@ def state_passing_bwd_kernel(
 @triton.jit
 def chunk_scan_fwd_kernel(
     x_ptr, B_ptr, C_ptr, z_ptr, D_ptr, dt_ptr, s_ptr, states_ptr, y_ptr, gate_in_ptr,
-    L, H, heads_per_group, n_chunks,
+    L, H, heads_per_group, heads_per_program, n_chunks,
     sx_b, sx_l, sx_h, sx_p, sB_b, sB_l, sB_g, sB_n, sC_b, sC_l, sC_g, sC_n,
     sz_b, sz_l, sz_h, sz_p, sD_h, sD_p, sdt_b, sdt_l, sdt_h, sy_b, sy_l, sy_h, sy_p,
     P: tl.constexpr, N: tl.constexpr, CHUNK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
     PRECISION: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
 ):  # fmt: skip
-    """Output of one chunk: intra-chunk dual form plus the carried state, then ``D x`` and the gate.
+    """Output of one chunk for ``heads_per_program`` heads of one group: intra-chunk dual form plus the
+    carried state, then ``D x`` and the gate. The heads of a group share B and C, so ``C B^T`` is formed
+    once and reused by each head (the heads differ in their decays, ``dt``, ``x`` and state).
 
-    With a gate, ``gate_in`` (laid out like ``y``) receives the output before it, for the backward."""
+    Program ``(c, i)``: chunk ``c``, the ``i``-th run of ``heads_per_program`` consecutive heads (runs never
+    cross a group). With a gate, ``gate_in`` (laid out like ``y``) receives the output before it, for the
+    backward."""
     c = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = (bh // H).to(tl.int64)
-    h = bh % H
-    grp = h // heads_per_group
+    runs_per_batch = H // heads_per_program
+    b = (tl.program_id(1) // runs_per_batch).to(tl.int64)
+    first_head = tl.program_id(1) % runs_per_batch * heads_per_program
+    grp = first_head // heads_per_group
     i = tl.arange(0, CHUNK)
     t = c * CHUNK + i
     t_mask = t < L
@@ -219,28 +223,32 @@ def chunk_scan_fwd_kernel(
     n = tl.arange(0, BLOCK_N)
     tn_mask = t_mask[:, None] & (n < N)[None, :]
     tp_mask = t_mask[:, None] & (p < P)[None, :]
+    pn_mask = (p < P)[:, None] & (n < N)[None, :]
     Ct = tl.load(C_ptr + b * sC_b + grp * sC_g + t[:, None] * sC_l + n[None, :] * sC_n, mask=tn_mask, other=0.0)
     Bt = tl.load(B_ptr + b * sB_b + grp * sB_g + t[:, None] * sB_l + n[None, :] * sB_n, mask=tn_mask, other=0.0)
-    s = tl.load(s_ptr + (bh.to(tl.int64) * n_chunks + c) * CHUNK + i)
-    dt = tl.load(dt_ptr + b * sdt_b + h * sdt_h + t * sdt_l, mask=t_mask, other=0.0)
-    scores = tl.dot(Ct, tl.trans(Bt), input_precision=PRECISION) * _chunk_decay(s, CHUNK) * dt[None, :]
-    x = tl.load(x_ptr + b * sx_b + h * sx_h + t[:, None] * sx_l + p[None, :] * sx_p, mask=tp_mask, other=0.0)
-    y = tl.dot(scores.to(x.dtype), x, input_precision=PRECISION)
-    pn_mask = (p < P)[:, None] & (n < N)[None, :]
-    state = tl.load(
-        states_ptr + ((b * n_chunks + c) * H + h) * P * N + p[:, None] * N + n[None, :], mask=pn_mask, other=0.0
-    )
-    y += tl.exp(s)[:, None] * tl.dot(Ct, tl.trans(state.to(Ct.dtype)), input_precision=PRECISION)
-    out_offsets = b * sy_b + h * sy_h + t[:, None] * sy_l + p[None, :] * sy_p
-    if HAS_D:
-        Dv = tl.load(D_ptr + h * sD_h + p * sD_p, mask=p < P, other=0.0).to(tl.float32)
-        y += x.to(tl.float32) * Dv[None, :]
-    if HAS_Z:
-        tl.store(gate_in_ptr + out_offsets, y.to(gate_in_ptr.dtype.element_ty), mask=tp_mask)
-        z = tl.load(z_ptr + b * sz_b + h * sz_h + t[:, None] * sz_l + p[None, :] * sz_p, mask=tp_mask, other=0.0)
-        z = z.to(tl.float32)
-        y = y * z * sigmoid(z)
-    tl.store(y_ptr + out_offsets, y.to(y_ptr.dtype.element_ty), mask=tp_mask)
+    CB = tl.dot(Ct, tl.trans(Bt), input_precision=PRECISION)
+    for k in range(heads_per_program):
+        h = first_head + k
+        bh = b * H + h
+        s = tl.load(s_ptr + (bh * n_chunks + c) * CHUNK + i)
+        dt = tl.load(dt_ptr + b * sdt_b + h * sdt_h + t * sdt_l, mask=t_mask, other=0.0)
+        scores = CB * _chunk_decay(s, CHUNK) * dt[None, :]
+        x = tl.load(x_ptr + b * sx_b + h * sx_h + t[:, None] * sx_l + p[None, :] * sx_p, mask=tp_mask, other=0.0)
+        y = tl.dot(scores.to(x.dtype), x, input_precision=PRECISION)
+        state = tl.load(
+            states_ptr + ((b * n_chunks + c) * H + h) * P * N + p[:, None] * N + n[None, :], mask=pn_mask, other=0.0
+        )
+        y += tl.exp(s)[:, None] * tl.dot(Ct, tl.trans(state.to(Ct.dtype)), input_precision=PRECISION)
+        out_offsets = b * sy_b + h * sy_h + t[:, None] * sy_l + p[None, :] * sy_p
+        if HAS_D:
+            Dv = tl.load(D_ptr + h * sD_h + p * sD_p, mask=p < P, other=0.0).to(tl.float32)
+            y += x.to(tl.float32) * Dv[None, :]
+        if HAS_Z:
+            tl.store(gate_in_ptr + out_offsets, y.to(gate_in_ptr.dtype.element_ty), mask=tp_mask)
+            z_ptrs = z_ptr + b * sz_b + h * sz_h + t[:, None] * sz_l + p[None, :] * sz_p
+            z = tl.load(z_ptrs, mask=tp_mask, other=0.0).to(tl.float32)
+            y = y * z * sigmoid(z)
+        tl.store(y_ptr + out_offsets, y.to(y_ptr.dtype.element_ty), mask=tp_mask)
 
 
 @triton.jit
