@@ -93,6 +93,16 @@ def scan_inputs(batch, dim, length, n, groups, dtype, *, full=True, seed=0):
     return inputs
 
 
+@pytest.fixture(params=["step", "chunk"])
+def forward_kernel(request, monkeypatch):
+    """Runs a test with each selective-scan forward kernel: the default and the chunked one."""
+    from videostate.ssm.kernels import selective_scan as scan_kernels
+
+    if request.param == "chunk":
+        monkeypatch.setitem(scan_kernels.CONFIG, "forward", dict(scan_kernels.FORWARD_CHUNKED))
+    return request.param
+
+
 # (batch, dim, L, N, groups: 0 = B/C (batch, N, L)); L = 1, odd, not a multiple of any chunk, long, large dim.
 SCAN_SHAPES = [
     (1, 4, 1, 16, 0),
@@ -107,7 +117,7 @@ SCAN_SHAPES = [
 
 @pytest.mark.parametrize("shape", SCAN_SHAPES, ids=str)
 @pytest.mark.parametrize("full", [True, False], ids=["z-D-bias-softplus-h0", "bare"])
-def test_selective_scan_float32(shape, full):
+def test_selective_scan_float32(shape, full, forward_kernel):
     inputs = scan_inputs(*shape, torch.float32, full=full)
     outs = run_both(selective_scan, inputs, torch.float32, delta_softplus=full, return_final_state=True)
     assert_close(*outs, torch.float32)
@@ -115,14 +125,14 @@ def test_selective_scan_float32(shape, full):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("shape", [(2, 24, 37, 16, 0), (2, 64, 1025, 16, 0), (2, 32, 100, 8, 2)], ids=str)
-def test_selective_scan_half(shape, dtype):
+def test_selective_scan_half(shape, dtype, forward_kernel):
     inputs = scan_inputs(*shape, dtype)
     outs = run_both(selective_scan, inputs, dtype, delta_softplus=True, return_final_state=True)
     assert_close(*outs, dtype)
 
 
 @pytest.mark.parametrize("split", [(1, 99, 200), (64, 64, 172), (257, 43)], ids=str)
-def test_selective_scan_chunks_equal_offline(split):
+def test_selective_scan_chunks_equal_offline(split, forward_kernel):
     inputs = scan_inputs(2, 48, 300, 16, 0, torch.float32)
     with torch.no_grad():
         y, final = selective_scan(**inputs, delta_softplus=True, return_final_state=True, backend="triton")
@@ -150,7 +160,7 @@ def bidirectional_inputs(batch, dim, length, n, dtype, seed=0):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", [(1, 8, 1), (2, 24, 37), (2, 64, 700)], ids=str)
-def test_selective_scan_bidirectional(shape, dtype):
+def test_selective_scan_bidirectional(shape, dtype, forward_kernel):
     inputs = bidirectional_inputs(*shape, 16, dtype)
     outs = run_both(selective_scan_bidirectional, inputs, dtype, delta_softplus=True, return_final_state=True)
     assert_close(*outs, dtype)

@@ -8,6 +8,14 @@ one of B and C per state, updates ``h = exp(delta * A) * h + delta * u * B`` in 
 ``C h`` over the lanes; ``UNROLL`` steps form one block of straight-line code, so their loads and
 decays are issued ahead of the state's multiply-add chain. Nothing of size ``L * N`` ever reaches memory.
 
+The chunked forward kernel (``selective_scan_fwd_chunked_kernel``) parallelises over time instead. A program
+owns ``BLOCK_D`` channels and walks the sequence in chunks of ``BLOCK_L`` steps; a chunk is ``BLOCK_L / ITEMS``
+runs of ``ITEMS`` consecutive steps (one vector load per run). Each thread composes the maps
+``h -> exp(delta A) h + delta u B`` of its runs' steps in registers, one ``tl.associative_scan`` over the
+runs (an exclusive scan, :func:`.common.scan_combine_exclusive`) gives the state entering every run, and
+the runs' steps are then replayed from it; ``C h`` is summed over the states once per chunk. The state is
+carried from chunk to chunk, so again nothing of size ``L * N`` reaches memory.
+
 The backward kernel works on tiles: a program owns ``BLOCK_D`` channels and walks the sequence in
 chunks of ``BLOCK_L`` steps, solving the recurrence inside a chunk by ``tl.associative_scan`` over a
 ``(BLOCK_D, N, BLOCK_L)`` tile. It runs two passes in one program: a forward pass that writes only the
@@ -32,7 +40,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import LOG2E, scan_combine, sigmoid, softplus
+from .common import LOG2E, scan_combine, scan_combine_exclusive, sigmoid, softplus
 
 
 @triton.jit
@@ -139,6 +147,150 @@ def selective_scan_fwd_kernel(
         for i in tl.static_range(NI):
             n = i * SPLIT + lane
             tl.store(hT_ptr + b * dim * N + d * N + n, hs[i], mask=d_mask & (n < N))
+
+
+@triton.jit
+def _unstack(x, LOG_ITEMS: tl.constexpr):
+    """``(R, S, 2**LOG_ITEMS)`` -> a tuple of ``(R, S)`` tiles, one per index of the last axis.
+
+    Halving the last axis with ``tl.split`` keeps every value in its thread (a run's steps are loaded as one
+    vector). After ``level`` halvings piece ``j`` holds the indices ``= j`` modulo ``2**level``.
+    """
+    R: tl.constexpr = x.shape[0]
+    S: tl.constexpr = x.shape[1]
+    ITEMS: tl.constexpr = 1 << LOG_ITEMS
+    parts = (x,)
+    for level in tl.static_range(LOG_ITEMS):
+        evens = ()
+        odds = ()
+        for j in tl.static_range(1 << level):
+            even, odd = tl.split(tl.reshape(parts[j], (R, S, ITEMS >> (level + 1), 2)))
+            evens = evens + (even,)
+            odds = odds + (odd,)
+        parts = evens + odds
+    items = ()
+    for k in tl.static_range(ITEMS):
+        items = items + (tl.reshape(parts[k], (R, S)),)
+    return items
+
+
+@triton.jit
+def _stack(items, LOG_ITEMS: tl.constexpr):
+    """The inverse of :func:`_unstack` for ``(R, N, S)`` tiles: ``(R, N, S, 2**LOG_ITEMS)``, item ``k`` at ``k``."""
+    ITEMS: tl.constexpr = 1 << LOG_ITEMS
+    parts = items
+    for level in tl.static_range(LOG_ITEMS):
+        joined = ()
+        for j in tl.static_range(ITEMS >> (level + 1)):
+            joined = joined + (tl.join(parts[j], parts[j + (ITEMS >> (level + 1))]),)
+        parts = joined
+    x = parts[0]
+    return tl.reshape(x, (x.shape[0], x.shape[1], x.shape[2], ITEMS))
+
+
+@triton.jit
+def selective_scan_fwd_chunked_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr,
+    dim, L, cpg,
+    su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sA_d, sA_n,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+    sz_b, sz_d, sz_l, sy_b, sy_d, sy_l,
+    N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    LOG_ITEMS: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1)
+    dl = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = dl < cpg
+    d = g * cpg + dl
+    n = tl.arange(0, BLOCK_N)
+    n_mask = n < N
+    dn_mask = d_mask[:, None] & n_mask[None, :]
+    A2 = tl.load(A_ptr + d[:, None] * sA_d + n[None, :] * sA_n, mask=dn_mask, other=0.0).to(tl.float32) * LOG2E
+    Dv = tl.zeros((BLOCK_D,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_D,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    state_offsets = b * dim * N + d[:, None] * N + n[None, :]
+    h = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
+    if HAS_H0:
+        h = tl.load(h0_ptr + state_offsets, mask=dn_mask, other=0.0)
+
+    # A chunk of BLOCK_L steps is SEGMENTS runs of ITEMS consecutive steps, read as (rows, SEGMENTS, ITEMS)
+    # tiles (a run is one vector load) and unstacked into ITEMS tiles (rows, SEGMENTS): tile k holds step k
+    # of every run.
+    ITEMS: tl.constexpr = 1 << LOG_ITEMS
+    SEGMENTS: tl.constexpr = BLOCK_L // ITEMS
+    steps = (tl.arange(0, SEGMENTS) * ITEMS)[:, None] + tl.arange(0, ITEMS)[None, :]
+    u_rows = u_ptr + b * su_b + d[:, None, None] * su_d
+    dt_rows = dt_ptr + b * sdt_b + d[:, None, None] * sdt_d
+    z_rows = z_ptr + b * sz_b + d[:, None, None] * sz_d
+    y_rows = y_ptr + b * sy_b + d[:, None, None] * sy_d
+    B_rows = B_ptr + b * sB_b + g * sB_g + n[:, None, None] * sB_n
+    C_rows = C_ptr + b * sC_b + g * sC_g + n[:, None, None] * sC_n
+    is_last = (tl.arange(0, SEGMENTS) == SEGMENTS - 1)[None, None, :]
+    for c in range(0, tl.cdiv(L, BLOCK_L)):
+        t = c * BLOCK_L + steps[None, :, :]
+        t_mask = t < L
+        dl_mask = d_mask[:, None, None] & t_mask
+        nl_mask = n_mask[:, None, None] & t_mask
+        u = tl.load(u_rows + t * su_l, mask=dl_mask, other=0.0).to(tl.float32)
+        dt_raw = tl.load(dt_rows + t * sdt_l, mask=dl_mask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt_raw = dt_raw + bias[:, None, None]
+        dt = dt_raw
+        if SOFTPLUS:
+            dt = softplus(dt_raw)
+        # Steps past the end are the identity map (dt = 0): they neither decay the state nor add to it.
+        dt = tl.where(dl_mask, dt, 0.0)
+        dts = _unstack(dt, LOG_ITEMS)
+        dtus = _unstack(dt * u, LOG_ITEMS)
+        Bs = _unstack(tl.load(B_rows + t * sB_l, mask=nl_mask, other=0.0).to(tl.float32), LOG_ITEMS)
+        decays = ()
+        inputs = ()
+        for k in tl.static_range(ITEMS):
+            decays = decays + (tl.exp2(dts[k][:, None, :] * A2[:, :, None]),)
+            inputs = inputs + (dtus[k][:, None, :] * Bs[k][None, :, :],)
+        if ITEMS == 1:
+            carry, states = tl.associative_scan((decays[0], inputs[0]), 2, scan_combine)
+            states = states + carry * h[:, :, None]
+        else:
+            # Each run's steps composed in registers, then one scan over the runs for the state entering each.
+            run_decay = decays[0]
+            run_input = inputs[0]
+            for k in tl.static_range(1, ITEMS):
+                run_decay = run_decay * decays[k]
+                run_input = run_input * decays[k] + inputs[k]
+            identity = (tl.full(run_decay.shape, 1.0, tl.float32), tl.zeros(run_input.shape, tl.float32))
+            entry_decay, entry_input, _, _ = tl.associative_scan(
+                identity + (run_decay, run_input), 2, scan_combine_exclusive
+            )
+            states = entry_input + entry_decay * h[:, :, None]
+        Cs = _unstack(tl.load(C_rows + t * sC_l, mask=nl_mask, other=0.0).to(tl.float32), LOG_ITEMS)
+        terms = ()
+        for k in tl.static_range(ITEMS):
+            if ITEMS > 1:
+                states = decays[k] * states + inputs[k]
+            terms = terms + (states * Cs[k][None, :, :],)
+        # The last run ends the chunk; steps past L left the state unchanged.
+        h = tl.sum(tl.where(is_last, states, 0.0), axis=2)
+        y = tl.sum(_stack(terms, LOG_ITEMS), axis=1) + Dv[:, None, None] * u
+        if REVERSE_OUT:
+            t_out = L - 1 - t
+        else:
+            t_out = t
+        if ACCUMULATE:
+            y += tl.load(y_rows + t_out * sy_l, mask=dl_mask, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zt = tl.load(z_rows + t_out * sz_l, mask=dl_mask, other=0.0).to(tl.float32)
+            y = y * zt * sigmoid(zt)
+        tl.store(y_rows + t_out * sy_l, y.to(y_ptr.dtype.element_ty), mask=dl_mask)
+    if STORE_HT:
+        tl.store(hT_ptr + state_offsets, h, mask=dn_mask)
 
 
 @triton.jit

@@ -11,15 +11,18 @@ import triton
 
 from ..selective_scan import selective_scan_reference
 from .common import any_float64, next_power_of_2
-from .scan_kernels import selective_scan_bwd_kernel, selective_scan_fwd_kernel
+from .scan_kernels import selective_scan_bwd_kernel, selective_scan_fwd_chunked_kernel, selective_scan_fwd_kernel
 
-# Forward: one channel's N states spread over ``split`` lanes, ``unroll`` steps per loop iteration.
-# Backward: tiles of ``block_d`` channels x ``block_l`` steps. Settings that `benchmarks/ssm_kernels.py
-# --sweep` finds faster must pass tests/ssm/test_kernels_gpu.py before they replace these.
+# Forward, ``kernel="step"``: one channel's N states spread over ``split`` lanes, ``unroll`` steps per loop
+# iteration. ``kernel="chunk"``: tiles of ``block_d`` channels x ``block_l`` steps solved by a scan, each
+# thread composing runs of ``items`` steps first (FORWARD_CHUNKED). Backward: tiles of ``block_d`` channels
+# x ``block_l`` steps. Settings that `benchmarks/ssm_kernels.py --sweep` finds faster must pass
+# tests/ssm/test_kernels_gpu.py before they replace these.
 CONFIG = {
-    "forward": {"split": 4, "num_warps": 2, "unroll": 4},
+    "forward": {"kernel": "step", "split": 4, "num_warps": 2, "unroll": 4},
     "backward": {"block_d": 16, "block_l": 16, "num_warps": 4},
 }
+FORWARD_CHUNKED = {"kernel": "chunk", "block_d": 1, "block_l": 256, "items": 8, "num_warps": 4}
 
 
 def _grouped(t: torch.Tensor) -> torch.Tensor:
@@ -51,20 +54,33 @@ def scan_forward(
     groups = B4.shape[1]
     cpg, n = dim // groups, A.shape[1]
     cfg = CONFIG["forward"]
-    split = min(cfg["split"], next_power_of_2(n))
-    block_d = 32 * cfg["num_warps"] // split
     if y is None:
         y = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)
     final_state = torch.empty(batch, dim, n, device=u.device, dtype=torch.float32)
     h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
+    kernel = cfg.get("kernel", "step")
+    if kernel == "step":
+        split = min(cfg["split"], next_power_of_2(n))
+        block_d = 32 * cfg["num_warps"] // split
+        blocks = {"SPLIT": split, "BLOCK_D": block_d, "UNROLL": cfg["unroll"]}
+        launch = selective_scan_fwd_kernel
+    elif kernel == "chunk":
+        block_d = max(1, min(cfg["block_d"], next_power_of_2(cpg)))
+        block_l = cfg["block_l"]
+        items = min(cfg["items"], block_l)
+        blocks = {"BLOCK_N": next_power_of_2(n), "BLOCK_D": block_d, "BLOCK_L": block_l,
+                  "LOG_ITEMS": items.bit_length() - 1}  # fmt: skip
+        launch = selective_scan_fwd_chunked_kernel
+    else:
+        raise ValueError(f"CONFIG['forward']['kernel'] must be 'step' or 'chunk'; got {kernel!r}")
     grid = (batch, groups, triton.cdiv(cpg, block_d))
-    selective_scan_fwd_kernel[grid](
+    launch[grid](
         u, delta, A, B4, C4,
         u if D is None else D, u if z is None else z, u if delta_bias is None else delta_bias,
         final_state if h0 is None else h0, y, final_state,
         dim, length, cpg,
         *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides3(z), *y.stride(),
-        N=n, SPLIT=split, BLOCK_D=block_d, UNROLL=cfg["unroll"],
+        N=n, **blocks,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         HAS_H0=h0 is not None, STORE_HT=True, REVERSE_OUT=reverse_out, ACCUMULATE=accumulate,
         num_warps=cfg["num_warps"],
