@@ -102,6 +102,7 @@ def spatial_batch(batch: int, frames: int, seed: int = 0, points_size: int = 8) 
         confidence=torch.rand(batch, frames, points_size, points_size, generator=g),
     )
 
+
 def loss_backward_and_check_gradients(model, trainable: set[str]) -> None:
     """One language-model loss on a 2-video, 3-frame batch, backward; every parameter in ``trainable`` gets a
     nonzero gradient and no other parameter gets one."""
@@ -113,7 +114,6 @@ def loss_backward_and_check_gradients(model, trainable: set[str]) -> None:
             assert p.grad is not None and p.grad.abs().sum() > 0, name
         else:
             assert p.grad is None, name
-
 
 
 def char_tokenizer(chat_template: bool = True):

@@ -70,8 +70,10 @@ from einops import rearrange, repeat
 from torch import nn
 
 from ..ssm.state import StreamState
+from .partial_attention import attention_with_lse, merge_attention
 
 MEMORY_MODES = ("dual", "working_only", "episodic_only")
+RUN_FRAMES = 8  # frames whose reads of the entries stored before them run as one attention call
 
 
 @dataclasses.dataclass
@@ -274,6 +276,19 @@ def similarity_replace_update(
     if bank.norms is not None:
         new["norms"] = x_norms
     return _updated(bank, slot, new, active)
+
+
+@dataclasses.dataclass
+class EpisodicRun:
+    """The episodic reads of a run of frames over the entries stored before it (see
+    :meth:`DualMemoryModule._run_reads`): the run starts at frame ``first`` with ``stored`` entries per video;
+    ``out (batch, heads, frames · tokens, head_dim)`` and ``lse (batch, heads, frames · tokens)`` are each
+    frame's attention output and log-sum-exp over those entries, before the output projection."""
+
+    first: int
+    stored: int
+    out: torch.Tensor
+    lse: torch.Tensor
 
 
 class WorkingMemory:
@@ -759,8 +774,11 @@ class DualMemoryModule(nn.Module):
         and the working memory after the chunk.
 
         The carried entries (oldest first) followed by the chunk's frames form a timeline of ``L_w + frames``
-        entries, and frame ``i``'s working memory is the ``L_w`` timeline entries before it (masked where the
-        timeline holds no entry). Frames are read ``L_w`` at a time, each call with its windows gathered.
+        entries per video, and frame ``i``'s working memory is the window of the ``L_w`` timeline entries before
+        it. A window is read where it lies: the windows of a video are overlapping views of its timeline (one
+        attention call per video for every frame whose window is full), so no window is copied. The frames
+        whose window still holds empty slots (the first ``L_w`` frames of a fresh memory) are read first, their
+        windows gathered and masked.
 
         Args:
             frames, query, keys, values: ``(frames, batch, tokens, dim)``, the chunk's features and their
@@ -775,34 +793,43 @@ class DualMemoryModule(nn.Module):
         order = W.stamp.argsort(dim=1)
 
         def timeline(carried, new):
-            return torch.cat([rearrange(carried[rows[:, None], order], "b l ... -> l b ..."), new])
+            """``(batch, L_w + frames, ...)``: the carried entries oldest first, then ``new (frames, batch, ...)``."""
+            return torch.cat([carried[rows[:, None], order], rearrange(new, "f b ... -> b f ...")], dim=1)
 
         keys, values = timeline(W.keys, keys), timeline(W.values, values)
-        filled = timeline(W.stamp > 0, torch.ones(live, b, dtype=torch.bool, device=device))  # (L_w + frames, b)
         window = torch.arange(capacity, device=device)
+        partial = min(live, max(0, capacity - min(start)))  # frames whose window holds an empty slot
         reads = []
-        for first in range(0, live, capacity):
-            index = (
-                torch.arange(first, min(first + capacity, live), device=device)[:, None, None] + window,
-                rows[:, None],
-            )
-            valid = None
-            if first < capacity - min(start):  # some window holds fewer than L_w entries
-                valid = rearrange(filled[index], "f b l -> (f b) l")
+        if partial:
+            filled = timeline(W.stamp > 0, torch.ones(live, b, dtype=torch.bool, device=device))
+            index = (rows[:, None, None], torch.arange(partial, device=device)[:, None] + window)
             read = self.attend(
                 self.working_attention,
-                rearrange(query[first : first + capacity], "f b n d -> (f b) n d"),
-                rearrange(keys[index], "f b l n d -> (f b) l n d"),
-                rearrange(values[index], "f b l n d -> (f b) l n d"),
-                valid,
+                rearrange(query[:partial], "f b n d -> (b f) n d"),
+                rearrange(keys[index], "b f l n d -> (b f) l n d"),
+                rearrange(values[index], "b f l n d -> (b f) l n d"),
+                rearrange(filled[index], "b f l -> (b f) l"),
             )
-            reads.append(rearrange(read, "(f b) n d -> f b n d", b=b))
+            reads.append(rearrange(read, "(b f) n d -> f b n d", b=b))
+        if partial < live:
+
+            def windows(x: torch.Tensor) -> torch.Tensor:
+                """``x (L_w + frames, tokens, dim)`` → the full windows ``(frames − partial, L_w, tokens, dim)``,
+                a view."""
+                step, token, channel = x.stride()
+                return x[partial:].as_strided((live - partial, capacity, *x.shape[1:]), (step, step, token, channel))
+
+            full = [
+                self.attend(self.working_attention, query[partial:, v], windows(keys[v]), windows(values[v]))
+                for v in range(b)
+            ]
+            reads.append(torch.stack(full, dim=1))
         # the ring buffer after the chunk: slot q holds the entry whose insertion index is q mod L_w among the
         # last L_w received (none where that index is negative)
         written = W.written()[:, None]
         total = written + stored[:, None]
         inserted = total - capacity + (window - total) % capacity  # (batch, L_w)
-        take = (inserted - written + capacity, rows[:, None])  # timeline positions
+        take = (rows[:, None], inserted - written + capacity)  # timeline positions
         W_next = MemoryBank(
             slots=timeline(W.slots, frames)[take],
             count=rearrange(total.clamp(max=capacity), "b 1 -> b"),
@@ -839,16 +866,22 @@ class DualMemoryModule(nn.Module):
         stamps = E.written()[None] + steps[1:]  # the stamp of the entry that frame i stores
         working_part = None if M_w is None else self.gate_working_part(M_w)
         kv_weight, kv_bias = attention.in_proj_weight[self.dim :], attention.in_proj_bias[self.dim :]
-        outputs, records = [], []
+        fused_reads = in_place and not (self.training and attention.dropout > 0)
+        outputs, records, run = [], [], None
         for i in range(live):
             on = range(b) if lengths is None else [v for v in range(b) if lengths[v] > i]
             held = [min(start[v] + i, capacity) for v in on]  # the entries of the videos that have frame i
             used = max(held)
-            valid = None  # every video holds `used` entries: no mask
-            if not used or min(held) < used:
-                valid = torch.arange(max(used, 1), device=rows.device) < counts[i][:, None]
-            slots = slice(0, max(used, 1))
-            M_e = self.attend(attention, query[i], fields["keys"][:, slots], fields["values"][:, slots], valid)
+            if fused_reads and i % RUN_FRAMES == 0:
+                run = self._run_reads(query, fields, i, held, lengths)
+            if run is not None:
+                M_e = self._read_in_run(query[i], fields, run, i)
+            else:
+                valid = None  # every video holds `used` entries: no mask
+                if not used or min(held) < used:
+                    valid = torch.arange(max(used, 1), device=rows.device) < counts[i][:, None]
+                slots = slice(0, max(used, 1))
+                M_e = self.attend(attention, query[i], fields["keys"][:, slots], fields["values"][:, slots], valid)
             gamma = None
             if working_part is None:
                 M_t = M_e
@@ -880,6 +913,45 @@ class DualMemoryModule(nn.Module):
                     record["gate"] = gamma.mean(dim=(1, 2))
                 records.append(record)
         return torch.stack(outputs), MemoryBank(count=counts[-1], **fields), records
+
+    def _run_reads(self, query, fields, first: int, held: list[int], lengths) -> EpisodicRun | None:
+        """The reads of the entries stored before frame ``first`` by every frame of the run that starts there
+        (up to :data:`RUN_FRAMES` frames), in one attention call; ``None`` where a run cannot be formed.
+
+        A run needs every video to have all its frames and to hold the same, non-zero number of entries at its
+        start, and no write inside it to delete an entry (the memories are not full): then each frame's
+        episodic memory is the run's starting entries, read here, plus the entries the run's earlier frames
+        wrote (slots ``held … held + k − 1`` for the run's ``k``-th frame), read frame by frame.
+        """
+        live, b = query.shape[:2]
+        last = min(first + RUN_FRAMES, live)
+        used = held[0] if len(held) == b else 0
+        complete = lengths is None or min(lengths) >= last
+        if not (complete and used and min(held) == used and used + last - first - 2 < self.L_e):
+            return None
+        heads = self.episodic_attention.num_heads
+        out, lse = attention_with_lse(
+            rearrange(query[first:last], "f b n (h e) -> b h (f n) e", h=heads),
+            rearrange(fields["keys"][:, :used], "b l n (h e) -> b h (l n) e", h=heads),
+            rearrange(fields["values"][:, :used], "b l n (h e) -> b h (l n) e", h=heads),
+        )
+        return EpisodicRun(first=first, stored=used, out=out, lse=lse)
+
+    def _read_in_run(self, query: torch.Tensor, fields: dict, run: EpisodicRun, i: int) -> torch.Tensor:
+        """Line 2 for frame ``i`` of ``run``: its read of the run's starting entries merged with its read of the
+        entries written since the run began. ``query (batch, tokens, dim)`` → ``M^e (batch, tokens, dim)``."""
+        tokens, heads = query.shape[1], self.episodic_attention.num_heads
+        frame = slice((i - run.first) * tokens, (i - run.first + 1) * tokens)
+        out, lse = run.out[:, :, frame], run.lse[:, :, frame]
+        if i > run.first:
+            since = slice(run.stored, run.stored + i - run.first)
+            recent = attention_with_lse(
+                rearrange(query, "b n (h e) -> b h n e", h=heads),
+                rearrange(fields["keys"][:, since], "b l n (h e) -> b h (l n) e", h=heads),
+                rearrange(fields["values"][:, since], "b l n (h e) -> b h (l n) e", h=heads),
+            )
+            out = merge_attention([out, recent[0]], [lse, recent[1]])
+        return self.episodic_attention.out_proj(rearrange(out, "b h n e -> b n (h e)"))
 
     def _collect_trace(self, features, state, memory, M_w, records, steps, active) -> MemoryTrace:
         """The :class:`MemoryTrace` of a run from the memory outputs ``(live, batch, tokens, dim)`` of the frames
