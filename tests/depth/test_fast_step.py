@@ -15,7 +15,7 @@ def make_model(teacher_dir, device="cpu", dtype=torch.float32):
     model = VideoMambaDepth(load_tiny_teacher(teacher_dir), VideoMambaDepthConfig(num_blocks=(1, 1, 2, 1), d_state=4))
     with torch.no_grad():
         for proj in model.temporal_out:
-            proj.weight.normal_(0, 0.5)
+            proj.weight.normal_(0, 0.5 * proj.in_features)  # read-out multiplier 1 / C
             proj.bias.normal_(0, 0.1)
     return model.to(device=device, dtype=dtype).eval()
 

@@ -14,7 +14,7 @@ def make_model(teacher_dir, dtype=torch.float64, perturb=True, seed=0):
     if perturb:  # leave the teacher-equivalent initialisation so the temporal path matters
         with torch.no_grad():
             for proj in model.temporal_out:
-                proj.weight.normal_(0, 0.5)
+                proj.weight.normal_(0, 0.5 * proj.in_features)  # read-out multiplier 1 / C
                 proj.bias.normal_(0, 0.1)
     return model.eval()
 

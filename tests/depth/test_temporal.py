@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from videostate.depth import MambaBlock, SpatialPreMix, TemporalMambaScale, temporal_detokenize, temporal_tokenize
+from videostate.depth.model import TemporalReadout
 from videostate.depth.temporal import temporal_position_encoding
 
 
@@ -100,3 +101,32 @@ def test_temporal_scale_rejects_wrong_state():
         scale(torch.randn(2, 3, 4), other.init_state(2))
     with pytest.raises(ValueError, match="num_blocks"):
         TemporalMambaScale(4, num_blocks=0)
+
+
+def test_temporal_readout_is_the_written_formula_and_starts_at_zero():
+    torch.manual_seed(0)
+    readout = TemporalReadout(6)
+    y = torch.randn(5, 3, 6, dtype=torch.float64)
+    assert torch.equal(readout.double()(y), torch.zeros(5, 3, 6, dtype=torch.float64))
+    with torch.no_grad():
+        readout.weight.normal_()
+        readout.bias.normal_()
+    expected = torch.einsum("oc,tnc->tno", readout.weight, y) / 6 + readout.bias
+    torch.testing.assert_close(readout(y), expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("channels", [8, 64, 384])
+def test_temporal_readout_moves_at_the_learning_rate_whatever_the_width(channels):
+    """One Adam step from the zero start changes the read-out by about ``lr * mean|y|`` at every width (a plain
+    zero-initialised Linear changes by ``lr * C * mean|y|``: 384 times the learning rate at C = 384)."""
+    torch.manual_seed(0)
+    lr = 1e-3
+    readout = TemporalReadout(channels)
+    y = torch.randn(256, channels).abs() + 0.5  # coherent inputs, as features after a ReLU or with a mean
+    upstream = torch.randn(256, channels)
+    optimizer = torch.optim.Adam(readout.parameters(), lr=lr)
+    (readout(y) * upstream).sum().backward()
+    optimizer.step()
+    with torch.no_grad():
+        change = readout(y).abs().max() / y.abs().mean()
+    assert 0.5 * lr < change < 2.5 * lr, change

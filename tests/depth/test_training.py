@@ -96,7 +96,7 @@ def tiny_student(teacher_dir):
     model = VideoMambaDepth(load_tiny_teacher(teacher_dir), VideoMambaDepthConfig(num_blocks=(1, 1, 1, 1), d_state=4))
     with torch.no_grad():
         for proj in model.temporal_out:
-            proj.weight.normal_(0, 0.3)
+            proj.weight.normal_(0, 0.3 * proj.in_features)  # read-out multiplier 1 / C
     return model
 
 

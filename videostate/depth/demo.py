@@ -98,7 +98,7 @@ def depth_streaming_demo(
     teacher = DepthAnythingTeacher(network, input_size=size[0])
     model = VideoMambaDepth(teacher, VideoMambaDepthConfig(d_state=8))
     for proj in model.temporal_out:
-        proj.weight.normal_(0, 0.2)
+        proj.weight.normal_(0, 0.2 * proj.in_features)  # read-out multiplier 1 / C
     model = model.to(dev).eval()
     clip, source = demo_clip(frames, size, seed)
     clip = clip.to(dev)

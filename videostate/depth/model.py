@@ -5,10 +5,10 @@ For each of the teacher's four feature maps ``f (B, N, C, h, w)``::
     z = SpatialPreMix(f)                         # depthwise 3x3 per frame
     t = temporal_tokenize(z) + PE(frame index)   # ((B*h*w), N, C), PE continues across chunks
     y = TemporalMambaScale(t, state)             # causal Mamba blocks along time
-    f' = f + temporal_detokenize(Linear(y))      # the Linear starts at zero
+    f' = f + temporal_detokenize(Readout(y))     # W y / C + b, zero at the start
 
-and the decoder turns ``f'`` into depth frame by frame. With the zero-initialised output projections
-and the decoder copied from the teacher, a fresh model reproduces the teacher exactly.
+and the decoder turns ``f'`` into depth frame by frame. With the zero-initialised read-outs and the decoder
+copied from the teacher, a fresh model reproduces the teacher exactly.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from einops import rearrange
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -41,6 +42,28 @@ if TYPE_CHECKING:
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+
+
+class TemporalReadout(nn.Linear):
+    """The read-out of a temporal stream into a residual of the teacher features: ``y (..., C) -> W y / C + b``,
+    with ``W`` and ``b`` zero at initialisation.
+
+    The ``1 / C`` weight multiplier (the read-out parametrisation of muP) keeps the residual's growth under Adam
+    independent of the width. Adam moves every weight by about the learning rate per step whatever the gradient's
+    size, and the first updates of a zero matrix are rank one and aligned with its input, so ``(dW) y`` grows like
+    ``lr * C * |y|``: at ``C = 384`` and ``lr = 1e-3`` a plain zero-initialised Linear makes the residual as large
+    as the teacher's features within a few dozen steps, whatever the loss asks for. With the multiplier a step moves
+    the residual by about ``lr * |y|``, the rate of the bias, at every scale.
+    """
+
+    def __init__(self, channels: int):
+        super().__init__(channels, channels)
+        self.multiplier = 1.0 / channels
+        nn.init.zeros_(self.weight)
+        nn.init.zeros_(self.bias)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return F.linear(y, self.weight * self.multiplier, self.bias)
 
 
 @dataclasses.dataclass
@@ -185,10 +208,7 @@ class VideoMambaDepth(nn.Module):
             )
             for c, n in zip(temporal_channels, cfg.num_blocks, strict=False)
         )
-        self.temporal_out = nn.ModuleList(nn.Linear(c, c) for c in temporal_channels)
-        for proj in self.temporal_out:
-            nn.init.zeros_(proj.weight)
-            nn.init.zeros_(proj.bias)
+        self.temporal_out = nn.ModuleList(TemporalReadout(c) for c in temporal_channels)
         self.decoder = teacher.build_decoder()
         param = next(teacher.parameters())
         self.to(device=param.device, dtype=param.dtype)
