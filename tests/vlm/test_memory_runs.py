@@ -41,19 +41,15 @@ def _spy_runs(module, monkeypatch) -> list[int]:
     return merged
 
 
-def test_parts_merge_to_attention_over_all_keys():
+@pytest.mark.parametrize("cut", [1, 6, 12])
+def test_two_parts_merge_to_attention_over_all_keys(cut):
     q, k, v = (_frames(2, 3, n, 8, seed=s) for s, n in ((0, 5), (1, 13), (2, 13)))
-    parts = [attention_with_lse(q, k[:, :, a:b], v[:, :, a:b]) for a, b in ((0, 4), (4, 5), (5, 13))]
-    merged = merge_attention([p[0] for p in parts], [p[1] for p in parts])
+    first = attention_with_lse(q, k[:, :, :cut], v[:, :, :cut])
+    second = attention_with_lse(q, k[:, :, cut:], v[:, :, cut:])
+    merged = merge_attention(first, second)
     torch.testing.assert_close(merged, F.scaled_dot_product_attention(q, k, v), rtol=1e-12, atol=1e-12)
     scores = q @ k.transpose(-1, -2) / 8**0.5
     torch.testing.assert_close(attention_with_lse(q, k, v)[1], scores.logsumexp(-1), rtol=1e-12, atol=1e-12)
-
-
-def test_merge_needs_one_lse_per_output():
-    out, lse = attention_with_lse(*(_frames(1, 1, 2, 4, seed=s) for s in range(3)))
-    with pytest.raises(ValueError, match="one log-sum-exp per output"):
-        merge_attention([out, out], [lse])
 
 
 @pytest.mark.parametrize("mode", ["dual", "episodic_only"])
@@ -109,11 +105,12 @@ def test_videos_of_different_lengths_read_frame_by_frame(monkeypatch):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_cuda_partial_attention_matches_float64(dtype):
+    parts = (slice(0, 729), slice(729, 3 * 729))
     q, k, v = (_frames(1, 8, n, 144, seed=s).cuda() for s, n in ((0, 729), (1, 3 * 729), (2, 3 * 729)))
     reference = F.scaled_dot_product_attention(q, k, v)
     low = [x.to(dtype) for x in (q, k, v)]
-    parts = [attention_with_lse(low[0], low[1][:, :, a:b], low[2][:, :, a:b]) for a, b in ((0, 729), (729, 3 * 729))]
-    merged = merge_attention([p[0] for p in parts], [p[1] for p in parts])
+    first, second = (attention_with_lse(low[0], low[1][:, :, part], low[2][:, :, part]) for part in parts)
+    merged = merge_attention(first, second)
     tolerance = 1e-5 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(merged.double(), reference, rtol=tolerance, atol=tolerance)
 

@@ -47,7 +47,8 @@ class CoordinateInjection(nn.Module):
 
     def gate_values(self, visual: torch.Tensor, encoded: torch.Tensor) -> torch.Tensor:
         """``α (n, tokens, 1)`` from the visual tokens and encoded coordinates."""
-        logits = self.gate(torch.cat([visual, encoded], dim=-1))
+        d = visual.shape[-1]  # the gate's weight over [F; φ(C)], applied by halves: no concatenated copy
+        logits = F.linear(encoded, self.gate.weight[:, d:], self.gate.bias) + F.linear(visual, self.gate.weight[:, :d])
         if self.gate_type == "sigmoid":
             return torch.sigmoid(logits)
         return logits.softmax(dim=-1)[..., 1:]
@@ -75,7 +76,7 @@ class CoordinateInjection(nn.Module):
         coords = torch.where(valid[..., None], coords, torch.zeros((), dtype=coords.dtype, device=coords.device))
         encoded = self.coord_encoder(coords.to(visual.dtype))
         alpha = self.gate_values(visual, encoded)
-        return visual + (alpha * encoded).masked_fill(~valid[..., None], 0.0)
+        return torch.addcmul(visual, encoded, alpha.masked_fill(~valid[..., None], 0.0))
 
 
 def pool_points_to_grid(
@@ -150,7 +151,7 @@ class ViewpointAwareAlignment(nn.Module):
         aligned = geometry + attended
         mean_view = view.mean(dim=1, keepdim=True)
         scale, shift = self.modulation(mean_view).chunk(2, dim=-1)
-        aligned = aligned * (1 + scale) + shift
+        aligned = torch.addcmul(shift, aligned, 1 + scale)
         return torch.cat([aligned, self.global_view(mean_view)], dim=1)
 
 

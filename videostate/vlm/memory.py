@@ -775,10 +775,9 @@ class DualMemoryModule(nn.Module):
 
         The carried entries (oldest first) followed by the chunk's frames form a timeline of ``L_w + frames``
         entries per video, and frame ``i``'s working memory is the window of the ``L_w`` timeline entries before
-        it. A window is read where it lies: the windows of a video are overlapping views of its timeline (one
-        attention call per video for every frame whose window is full), so no window is copied. The frames
-        whose window still holds empty slots (the first ``L_w`` frames of a fresh memory) are read first, their
-        windows gathered and masked.
+        it. A window is read where it lies: the windows of a video are overlapping views of its timeline, so no
+        window is copied. Per video, one attention call reads the frames whose window still holds empty slots
+        (the first ``L_w`` frames of a fresh memory), masked, and one reads every other frame.
 
         Args:
             frames, query, keys, values: ``(frames, batch, tokens, dim)``, the chunk's features and their
@@ -799,31 +798,21 @@ class DualMemoryModule(nn.Module):
         keys, values = timeline(W.keys, keys), timeline(W.values, values)
         window = torch.arange(capacity, device=device)
         partial = min(live, max(0, capacity - min(start)))  # frames whose window holds an empty slot
+        filled = timeline(W.stamp > 0, torch.ones(live, b, dtype=torch.bool, device=device))  # (batch, L_w + frames)
+
+        def windows(x: torch.Tensor) -> torch.Tensor:
+            """``x (L_w + frames, ...)`` of one video → every frame's window ``(frames, L_w, ...)``, a view."""
+            return x.as_strided((live, capacity, *x.shape[1:]), (x.stride(0), *x.stride()))
+
         reads = []
-        if partial:
-            filled = timeline(W.stamp > 0, torch.ones(live, b, dtype=torch.bool, device=device))
-            index = (rows[:, None, None], torch.arange(partial, device=device)[:, None] + window)
-            read = self.attend(
-                self.working_attention,
-                rearrange(query[:partial], "f b n d -> (b f) n d"),
-                rearrange(keys[index], "b f l n d -> (b f) l n d"),
-                rearrange(values[index], "b f l n d -> (b f) l n d"),
-                rearrange(filled[index], "b f l -> (b f) l"),
-            )
-            reads.append(rearrange(read, "(b f) n d -> f b n d", b=b))
-        if partial < live:
-
-            def windows(x: torch.Tensor) -> torch.Tensor:
-                """``x (L_w + frames, tokens, dim)`` → the full windows ``(frames − partial, L_w, tokens, dim)``,
-                a view."""
-                step, token, channel = x.stride()
-                return x[partial:].as_strided((live - partial, capacity, *x.shape[1:]), (step, step, token, channel))
-
-            full = [
-                self.attend(self.working_attention, query[partial:, v], windows(keys[v]), windows(values[v]))
-                for v in range(b)
-            ]
-            reads.append(torch.stack(full, dim=1))
+        for video in range(b):
+            k, v, valid = windows(keys[video]), windows(values[video]), windows(filled[video])
+            q, read = query[:, video], []
+            if partial:
+                read.append(self.attend(self.working_attention, q[:partial], k[:partial], v[:partial], valid[:partial]))
+            if partial < live:
+                read.append(self.attend(self.working_attention, q[partial:], k[partial:], v[partial:]))
+            reads.append(torch.cat(read))
         # the ring buffer after the chunk: slot q holds the entry whose insertion index is q mod L_w among the
         # last L_w received (none where that index is negative)
         written = W.written()[:, None]
@@ -837,7 +826,7 @@ class DualMemoryModule(nn.Module):
             keys=keys[take],
             values=values[take],
         )
-        return torch.cat(reads), W_next
+        return torch.stack(reads, dim=1), W_next
 
     def _episodic_frames(self, query, M_w, E: MemoryBank, start, steps, active, lengths, in_place, trace):
         """The frame loop: lines 2, 5-7 and 15-24, frame by frame.
@@ -950,7 +939,7 @@ class DualMemoryModule(nn.Module):
                 rearrange(fields["keys"][:, since], "b l n (h e) -> b h (l n) e", h=heads),
                 rearrange(fields["values"][:, since], "b l n (h e) -> b h (l n) e", h=heads),
             )
-            out = merge_attention([out, recent[0]], [lse, recent[1]])
+            out = merge_attention((out, lse), recent)
         return self.episodic_attention.out_proj(rearrange(out, "b h n e -> b n (h e)"))
 
     def _collect_trace(self, features, state, memory, M_w, records, steps, active) -> MemoryTrace:

@@ -15,9 +15,9 @@ Inference only: the fused kernels return the log-sum-exp without a gradient.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
+
+Part = tuple[torch.Tensor, torch.Tensor]  # an attention output and its log-sum-exp
 
 _CUDNN_FAILED: set[tuple[torch.device, torch.dtype]] = set()
 
@@ -44,16 +44,15 @@ def attention_with_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tup
     float32; the CPU flash kernel on CPU). Returns ``(out (B, H, n, e), lse (B, H, n))``, the log-sum-exp
     float32 (float64 for float64 inputs)."""
     out, lse = _fused_with_lse(q, k, v)
-    return out, lse.reshape(q.shape[:3])
+    # cuDNN returns (B, H, n, 1); the memory-efficient kernel pads the queries to a multiple of its block
+    return out, lse.flatten(2)[..., : q.shape[2]]
 
 
-def merge_attention(outputs: Sequence[torch.Tensor], lses: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Attention over the union of disjoint key sets from each set's ``(out (..., n, e), lse (..., n))``:
-    the mixture weighted by ``softmax`` of the log-sum-exps, formed in float32 (float64 for float64 outputs)
-    and returned in the outputs' dtype."""
-    if len(outputs) != len(lses) or not outputs:
-        raise ValueError(f"need one log-sum-exp per output and at least one; got {len(outputs)} and {len(lses)}")
-    compute = torch.promote_types(outputs[0].dtype, torch.float32)
-    weights = torch.softmax(torch.stack([lse.to(compute) for lse in lses]), dim=0)
-    merged = sum(w[..., None] * out.to(compute) for w, out in zip(weights, outputs, strict=True))
-    return merged.to(outputs[0].dtype)
+def merge_attention(first: Part, second: Part) -> torch.Tensor:
+    """Attention over the union of two disjoint key sets from each set's ``(out (..., n, e), lse (..., n))``:
+    ``out_2 + σ(ℓ_1 − ℓ_2) (out_1 − out_2)``, since the first set's share of the softmax mass is
+    ``exp(ℓ_1) / (exp(ℓ_1) + exp(ℓ_2)) = σ(ℓ_1 − ℓ_2)``. One pass over the outputs, with the weight in their
+    dtype."""
+    (out_1, lse_1), (out_2, lse_2) = first, second
+    weight = torch.sigmoid(lse_1 - lse_2).to(out_1.dtype)
+    return torch.lerp(out_2, out_1, weight[..., None])
