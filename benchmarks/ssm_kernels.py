@@ -5,7 +5,7 @@ delta bias and softplus): forward and backward times, achieved bytes/s against a
 measured in the same run (the bandwidth floor), peak memory, and the ratio to mamba_ssm's published
 CUDA figures. Then the fused bidirectional scan against two one-direction calls plus flips, the causal
 convolution and the fused add + RMSNorm against the reference ops. ``--sweep`` first times a few launch
-settings of the scan kernels (lanes per channel, warps, backward chunk) and uses the fastest. Writes
+settings of the scan kernels (forward kernel and its tiles, backward tiles) and uses the fastest. Writes
 ``benchmarks/results/ssm_kernels_<device>.json``.
 
     python benchmarks/ssm_kernels.py --sweep
@@ -36,12 +36,21 @@ PEER_MS = {
     (64, 384, 1569): {"forward": 1.41, "backward": 5.62},
     (2, 768, 6272): {"forward": 0.38, "backward": 1.37, "loop_forward": 636.0},
 }
-# Launch settings tried by --sweep.
+# Launch settings tried by --sweep: the step kernel's (lanes per channel, warps, unrolled steps) and the
+# chunked kernel's (channels, steps per chunk, steps per thread run, warps); the five fastest of the last
+# H100 sweep first.
 FORWARD_CONFIGS = [
-    *({"split": split, "num_warps": 2, "unroll": 4} for split in (1, 4, 8, 16)),
-    {"split": 4, "num_warps": 2, "unroll": 8},
-    {"split": 8, "num_warps": 4, "unroll": 4},
-]
+    *(
+        {"kernel": "chunk", "block_d": d, "block_l": l, "items": i, "num_warps": w}
+        for d, l, i, w in (
+            (2, 64, 8, 1), (4, 64, 8, 2), (2, 128, 4, 4), (1, 128, 8, 2), (1, 128, 16, 2),
+            (2, 32, 8, 1), (4, 32, 8, 1), (2, 64, 16, 1), (1, 64, 8, 1), (4, 64, 4, 2),
+        )
+    ),
+    *({"kernel": "step", "split": split, "num_warps": 2, "unroll": 4} for split in (1, 4, 8, 16)),
+    {"kernel": "step", "split": 4, "num_warps": 2, "unroll": 8},
+    {"kernel": "step", "split": 8, "num_warps": 4, "unroll": 4},
+]  # fmt: skip
 BACKWARD_CONFIGS = [
     {"block_d": 8, "block_l": 32, "num_warps": 4},
     {"block_d": 16, "block_l": 16, "num_warps": 4},

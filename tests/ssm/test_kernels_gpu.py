@@ -93,13 +93,13 @@ def scan_inputs(batch, dim, length, n, groups, dtype, *, full=True, seed=0):
     return inputs
 
 
-@pytest.fixture(params=["step", "chunk"])
+@pytest.fixture(params=["chunk", "step"])
 def forward_kernel(request, monkeypatch):
-    """Runs a test with each selective-scan forward kernel: the default and the chunked one."""
+    """Runs a test with each selective-scan forward kernel: the chunked one (the default) and the step one."""
     from videostate.ssm.kernels import selective_scan as scan_kernels
 
-    if request.param == "chunk":
-        monkeypatch.setitem(scan_kernels.CONFIG, "forward", dict(scan_kernels.FORWARD_CHUNKED))
+    settings = {"chunk": scan_kernels.FORWARD_CHUNKED, "step": scan_kernels.FORWARD_STEP}[request.param]
+    monkeypatch.setitem(scan_kernels.CONFIG, "forward", dict(settings))
     return request.param
 
 

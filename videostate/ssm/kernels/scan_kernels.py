@@ -8,9 +8,9 @@ one of B and C per state, updates ``h = exp(delta * A) * h + delta * u * B`` in 
 ``C h`` over the lanes; ``UNROLL`` steps form one block of straight-line code, so their loads and
 decays are issued ahead of the state's multiply-add chain. Nothing of size ``L * N`` ever reaches memory.
 
-The chunked forward kernel (``selective_scan_fwd_chunked_kernel``) parallelises over time instead. A program
-owns ``BLOCK_D`` channels and walks the sequence in chunks of ``BLOCK_L`` steps; a chunk is ``BLOCK_L / ITEMS``
-runs of ``ITEMS`` consecutive steps (one vector load per run). Each thread composes the maps
+The chunked forward kernel (``selective_scan_fwd_chunked_kernel``, the default) parallelises over time
+instead. A program owns ``BLOCK_D`` channels and walks the sequence in chunks of ``BLOCK_L`` steps; a chunk
+is ``BLOCK_L / ITEMS`` runs of ``ITEMS`` consecutive steps (one vector load per run). Each thread composes the maps
 ``h -> exp(delta A) h + delta u B`` of its runs' steps in registers, one ``tl.associative_scan`` over the
 runs (an exclusive scan, :func:`.common.scan_combine_exclusive`) gives the state entering every run, and
 the runs' steps are then replayed from it; ``C h`` is summed over the states once per chunk. The state is

@@ -13,16 +13,17 @@ from ..selective_scan import selective_scan_reference
 from .common import any_float64, next_power_of_2
 from .scan_kernels import selective_scan_bwd_kernel, selective_scan_fwd_chunked_kernel, selective_scan_fwd_kernel
 
-# Forward, ``kernel="step"``: one channel's N states spread over ``split`` lanes, ``unroll`` steps per loop
-# iteration. ``kernel="chunk"``: tiles of ``block_d`` channels x ``block_l`` steps solved by a scan, each
-# thread composing runs of ``items`` steps first (FORWARD_CHUNKED). Backward: tiles of ``block_d`` channels
-# x ``block_l`` steps. Settings that `benchmarks/ssm_kernels.py --sweep` finds faster must pass
-# tests/ssm/test_kernels_gpu.py before they replace these.
+# Forward, ``kernel="chunk"`` (the default, FORWARD_CHUNKED): tiles of ``block_d`` channels x ``block_l`` steps
+# solved by a scan, each thread composing runs of ``items`` steps first. ``kernel="step"`` (FORWARD_STEP): one
+# channel's N states spread over ``split`` lanes, ``unroll`` steps per loop iteration. Backward: tiles of
+# ``block_d`` channels x ``block_l`` steps. Settings that `benchmarks/ssm_kernels.py --sweep` finds faster must
+# pass tests/ssm/test_kernels_gpu.py before they replace these.
+FORWARD_CHUNKED = {"kernel": "chunk", "block_d": 2, "block_l": 64, "items": 8, "num_warps": 1}
+FORWARD_STEP = {"kernel": "step", "split": 4, "num_warps": 2, "unroll": 4}
 CONFIG = {
-    "forward": {"kernel": "step", "split": 4, "num_warps": 2, "unroll": 4},
+    "forward": dict(FORWARD_CHUNKED),
     "backward": {"block_d": 16, "block_l": 16, "num_warps": 4},
 }
-FORWARD_CHUNKED = {"kernel": "chunk", "block_d": 1, "block_l": 256, "items": 8, "num_warps": 4}
 
 
 def _grouped(t: torch.Tensor) -> torch.Tensor:
