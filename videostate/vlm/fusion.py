@@ -106,7 +106,7 @@ def pool_points_to_grid(
         valid = valid & (confidence > 0)
     clean = torch.where(valid[..., None], points, torch.zeros((), dtype=points.dtype, device=points.device))
     weight = valid.to(points.dtype)
-    sums = F.adaptive_avg_pool2d(rearrange(clean * weight[..., None], "n h w c -> n c h w"), grid)
+    sums = F.adaptive_avg_pool2d(rearrange(clean, "n h w c -> n c h w"), grid)  # invalid points are zero
     counts = F.adaptive_avg_pool2d(weight[:, None], grid)
     has_point = counts > 0
     coords = torch.where(has_point, sums / counts.clamp_min(torch.finfo(points.dtype).tiny), 0.0)

@@ -894,7 +894,11 @@ class DualMemoryModule(nn.Module):
                     record["replaced"] = torch.where(replaced, position, -1)
                     record["similarity"] = torch.where(replaced, similarity.gather(1, chosen)[:, 0], float("nan"))
             new = {"slots": M_t, "keys": keys, "values": values, "norms": norms, "stamp": stamps[i]}
-            fields = {**fields, **write_slot(fields, rows, slot, new, frame_active, in_place)}
+            if in_place and frame_active is None and min(held) == used < capacity:
+                for name, value in new.items():  # every video writes its next free slot, `used`: no index
+                    fields[name][:, used] = value
+            else:
+                fields = {**fields, **write_slot(fields, rows, slot, new, frame_active, in_place)}
             outputs.append(M_t)
             if trace:
                 record["episodic_norm"] = M_e.detach().norm(dim=-1).mean(dim=1)
