@@ -147,12 +147,23 @@ class ViewpointAwareAlignment(nn.Module):
             )
         view = self.view_encoder(camera)
         keys = self.view_norm(view)
-        attended, _ = self.alignment_attention(self.geometry_norm(geometry), keys, keys, need_weights=False)
+        if keys.shape[1] == 1 and not (self.training and self.alignment_attention.dropout > 0):
+            # one view token: its softmax weight is 1 for every query, so the attention is its projected value
+            attended = self._single_key_attention(keys)
+        else:
+            attended, _ = self.alignment_attention(self.geometry_norm(geometry), keys, keys, need_weights=False)
         aligned = geometry + attended
         mean_view = view.mean(dim=1, keepdim=True)
         scale, shift = self.modulation(mean_view).chunk(2, dim=-1)
         aligned = torch.addcmul(shift, aligned, 1 + scale)
         return torch.cat([aligned, self.global_view(mean_view)], dim=1)
+
+    def _single_key_attention(self, key: torch.Tensor) -> torch.Tensor:
+        """``alignment_attention`` over the single key ``key (n, 1, d_geom)``: ``out_proj(W_v key + b_v)`` for
+        every query, ``(n, 1, d_geom)`` (broadcast over the queries)."""
+        attention, d = self.alignment_attention, key.shape[-1]
+        value = F.linear(key, attention.in_proj_weight[2 * d :], attention.in_proj_bias[2 * d :])
+        return attention.out_proj(value)
 
 
 class CrossAttentionFusion(nn.Module):
