@@ -52,10 +52,14 @@ FORWARD_CONFIGS = [
     {"kernel": "step", "split": 8, "num_warps": 4, "unroll": 4},
 ]  # fmt: skip
 BACKWARD_CONFIGS = [
-    {"block_d": 8, "block_l": 32, "num_warps": 4},
-    {"block_d": 16, "block_l": 16, "num_warps": 4},
-    {"block_d": 4, "block_l": 32, "num_warps": 4},
-    {"block_d": 8, "block_l": 32, "num_warps": 2},
+    *(
+        {"kernel": "tile", "block_d": d, "block_l": l, "num_warps": w}
+        for d, l, w in ((16, 16, 4), (8, 32, 4), (4, 32, 4), (8, 32, 2))
+    ),
+    *(
+        {"kernel": "chunk", "block_d": d, "block_l": l, "items": i, "num_warps": w}
+        for d, l, i, w in ((2, 16, 4, 1), (1, 32, 8, 1), (2, 32, 4, 2), (4, 16, 4, 2), (1, 64, 8, 2), (1, 32, 4, 1))
+    ),
 ]
 
 

@@ -103,6 +103,16 @@ def forward_kernel(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture(params=["tile", "chunk"])
+def backward_kernel(request, monkeypatch):
+    """Runs a test with each selective-scan backward kernel: the tiled one (the default) and the chunked one."""
+    from videostate.ssm.kernels import selective_scan as scan_kernels
+
+    settings = {"tile": scan_kernels.BACKWARD_TILE, "chunk": scan_kernels.BACKWARD_CHUNKED}[request.param]
+    monkeypatch.setitem(scan_kernels.CONFIG, "backward", dict(settings))
+    return request.param
+
+
 # (batch, dim, L, N, groups: 0 = B/C (batch, N, L)); L = 1, odd, not a multiple of any chunk, long, large dim.
 SCAN_SHAPES = [
     (1, 4, 1, 16, 0),
@@ -117,7 +127,7 @@ SCAN_SHAPES = [
 
 @pytest.mark.parametrize("shape", SCAN_SHAPES, ids=str)
 @pytest.mark.parametrize("full", [True, False], ids=["z-D-bias-softplus-h0", "bare"])
-def test_selective_scan_float32(shape, full, forward_kernel):
+def test_selective_scan_float32(shape, full, forward_kernel, backward_kernel):
     inputs = scan_inputs(*shape, torch.float32, full=full)
     outs = run_both(selective_scan, inputs, torch.float32, delta_softplus=full, return_final_state=True)
     assert_close(*outs, torch.float32)
@@ -125,7 +135,7 @@ def test_selective_scan_float32(shape, full, forward_kernel):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("shape", [(2, 24, 37, 16, 0), (2, 64, 1025, 16, 0), (2, 32, 100, 8, 2)], ids=str)
-def test_selective_scan_half(shape, dtype, forward_kernel):
+def test_selective_scan_half(shape, dtype, forward_kernel, backward_kernel):
     inputs = scan_inputs(*shape, dtype)
     outs = run_both(selective_scan, inputs, dtype, delta_softplus=True, return_final_state=True)
     assert_close(*outs, dtype)
@@ -160,7 +170,7 @@ def bidirectional_inputs(batch, dim, length, n, dtype, seed=0):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", [(1, 8, 1), (2, 24, 37), (2, 64, 700)], ids=str)
-def test_selective_scan_bidirectional(shape, dtype, forward_kernel):
+def test_selective_scan_bidirectional(shape, dtype, forward_kernel, backward_kernel):
     inputs = bidirectional_inputs(*shape, 16, dtype)
     outs = run_both(selective_scan_bidirectional, inputs, dtype, delta_softplus=True, return_final_state=True)
     assert_close(*outs, dtype)
@@ -336,7 +346,7 @@ def test_auto_dispatch_picks_triton_on_cuda(monkeypatch):
 
 
 @pytest.mark.parametrize("bimamba", [False, True], ids=["mamba", "bimamba"])
-def test_mamba_fast_path_equals_reference(bimamba):
+def test_mamba_fast_path_equals_reference(bimamba, backward_kernel):
     torch.manual_seed(6)
     model = Mamba(64, d_state=16, bimamba=bimamba).to(CUDA)
     reference = Mamba(64, d_state=16, bimamba=bimamba, use_fast_path=False).to(CUDA)

@@ -26,6 +26,14 @@ channels and are accumulated with atomic adds in float32; those of A, D and the 
 written per batch element and summed by the caller. (A step-by-step backward like the forward's,
 holding a few steps' states in registers, measured slower on the H100.)
 
+The chunked backward kernel (``selective_scan_bwd_chunked_kernel``) runs the same two passes on the chunked
+forward's tiles: runs of ``ITEMS`` steps composed in registers, one scan over the runs. Pass 2 recomputes a
+chunk's states by an exclusive scan and a replay, and carries the adjoint as ``w_t = exp(delta_t A) q_t``, the
+gradient of the state before step ``t``: ``w_t = exp(delta_t A) (g_t C_t + w_{t+1})`` reads step ``t`` only,
+so runs compose in registers like the forward's, a reverse exclusive scan over the runs gives the ``w``
+entering each from the right, and the replay forms every step's gradients. ``w`` at the first step is the
+initial state's gradient.
+
 ``REVERSE_OUT`` reads ``z`` and the output gradient and writes the output at ``L - 1 - t``: the
 backward direction of a bidirectional Mamba runs over time-reversed inputs but reads the gate and
 writes its result in the natural order, so no flipped copies are made. ``ACCUMULATE`` adds the value
@@ -434,3 +442,214 @@ def selective_scan_bwd_kernel(
         dt0_raw = tl.load(dt_rows + 0 * sdt_l, mask=d_mask[:, None], other=0.0).to(tl.float32)
         dt0 = _discretize(dt0_raw, bias, HAS_BIAS, SOFTPLUS)
         tl.store(dh0_ptr + state_offsets, q * tl.exp2(dt0 * A2), mask=dn_mask)
+
+
+@triton.jit
+def _stack_rows(items, LOG_ITEMS: tl.constexpr):
+    """:func:`_stack` for ``(R, S)`` tiles: ``(R, S, 2**LOG_ITEMS)``, item ``k`` at ``k``."""
+    R: tl.constexpr = items[0].shape[0]
+    S: tl.constexpr = items[0].shape[1]
+    expanded = ()
+    for k in tl.static_range(1 << LOG_ITEMS):
+        expanded = expanded + (tl.reshape(items[k], (R, 1, S)),)
+    return tl.reshape(_stack(expanded, LOG_ITEMS), (R, S, 1 << LOG_ITEMS))
+
+
+@triton.jit
+def _compose_runs(decays, inputs, ITEMS: tl.constexpr):
+    """The map ``h -> decay * h + input`` of each run's ``ITEMS`` steps, composed in order."""
+    run_decay = decays[0]
+    run_input = inputs[0]
+    for k in tl.static_range(1, ITEMS):
+        run_decay = run_decay * decays[k]
+        run_input = run_input * decays[k] + inputs[k]
+    return run_decay, run_input
+
+
+@triton.jit
+def selective_scan_bwd_chunked_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, dy_ptr, dhT_ptr, ckpt_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+    dim, L, cpg, G, n_chunks,
+    su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sA_d, sA_n,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+    sz_b, sz_d, sz_l, sdy_b, sdy_d, sdy_l,
+    N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    LOG_ITEMS: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE_DZ: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1)
+    dl = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = dl < cpg
+    d = g * cpg + dl
+    n = tl.arange(0, BLOCK_N)
+    n_mask = n < N
+    dn_mask = d_mask[:, None] & n_mask[None, :]
+    A = tl.load(A_ptr + d[:, None] * sA_d + n[None, :] * sA_n, mask=dn_mask, other=0.0).to(tl.float32)
+    A2 = A * LOG2E
+    Dv = tl.zeros((BLOCK_D,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_D,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    state_offsets = b * dim * N + d[:, None] * N + n[None, :]
+    h = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
+    if HAS_H0:
+        h = tl.load(h0_ptr + state_offsets, mask=dn_mask, other=0.0)
+
+    # As in the chunked forward: a chunk is SEGMENTS runs of ITEMS steps, loaded as (rows, SEGMENTS, ITEMS)
+    # and unstacked into ITEMS tiles (rows, SEGMENTS), tile k holding step k of every run.
+    ITEMS: tl.constexpr = 1 << LOG_ITEMS
+    SEGMENTS: tl.constexpr = BLOCK_L // ITEMS
+    steps = (tl.arange(0, SEGMENTS) * ITEMS)[:, None] + tl.arange(0, ITEMS)[None, :]
+    u_rows = u_ptr + b * su_b + d[:, None, None] * su_d
+    dt_rows = dt_ptr + b * sdt_b + d[:, None, None] * sdt_d
+    B_rows = B_ptr + b * sB_b + g * sB_g + n[:, None, None] * sB_n
+    C_rows = C_ptr + b * sC_b + g * sC_g + n[:, None, None] * sC_n
+    z_rows = z_ptr + b * sz_b + d[:, None, None] * sz_d
+    dy_rows = dy_ptr + b * sdy_b + d[:, None, None] * sdy_d
+    grad_rows = b * dim * L + d[:, None, None] * L  # du, ddt, dz are contiguous (batch, dim, L)
+    dBC_rows = ((b * G + g) * N + n[:, None, None]) * L  # dB, dC are contiguous (batch, G, N, L)
+    ckpt_rows = ckpt_ptr + (b * dim + d[:, None]) * n_chunks * BLOCK_N + n[None, :]
+    segment = tl.arange(0, SEGMENTS)[None, None, :]
+
+    # Pass 1: the state entering every chunk (an inclusive scan over the runs; the last one ends the chunk).
+    for c in range(0, n_chunks):
+        tl.store(ckpt_rows + c * BLOCK_N, h, mask=dn_mask)
+        t = c * BLOCK_L + steps[None, :, :]
+        t_mask = t < L
+        dl_mask = d_mask[:, None, None] & t_mask
+        u = tl.load(u_rows + t * su_l, mask=dl_mask, other=0.0).to(tl.float32)
+        dt_raw = tl.load(dt_rows + t * sdt_l, mask=dl_mask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt_raw = dt_raw + bias[:, None, None]
+        dt = dt_raw
+        if SOFTPLUS:
+            dt = softplus(dt_raw)
+        dt = tl.where(dl_mask, dt, 0.0)
+        dts = _unstack(dt, LOG_ITEMS)
+        dtus = _unstack(dt * u, LOG_ITEMS)
+        Bs = _unstack(tl.load(B_rows + t * sB_l, mask=n_mask[:, None, None] & t_mask, other=0.0).to(tl.float32),
+                      LOG_ITEMS)  # fmt: skip
+        decays = ()
+        inputs = ()
+        for k in tl.static_range(ITEMS):
+            decays = decays + (tl.exp2(dts[k][:, None, :] * A2[:, :, None]),)
+            inputs = inputs + (dtus[k][:, None, :] * Bs[k][None, :, :],)
+        run_decay, run_input = _compose_runs(decays, inputs, ITEMS)
+        chunk_decay, chunk_input = tl.associative_scan((run_decay, run_input), 2, scan_combine)
+        h = tl.sum(tl.where(segment == SEGMENTS - 1, chunk_input + chunk_decay * h[:, :, None], 0.0), axis=2)
+
+    # Pass 2: chunks in reverse. The adjoint q_t = gy_t C_t + w_{t+1} is carried as w_t = exp(dt_t A) q_t, the
+    # gradient of the state before step t: w_t = exp(dt_t A) (gy_t C_t + w_{t+1}) reads step t only, so runs
+    # compose like the forward's and a reverse exclusive scan gives the w entering each run from the right.
+    w = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
+    if HAS_DHT:
+        w = tl.load(dhT_ptr + state_offsets, mask=dn_mask, other=0.0)
+    dA_acc = tl.zeros((BLOCK_D, BLOCK_N, SEGMENTS), tl.float32)
+    dD_acc = tl.zeros((BLOCK_D, SEGMENTS, ITEMS), tl.float32)
+    dbias_acc = tl.zeros((BLOCK_D, SEGMENTS, ITEMS), tl.float32)
+    for i in range(0, n_chunks):
+        c = n_chunks - 1 - i
+        t = c * BLOCK_L + steps[None, :, :]
+        t_mask = t < L
+        dl_mask = d_mask[:, None, None] & t_mask
+        nl_mask = n_mask[:, None, None] & t_mask
+        u = tl.load(u_rows + t * su_l, mask=dl_mask, other=0.0).to(tl.float32)
+        dt_raw = tl.load(dt_rows + t * sdt_l, mask=dl_mask, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            dt_raw = dt_raw + bias[:, None, None]
+        dt = dt_raw
+        if SOFTPLUS:
+            dt = softplus(dt_raw)
+        dt = tl.where(dl_mask, dt, 0.0)
+        dtu = dt * u
+        if REVERSE_OUT:
+            t_out = L - 1 - t
+        else:
+            t_out = t
+        dy = tl.load(dy_rows + t_out * sdy_l, mask=dl_mask, other=0.0).to(tl.float32)
+        gy = dy
+        if HAS_Z:
+            zt = tl.load(z_rows + t_out * sz_l, mask=dl_mask, other=0.0).to(tl.float32)
+            sig = sigmoid(zt)
+            gy = dy * zt * sig
+        dD_acc += gy * u
+        dts = _unstack(dt, LOG_ITEMS)
+        dtus = _unstack(dtu, LOG_ITEMS)
+        gys = _unstack(gy, LOG_ITEMS)
+        Bs = _unstack(tl.load(B_rows + t * sB_l, mask=nl_mask, other=0.0).to(tl.float32), LOG_ITEMS)
+        Cs = _unstack(tl.load(C_rows + t * sC_l, mask=nl_mask, other=0.0).to(tl.float32), LOG_ITEMS)
+        h_in = tl.load(ckpt_rows + c * BLOCK_N, mask=dn_mask, other=0.0)
+
+        # The states of the chunk's steps, recomputed from its checkpoint.
+        decays = ()
+        inputs = ()
+        for k in tl.static_range(ITEMS):
+            decays = decays + (tl.exp2(dts[k][:, None, :] * A2[:, :, None]),)
+            inputs = inputs + (dtus[k][:, None, :] * Bs[k][None, :, :],)
+        run_decay, run_input = _compose_runs(decays, inputs, ITEMS)
+        ones = tl.full(run_decay.shape, 1.0, tl.float32)
+        zeros = tl.zeros(run_decay.shape, tl.float32)
+        entry_decay, entry_input, _, _ = tl.associative_scan(
+            (ones, zeros, run_decay, run_input), 2, scan_combine_exclusive
+        )
+        state = entry_input + entry_decay * h_in[:, :, None]
+        # Each step's products are summed as soon as they are formed (over the states or the channels), so
+        # only the states themselves stay live across the adjoint; the sums are stacked back into rows.
+        states = ()
+        dC_rows = ()
+        y_rows = ()
+        for k in tl.static_range(ITEMS):
+            state = decays[k] * state + inputs[k]
+            states = states + (state,)
+            dC_rows = dC_rows + (tl.sum(gys[k][:, None, :] * state, axis=0),)
+            if HAS_Z:
+                y_rows = y_rows + (tl.sum(state * Cs[k][None, :, :], axis=1),)
+        tl.atomic_add(dC_ptr + dBC_rows + t, _stack_rows(dC_rows, LOG_ITEMS), mask=nl_mask)
+        if HAS_Z:
+            y_pre = _stack_rows(y_rows, LOG_ITEMS) + Dv[:, None, None] * u
+            dz = dy * y_pre * sig * (1.0 + zt * (1.0 - sig))
+            if ACCUMULATE_DZ:
+                dz += tl.load(dz_ptr + grad_rows + t_out, mask=dl_mask, other=0.0).to(tl.float32)
+            tl.store(dz_ptr + grad_rows + t_out, dz.to(dz_ptr.dtype.element_ty), mask=dl_mask)
+
+        # The adjoint: each run's map w_{end} -> w_{start} is (run_decay, run_adjoint), composed in reverse.
+        run_adjoint = tl.zeros(run_decay.shape, tl.float32)
+        for k in tl.static_range(ITEMS - 1, -1, -1):
+            run_adjoint = decays[k] * (gys[k][:, None, :] * Cs[k][None, :, :] + run_adjoint)
+        exit_decay, exit_adjoint, _, _ = tl.associative_scan(
+            (ones, zeros, run_decay, run_adjoint), 2, scan_combine_exclusive, reverse=True
+        )
+        w_run = exit_adjoint + exit_decay * w[:, :, None]
+        r_rows = ()
+        s_rows = ()
+        dB_rows = ()
+        for k in tl.static_range(ITEMS - 1, -1, -1):
+            q = gys[k][:, None, :] * Cs[k][None, :, :] + w_run
+            adj_prev = q * (states[k] - inputs[k])  # q_t exp(dt_t A) h_{t-1}
+            dA_acc += adj_prev * dts[k][:, None, :]
+            r_rows = (tl.sum(q * Bs[k][None, :, :], axis=1),) + r_rows
+            s_rows = (tl.sum(adj_prev * A[:, :, None], axis=1),) + s_rows
+            dB_rows = (tl.sum(q * dtus[k][:, None, :], axis=0),) + dB_rows
+            w_run = decays[k] * q
+        w = tl.sum(tl.where(segment == 0, w_run, 0.0), axis=2)
+        tl.atomic_add(dB_ptr + dBC_rows + t, _stack_rows(dB_rows, LOG_ITEMS), mask=nl_mask)
+        r = _stack_rows(r_rows, LOG_ITEMS)
+        ddt = u * r + _stack_rows(s_rows, LOG_ITEMS)
+        if SOFTPLUS:
+            ddt = ddt * sigmoid(dt_raw)
+        ddt = tl.where(dl_mask, ddt, 0.0)
+        dbias_acc += ddt
+        du = dt * r + Dv[:, None, None] * gy
+        tl.store(du_ptr + grad_rows + t, du.to(du_ptr.dtype.element_ty), mask=dl_mask)
+        tl.store(ddt_ptr + grad_rows + t, ddt.to(ddt_ptr.dtype.element_ty), mask=dl_mask)
+
+    tl.store(dA_ptr + state_offsets, tl.sum(dA_acc, axis=2), mask=dn_mask)
+    tl.store(dD_ptr + b * dim + d, tl.sum(tl.sum(dD_acc, axis=2), axis=1), mask=d_mask)
+    tl.store(dbias_ptr + b * dim + d, tl.sum(tl.sum(dbias_acc, axis=2), axis=1), mask=d_mask)
+    if HAS_H0:
+        tl.store(dh0_ptr + state_offsets, w, mask=dn_mask)  # w_0 = exp(dt_0 A) q_0

@@ -11,19 +11,25 @@ import triton
 
 from ..selective_scan import selective_scan_reference
 from .common import any_float64, next_power_of_2
-from .scan_kernels import selective_scan_bwd_kernel, selective_scan_fwd_chunked_kernel, selective_scan_fwd_kernel
+from .scan_kernels import (
+    selective_scan_bwd_chunked_kernel,
+    selective_scan_bwd_kernel,
+    selective_scan_fwd_chunked_kernel,
+    selective_scan_fwd_kernel,
+)
 
 # Forward, ``kernel="chunk"`` (the default, FORWARD_CHUNKED): tiles of ``block_d`` channels x ``block_l`` steps
 # solved by a scan, each thread composing runs of ``items`` steps first. ``kernel="step"`` (FORWARD_STEP): one
-# channel's N states spread over ``split`` lanes, ``unroll`` steps per loop iteration. Backward: tiles of
-# ``block_d`` channels x ``block_l`` steps. Settings that `benchmarks/ssm_kernels.py --sweep` finds faster must
-# pass tests/ssm/test_kernels_gpu.py before they replace these.
+# channel's N states spread over ``split`` lanes, ``unroll`` steps per loop iteration. Backward,
+# ``kernel="tile"`` (the default, BACKWARD_TILE): tiles of ``block_d`` channels x ``block_l`` steps solved by a
+# scan over every step; ``kernel="chunk"`` (BACKWARD_CHUNKED): the same tiles of runs of ``items`` steps as the
+# chunked forward. Settings that `benchmarks/ssm_kernels.py --sweep` finds faster must pass
+# tests/ssm/test_kernels_gpu.py before they replace these.
 FORWARD_CHUNKED = {"kernel": "chunk", "block_d": 2, "block_l": 64, "items": 8, "num_warps": 1}
 FORWARD_STEP = {"kernel": "step", "split": 4, "num_warps": 2, "unroll": 4}
-CONFIG = {
-    "forward": dict(FORWARD_CHUNKED),
-    "backward": {"block_d": 16, "block_l": 16, "num_warps": 4},
-}
+BACKWARD_TILE = {"kernel": "tile", "block_d": 16, "block_l": 16, "num_warps": 4}
+BACKWARD_CHUNKED = {"kernel": "chunk", "block_d": 2, "block_l": 16, "items": 4, "num_warps": 1}
+CONFIG = {"forward": dict(FORWARD_CHUNKED), "backward": dict(BACKWARD_TILE)}
 
 
 def _grouped(t: torch.Tensor) -> torch.Tensor:
@@ -103,7 +109,20 @@ def scan_backward(
     B4, C4 = _grouped(B), _grouped(C)
     groups = B4.shape[1]
     cpg, n = dim // groups, A.shape[1]
-    block_n, block_d, block_l = _blocks(cpg, n, CONFIG["backward"])
+    cfg = CONFIG["backward"]
+    kernel = cfg.get("kernel", "tile")
+    if kernel == "tile":
+        block_n, block_d, block_l = _blocks(cpg, n, cfg)
+        blocks = {"BLOCK_N": block_n, "BLOCK_D": block_d, "BLOCK_L": block_l}
+        launch = selective_scan_bwd_kernel
+    elif kernel == "chunk":
+        block_n, block_l = next_power_of_2(n), cfg["block_l"]
+        block_d = max(1, min(cfg["block_d"], next_power_of_2(cpg)))
+        items = min(cfg["items"], block_l)
+        blocks = {"BLOCK_N": block_n, "BLOCK_D": block_d, "BLOCK_L": block_l, "LOG_ITEMS": items.bit_length() - 1}
+        launch = selective_scan_bwd_chunked_kernel
+    else:
+        raise ValueError(f"CONFIG['backward']['kernel'] must be 'tile' or 'chunk'; got {kernel!r}")
     n_chunks = triton.cdiv(length, block_l)
     device, f32 = u.device, torch.float32
     checkpoints = torch.empty(batch, dim, n_chunks, block_n, device=device, dtype=f32)
@@ -120,17 +139,17 @@ def scan_backward(
     dh0 = None if h0 is None else torch.empty_like(h0)
     d_final = None if d_final is None else d_final.to(f32).contiguous()
     grid = (batch, groups, triton.cdiv(cpg, block_d))
-    selective_scan_bwd_kernel[grid](
+    launch[grid](
         u, delta, A, B4, C4,
         u if D is None else D, u if z is None else z, u if delta_bias is None else delta_bias,
         dA if h0 is None else h0, dy, dA if d_final is None else d_final, checkpoints,
         du, ddelta, du if dz is None else dz, dB, dC, dA, dD, dbias, dA if dh0 is None else dh0,
         dim, length, cpg, groups, n_chunks,
         *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides3(z), *dy.stride(),
-        N=n, BLOCK_N=block_n, BLOCK_D=block_d, BLOCK_L=block_l,
+        N=n, **blocks,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         HAS_H0=h0 is not None, HAS_DHT=d_final is not None, REVERSE_OUT=reverse_out, ACCUMULATE_DZ=accumulate_dz,
-        num_warps=CONFIG["backward"]["num_warps"],
+        num_warps=cfg["num_warps"],
     )  # fmt: skip
     if B.dim() == 3:
         dB, dC = dB[:, 0], dC[:, 0]
