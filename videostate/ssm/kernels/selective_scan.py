@@ -30,7 +30,7 @@ from .scan_kernels import (
 FORWARD_CHUNKED = {"kernel": "chunk", "block_d": 2, "block_l": 64, "items": 8, "num_warps": 1}
 FORWARD_STEP = {"kernel": "step", "split": 4, "num_warps": 2, "unroll": 4}
 BACKWARD_TILE = {"kernel": "tile", "block_d": 16, "block_l": 16, "num_warps": 4}
-BACKWARD_CHUNKED = {"kernel": "chunk", "block_d": 2, "block_l": 16, "items": 4, "num_warps": 1}
+BACKWARD_CHUNKED = {"kernel": "chunk", "block_d": 1, "block_l": 16, "items": 4, "num_warps": 1}
 CONFIG = {"forward": dict(FORWARD_CHUNKED), "backward": dict(BACKWARD_TILE)}
 
 
