@@ -104,6 +104,9 @@ class LGSBlock(nn.Module):
         return self.mlp(self.norm2(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.residual_mix, PlainResidual) and isinstance(self.residual_mlp, PlainResidual):
+            x, h = self.norm2.add_and_norm(x, self.mix(x))  # the residual add and norm2 in one pass
+            return x + self.mlp(h)
         return self.residual_mlp(self.residual_mix(x, self.mix), self.feed_forward)
 
 

@@ -3,18 +3,56 @@
 PyTorch's CUDA LayerNorm runs one thread block per row: for the backbone's millions of tokens of 32 to
 128 channels it is bound by block scheduling, many times slower than reading the map. Under autocast
 ``nn.LayerNorm`` also copies its input to float32 and returns float32, which the next linear layer casts
-back. Without gradients under autocast, :class:`LayerNorm` instead takes the row statistics as two float32
-reductions of the input (mean and mean square) and normalises in two fused multiply-adds, the second
-writing the autocast dtype; otherwise it is ``nn.LayerNorm``.
+back. Without gradients under autocast, :class:`LayerNorm` instead returns the autocast dtype:
 
-The variance is ``E[x^2] - E[x]^2`` in float32: its cancellation error, ``2^-24 (mean / std)^2`` relative,
-stays below the half-precision output's rounding unless a token's mean exceeds its spread ~180 times.
+- on CUDA, from one Triton kernel (:mod:`videostate.ssm.kernels.layer_norm`: a program normalises a tile of
+  rows, float32 statistics), which can also add a residual first (:meth:`LayerNorm.add_and_norm`). The
+  fast-path switches of :mod:`videostate.ssm.dispatch` (``VIDEOSTATE_DISABLE_FUSED=1``) turn it off;
+- elsewhere (and with the fast path off), from two float32 reductions of the input (mean and mean square)
+  and two fused multiply-adds, the second writing the autocast dtype. The variance is ``E[x^2] - E[x]^2``
+  in float32: its cancellation error, ``2^-24 (mean / std)^2`` relative, stays below the half-precision
+  output's rounding unless a token's mean exceeds its spread ~180 times.
+
+With gradients or without autocast it is ``nn.LayerNorm``.
 """
 
 from __future__ import annotations
 
+import importlib.util
+
 import torch
 from torch import nn
+
+from ..ssm.dispatch import fused_disabled
+
+_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def _kernels():
+    """The Triton LayerNorm module, imported on first use (``None`` without Triton)."""
+    global _KERNELS
+    if _KERNELS is None:
+        _KERNELS = False
+        if importlib.util.find_spec("triton") is not None:
+            from ..ssm.kernels import layer_norm
+
+            _KERNELS = layer_norm
+    return _KERNELS or None
+
+
+_KERNELS = None
+
+
+def _inference_under_autocast(x: torch.Tensor) -> bool:
+    return not torch.is_grad_enabled() and torch.is_autocast_enabled(x.device.type)
+
+
+def _use_kernel(*tensors: torch.Tensor) -> bool:
+    return (
+        all(t.is_cuda and t.dtype in _KERNEL_DTYPES for t in tensors)
+        and not fused_disabled()
+        and _kernels() is not None
+    )
 
 
 class LayerNorm(nn.LayerNorm):
@@ -22,12 +60,25 @@ class LayerNorm(nn.LayerNorm):
     autocast dtype."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        device = x.device.type
-        if torch.is_grad_enabled() or not torch.is_autocast_enabled(device):
+        if not _inference_under_autocast(x):
             return super().forward(x)
+        dtype = torch.get_autocast_dtype(x.device.type)
+        if _use_kernel(x):
+            return _kernels().layer_norm_triton(x, self.weight, self.bias, self.eps, dtype)
+        return self._reference(x, dtype)
+
+    def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(s, norm(s))`` with ``s = x + residual``; one kernel for inference under autocast on CUDA."""
+        if _inference_under_autocast(x) and x.shape == residual.shape and _use_kernel(x, residual):
+            dtype = torch.get_autocast_dtype(x.device.type)
+            return _kernels().add_layer_norm_triton(x, residual, self.weight, self.bias, self.eps, dtype)
+        summed = x + residual
+        return summed, self(summed)
+
+    def _reference(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         f32 = torch.float32
-        out = torch.empty_like(x, dtype=torch.get_autocast_dtype(device))
-        with torch.autocast(device, enabled=False):  # autocast would copy x to float32 for addcmul
+        out = torch.empty_like(x, dtype=dtype)
+        with torch.autocast(x.device.type, enabled=False):  # autocast would copy x to float32 for addcmul
             mean = x.mean(-1, keepdim=True, dtype=f32)
             mean_square = torch.linalg.vector_norm(x, dim=-1, keepdim=True, dtype=f32).square() / x.shape[-1]
             rstd = torch.rsqrt((mean_square - mean.square()).clamp_min(0) + self.eps)
