@@ -168,6 +168,24 @@ def test_ss2d_mixes_the_two_frames():
     assert (ss2d(x)[0] - ss2d(x2)[0]).abs().max() > 1e-4
 
 
+def test_ss2d_inference_one_direction_at_a_time_equals_one_call(monkeypatch):
+    """Large maps run the four scan directions in separate Mamba-2 calls for inference (bounded memory): the
+    same output as one call over the four."""
+    import videostate.interpolation.ss2d as ss2d_module
+
+    torch.manual_seed(0)
+    ss2d = InterleavedSS2D(8, d_state=8, headdim=8, chunk_size=16).double()
+    x = rand(4, 4, 6, 8, seed=15)
+    calls = []
+    ss2d.mamba.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        expected = ss2d(x)
+        monkeypatch.setattr(ss2d_module, "MAX_INFERENCE_TOKENS", 4 * 4 * 4 * 6 - 1)
+        split = ss2d(x)
+    assert calls == [8, 2, 2, 2, 2]
+    torch.testing.assert_close(split, expected, rtol=1e-12, atol=1e-12)
+
+
 def test_ss2d_under_autocast_runs_in_bfloat16_close_to_float64():
     """Under autocast the mixer's projections and scan take bfloat16 (float32 states and sums): the output
     is bfloat16 and within bfloat16 rounding of the same module in float64."""

@@ -25,6 +25,10 @@ from torch import nn
 from ..ssm import Mamba2
 
 NUM_DIRECTIONS = 4
+# Inference runs the four directions in one Mamba-2 call up to this many tokens (4 * 2B * H * W), else one
+# direction at a time: a 4K frame pair's full-resolution scan is 67M tokens, whose in_proj and convolution
+# outputs alone would take 60 GB in bfloat16 in one call. (The 1080p full-resolution scan, 16.7M, is one call.)
+MAX_INFERENCE_TOKENS = 2**24
 
 
 def interleaved_scan(x: torch.Tensor) -> torch.Tensor:
@@ -34,7 +38,7 @@ def interleaved_scan(x: torch.Tensor) -> torch.Tensor:
     """
     if x.dim() != 4 or x.shape[0] % 2:
         raise ValueError(f"x must have shape (2B, H, W, C) with frame 0 then frame 1; got {tuple(x.shape)}")
-    pair = rearrange(x, "(f b) h w c -> b h w f c", f=2)
+    pair = _pair(x)
     rows = rearrange(pair, "b h w f c -> b (h w f) c")
     cols = rearrange(pair, "b h w f c -> b (w h f) c")
     return torch.cat([rows, cols, rows.flip(1), cols.flip(1)], dim=0)
@@ -45,8 +49,16 @@ def interleaved_merge(y: torch.Tensor, height: int, width: int) -> torch.Tensor:
     if y.dim() != 3 or y.shape[0] % NUM_DIRECTIONS or y.shape[1] != 2 * height * width:
         raise ValueError(f"y must have shape (4B, 2*{height}*{width}, C); got {tuple(y.shape)}")
     rows, cols, rows_rev, cols_rev = y.chunk(NUM_DIRECTIONS, dim=0)
-    rows = rows + rows_rev.flip(1)
-    cols = cols + cols_rev.flip(1)
+    return _merge(rows + rows_rev.flip(1), cols + cols_rev.flip(1), height, width)
+
+
+def _pair(x: torch.Tensor) -> torch.Tensor:
+    return rearrange(x, "(f b) h w c -> b h w f c", f=2)
+
+
+def _merge(rows: torch.Tensor, cols: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Row-major and column-major sequences ``(B, 2 H W, C)``, each summed with its reversed scan ->
+    ``(2B, H, W, C)``."""
     pair = rearrange(rows, "b (h w f) c -> b h w f c", h=height, w=width, f=2) + rearrange(
         cols, "b (w h f) c -> b h w f c", h=height, w=width, f=2
     )
@@ -69,4 +81,12 @@ class InterleavedSS2D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, height, width, _ = x.shape
-        return interleaved_merge(self.mamba(interleaved_scan(x)), height, width)
+        if torch.is_grad_enabled() or NUM_DIRECTIONS * x[..., 0].numel() <= MAX_INFERENCE_TOKENS:
+            return interleaved_merge(self.mamba(interleaved_scan(x)), height, width)
+        # One direction per Mamba-2 call (the sequences are independent, so the result is the same).
+        pair = _pair(x)
+        rows = rearrange(pair, "b h w f c -> b (h w f) c")
+        rows = self.mamba(rows) + self.mamba(rows.flip(1)).flip(1)
+        cols = rearrange(pair, "b h w f c -> b (w h f) c")
+        cols = self.mamba(cols) + self.mamba(cols.flip(1)).flip(1)
+        return _merge(rows, cols, height, width)

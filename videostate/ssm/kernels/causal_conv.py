@@ -18,6 +18,18 @@ from .conv_kernels import causal_conv1d_bwd_kernel, causal_conv1d_fwd_kernel, ca
 CONFIG = {"block_d": 16, "block_l": 128, "num_warps": 4}
 
 
+MAX_GRID_AXIS_1 = 65535  # CUDA's limit on grid axes 1 and 2 (axis 0: 2**31 - 1)
+
+
+def launch_grid(batch: int, dim: int, n_tiles: int, block_d: int) -> tuple[int, int]:
+    """Grid of the convolution kernels: axis 0 the ``batch * n_tiles`` (batch, tile of L) pairs, axis 1 the
+    tiles of ``block_d`` channels."""
+    channel_tiles = triton.cdiv(dim, block_d)
+    if channel_tiles > MAX_GRID_AXIS_1:
+        raise ValueError(f"causal_conv1d runs at most {MAX_GRID_AXIS_1 * block_d} channels; got x of {dim} channels")
+    return batch * n_tiles, channel_tiles
+
+
 def _silu(activation) -> bool:
     return activation in ("silu", "swish")
 
@@ -33,9 +45,9 @@ class CausalConv1dFunction(torch.autograd.Function):
         width = weight.shape[1]
         y = torch.empty(batch, dim, length, device=x.device, dtype=x.dtype)
         state, *state_strides = _state_args(conv_state, x)
-        grid = (batch, triton.cdiv(dim, CONFIG["block_d"]), triton.cdiv(length, CONFIG["block_l"]))
-        causal_conv1d_fwd_kernel[grid](
-            x, weight, x if bias is None else bias, state, y, dim, length,
+        n_tiles = triton.cdiv(length, CONFIG["block_l"])
+        causal_conv1d_fwd_kernel[launch_grid(batch, dim, n_tiles, CONFIG["block_d"])](
+            x, weight, x if bias is None else bias, state, y, dim, length, n_tiles,
             *x.stride(), *weight.stride(), *state_strides, *y.stride(),
             W=width, BLOCK_D=CONFIG["block_d"], BLOCK_L=CONFIG["block_l"],
             HAS_BIAS=bias is not None, HAS_STATE=conv_state is not None, SILU=silu,
@@ -57,8 +69,7 @@ class CausalConv1dFunction(torch.autograd.Function):
         dw = torch.empty(batch, n_tiles, dim, width, device=x.device, dtype=f32)
         dbias = torch.empty(batch, n_tiles, dim, device=x.device, dtype=f32)
         state, *state_strides = _state_args(conv_state, x)
-        grid = (batch, triton.cdiv(dim, CONFIG["block_d"]), n_tiles)
-        causal_conv1d_bwd_kernel[grid](
+        causal_conv1d_bwd_kernel[launch_grid(batch, dim, n_tiles, CONFIG["block_d"])](
             x, weight, x if bias is None else bias, state, dy, dx, dx if dstate is None else dstate, dw, dbias,
             dim, length, n_tiles,
             *x.stride(), *weight.stride(), *state_strides, *dy.stride(),

@@ -9,6 +9,11 @@ The backward kernel computes the gradient of every extended position ``s`` in ``
 positions are the gradient of ``conv_state``), recomputing the pre-activation at the ``W``
 positions each ``s`` feeds, so nothing but the output gradient is read besides the inputs. Per-tile
 sums for the weight and bias gradients are written out and summed by the caller.
+
+Grid: axis 0 runs over ``(batch, tile of L)`` pairs, batch-major (it takes up to ``2**31 - 1`` programs;
+axes 1 and 2 only ``65535``: a 4K frame pair's interleaved scan is 16.7M steps, 130560 tiles of 128), axis
+1 over tiles of channels. Offsets are int64: ``(batch, channels, L)`` maps of more than ``2**31`` elements
+are fine.
 """
 
 from __future__ import annotations
@@ -43,15 +48,16 @@ def _pre_activation(x_rows, state_rows, w_rows, bias, p, d_mask, L, sx_l, ss_w, 
 @triton.jit
 def causal_conv1d_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, state_ptr, y_ptr,
-    dim, L,
+    dim, L, n_tiles,
     sx_b, sx_d, sx_l, sw_d, sw_w, ss_b, ss_d, ss_w, sy_b, sy_d, sy_l,
     W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, SILU: tl.constexpr,
 ):  # fmt: skip
-    b = tl.program_id(0).to(tl.int64)
+    b = (tl.program_id(0) // n_tiles).to(tl.int64)
+    t = (tl.program_id(0) % n_tiles).to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    t = tl.program_id(2) * BLOCK_L + tl.arange(0, BLOCK_L)
     d_mask = d < dim
+    d = d.to(tl.int64)
     bias = tl.zeros((BLOCK_D,), tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
@@ -72,11 +78,12 @@ def causal_conv1d_bwd_kernel(
     W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, SILU: tl.constexpr,
 ):  # fmt: skip
-    b = tl.program_id(0).to(tl.int64)
-    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    tile = tl.program_id(2)
+    b = (tl.program_id(0) // n_tiles).to(tl.int64)
+    tile = (tl.program_id(0) % n_tiles).to(tl.int64)
     s = tile * BLOCK_L + tl.arange(0, BLOCK_L) - W  # extended positions [-W, L)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = d < dim
+    d = d.to(tl.int64)
     bias = tl.zeros((BLOCK_D,), tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)

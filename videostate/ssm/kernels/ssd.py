@@ -44,6 +44,32 @@ CONFIG = {
 }
 
 
+INT32_MAX = 2**31 - 1
+
+
+def check_offsets(**tensors: torch.Tensor | None) -> None:
+    """The kernels index within a batch element with int32 offsets (the batch offset is int64): each tensor's
+    batch element must span fewer than ``2**31`` elements, and so must the contiguous ``(L, heads, headdim)``
+    output and gradients, else a ValueError. (At a 4K frame pair's interleaved scan, 16.7M steps, Mamba-2's x,
+    B and C, strided views of the convolution's ``(channels, L)`` map, span at most 64 * 16.7M; the
+    convolution's kernels, which index the whole map, use int64 offsets.)"""
+    x = tensors.get("x")
+    if x is not None and x.shape[1:].numel() > INT32_MAX:
+        raise ValueError(
+            f"ssd_scan's kernels need L * heads * headdim < 2**31 per batch element; got x of shape "
+            f"{tuple(x.shape)} (split the sequence and carry the state)"
+        )
+    for name, t in tensors.items():
+        if t is None or not t.numel():
+            continue
+        span = sum((size - 1) * abs(stride) for size, stride in zip(t.shape[1:], t.stride()[1:], strict=True))
+        if span > INT32_MAX:
+            raise ValueError(
+                f"ssd_scan's kernels need each batch element of {name} to span fewer than 2**31 elements; got "
+                f"shape {tuple(t.shape)} with strides {t.stride()} (split the sequence and carry the state)"
+            )
+
+
 def _precision(x: torch.Tensor) -> str:
     """Float32 dots in full precision (the tensor cores' TF32 rounds to 10 bits of mantissa); half types use
     the tensor cores."""
@@ -260,6 +286,7 @@ def ssd_scan_triton(
         return ssd_scan_reference(
             x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states, return_final_states
         )
+    check_offsets(x=x, B=B, C=C, z=z, dt=dt)
     dot_dtype = x.dtype if x.dtype == B.dtype == C.dtype else torch.promote_types(x.dtype, B.dtype)
     dot_dtype = torch.promote_types(dot_dtype, C.dtype)
     # Contiguous: the gradient of dt is written with dt's strides.
