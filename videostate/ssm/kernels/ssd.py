@@ -286,11 +286,11 @@ def ssd_scan_triton(
         return ssd_scan_reference(
             x, dt, A, B, C, chunk_size, D, z, dt_bias, dt_softplus, dt_limit, initial_states, return_final_states
         )
-    check_offsets(x=x, B=B, C=C, z=z, dt=dt)
     dot_dtype = x.dtype if x.dtype == B.dtype == C.dtype else torch.promote_types(x.dtype, B.dtype)
     dot_dtype = torch.promote_types(dot_dtype, C.dtype)
     # Contiguous: the gradient of dt is written with dt's strides.
     dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit, torch.float32).contiguous()
+    check_offsets(x=x, B=B, C=C, z=z, dt=dt)  # dt as the kernels read it
     y, final = SSDScanFunction.apply(
         x.to(dot_dtype), dt, A, B.to(dot_dtype), C.to(dot_dtype), D, z, initial_states, kernel_chunk(chunk_size)
     )
