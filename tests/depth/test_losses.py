@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -196,3 +198,28 @@ def test_depth_to_disparity():
     disp, valid = depth_to_disparity(depth)
     torch.testing.assert_close(disp, torch.tensor([[0.5, 0.0], [2.0, 0.25]]))
     assert valid.tolist() == [[True, False], [True, True]]
+
+
+def test_output_anchor_loss_is_its_formula_and_ignores_shape():
+    from videostate.depth.losses import output_anchor_loss
+
+    g = torch.Generator().manual_seed(0)
+    ref = torch.randn(3, 5, 7, generator=g)
+    raw = torch.randn(3, 5, 7, generator=g) * 2 + 1
+    expected = []
+    for r, q in zip(raw, ref, strict=True):
+        tr, tq = r.flatten().median(), q.flatten().median()
+        sr, sq = (r - tr).abs().mean(), (q - tq).abs().mean()
+        expected.append(((tr - tq) / sq) ** 2 + torch.log(sr / sq) ** 2)
+    torch.testing.assert_close(output_anchor_loss(raw, ref), torch.stack(expected).mean())
+    # zero for any map with the reference's median and spread, whatever its shape (a permutation of it)
+    shuffled = ref.flatten(1)[:, torch.randperm(35, generator=g)].reshape(3, 5, 7).requires_grad_(True)
+    loss = output_anchor_loss(shuffled, ref)
+    loss.backward()
+    assert float(loss.detach()) < 1e-10 and float(shuffled.grad.abs().max()) < 1e-5
+    # a shift of one reference spread costs 1, a doubled spread log(2)^2
+    t, s = ref.flatten(1).median(1).values, None
+    s = (ref.flatten(1) - t[:, None]).abs().mean(1)
+    torch.testing.assert_close(output_anchor_loss(ref + s[:, None, None], ref), torch.tensor(1.0))
+    doubled = (ref - t[:, None, None]) * 2 + t[:, None, None]
+    torch.testing.assert_close(output_anchor_loss(doubled, ref), torch.tensor(math.log(2.0) ** 2))

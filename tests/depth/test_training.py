@@ -209,3 +209,47 @@ def test_runs_that_differ_in_use_temporal_share_the_random_teacher(monkeypatch):
     assert set(shared) < set(own) and any(k.startswith("temporal.") for k in set(own) - set(shared))
     for name, value in shared.items():
         assert torch.equal(own[name], value), name
+
+
+def test_param_groups_put_the_decoder_at_its_scale_and_the_temporal_modules_at_lr(teacher_dir):
+    from videostate.depth.training import depth_param_groups
+    from videostate.training import OptimConfig, build_optimizer
+
+    model = tiny_student(teacher_dir)
+    cfg = DepthModelConfig(teacher=str(teacher_dir), decoder_lr_scale=0.1)
+    optimizer = build_optimizer(OptimConfig(lr=1e-3, weight_decay=0.05), depth_param_groups(model, cfg, 0.05))
+    lr_of = {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert len(lr_of) == len(trainable)  # every trainable parameter once, the frozen teacher in none
+    for name, p in trainable.items():
+        lr = 1e-4 if name.startswith("decoder.") else 1e-3
+        decay = 0.05 if p.ndim > 1 and not name.endswith(".bias") else 0.0
+        assert lr_of[id(p)] == (pytest.approx(lr), decay), name
+    assert any(n.startswith("temporal.") for n in trainable) and any(n.startswith("decoder.") for n in trainable)
+
+
+def test_train_step_adds_the_anchor_to_the_teachers_head_output(rgbd_sequence, teacher_dir):
+    from videostate.depth.losses import output_anchor_loss
+
+    data_cfg = data_config(rgbd_sequence, chunk_size=4)
+    batch = collate_depth([DepthVideoDataset(data_cfg)[0]])
+    model = tiny_student(teacher_dir)
+    with torch.no_grad():  # move the student's head away from the teacher's so the anchor is not zero
+        model.decoder.head.conv3.bias.add_(0.3)
+        model.decoder.head.conv3.weight.mul_(1.5)
+    logs = {}
+    for weight in (0.0, 2.0):
+        cfg = DepthModelConfig(teacher=str(teacher_dir), tgm_weight=2.0, state_weight=0.5, anchor_weight=weight)
+        logs[weight] = make_train_step(cfg, data_cfg)(model, batch, lambda loss: None)
+    # the teacher's head output before its ReLU, computed by the teacher itself (a hook on its last convolution)
+    captured = []
+    hook = model.teacher.model.head.conv3.register_forward_hook(lambda m, i, o: captured.append(o))
+    frames = batch["clip"].flatten(0, 1)
+    model.teacher.predict_depth(frames)
+    hook.remove()
+    student = model(batch["clip"], output_temporal=True).head_output[:, :, 0].flatten(0, 1)
+    expected = output_anchor_loss(student, captured[0].reshape(student.shape))
+    assert float(expected) > 1e-3
+    assert logs[2.0]["anchor"].item() == pytest.approx(expected.item(), rel=1e-4)
+    assert logs[2.0]["loss"].item() == pytest.approx(logs[0.0]["loss"].item() + 2.0 * expected.item(), rel=1e-4)
+    assert logs[0.0]["anchor"] == 0.0

@@ -75,9 +75,14 @@ class DepthHead(nn.Module):
         self.depth_estimation_type = depth_estimation_type
         self.max_depth = max_depth
 
-    def forward(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, size: tuple[int, int], activate: bool = True) -> torch.Tensor:
+        """Depth, or with ``activate=False`` the head's output before the final activation (see :meth:`activate`)."""
         x = F.interpolate(self.conv1(x), size=size, mode="bilinear", align_corners=True)
         x = self.conv3(F.relu(self.conv2(x)))
+        return self.activate(x) if activate else x
+
+    def activate(self, x: torch.Tensor) -> torch.Tensor:
+        """The final activation: ``relu(x) * max_depth`` (relative) or ``sigmoid(x) * max_depth`` (metric)."""
         if self.depth_estimation_type == "relative":
             return F.relu(x) * self.max_depth
         return torch.sigmoid(x) * self.max_depth
@@ -112,16 +117,17 @@ class DPTDecoder(nn.Module):
         self.fusion_stage = FusionStage(fusion_hidden_size, len(in_channels))
         self.head = DepthHead(fusion_hidden_size, head_hidden_size, depth_estimation_type, max_depth)
 
-    def forward(self, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor], size: tuple[int, int], activate: bool = True) -> torch.Tensor:
         """``features``: fine-to-coarse maps ``(batch, C_i, H_i, W_i)``; ``size``: the network input size
-        ``(h, w)``. Returns depth ``(batch, 1, h, w)``."""
+        ``(h, w)``. Returns depth ``(batch, 1, h, w)``, or with ``activate=False`` the head's output before its
+        final activation (``head.activate`` of it is the depth)."""
         if len(features) != len(self.convs):
             raise ValueError(f"expected {len(self.convs)} feature maps; got {len(features)}")
         for i, (f, c) in enumerate(zip(features, self.in_channels, strict=True)):
             if f.dim() != 4 or f.shape[1] != c:
                 raise ValueError(f"feature {i} must have shape (batch, {c}, H, W); got {tuple(f.shape)}")
         fused = self.fusion_stage([conv(f) for conv, f in zip(self.convs, features, strict=True)])
-        return self.head(fused, size)
+        return self.head(fused, size, activate)
 
     def load_from_depth_anything(self, model: nn.Module) -> None:
         """Copy the neck convolutions, fusion stage and head of a ``DepthAnythingForDepthEstimation``

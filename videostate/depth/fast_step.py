@@ -32,6 +32,7 @@ from .teacher import check_rgb
 if TYPE_CHECKING:
     from .model import VideoMambaDepth
 
+
 class DepthFastStep:
     """``depth, states = fast(rgb_frame (B, 3, H, W), states)``: the values of ``model.step(rgb_frame, states)``.
 

@@ -182,3 +182,30 @@ def depth_to_disparity(depth: torch.Tensor, valid: torch.Tensor | None = None) -
     zero elsewhere: the space in which the relative-depth losses compare."""
     ok = depth > 0 if valid is None else valid & (depth > 0)
     return torch.where(ok, 1.0 / torch.where(ok, depth, torch.ones_like(depth)), torch.zeros_like(depth)), ok
+
+
+def median_and_spread(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per sample of ``x (batch, ...)``: the median ``t`` and the mean absolute deviation from it ``s``
+    (MiDaS's normalisation statistics), each ``(batch,)``."""
+    flat = x.flatten(1)
+    median = flat.median(dim=1).values
+    return median, (flat - median[:, None]).abs().mean(dim=1)
+
+
+def output_anchor_loss(raw: torch.Tensor, reference: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Pins each map's free scale and shift to a reference's: ``raw, reference (batch, ...)`` (e.g. the student's
+    and the teacher's depth-head output before the final activation),
+
+        mean over maps of  ((t(raw) - t(ref)) / s(ref))^2 + log(s(raw) / s(ref))^2
+
+    with ``t, s`` from :func:`median_and_spread`. The scale-and-shift-invariant losses leave both free; this term
+    is zero (with zero gradient) when they match the reference's, whatever the map's shape.
+    """
+    if raw.shape != reference.shape or raw.dim() < 2:
+        raise ValueError(
+            f"raw and reference must have one shape (batch, ...); got {tuple(raw.shape)} and {tuple(reference.shape)}"
+        )
+    t_raw, s_raw = median_and_spread(raw)
+    t_ref, s_ref = median_and_spread(reference.detach())
+    s_ref = s_ref.clamp_min(eps)
+    return (((t_raw - t_ref) / s_ref) ** 2 + torch.log(s_raw.clamp_min(eps) / s_ref) ** 2).mean()

@@ -163,11 +163,16 @@ class VideoMambaDepthState(StreamState):
 
 class VideoMambaDepthOutput(NamedTuple):
     """``depth (B, N, 1, H, W)``; ``temporal``: per scale the temporal residual added to the teacher
-    features, ``(B, N, C_i, h_i, w_i)`` (the per-frame read-out of the carried state); ``states``."""
+    features, ``(B, N, C_i, h_i, w_i)`` (the per-frame read-out of the carried state); ``states``;
+    ``head_output (B, N, 1, h, w)``: the decoder head's output before its final activation, at the network's
+    resolution (``depth`` is its activation resized to the input); ``features``: the teacher's maps per scale,
+    ``(B, N, C_i, h_i, w_i)``, before the temporal residuals."""
 
     depth: torch.Tensor
     temporal: list[torch.Tensor]
     states: VideoMambaDepthState
+    head_output: torch.Tensor
+    features: list[torch.Tensor]
 
 
 class VideoMambaDepth(nn.Module):
@@ -300,10 +305,16 @@ class VideoMambaDepth(nn.Module):
 
     def decode(self, feats: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
         """Per-frame DPT decoding of ``(B, N, C_i, h_i, w_i)`` maps -> ``depth (B, N, 1, H, W)`` at ``image_size``."""
+        return self._decode(feats, image_size)[0]
+
+    def _decode(self, feats: list[torch.Tensor], image_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`decode` and the head's output before its final activation, ``(B, N, 1, h, w)``."""
         batch = feats[0].shape[0]
         flat = [rearrange(f, "b n c h w -> (b n) c h w") for f in feats]
-        depth = self.decoder(flat, self.teacher.network_size(*image_size))
-        return rearrange(resize_depth(depth, image_size), "(b n) 1 h w -> b n 1 h w", b=batch)
+        raw = self.decoder(flat, self.teacher.network_size(*image_size), activate=False)
+        depth = resize_depth(self.decoder.head.activate(raw), image_size)
+        depth, raw = (rearrange(x, "(b n) 1 h w -> b n 1 h w", b=batch) for x in (depth, raw))
+        return depth, raw
 
     def run(self, rgb_clip: torch.Tensor, states: VideoMambaDepthState | None = None) -> VideoMambaDepthOutput:
         """The clip ``rgb_clip (B, N, 3, H, W)`` in [0, 1] from ``states`` (fresh streams when ``None``):
@@ -320,8 +331,8 @@ class VideoMambaDepth(nn.Module):
             self._check_states(states, rgb_clip.shape[0])
         feats = self.encode(rgb_clip)
         residuals, next_states = self.temporal_mix(feats, states)
-        depth = self.decode([f + r for f, r in zip(feats, residuals, strict=True)], tuple(rgb_clip.shape[-2:]))
-        return VideoMambaDepthOutput(depth, residuals, next_states)
+        depth, raw = self._decode([f + r for f, r in zip(feats, residuals, strict=True)], tuple(rgb_clip.shape[-2:]))
+        return VideoMambaDepthOutput(depth, residuals, next_states, raw, feats)
 
     def forward(
         self, rgb_clip: torch.Tensor, states: VideoMambaDepthState | None = None, *, output_temporal: bool = False

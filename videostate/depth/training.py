@@ -14,13 +14,20 @@ import dataclasses
 import random
 
 import torch
+from einops import rearrange
 from torch import nn
 
-from videostate.training import truncated_bptt
+from videostate.training import param_groups, truncated_bptt
 from videostate.training.recipe import Task, TaskSetup
 
 from .data import DepthDataConfig, DepthVideoDataset, collate_depth
-from .losses import depth_to_disparity, midas_se_loss, state_smooth_loss, temporal_gradient_loss
+from .losses import (
+    depth_to_disparity,
+    midas_se_loss,
+    output_anchor_loss,
+    state_smooth_loss,
+    temporal_gradient_loss,
+)
 from .model import VideoMambaDepth, VideoMambaDepthConfig, VideoMambaDepthOutput
 from .teacher import DepthAnythingTeacher, depth_anything_v2_config
 from .visualize import depth_images
@@ -42,6 +49,13 @@ class DepthModelConfig:
         se_weight, tgm_weight, state_weight: the loss weights alpha, beta, gamma.
         gradient_weight: weight of the multi-scale gradient term inside the SE loss.
         tgm_threshold: temporal gradient matching ignores target changes above this fraction of the range.
+        decoder_lr_scale: the decoder's learning rate (neck and head, initialised from the teacher's) as a fraction
+            of ``optim.lr``; the new temporal modules train at ``optim.lr`` (see :func:`depth_param_groups`). As in
+            Depth Anything's fine-tuning, the parts that start from the teacher move slower than the new ones.
+        anchor_weight: weight of :func:`~videostate.depth.losses.output_anchor_loss`, which pins the median and
+            spread of the decoder head's output before its final ReLU to the teacher's on the same frames. The SE
+            and TGM losses leave that scale and shift free, but the ReLU is not shift invariant: a free drift of the
+            shift clips pixels to zero, and clipped pixels get no gradient to come back (0 turns the term off).
     """
 
     teacher: str = ""
@@ -55,6 +69,8 @@ class DepthModelConfig:
     state_weight: float = 0.1
     gradient_weight: float = 0.5
     tgm_threshold: float = 0.05
+    decoder_lr_scale: float = 1.0
+    anchor_weight: float = 0.0
 
     def __post_init__(self):
         given = [n for n in ("teacher", "teacher_architecture", "init_from") if getattr(self, n)]
@@ -62,7 +78,9 @@ class DepthModelConfig:
             raise ValueError(
                 f"give exactly one of model.teacher, model.teacher_architecture, model.init_from; got {given}"
             )
-        for name in ("se_weight", "tgm_weight", "state_weight", "gradient_weight"):
+        if self.decoder_lr_scale <= 0:
+            raise ValueError(f"model.decoder_lr_scale must be > 0; got {self.decoder_lr_scale}")
+        for name in ("se_weight", "tgm_weight", "state_weight", "gradient_weight", "anchor_weight"):
             if getattr(self, name) < 0:
                 raise ValueError(f"model.{name} must be >= 0; got {getattr(self, name)}")
 
@@ -120,6 +138,45 @@ def distillation_targets(model: VideoMambaDepth, batch: dict) -> tuple[torch.Ten
     return teacher[:, :, 0], torch.ones_like(teacher[:, :, 0], dtype=torch.bool)
 
 
+def depth_param_groups(model: nn.Module, model_cfg: DepthModelConfig, weight_decay: float) -> list[dict]:
+    """AdamW groups for :class:`~videostate.training.Trainer` (its ``groups``): the shared
+    :func:`~videostate.training.param_groups` (no weight decay on 1-D parameters), each split into the decoder's
+    parameters, at ``lr_scale = model_cfg.decoder_lr_scale``, and the rest (the temporal modules), at 1."""
+    groups = []
+    for group in param_groups(unwrap(model), weight_decay):
+        for in_decoder, scale in ((True, model_cfg.decoder_lr_scale), (False, 1.0)):
+            pairs = [
+                (n, p)
+                for n, p in zip(group["names"], group["params"], strict=True)
+                if n.startswith("decoder.") == in_decoder
+            ]
+            if pairs:
+                groups.append(
+                    dict(
+                        group,
+                        names=[n for n, _ in pairs],
+                        params=[p for _, p in pairs],
+                        lr_scale=group["lr_scale"] * scale,
+                    )
+                )
+    return groups
+
+
+def reference_head_output(model: nn.Module, features: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    """The teacher's depth-head output before its final activation, ``(B, N, 1, *size)``, from its maps
+    ``features`` (``VideoMambaDepthOutput.features``) at the network input size ``size``: a frozen copy of the
+    teacher's decoder, made on first use and kept beside the model (not in its weights)."""
+    m = unwrap(model)
+    reference = m.__dict__.get("_reference_decoder")
+    if reference is None:
+        reference = m.teacher.build_decoder().requires_grad_(False).eval()
+        m.__dict__["_reference_decoder"] = reference  # not a submodule: outside state_dict, DDP and the optimizer
+    batch = features[0].shape[0]
+    with torch.no_grad():
+        raw = reference([rearrange(f, "b n c h w -> (b n) c h w") for f in features], size, activate=False)
+    return rearrange(raw, "(b n) 1 h w -> b n 1 h w", b=batch)
+
+
 def make_train_step(model_cfg: DepthModelConfig, data_cfg: DepthDataConfig, seed: int = 0):
     """``train_step(model, batch, backward) -> logs`` for the shared trainer.
 
@@ -136,7 +193,7 @@ def make_train_step(model_cfg: DepthModelConfig, data_cfg: DepthDataConfig, seed
         static = batch.get("static")
         if single:
             clip, target, mask, static = clip[:, :1], target[:, :1], mask[:, :1], None
-        parts = {"se": 0.0, "tgm": 0.0, "state": 0.0}
+        parts = {"se": 0.0, "tgm": 0.0, "state": 0.0, "anchor": 0.0}
         frames = clip.shape[1]
         last: dict = {}
 
@@ -160,6 +217,13 @@ def make_train_step(model_cfg: DepthModelConfig, data_cfg: DepthDataConfig, seed
                     state = state_smooth_loss([r.float() for r in out.temporal], chunk_static)
                     loss = loss + model_cfg.state_weight * state
                     parts["state"] += state.detach() * weight
+            if model_cfg.anchor_weight:
+                raw = out.head_output.float().flatten(0, 1)
+                anchor = output_anchor_loss(
+                    raw, reference_head_output(model, out.features, out.head_output.shape[-2:]).float().flatten(0, 1)
+                )
+                loss = loss + model_cfg.anchor_weight * anchor
+                parts["anchor"] += anchor.detach() * weight
             last["depth"] = out.depth[0, -1, 0]
             last["target"] = t[0, -1]
             return loss
