@@ -44,7 +44,6 @@ from videostate.data.video import VideoReader, frame_files
 from videostate.depth import VideoMambaDepth
 from videostate.depth.data import read_depth_png
 from videostate.depth.evaluation import evaluate_sequence, load_trajectory_log, plot_curves, predict_sequence
-from videostate.depth.training import depth_param_groups
 from videostate.training import Trainer, latest_checkpoint
 from videostate.training.cli import add_overrides_argument
 from videostate.training.recipe import get_task, load_recipe, recipe_to_dict
@@ -105,7 +104,7 @@ def train_one(name: str, overrides: list[str], args, work: Path) -> tuple[dict, 
     record: list[dict] = []
     start = [time.perf_counter()]
     train_step = recorded(setup.train_step, record, start, args.print_first, recipe.trainer.log_every)
-    groups = depth_param_groups(setup.model, recipe.model, recipe.optim.weight_decay)
+    groups = setup.param_groups(recipe.optim)
     trainer = Trainer(
         setup.model,
         train_step,

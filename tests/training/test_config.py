@@ -113,3 +113,29 @@ def test_task_from_a_python_file(tmp_path):
     source.write_text("from tests.training.tiny_task import TASK as MINE\n")
     recipe = load_recipe({"task": f"{source}:MINE", "model": {"seed": 4}})
     assert recipe.model.seed == 4
+
+
+def test_train_builds_the_optimizer_from_the_tasks_groups(tmp_path, monkeypatch):
+    import videostate.training.recipe as recipe_module
+
+    seen = []
+
+    class Recording(recipe_module.Trainer):
+        def fit(self, steps=None):
+            seen.append(
+                [(group["lr"], group["weight_decay"], len(group["params"])) for group in self.optimizer.param_groups]
+            )
+            return self.model
+
+    monkeypatch.setattr(recipe_module, "Trainer", Recording)
+    recipe = load_recipe(
+        {
+            "task": "tests.training.tiny_task:GROUPED_TASK",
+            "trainer": {"max_steps": 1, "device": "cpu", "output_dir": str(tmp_path), "progress": False},
+            "optim": {"lr": 1e-3, "weight_decay": 0.05},
+        }
+    )
+    recipe_module.train(recipe)
+    (groups,) = seen
+    assert groups[0][:2] == (0.25e-3, 0.05) and groups[0][2] == 1
+    assert groups[1][:2] == (1e-3, 0.0)

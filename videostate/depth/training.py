@@ -239,7 +239,13 @@ def make_train_step(model_cfg: DepthModelConfig, data_cfg: DepthDataConfig, seed
 
 def build(model_cfg: DepthModelConfig, data_cfg: DepthDataConfig) -> TaskSetup:
     model = build_model(model_cfg)
-    return TaskSetup(model, DepthVideoDataset(data_cfg), make_train_step(model_cfg, data_cfg), collate_fn=collate_depth)
+    return TaskSetup(
+        model,
+        DepthVideoDataset(data_cfg),
+        make_train_step(model_cfg, data_cfg),
+        collate_fn=collate_depth,
+        param_groups=lambda optim: depth_param_groups(model, model_cfg, optim.weight_decay),
+    )
 
 
 TASK = Task("depth", DepthModelConfig, DepthDataConfig, build)

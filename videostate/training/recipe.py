@@ -38,6 +38,7 @@ class TaskSetup:
     dataset: Dataset
     train_step: TrainStep
     collate_fn: Callable | None = None
+    param_groups: Callable[[OptimConfig], list[dict]] | None = None  # the optimizer's groups (default: the trainer's)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,7 +142,14 @@ def recipe_to_dict(recipe: Recipe) -> dict:
 def train(recipe: Recipe, steps: int | None = None) -> nn.Module:
     """Build the recipe's task and train it (see :meth:`Trainer.fit` for ``steps``)."""
     setup = get_task(recipe.task).build(recipe.model, recipe.data)
+    groups = None if setup.param_groups is None else setup.param_groups(recipe.optim)
     trainer = Trainer(
-        setup.model, setup.train_step, setup.dataset, recipe.trainer, recipe.optim, collate_fn=setup.collate_fn
+        setup.model,
+        setup.train_step,
+        setup.dataset,
+        recipe.trainer,
+        recipe.optim,
+        collate_fn=setup.collate_fn,
+        groups=groups,
     )
     return trainer.fit(steps)
