@@ -32,14 +32,17 @@ each entry's norm for the cosine. Memory is bounded: ``L_w + L_e`` frames per vi
 
 :meth:`DualMemoryModule.forward_video` does at once, before its frame loop, everything that depends only on
 the input frames: the query projections of both attentions, the working memory's key/value projections and
-all its reads (frame ``t`` reads the ``L_w`` frames before it: sliding windows over the chunk, a few
-attention calls for all frames), and the working half of the gate's first layer. The loop keeps what needs
-the previous frame's output: the episodic read, the gate, the episodic key/value projection and the episodic
-write. Without autograd (grad disabled, or nothing requires it) the episodic memory is written in place, one
-slot per frame (into a copy of a state passed in, which is never changed); under autograd each write is an
-out-of-place ``index_put`` of that slot (one copy of the bank). The cosine similarity of lines 15-24 runs
-only on frames where a video's episodic memory can be full, which the entry counts tell on the host, as one
-matrix product with the bank. The frame loop never reads the device.
+all its reads (frame ``t`` reads the ``L_w`` frames before it: overlapping windows of the chunk's timeline,
+read in place, one attention call per video), and the working half of the gate's first layer. The loop keeps
+what needs the previous frame's output: the episodic read, the gate, the episodic key/value projection and
+the episodic write. Without autograd (grad disabled, or nothing requires it) the episodic memory is written
+in place, one slot per frame (into a copy of a state passed in, which is never changed), and while no write
+deletes an entry the episodic reads go in runs of :data:`RUN_FRAMES` frames: one attention call reads the
+entries stored before the run for all its frames, and each frame adds its read of the entries written since
+(the two merged by their log-sum-exps, :mod:`.partial_attention`); under autograd each frame reads the whole
+bank in one call and each write is an out-of-place ``index_put`` of that slot (one copy of the bank). The
+cosine similarity of lines 15-24 runs only on frames where a video's episodic memory can be full, which the
+entry counts tell on the host, as one matrix product with the bank. The frame loop never reads the device.
 
 Memory ablations (``memory_mode``, the "only working memory" / "only episodic memory" studies of VLM²):
 
@@ -289,6 +292,13 @@ class EpisodicRun:
     stored: int
     out: torch.Tensor
     lse: torch.Tensor
+
+
+def entry_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """Projected memory entries ``(batch, entries, tokens, heads · head_dim)`` as attention keys or values over
+    every token of every entry: ``(batch, heads, entries · tokens, head_dim)``, a view where the entries are
+    contiguous."""
+    return rearrange(x, "b l n (h e) -> b h (l n) e", h=heads)
 
 
 class WorkingMemory:
@@ -560,8 +570,7 @@ class DualMemoryModule(nn.Module):
         """
         heads = attention.num_heads
         q = rearrange(query, "b n (h e) -> b h n e", h=heads)
-        k = rearrange(keys, "b l n (h e) -> b h (l n) e", h=heads)
-        v = rearrange(values, "b l n (h e) -> b h (l n) e", h=heads)
+        k, v = entry_heads(keys, heads), entry_heads(values, heads)
         dropout = attention.dropout if self.training else 0.0
         if valid is None:
             out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
@@ -925,8 +934,8 @@ class DualMemoryModule(nn.Module):
         heads = self.episodic_attention.num_heads
         out, lse = attention_with_lse(
             rearrange(query[first:last], "f b n (h e) -> b h (f n) e", h=heads),
-            rearrange(fields["keys"][:, :used], "b l n (h e) -> b h (l n) e", h=heads),
-            rearrange(fields["values"][:, :used], "b l n (h e) -> b h (l n) e", h=heads),
+            entry_heads(fields["keys"][:, :used], heads),
+            entry_heads(fields["values"][:, :used], heads),
         )
         return EpisodicRun(first=first, stored=used, out=out, lse=lse)
 
@@ -940,8 +949,8 @@ class DualMemoryModule(nn.Module):
             since = slice(run.stored, run.stored + i - run.first)
             recent = attention_with_lse(
                 rearrange(query, "b n (h e) -> b h n e", h=heads),
-                rearrange(fields["keys"][:, since], "b l n (h e) -> b h (l n) e", h=heads),
-                rearrange(fields["values"][:, since], "b l n (h e) -> b h (l n) e", h=heads),
+                entry_heads(fields["keys"][:, since], heads),
+                entry_heads(fields["values"][:, since], heads),
             )
             out = merge_attention((out, lse), recent)
         return self.episodic_attention.out_proj(rearrange(out, "b h n e -> b n (h e)"))
