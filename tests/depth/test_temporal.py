@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from videostate.depth import MambaBlock, SpatialPreMix, TemporalMambaScale, temporal_detokenize, temporal_tokenize
 from videostate.depth.model import TemporalReadout
-from videostate.depth.temporal import temporal_position_encoding
+from videostate.depth.temporal import LayerNorm, temporal_position_encoding, tokenize_with_position
 
 
 def test_tokenize_layout_and_inverse():
@@ -130,3 +130,47 @@ def test_temporal_readout_moves_at_the_learning_rate_whatever_the_width(channels
     with torch.no_grad():
         change = readout(y).abs().max() / y.abs().mean()
     assert 0.5 * lr < change < 2.5 * lr, change
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_tokenize_with_position_is_tokenize_of_the_sum(batch):
+    feat = torch.randn(batch, 3, 4, 5, 6)
+    pe = torch.randn(1, 3, 4)
+    expected = temporal_tokenize(feat + pe[..., None, None])
+    with torch.no_grad():
+        tokens = tokenize_with_position(feat, pe)
+    assert tokens.is_contiguous()
+    assert torch.equal(tokens, expected)
+    feat.requires_grad_(True)
+    tokens = tokenize_with_position(feat, pe)
+    assert torch.equal(tokens, expected) and tokens.requires_grad
+    with pytest.raises(ValueError, match=r"pe \(B or 1, N, C\)"):
+        tokenize_with_position(feat, torch.randn(1, 3, 5))
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_readout_frames_is_the_detokenized_readout(batch):
+    torch.manual_seed(0)
+    readout = TemporalReadout(6).double()
+    with torch.no_grad():
+        readout.weight.normal_()
+        readout.bias.normal_()
+    y = torch.randn(batch * 4 * 5, 3, 6, dtype=torch.float64)
+    frames = readout.frames(y, 4, 5, batch)
+    assert frames.is_contiguous()
+    torch.testing.assert_close(frames, temporal_detokenize(readout(y), 4, 5, batch), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=f"B\\*H\\*W={(batch + 1) * 20}"):
+        readout.frames(y, 4, 5, batch + 1)
+
+
+def test_layer_norm_add_and_norm_is_the_sum_and_its_norm():
+    torch.manual_seed(0)
+    norm = LayerNorm(6)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    x, r = torch.randn(4, 3, 6), torch.randn(4, 3, 6)
+    with torch.no_grad():
+        s, n = norm.add_and_norm(x, r)
+    torch.testing.assert_close(s, x + r)
+    torch.testing.assert_close(n, F.layer_norm(x + r, (6,), norm.weight, norm.bias))

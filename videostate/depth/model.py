@@ -32,9 +32,8 @@ from .temporal import (
     SpatialPreMix,
     TemporalMambaScale,
     TemporalScaleState,
-    temporal_detokenize,
     temporal_position_encoding,
-    temporal_tokenize,
+    tokenize_with_position,
 )
 
 if TYPE_CHECKING:
@@ -64,6 +63,23 @@ class TemporalReadout(nn.Linear):
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return F.linear(y, self.weight * self.multiplier, self.bias)
+
+    def frames(self, y: torch.Tensor, H: int, W: int, B: int) -> torch.Tensor:
+        """``temporal_detokenize(self(y), H, W, B)`` as a contiguous ``(B, N, C, H, W)`` tensor: ``y ((B*H*W), N, C)``.
+
+        Per stream one batched matrix product over the frames, ``W y_n^T / C + b`` with ``y_n^T (C, H*W)`` read
+        in place, writes the frames' maps directly (no layout change after the product)."""
+        if y.dim() != 3 or y.shape[0] != B * H * W or y.shape[2] != self.in_features:
+            raise ValueError(
+                f"y must have shape (B*H*W, N, C) with B*H*W={B * H * W}, C={self.in_features}; got {tuple(y.shape)}"
+            )
+        tokens = rearrange(y, "(b p) n c -> b n c p", b=B)
+        frames, channels, positions = tokens.shape[1:]
+        weight = (self.weight * self.multiplier).expand(frames, channels, channels)
+        bias = self.bias[:, None].expand(frames, channels, positions)
+        out = [torch.baddbmm(bias, weight, t) for t in tokens.unbind(0)]
+        out = out[0][None] if B == 1 else torch.stack(out)
+        return rearrange(out, "b n c (h w) -> b n c h w", h=H, w=W)
 
 
 @dataclasses.dataclass
@@ -294,13 +310,13 @@ class VideoMambaDepth(nn.Module):
             h, w = f.shape[-2:]
             z = rearrange(self.premix[i](rearrange(f, "b n c h w -> (b n) c h w")), "(b n) c h w -> b n c h w", b=batch)
             pe = temporal_position_encoding(positions, f.shape[2], self.config.max_period).to(z)
-            tokens = temporal_tokenize(z + pe[..., None, None])
+            tokens = tokenize_with_position(z, pe)
             if carry:
                 y, scale_state = self.temporal[i](tokens, self._scale_state(states, i, batch, h * w, tokens))
                 new_scales.append(ScaleStreamState.from_tokens(scale_state, batch))
             else:
                 y = self.temporal[i].offline(tokens)
-            residuals.append(temporal_detokenize(self.temporal_out[i](y), h, w, batch))
+            residuals.append(self.temporal_out[i].frames(y, h, w, batch))
         return residuals, VideoMambaDepthState(states.frame_index + frames, new_scales) if carry else None
 
     def decode(self, feats: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
@@ -359,9 +375,9 @@ class VideoMambaDepth(nn.Module):
             h, w = f.shape[-2:]
             z = self.premix[i](f)
             pe = temporal_position_encoding(states.frame_index, f.shape[1], self.config.max_period).to(z)
-            tokens = rearrange(z + pe[..., None, None], "b c h w -> (b h w) c")
+            tokens = tokenize_with_position(z[:, None], pe[:, None])[:, 0]
             y, scale_state = self.temporal[i].step(tokens, self._scale_state(states, i, batch, h * w, tokens))
-            mixed.append(f + rearrange(self.temporal_out[i](y), "(b h w) c -> b c h w", b=batch, h=h, w=w))
+            mixed.append(f + self.temporal_out[i].frames(y[:, None], h, w, batch)[:, 0])
             new_scales.append(ScaleStreamState.from_tokens(scale_state, batch))
         depth = self.decode([f[:, None] for f in mixed], image_size)[:, 0]
         return depth, VideoMambaDepthState(states.frame_index + 1, new_scales)

@@ -3,6 +3,11 @@
 Each feature map ``(batch, frames, C, H, W)`` becomes ``batch*H*W`` independent sequences of ``frames``
 tokens (``temporal_tokenize``), as Video Depth Anything's temporal attention does; a causal Mamba scans
 each one, so a stream can be continued chunk by chunk or frame by frame from the carried state.
+
+For inference the maps are large (DA2-S at 518x518: 700k sequences of 48 channels on the finest scale), so
+the blocks are written to pass over them as few times as they can: the position encoding is added while the
+map is written in token layout (:func:`tokenize_with_position`), each residual add is fused with the
+LayerNorm after it (:meth:`LayerNorm.add_and_norm`), and the LayerNorms run as one Triton pass on CUDA.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from videostate.interpolation import norm
 from videostate.ssm import Mamba, MambaState, StreamState
 
 
@@ -29,6 +35,24 @@ def temporal_detokenize(tokens: torch.Tensor, H: int, W: int, B: int) -> torch.T
     if tokens.dim() != 3 or tokens.shape[0] != B * H * W:
         raise ValueError(f"tokens must have shape (B*H*W, N, C) with B*H*W={B * H * W}; got {tuple(tokens.shape)}")
     return rearrange(tokens, "(b h w) n c -> b n c h w", b=B, h=H, w=W)
+
+
+def tokenize_with_position(feat: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
+    """``temporal_tokenize(feat + pe[..., None, None])`` as a contiguous ``((B*H*W), N, C)`` tensor:
+    ``feat (B, N, C, H, W)``, ``pe (B or 1, N, C)``.
+
+    Without gradients the sum is written straight in token layout, one pass over the map (the add and the
+    layout change that the first LayerNorm would otherwise make are the same pass)."""
+    if feat.dim() != 5 or pe.dim() != 3 or pe.shape[1:] != feat.shape[1:3]:
+        raise ValueError(
+            f"feat must have shape (B, N, C, H, W) and pe (B or 1, N, C); got {tuple(feat.shape)}, {tuple(pe.shape)}"
+        )
+    if torch.is_grad_enabled() and (feat.requires_grad or pe.requires_grad):
+        return temporal_tokenize(feat + pe[..., None, None]).contiguous()
+    b, n, c, h, w = feat.shape
+    tokens = feat.new_empty(b, h, w, n, c)
+    torch.add(rearrange(feat, "b n c h w -> b h w n c"), pe[:, None, None].to(feat.dtype), out=tokens)
+    return rearrange(tokens, "b h w n c -> (b h w) n c")
 
 
 class SpatialPreMix(nn.Module):
@@ -64,6 +88,33 @@ def temporal_position_encoding(positions: torch.Tensor, channels: int, max_perio
     return pe
 
 
+class LayerNorm(norm.LayerNorm):
+    """``nn.LayerNorm(C)`` over the last dimension, one Triton pass for inference on CUDA.
+
+    :class:`videostate.interpolation.norm.LayerNorm` takes the one-pass kernel for inference under autocast;
+    this one also for inference without autocast (a model cast to bfloat16, as the benchmarks and the command
+    line run it), in the input's dtype. PyTorch's kernel runs a thread block per row, slow for the depth
+    model's hundreds of thousands of short rows. ``VIDEOSTATE_DISABLE_FUSED=1`` or gradients give
+    ``nn.LayerNorm``.
+    """
+
+    @staticmethod
+    def _plain_inference(x: torch.Tensor, *others: torch.Tensor) -> bool:
+        autocast = torch.is_autocast_enabled(x.device.type)
+        return not torch.is_grad_enabled() and not autocast and norm._use_kernel(x, *others)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._plain_inference(x):
+            return norm._kernels().layer_norm_triton(x, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+    def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(s, norm(s))`` with ``s = x + residual``; one pass for inference on CUDA."""
+        if x.shape == residual.shape and self._plain_inference(x, residual):
+            return norm._kernels().add_layer_norm_triton(x, residual, self.weight, self.bias, self.eps)
+        return super().add_and_norm(x, residual)
+
+
 class MambaBlock(nn.Module):
     """``x + Mamba(LayerNorm(x))`` then ``x + FFN(LayerNorm(x))`` with ``FFN = Linear-SiLU-Linear``.
 
@@ -80,9 +131,9 @@ class MambaBlock(nn.Module):
         use_fast_path: bool = True,
     ):
         super().__init__()
-        self.norm1 = nn.LayerNorm(C)
+        self.norm1 = LayerNorm(C)
         self.mamba = Mamba(C, d_state=d_state, d_conv=d_conv, expand=expand, use_fast_path=use_fast_path)
-        self.norm2 = nn.LayerNorm(C)
+        self.norm2 = LayerNorm(C)
         hidden = max(1, round(ffn_ratio * C))
         self.ffn = nn.Sequential(nn.Linear(C, hidden), nn.SiLU(), nn.Linear(hidden, C))
 
@@ -91,20 +142,33 @@ class MambaBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, state: MambaState | None = None):
         """``x (batch, L, C)`` -> ``(batch, L, C)``, plus the next state when ``state`` is given."""
-        if state is None:
-            x = x + self.mamba(self.norm1(x))
-            next_state = None
-        else:
-            mixed, next_state = self.mamba(self.norm1(x), state)
-            x = x + mixed
-        x = x + self.ffn(self.norm2(x))
+        x, update, next_state = self.residual_stream(x, None, state)
+        x = x + update
         return x if state is None else (x, next_state)
+
+    def residual_stream(
+        self, x: torch.Tensor, update: torch.Tensor | None, state: MambaState | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, MambaState | None]:
+        """The block on the input ``x + update`` (``update=None``: on ``x``), returning its output as
+        ``(x', update')`` with the last residual add, ``x' + update'``, left to the caller, and the next state
+        (``None`` without ``state``). A chain of blocks hands ``(x', update')`` on, so every residual add is
+        fused with the LayerNorm after it."""
+        if update is None:
+            h = self.norm1(x)
+        else:
+            x, h = self.norm1.add_and_norm(x, update)
+        if state is None:
+            mixed, next_state = self.mamba(h), None
+        else:
+            mixed, next_state = self.mamba(h, state)
+        x, h = self.norm2.add_and_norm(x, mixed)
+        return x, self.ffn(h), next_state
 
     def step(self, x: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         """One token ``(batch, C)`` -> ``(batch, C)`` and the next state."""
         mixed, next_state = self.mamba.step(self.norm1(x), state)
-        x = x + mixed
-        return x + self.ffn(self.norm2(x)), next_state
+        x, h = self.norm2.add_and_norm(x, mixed)
+        return x + self.ffn(h), next_state
 
 
 @dataclasses.dataclass
@@ -136,17 +200,18 @@ class TemporalMambaScale(nn.Module):
             state = self.init_state(z_seq.shape[0], device=z_seq.device, dtype=z_seq.dtype)
         if len(state.blocks) != len(self.blocks):
             raise ValueError(f"state must have {len(self.blocks)} block states; got {len(state.blocks)}")
-        new_blocks = []
+        new_blocks, update = [], None
         for block, block_state in zip(self.blocks, state.blocks, strict=True):
-            z_seq, block_state = block(z_seq, block_state)
+            z_seq, update, block_state = block.residual_stream(z_seq, update, block_state)
             new_blocks.append(block_state)
-        return z_seq, TemporalScaleState(new_blocks)
+        return z_seq + update, TemporalScaleState(new_blocks)
 
     def offline(self, z_seq: torch.Tensor) -> torch.Tensor:
         """``z_seq (tokens, N, C)`` -> ``y_seq``: :meth:`forward` from a zero state without forming the next state."""
+        update = None
         for block in self.blocks:
-            z_seq = block(z_seq)
-        return z_seq
+            z_seq, update, _ = block.residual_stream(z_seq, update)
+        return z_seq + update
 
     def step(self, z: torch.Tensor, state: TemporalScaleState) -> tuple[torch.Tensor, TemporalScaleState]:
         """One frame ``z (tokens, C)`` -> ``(tokens, C)`` and the next state."""
