@@ -136,12 +136,14 @@ def _alignment_oracle(module, geometry, camera):
     return torch.stack(outs)
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["autograd", "inference"])  # one view: a shortcut at inference
 @pytest.mark.parametrize("views", [1, 5])  # one camera token per frame (CUT3R), or one per patch
-def test_viewpoint_alignment_formula(views):
+def test_viewpoint_alignment_formula(views, grad):
     torch.manual_seed(0)
     module = ViewpointAwareAlignment(8, num_heads=2).double()
     geometry, camera = _rand(3, 5, 8), _rand(3, views, 8, seed=1)
-    out = module(geometry, camera)
+    with torch.set_grad_enabled(grad):
+        out = module(geometry, camera)
     assert out.shape == (3, 6, 8)
     torch.testing.assert_close(out, _alignment_oracle(module, geometry, camera))
 

@@ -147,8 +147,9 @@ class ViewpointAwareAlignment(nn.Module):
             )
         view = self.view_encoder(camera)
         keys = self.view_norm(view)
-        if keys.shape[1] == 1 and not (self.training and self.alignment_attention.dropout > 0):
-            # one view token: its softmax weight is 1 for every query, so the attention is its projected value
+        if keys.shape[1] == 1 and not torch.is_grad_enabled():
+            # inference with one view token: its softmax weight is 1 for every query, so the attention is its
+            # projected value (under autograd the full attention runs, so every parameter keeps its gradient)
             attended = self._single_key_attention(keys)
         else:
             attended, _ = self.alignment_attention(self.geometry_norm(geometry), keys, keys, need_weights=False)
