@@ -117,6 +117,19 @@ def test_gated_window_attention_calls_sdpa_with_fused_kernel_layout(monkeypatch,
     assert calls == expected
 
 
+@pytest.mark.parametrize(("gate", "qkv_bias"), [("headwise", True), ("elementwise", True), ("headwise", False)])
+def test_merged_qkv_and_gate_projection_equals_the_two_linear_layers(gate, qkv_bias):
+    """One matrix product with the stacked weights gives exactly qkv(x) and gate(x); the q, k, v views'
+    row stride is a multiple of 8 elements (aligned for the fused attention kernels)."""
+    torch.manual_seed(0)
+    attn = GatedWindowAttention(16, num_heads=2, window_size=4, gate=gate, qkv_bias=qkv_bias).double()
+    x = rand(2, 3, 16, 16, seed=2)
+    qkv, gate_logits = attn.project(x)
+    torch.testing.assert_close(qkv, attn.qkv(x), rtol=1e-14, atol=1e-14)
+    torch.testing.assert_close(gate_logits, attn.gate(x), rtol=1e-14, atol=1e-14)
+    assert qkv.stride(-2) % 8 == 0 and qkv.data_ptr() == gate_logits.data_ptr() - 48 * qkv.element_size()
+
+
 def test_gated_window_attention_errors():
     with pytest.raises(ValueError, match="num_heads=3 must divide dim=8"):
         GatedWindowAttention(8, 3, 4)

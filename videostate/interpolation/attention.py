@@ -4,7 +4,9 @@ Self-attention inside non-overlapping ``window x window`` windows (Swin), option
 a window with the usual mask so tokens attend only within their original region. The attention
 output is gated by ``sigmoid(gate(x))`` before the output projection (Qiu et al. 2025, "Gated
 Attention"): one gate per head (``"headwise"``) or per channel (``"elementwise"``), computed from
-the same normalised input as the queries.
+the same normalised input as the queries. The ``qkv`` and ``gate`` projections run as one matrix
+product (:meth:`GatedWindowAttention.project`): the gate's few output columns alone make a GEMM that costs
+as much as the whole ``qkv`` one.
 
 Attention runs through ``F.scaled_dot_product_attention`` on 4-D ``(batch * windows, heads, tokens,
 head_dim)`` views of the ``qkv`` projection, without a mask, so the fused flash kernel applies. With a
@@ -27,6 +29,7 @@ from einops import rearrange
 from torch import nn
 
 GateKind = Literal["headwise", "elementwise"]
+ROW_ALIGNMENT = 8  # elements: the merged projection's rows are padded to this, so q, k, v views stay aligned for SDPA
 
 
 def window_partition(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -136,9 +139,10 @@ class GatedWindowAttention(nn.Module):
         else:
             tokens = rearrange(x, "b h w c -> b (h w) c")[:, shifted.gather]
             windows = rearrange(tokens, "b (w n) c -> b w n c", n=ws * ws)
-        q, k, v = rearrange(self.qkv(windows), "b w n (three h d) -> three (b w) h n d", three=3, h=self.num_heads)
+        qkv, gate = self.project(windows)
+        q, k, v = rearrange(qkv, "b w n (three h d) -> three (b w) h n d", three=3, h=self.num_heads)
         out = rearrange(F.scaled_dot_product_attention(q, k, v), "(b w) h n d -> b w n h d", b=batch)
-        gate = torch.sigmoid(self.gate(windows))  # (B, nW, N, h or C)
+        gate = torch.sigmoid(gate)  # (B, nW, N, h or C)
         if self.gate_kind == "headwise":
             gate = rearrange(gate, "b w n h -> b w n h 1")
         else:
@@ -150,6 +154,17 @@ class GatedWindowAttention(nn.Module):
         if shifted is None:
             return window_reverse(out, ws, height, width)
         return rearrange(rearrange(out, "b w n c -> b (w n) c")[:, shifted.scatter], "b (h w) c -> b h w c", h=height)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(self.qkv(x), self.gate(x))`` from one matrix product with the two weights stacked (and zero rows
+        up to a multiple of :data:`ROW_ALIGNMENT`): views of one ``(..., 3C + gates + pad)`` output."""
+        dim, gates = 3 * self.dim, self.gate.out_features
+        pad = -(dim + gates) % ROW_ALIGNMENT
+        weight = torch.cat([self.qkv.weight, self.gate.weight, self.gate.weight.new_zeros(pad, self.dim)])
+        qkv_bias = self.qkv.bias if self.qkv.bias is not None else self.gate.bias.new_zeros(dim)
+        bias = torch.cat([qkv_bias, self.gate.bias, self.gate.bias.new_zeros(pad)])
+        out = F.linear(x, weight, bias)
+        return out[..., :dim], out[..., dim : dim + gates]
 
     @staticmethod
     def _attend_border_windows(q, k, v, shifted: ShiftedWindows, batch: int) -> torch.Tensor:
