@@ -1,7 +1,7 @@
 """RefineNet: a U-Net decoder from the backbone's three scales (plus warped context in phase 2) to a
 residual image and blend-mask logits.
 
-Each step's inputs are written straight into one channels-last map (:func:`concat_channels_last`), the
+Each step's inputs are written straight into one channels-last map (:func:`~.layers.concat_channels_last`), the
 layout its convolution runs in: ``torch.cat`` of maps in mixed layouts would write a channels-first map
 and the convolution copy it to channels-last again (at 1080p the head's 161-channel input is 0.7 GB in
 bfloat16). The head's input is padded with zero channels to a multiple of 8 (and its first convolution's
@@ -10,34 +10,12 @@ weight with zeros), so cuDNN's tensor-core convolution takes it as it is instead
 
 from __future__ import annotations
 
-import functools
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .layers import conv_prelu, deconv_prelu, timestep_map
+from .layers import aligned, aligned_conv, concat_channels_last, conv_prelu, deconv_prelu, timestep_map
 
-CHANNEL_ALIGNMENT = 8  # channels of a half-precision NHWC convolution's input that cuDNN takes unpadded
-
-
-def concat_channels_last(pieces: list[torch.Tensor], channels: int | None = None) -> torch.Tensor:
-    """``torch.cat(pieces, dim=1)`` of ``(B, C_i, H, W)`` maps as one channels-last map, dtype promoted as
-    ``torch.cat`` promotes; with ``channels`` above the sum, the extra channels are zero."""
-    total = sum(p.shape[1] for p in pieces)
-    channels = total if channels is None else channels
-    if channels < total:
-        raise ValueError(f"channels must be at least the pieces' {total}; got {channels}")
-    b, _, h, w = pieces[0].shape
-    dtype = functools.reduce(torch.promote_types, (p.dtype for p in pieces))
-    out = torch.empty(b, channels, h, w, device=pieces[0].device, dtype=dtype, memory_format=torch.channels_last)
-    start = 0
-    for piece in pieces:
-        out[:, start : start + piece.shape[1]] = piece
-        start += piece.shape[1]
-    if channels > total:
-        out[:, total:] = 0
-    return out
+__all__ = ["RefineNet", "concat_channels_last"]
 
 
 class RefineNet(nn.Module):
@@ -78,8 +56,6 @@ class RefineNet(nn.Module):
         x = self.up0(concat_channels_last(level(2)))
         x = self.up1(concat_channels_last([x, *level(1)]))
         (conv, prelu), last = self.head
-        channels = -(-conv.in_channels // CHANNEL_ALIGNMENT) * CHANNEL_ALIGNMENT
-        x = concat_channels_last([x, *level(0), timestep_map(timestep, feats[0])], channels)
-        weight = F.pad(conv.weight, (0, 0, 0, 0, 0, channels - conv.in_channels))  # zeros for the zero channels
-        out = last(prelu(F.conv2d(x, weight, conv.bias, conv.stride, conv.padding)))
+        x = concat_channels_last([x, *level(0), timestep_map(timestep, feats[0])], aligned(conv.in_channels))
+        out = last(prelu(aligned_conv(conv, x, pad_output=False)))
         return 2 * torch.sigmoid(out[:, :3]) - 1, out[:, 3:4]
