@@ -92,27 +92,20 @@ class LGSBlock(nn.Module):
 
     def mix(self, x: torch.Tensor) -> torch.Tensor:
         """The token-mixing sublayer (both branches, fusion, channel attention), without the residual."""
-        fused, weights = self.branches(x)
-        return fused * rearrange(weights, "b c -> b 1 1 c")
-
-    def branches(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(fused, weights)``: the branches fused, ``(B, H, W, C)``, and their channel-attention weights
-        ``(B, C)``, whose product is :meth:`mix`."""
         h = self.norm1(x)
         if self.fuse is None:
             fused = self.ss2d(h) if self.ss2d is not None else self.attn(h)
         else:  # the 1x1 convolution as a linear layer over the channels-last branches
             weight = rearrange(self.fuse.weight, "o i 1 1 -> o i")
             fused = F.linear(torch.cat([self.ss2d(h), self.attn(h)], dim=-1), weight, self.fuse.bias)
-        return fused, self.channel_attention.weights(rearrange(fused, "b h w c -> b c h w"))
+        return rearrange(self.channel_attention(rearrange(fused, "b h w c -> b c h w")), "b c h w -> b h w c")
 
     def feed_forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.norm2(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.residual_mix, PlainResidual) and isinstance(self.residual_mlp, PlainResidual):
-            # the channel weighting, the residual add and norm2 in one pass
-            x, h = self.norm2.add_and_norm(x, *self.branches(x))
+            x, h = self.norm2.add_and_norm(x, self.mix(x))  # the residual add and norm2 in one pass
             return x + self.mlp(h)
         return self.residual_mlp(self.residual_mix(x, self.mix), self.feed_forward)
 

@@ -28,13 +28,10 @@ class ECAB(nn.Module):
         self.kernel_size = eca_kernel_size(channels, gamma, b)
         self.conv = nn.Conv1d(1, 1, self.kernel_size, padding=self.kernel_size // 2, bias=False)
 
-    def weights(self, x: torch.Tensor) -> torch.Tensor:
-        """The channel weights ``(B, C)`` of ``x (B, C, H, W)``: ``forward(x) = x * weights[:, :, None, None]``."""
-        pooled = rearrange(x.mean(dim=(2, 3)), "b c -> b 1 c")
-        return rearrange(torch.sigmoid(self.conv(pooled)), "b 1 c -> b c")
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * rearrange(self.weights(x), "b c -> b c 1 1")
+        pooled = rearrange(x.mean(dim=(2, 3)), "b c -> b 1 c")
+        weights = torch.sigmoid(self.conv(pooled))
+        return x * rearrange(weights, "b 1 c -> b c 1 1")
 
 
 class ChannelAttention(nn.Module):
@@ -46,10 +43,6 @@ class ChannelAttention(nn.Module):
         self.down = nn.Conv2d(channels, hidden, 1)
         self.up = nn.Conv2d(hidden, channels, 1)
 
-    def weights(self, x: torch.Tensor) -> torch.Tensor:
-        """The channel weights ``(B, C)`` of ``x (B, C, H, W)``: ``forward(x) = x * weights[:, :, None, None]``."""
-        pooled = x.mean(dim=(2, 3), keepdim=True)
-        return rearrange(torch.sigmoid(self.up(torch.relu(self.down(pooled)))), "b c 1 1 -> b c")
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * rearrange(self.weights(x), "b c -> b c 1 1")
+        pooled = x.mean(dim=(2, 3), keepdim=True)
+        return x * torch.sigmoid(self.up(torch.relu(self.down(pooled))))

@@ -67,21 +67,11 @@ class LayerNorm(nn.LayerNorm):
             return _kernels().layer_norm_triton(x, self.weight, self.bias, self.eps, dtype)
         return self._reference(x, dtype)
 
-    def add_and_norm(
-        self, x: torch.Tensor, residual: torch.Tensor, scale: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(s, norm(s))`` with ``s = x + residual``, or ``x + residual * scale`` for a per batch element and
-        channel ``scale (B, C)`` of ``x, residual (B, ..., C)``; one kernel for inference under autocast on CUDA."""
-        if (
-            _inference_under_autocast(x)
-            and x.shape == residual.shape
-            and (scale is None or scale.dtype == residual.dtype)
-            and _use_kernel(x, residual)
-        ):
+    def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(s, norm(s))`` with ``s = x + residual``; one kernel for inference under autocast on CUDA."""
+        if _inference_under_autocast(x) and x.shape == residual.shape and _use_kernel(x, residual):
             dtype = torch.get_autocast_dtype(x.device.type)
-            return _kernels().add_layer_norm_triton(x, residual, self.weight, self.bias, self.eps, dtype, scale)
-        if scale is not None:
-            residual = residual * scale.view(scale.shape[0], *[1] * (residual.dim() - 2), scale.shape[1])
+            return _kernels().add_layer_norm_triton(x, residual, self.weight, self.bias, self.eps, dtype)
         summed = x + residual
         return summed, self(summed)
 

@@ -2,9 +2,7 @@
 
 ``layer_norm_triton(x, weight, bias, eps, out_dtype)`` is ``F.layer_norm(x, (C,), weight, bias, eps)``
 written in ``out_dtype``; ``add_layer_norm_triton(x, residual, ...)`` also returns ``s = x + residual``
-(in their promoted dtype, rounded as PyTorch's add rounds it) and normalises ``s``; with ``scale`` ``(B, C)``
-(of residual's dtype) the residual is first multiplied by it per batch element and channel, rounded to that
-dtype as PyTorch's multiply rounds it: ``s = x + residual * scale[:, None, ..., :]``. Forward only: there is
+(in their promoted dtype, rounded as PyTorch's add rounds it) and normalises ``s``. Forward only: there is
 no backward, so callers keep ``nn.LayerNorm`` where gradients are needed.
 
 A program normalises a ``(ROWS, BLOCK_C)`` tile of ``ROWS`` consecutive rows (``ROWS * BLOCK_C`` about
@@ -26,10 +24,10 @@ TILE_ELEMENTS = 4096  # elements per program (ROWS * BLOCK_C)
 
 @triton.jit
 def layer_norm_fwd_kernel(
-    x_ptr, res_ptr, scale_ptr, w_ptr, b_ptr, out_ptr, sum_ptr,
-    n_rows, rows_per_batch, eps,
+    x_ptr, res_ptr, w_ptr, b_ptr, out_ptr, sum_ptr,
+    n_rows, eps,
     C: tl.constexpr, BLOCK_C: tl.constexpr, ROWS: tl.constexpr,
-    HAS_RES: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_RES: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
     cols = tl.arange(0, BLOCK_C)
@@ -38,12 +36,9 @@ def layer_norm_fwd_kernel(
     offsets = rows[:, None] * C + cols[None, :]
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0)
     if HAS_RES:
-        res = tl.load(res_ptr + offsets, mask=mask, other=0.0)
-        if HAS_SCALE:
-            scale_offsets = (rows // rows_per_batch)[:, None] * C + cols[None, :]
-            scale = tl.load(scale_ptr + scale_offsets, mask=mask, other=0.0)
-            res = (res.to(tl.float32) * scale.to(tl.float32)).to(res_ptr.dtype.element_ty)
-        s = (x.to(tl.float32) + res.to(tl.float32)).to(sum_ptr.dtype.element_ty)
+        s = (x.to(tl.float32) + tl.load(res_ptr + offsets, mask=mask, other=0.0).to(tl.float32)).to(
+            sum_ptr.dtype.element_ty
+        )
         tl.store(sum_ptr + offsets, s, mask=mask)
         x = s
     x = x.to(tl.float32)
@@ -84,17 +79,16 @@ def _check(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | No
     return channels
 
 
-def _launch(x2, res2, weight, bias, out, summed, eps, scale=None, rows_per_batch=1):
+def _launch(x2, res2, weight, bias, out, summed, eps):
     n_rows, channels = x2.shape
     if n_rows == 0:
         return
     launch = launch_shape(n_rows, channels)
     layer_norm_fwd_kernel[launch["grid"]](
-        x2, x2 if res2 is None else res2, x2 if scale is None else scale,
-        x2 if weight is None else weight, x2 if bias is None else bias,
-        out, out if summed is None else summed, n_rows, rows_per_batch, eps,
-        **launch["meta"], HAS_RES=res2 is not None, HAS_SCALE=scale is not None,
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, num_warps=launch["num_warps"],
+        x2, x2 if res2 is None else res2, x2 if weight is None else weight, x2 if bias is None else bias,
+        out, out if summed is None else summed, n_rows, eps,
+        **launch["meta"], HAS_RES=res2 is not None, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None,
+        num_warps=launch["num_warps"],
     )  # fmt: skip
 
 
@@ -121,24 +115,14 @@ def add_layer_norm_triton(
     bias: torch.Tensor | None,
     eps: float,
     out_dtype: torch.dtype | None = None,
-    scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``s = x + residual`` (or ``x + residual * scale`` broadcast from ``(B, C)`` over the middle dimensions of
-    ``(B, ..., C)``) and ``F.layer_norm(s, (C,), weight, bias, eps)`` in ``out_dtype`` (default s's), in one pass;
-    forward only. ``s`` has the promoted dtype of x and residual; ``scale`` must have residual's dtype."""
+    """``s = x + residual`` and ``F.layer_norm(s, (C,), weight, bias, eps)`` in ``out_dtype`` (default s's),
+    in one pass; forward only. ``s`` has the promoted dtype of x and residual."""
     if x.shape != residual.shape:
         raise ValueError(f"x and residual must have the same shape; got {tuple(x.shape)} and {tuple(residual.shape)}")
     channels = _check(x, weight, bias)
-    rows_per_batch = 1
-    if scale is not None:
-        if x.dim() < 2 or scale.shape != (x.shape[0], channels) or scale.dtype != residual.dtype:
-            raise ValueError(
-                f"scale must have shape (B, C)=({x.shape[0]}, {channels}) and residual's dtype {residual.dtype}; "
-                f"got {tuple(scale.shape)} {scale.dtype}"
-            )
-        scale, rows_per_batch = scale.contiguous(), x[0].numel() // channels
     x2, res2 = _rows(x, channels), _rows(residual, channels)
     summed = torch.empty(x2.shape, device=x.device, dtype=torch.promote_types(x.dtype, residual.dtype))
     out = torch.empty(x2.shape, device=x.device, dtype=out_dtype or summed.dtype)
-    _launch(x2, res2, weight, bias, out, summed, eps, scale, rows_per_batch)
+    _launch(x2, res2, weight, bias, out, summed, eps)
     return summed.view(x.shape), out.view(x.shape)
