@@ -8,21 +8,15 @@ to the output dtype.
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.kernel_targets import DEVICE, INTERPRET, MARKS
 from videostate.interpolation.norm import LayerNorm
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1" and not torch.cuda.is_available()
-if INTERPRET:
-    pytestmark = []
-    DEVICE = torch.device("cpu")
-else:
-    pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
-    DEVICE = torch.device("cuda")
+pytestmark = list(MARKS)
 if importlib.util.find_spec("triton") is None:
     pytestmark = [pytest.mark.skip(reason="needs Triton")]
 elif INTERPRET or torch.cuda.is_available():

@@ -11,21 +11,14 @@ the half path).
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 
+from tests.kernel_targets import DEVICE, INTERPRET, MARKS
 from videostate.ssm import dispatch
 from videostate.ssm.ssd import ssd_scan_reference
 
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1" and not torch.cuda.is_available()
-if INTERPRET:
-    pytestmark = []
-    DEVICE = torch.device("cpu")
-else:
-    pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
-    DEVICE = torch.device("cuda")
+pytestmark = list(MARKS)
 
 if INTERPRET or torch.cuda.is_available():
     from videostate.ssm.kernels.ssd import CONFIG, ssd_scan_triton
