@@ -158,6 +158,21 @@ def selective_scan_fwd_kernel(
 
 
 @triton.jit
+def _chunk_u_dt(u_rows, dt_rows, t, mask, su_l, sdt_l, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """``u`` and ``dt`` at a chunk's steps ``t (1, SEGMENTS, ITEMS)`` for ``BLOCK_D`` channels, in float32: ``dt_raw``
+    with the bias added, and ``dt`` discretised and zero where ``mask`` is off (steps past the end are the identity
+    map: they neither decay the state nor add to it)."""
+    u = tl.load(u_rows + t * su_l, mask=mask, other=0.0).to(tl.float32)
+    dt_raw = tl.load(dt_rows + t * sdt_l, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt_raw = dt_raw + bias[:, None, None]
+    dt = dt_raw
+    if SOFTPLUS:
+        dt = softplus(dt_raw)
+    return u, dt_raw, tl.where(mask, dt, 0.0)
+
+
+@triton.jit
 def _unstack(x, LOG_ITEMS: tl.constexpr):
     """``(R, S, 2**LOG_ITEMS)`` -> a tuple of ``(R, S)`` tiles, one per index of the last axis.
 
@@ -246,15 +261,7 @@ def selective_scan_fwd_chunked_kernel(
         t_mask = t < L
         dl_mask = d_mask[:, None, None] & t_mask
         nl_mask = n_mask[:, None, None] & t_mask
-        u = tl.load(u_rows + t * su_l, mask=dl_mask, other=0.0).to(tl.float32)
-        dt_raw = tl.load(dt_rows + t * sdt_l, mask=dl_mask, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt_raw = dt_raw + bias[:, None, None]
-        dt = dt_raw
-        if SOFTPLUS:
-            dt = softplus(dt_raw)
-        # Steps past the end are the identity map (dt = 0): they neither decay the state nor add to it.
-        dt = tl.where(dl_mask, dt, 0.0)
+        u, _, dt = _chunk_u_dt(u_rows, dt_rows, t, dl_mask, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS)
         dts = _unstack(dt, LOG_ITEMS)
         dtus = _unstack(dt * u, LOG_ITEMS)
         Bs = _unstack(tl.load(B_rows + t * sB_l, mask=nl_mask, other=0.0).to(tl.float32), LOG_ITEMS)
@@ -519,14 +526,7 @@ def selective_scan_bwd_chunked_kernel(
         t = c * BLOCK_L + steps[None, :, :]
         t_mask = t < L
         dl_mask = d_mask[:, None, None] & t_mask
-        u = tl.load(u_rows + t * su_l, mask=dl_mask, other=0.0).to(tl.float32)
-        dt_raw = tl.load(dt_rows + t * sdt_l, mask=dl_mask, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt_raw = dt_raw + bias[:, None, None]
-        dt = dt_raw
-        if SOFTPLUS:
-            dt = softplus(dt_raw)
-        dt = tl.where(dl_mask, dt, 0.0)
+        u, dt_raw, dt = _chunk_u_dt(u_rows, dt_rows, t, dl_mask, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS)
         dts = _unstack(dt, LOG_ITEMS)
         dtus = _unstack(dt * u, LOG_ITEMS)
         Bs = _unstack(tl.load(B_rows + t * sB_l, mask=n_mask[:, None, None] & t_mask, other=0.0).to(tl.float32),
@@ -555,14 +555,7 @@ def selective_scan_bwd_chunked_kernel(
         t_mask = t < L
         dl_mask = d_mask[:, None, None] & t_mask
         nl_mask = n_mask[:, None, None] & t_mask
-        u = tl.load(u_rows + t * su_l, mask=dl_mask, other=0.0).to(tl.float32)
-        dt_raw = tl.load(dt_rows + t * sdt_l, mask=dl_mask, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            dt_raw = dt_raw + bias[:, None, None]
-        dt = dt_raw
-        if SOFTPLUS:
-            dt = softplus(dt_raw)
-        dt = tl.where(dl_mask, dt, 0.0)
+        u, dt_raw, dt = _chunk_u_dt(u_rows, dt_rows, t, dl_mask, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS)
         dtu = dt * u
         if REVERSE_OUT:
             t_out = L - 1 - t
