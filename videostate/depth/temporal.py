@@ -101,17 +101,17 @@ class LayerNorm(norm.LayerNorm):
     @staticmethod
     def _plain_inference(x: torch.Tensor, *others: torch.Tensor) -> bool:
         autocast = torch.is_autocast_enabled(x.device.type)
-        return not torch.is_grad_enabled() and not autocast and norm._use_kernel(x, *others)
+        return not torch.is_grad_enabled() and not autocast and norm.can_use_layer_norm_kernel(x, *others)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._plain_inference(x):
-            return norm._kernels().layer_norm_triton(x, self.weight, self.bias, self.eps)
+            return norm.layer_norm_kernels().layer_norm_triton(x, self.weight, self.bias, self.eps)
         return super().forward(x)
 
     def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(s, norm(s))`` with ``s = x + residual``; one pass for inference on CUDA."""
         if x.shape == residual.shape and self._plain_inference(x, residual):
-            return norm._kernels().add_layer_norm_triton(x, residual, self.weight, self.bias, self.eps)
+            return norm.layer_norm_kernels().add_layer_norm_triton(x, residual, self.weight, self.bias, self.eps)
         return super().add_and_norm(x, residual)
 
 

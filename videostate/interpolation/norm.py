@@ -28,7 +28,7 @@ from ..ssm.dispatch import fused_disabled
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _kernels():
+def layer_norm_kernels():
     """The Triton LayerNorm module, imported on first use (``None`` without Triton)."""
     global _KERNELS
     if _KERNELS is None:
@@ -47,11 +47,13 @@ def _inference_under_autocast(x: torch.Tensor) -> bool:
     return not torch.is_grad_enabled() and torch.is_autocast_enabled(x.device.type)
 
 
-def _use_kernel(*tensors: torch.Tensor) -> bool:
+def can_use_layer_norm_kernel(*tensors: torch.Tensor) -> bool:
+    """Whether the Triton LayerNorm can take ``tensors``: CUDA tensors of a dtype it handles, fused kernels not
+    disabled (``VIDEOSTATE_DISABLE_FUSED``), Triton installed."""
     return (
         all(t.is_cuda and t.dtype in _KERNEL_DTYPES for t in tensors)
         and not fused_disabled()
-        and _kernels() is not None
+        and layer_norm_kernels() is not None
     )
 
 
@@ -63,15 +65,15 @@ class LayerNorm(nn.LayerNorm):
         if not _inference_under_autocast(x):
             return super().forward(x)
         dtype = torch.get_autocast_dtype(x.device.type)
-        if _use_kernel(x):
-            return _kernels().layer_norm_triton(x, self.weight, self.bias, self.eps, dtype)
+        if can_use_layer_norm_kernel(x):
+            return layer_norm_kernels().layer_norm_triton(x, self.weight, self.bias, self.eps, dtype)
         return self._reference(x, dtype)
 
     def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(s, norm(s))`` with ``s = x + residual``; one kernel for inference under autocast on CUDA."""
-        if _inference_under_autocast(x) and x.shape == residual.shape and _use_kernel(x, residual):
+        if _inference_under_autocast(x) and x.shape == residual.shape and can_use_layer_norm_kernel(x, residual):
             dtype = torch.get_autocast_dtype(x.device.type)
-            return _kernels().add_layer_norm_triton(x, residual, self.weight, self.bias, self.eps, dtype)
+            return layer_norm_kernels().add_layer_norm_triton(x, residual, self.weight, self.bias, self.eps, dtype)
         summed = x + residual
         return summed, self(summed)
 
