@@ -20,8 +20,8 @@ from videostate.interpolation import (
 )
 from videostate.interpolation.attention import shifted_windows, window_partition
 from videostate.interpolation.channel_attention import eca_kernel_size
-from videostate.interpolation.norm import LayerNorm
 from videostate.ssm import Mamba2
+from videostate.ssm.layer_norm import LayerNorm
 
 from .tiny import tiny_config
 

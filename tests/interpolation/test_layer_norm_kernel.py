@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from tests.kernel_targets import DEVICE, INTERPRET, MARKS
-from videostate.interpolation.norm import LayerNorm
+from videostate.ssm.layer_norm import LayerNorm
 
 pytestmark = list(MARKS)
 if importlib.util.find_spec("triton") is None:

@@ -19,8 +19,8 @@ import torch
 from einops import rearrange
 from torch import nn
 
-from videostate.interpolation import norm
 from videostate.ssm import Mamba, MambaState, StreamState
+from videostate.ssm import layer_norm as norm
 
 
 def temporal_tokenize(feat: torch.Tensor) -> torch.Tensor:
@@ -91,7 +91,7 @@ def temporal_position_encoding(positions: torch.Tensor, channels: int, max_perio
 class LayerNorm(norm.LayerNorm):
     """``nn.LayerNorm(C)`` over the last dimension, one Triton pass for inference on CUDA.
 
-    :class:`videostate.interpolation.norm.LayerNorm` takes the one-pass kernel for inference under autocast;
+    :class:`videostate.ssm.layer_norm.LayerNorm` takes the one-pass kernel for inference under autocast;
     this one also for inference without autocast (a model cast to bfloat16, as the benchmarks and the command
     line run it), in the input's dtype. PyTorch's kernel runs a thread block per row, slow for the depth
     model's hundreds of thousands of short rows. ``VIDEOSTATE_DISABLE_FUSED=1`` or gradients give

@@ -22,12 +22,12 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
+from ..ssm.layer_norm import LayerNorm
 from .attention import GatedWindowAttention
 from .channel_attention import ECAB, ChannelAttention
 from .config import BackboneMode, HybridVFIConfig
 from .matvlm import MaTVLMReport, init_mamba2_from_attention
 from .mhc import ManifoldHyperConnection, PlainResidual
-from .norm import LayerNorm
 from .ss2d import InterleavedSS2D
 
 

@@ -1,6 +1,7 @@
-"""LayerNorm over the channels of the backbone's token maps ``(..., C)``, fast for inference under autocast.
+"""LayerNorm over the channels of token maps ``(..., C)``, fast for inference under autocast.
 
-PyTorch's CUDA LayerNorm runs one thread block per row: for the backbone's millions of tokens of 32 to
+Used where the rows are many and short: the frame-interpolation backbone's token maps and the depth model's
+temporal tokens. PyTorch's CUDA LayerNorm runs one thread block per row: for millions of tokens of 32 to
 128 channels it is bound by block scheduling, many times slower than reading the map. Under autocast
 ``nn.LayerNorm`` also copies its input to float32 and returns float32, which the next linear layer casts
 back. Without gradients under autocast, :class:`LayerNorm` instead returns the autocast dtype:
@@ -23,7 +24,7 @@ import importlib.util
 import torch
 from torch import nn
 
-from ..ssm.dispatch import fused_disabled
+from .dispatch import fused_disabled
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -34,7 +35,7 @@ def layer_norm_kernels():
     if _KERNELS is None:
         _KERNELS = False
         if importlib.util.find_spec("triton") is not None:
-            from ..ssm.kernels import layer_norm
+            from .kernels import layer_norm
 
             _KERNELS = layer_norm
     return _KERNELS or None
