@@ -212,6 +212,35 @@ def _stack(items, LOG_ITEMS: tl.constexpr):
 
 
 @triton.jit
+def _program_channels(A_ptr, D_ptr, bias_ptr, h0_ptr, dim, cpg, sA_d, sA_n,
+                       N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+                       HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr):  # fmt: skip
+    """What a scan program reads once for its ``BLOCK_D`` channels of group ``g`` of batch element ``b``:
+    the indices and masks, ``A`` and ``A`` scaled to base 2, ``D``, the delta bias, the flat offsets of their states and
+    the initial state ``(BLOCK_D, BLOCK_N)``."""
+    b = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1)
+    dl = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = dl < cpg
+    d = g * cpg + dl
+    n = tl.arange(0, BLOCK_N)
+    n_mask = n < N
+    dn_mask = d_mask[:, None] & n_mask[None, :]
+    A = tl.load(A_ptr + d[:, None] * sA_d + n[None, :] * sA_n, mask=dn_mask, other=0.0).to(tl.float32)
+    Dv = tl.zeros((BLOCK_D,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_D,), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    state_offsets = b * dim * N + d[:, None] * N + n[None, :]
+    h = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
+    if HAS_H0:
+        h = tl.load(h0_ptr + state_offsets, mask=dn_mask, other=0.0)
+    return b, g, d, d_mask, n, n_mask, dn_mask, A, A * LOG2E, Dv, bias, state_offsets, h
+
+
+@triton.jit
 def selective_scan_fwd_chunked_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr,
     dim, L, cpg,
@@ -223,25 +252,10 @@ def selective_scan_fwd_chunked_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE: tl.constexpr,
 ):  # fmt: skip
-    b = tl.program_id(0).to(tl.int64)
-    g = tl.program_id(1)
-    dl = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_mask = dl < cpg
-    d = g * cpg + dl
-    n = tl.arange(0, BLOCK_N)
-    n_mask = n < N
-    dn_mask = d_mask[:, None] & n_mask[None, :]
-    A2 = tl.load(A_ptr + d[:, None] * sA_d + n[None, :] * sA_n, mask=dn_mask, other=0.0).to(tl.float32) * LOG2E
-    Dv = tl.zeros((BLOCK_D,), tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-    bias = tl.zeros((BLOCK_D,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-    state_offsets = b * dim * N + d[:, None] * N + n[None, :]
-    h = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
-    if HAS_H0:
-        h = tl.load(h0_ptr + state_offsets, mask=dn_mask, other=0.0)
+    b, g, d, d_mask, n, n_mask, dn_mask, _, A2, Dv, bias, state_offsets, h = _program_channels(
+        A_ptr, D_ptr, bias_ptr, h0_ptr, dim, cpg, sA_d, sA_n,
+        N, BLOCK_N, BLOCK_D, HAS_D, HAS_BIAS, HAS_H0,
+    )  # fmt: skip
 
     # A chunk of BLOCK_L steps is SEGMENTS runs of ITEMS consecutive steps, read as (rows, SEGMENTS, ITEMS)
     # tiles (a run is one vector load) and unstacked into ITEMS tiles (rows, SEGMENTS): tile k holds step k
@@ -309,35 +323,6 @@ def selective_scan_fwd_chunked_kernel(
 
 
 @triton.jit
-def _backward_channels(A_ptr, D_ptr, bias_ptr, h0_ptr, dim, cpg, sA_d, sA_n,
-                       N: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
-                       HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr):  # fmt: skip
-    """What a backward program reads once for its ``BLOCK_D`` channels of group ``g`` of batch element ``b``:
-    the indices and masks, ``A`` and ``A`` scaled to base 2, ``D``, the delta bias, the flat offsets of their states and
-    the initial state ``(BLOCK_D, BLOCK_N)``."""
-    b = tl.program_id(0).to(tl.int64)
-    g = tl.program_id(1)
-    dl = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_mask = dl < cpg
-    d = g * cpg + dl
-    n = tl.arange(0, BLOCK_N)
-    n_mask = n < N
-    dn_mask = d_mask[:, None] & n_mask[None, :]
-    A = tl.load(A_ptr + d[:, None] * sA_d + n[None, :] * sA_n, mask=dn_mask, other=0.0).to(tl.float32)
-    Dv = tl.zeros((BLOCK_D,), tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-    bias = tl.zeros((BLOCK_D,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-    state_offsets = b * dim * N + d[:, None] * N + n[None, :]
-    h = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
-    if HAS_H0:
-        h = tl.load(h0_ptr + state_offsets, mask=dn_mask, other=0.0)
-    return b, g, d, d_mask, n, n_mask, dn_mask, A, A * LOG2E, Dv, bias, state_offsets, h
-
-
-@triton.jit
 def selective_scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, dy_ptr, dhT_ptr, ckpt_ptr,
     du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
@@ -349,7 +334,7 @@ def selective_scan_bwd_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE_DZ: tl.constexpr,
 ):  # fmt: skip
-    b, g, d, d_mask, n, n_mask, dn_mask, A, A2, Dv, bias, state_offsets, h = _backward_channels(
+    b, g, d, d_mask, n, n_mask, dn_mask, A, A2, Dv, bias, state_offsets, h = _program_channels(
         A_ptr, D_ptr, bias_ptr, h0_ptr, dim, cpg, sA_d, sA_n,
         N, BLOCK_N, BLOCK_D, HAS_D, HAS_BIAS, HAS_H0,
     )  # fmt: skip
@@ -499,7 +484,7 @@ def selective_scan_bwd_chunked_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE_DZ: tl.constexpr,
 ):  # fmt: skip
-    b, g, d, d_mask, n, n_mask, dn_mask, A, A2, Dv, bias, state_offsets, h = _backward_channels(
+    b, g, d, d_mask, n, n_mask, dn_mask, A, A2, Dv, bias, state_offsets, h = _program_channels(
         A_ptr, D_ptr, bias_ptr, h0_ptr, dim, cpg, sA_d, sA_n,
         N, BLOCK_N, BLOCK_D, HAS_D, HAS_BIAS, HAS_H0,
     )  # fmt: skip
