@@ -265,6 +265,27 @@ def test_rms_norm_gated(group_size, norm_before_gate, dtype):
     assert_close(*outs, dtype)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("group_size", [None, 64], ids=["whole", "groups"])
+@pytest.mark.parametrize("norm_before_gate", [True, False], ids=["norm-gate", "gate-norm"])
+def test_rms_norm_gated_inference_on_strided_views(group_size, norm_before_gate, dtype):
+    """Without gradients the gated norm reads x and z in place as column slices of one wider projection (as
+    Mamba-2 passes them) and writes every row (the allocator is poisoned), over more rows than one program."""
+    g = torch.Generator(device=CUDA).manual_seed(6)
+    projection = torch.randn(3, 700, 656, generator=g, device=CUDA).to(dtype)
+    x, z = projection[..., 10:266], projection[..., 300:556]
+    weight = torch.randn(256, generator=g, device=CUDA)
+    bias = torch.randn(256, generator=g, device=CUDA)
+    poison_allocator()
+    with torch.no_grad():
+        fast = rms_norm_gated(x, weight, z, 1e-5, group_size, norm_before_gate, bias, backend="triton")
+    exact = rms_norm_gated(
+        x.double(), weight.double(), z.double(), 1e-5, group_size, norm_before_gate, bias.double(), backend="reference"
+    )
+    assert fast.dtype == dtype
+    assert rel_error(fast, exact) < TOLERANCE[dtype]
+
+
 def exact_pair(fn, args: dict, **kwargs):
     """``fn`` on the kernels (no gradients: the step kernels are forward-only) and in float64."""
     poison_allocator()

@@ -1,8 +1,9 @@
 """Triton kernels of RMSNorm with a fused residual add and of Mamba-2's gated RMSNorm.
 
-A row of the hidden size is held as a ``(GROUPS, GROUP_SIZE)`` tile (one group for a plain norm), so
-grouped statistics are row sums of the tile. One program walks ``rows_per_program`` rows, keeping its share of
-the weight and bias gradients in registers and writing them once. Statistics in float32.
+A row of the hidden size is held as ``(GROUPS, GROUP_SIZE)`` (one group for a plain norm), so grouped
+statistics are row sums of a tile. The forward gives each program a tile of rows; in the backward one program
+walks ``rows_per_program`` rows, keeping its share of the weight and bias gradients in registers and writing
+them once. Statistics in float32.
 
 Forward: ``s = x + residual``; with a gate before the norm ``s = s * silu(z)``; ``out = s * rstd *
 weight + bias``; with a gate after the norm ``out = out * silu(z)``.
@@ -19,37 +20,40 @@ from .common import sigmoid
 @triton.jit
 def rms_norm_fwd_kernel(
     x_ptr, res_ptr, z_ptr, w_ptr, b_ptr, out_ptr, res_out_ptr, rstd_ptr,
-    n_rows, rows_per_program, eps,
+    n_rows, eps, sx_row, sz_row,
     GROUPS: tl.constexpr, GROUP_SIZE: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_S: tl.constexpr,
-    HAS_RES: tl.constexpr, HAS_Z: tl.constexpr, GATE_AFTER: tl.constexpr, HAS_BIAS: tl.constexpr,
-    STORE_RES: tl.constexpr,
+    ROWS: tl.constexpr, HAS_RES: tl.constexpr, HAS_Z: tl.constexpr, GATE_AFTER: tl.constexpr,
+    HAS_BIAS: tl.constexpr, STORE_RES: tl.constexpr,
 ):  # fmt: skip
-    group = tl.arange(0, BLOCK_G)
+    """A program normalises ``ROWS`` rows, held as a ``(ROWS * BLOCK_G, BLOCK_S)`` tile of their groups. ``x`` and
+    ``z`` rows are ``sx_row`` and ``sz_row`` elements apart (strided views of a wider projection are read in
+    place); ``residual``, ``out`` and ``res_out`` rows are contiguous."""
+    k = tl.arange(0, ROWS * BLOCK_G)
+    row = tl.program_id(0).to(tl.int64) * ROWS + k // BLOCK_G
+    group = k % BLOCK_G
     within = tl.arange(0, BLOCK_S)
     cols = group[:, None] * GROUP_SIZE + within[None, :]
-    col_mask = (group < GROUPS)[:, None] & (within < GROUP_SIZE)[None, :]
-    for i in range(0, rows_per_program):
-        row = tl.program_id(0) * rows_per_program + i
-        if row < n_rows:
-            offsets = row.to(tl.int64) * (GROUPS * GROUP_SIZE) + cols
-            s = tl.load(x_ptr + offsets, mask=col_mask, other=0.0).to(tl.float32)
-            if HAS_RES:
-                s += tl.load(res_ptr + offsets, mask=col_mask, other=0.0).to(tl.float32)
-            if STORE_RES:
-                tl.store(res_out_ptr + offsets, s.to(res_out_ptr.dtype.element_ty), mask=col_mask)
-            if HAS_Z:
-                z = tl.load(z_ptr + offsets, mask=col_mask, other=0.0).to(tl.float32)
-                if not GATE_AFTER:
-                    s = s * z * sigmoid(z)
-            rstd = 1.0 / tl.sqrt(tl.sum(s * s, axis=1) / GROUP_SIZE + eps)
-            tl.store(rstd_ptr + row * GROUPS + group, rstd, mask=group < GROUPS)
-            out = s * rstd[:, None] * tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-            if HAS_BIAS:
-                out += tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-            if HAS_Z:
-                if GATE_AFTER:
-                    out = out * z * sigmoid(z)
-            tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=col_mask)
+    group_mask = (row < n_rows) & (group < GROUPS)
+    mask = group_mask[:, None] & (within < GROUP_SIZE)[None, :]
+    offsets = row[:, None] * (GROUPS * GROUP_SIZE) + cols
+    s = tl.load(x_ptr + row[:, None] * sx_row + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RES:
+        s += tl.load(res_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    if STORE_RES:
+        tl.store(res_out_ptr + offsets, s.to(res_out_ptr.dtype.element_ty), mask=mask)
+    if HAS_Z:
+        z = tl.load(z_ptr + row[:, None] * sz_row + cols, mask=mask, other=0.0).to(tl.float32)
+        if not GATE_AFTER:
+            s = s * z * sigmoid(z)
+    rstd = 1.0 / tl.sqrt(tl.sum(s * s, axis=1) / GROUP_SIZE + eps)
+    tl.store(rstd_ptr + row * GROUPS + group, rstd, mask=group_mask)
+    out = s * rstd[:, None] * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        out += tl.load(b_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_Z:
+        if GATE_AFTER:
+            out = out * z * sigmoid(z)
+    tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
