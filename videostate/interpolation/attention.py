@@ -15,6 +15,12 @@ region of the unshifted map (every other window's mask allows every pair): those
 attended again with Swin's mask, ``(windows, 1, N, N)`` broadcast over frames and heads, and replace
 the unmasked result. The shifted windows (the map rolled by ``-shift``, then cut) are one gather of
 the map's tokens and the way back one more, by indices cached per map size (:func:`shifted_windows`).
+
+For inference on CUDA (no gradients) one Triton kernel (:mod:`videostate.ssm.kernels.window_attention`) does
+all of the above from the merged projection of the map itself: it reads each (shifted) window's tokens where
+they lie, applies Swin's mask and the gate, and writes the result back in place, so no window, gather or
+scatter is materialised. The fast-path switches of :mod:`videostate.ssm.dispatch`
+(``VIDEOSTATE_DISABLE_FUSED=1``) turn it off.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
+
+from ..ssm.dispatch import fused_disabled, kernel_module
 
 GateKind = Literal["headwise", "elementwise"]
 ROW_ALIGNMENT = 8  # elements: the merged projection's rows are padded to this, so q, k, v views stay aligned for SDPA
@@ -92,6 +100,18 @@ def _shifted_windows(height: int, width: int, window: int, shift: int, device: t
     )
 
 
+def _kernel_applies(x: torch.Tensor) -> bool:
+    """Whether the Triton window attention runs: inference (no gradients) on CUDA in a dtype it takes, fast
+    paths not switched off, Triton installed."""
+    return (
+        not torch.is_grad_enabled()
+        and x.is_cuda
+        and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+        and not fused_disabled()
+        and kernel_module("window_attention") is not None
+    )
+
+
 class GatedWindowAttention(nn.Module):
     """Window multi-head self-attention with an output gate: ``(B, H, W, C) -> (B, H, W, C)``.
 
@@ -133,6 +153,12 @@ class GatedWindowAttention(nn.Module):
         if height % ws or width % ws:
             raise ValueError(f"feature map {height}x{width} must be a multiple of window_size={ws} on both sides")
         shift = self.shift_size if min(height, width) > ws else 0
+        if _kernel_applies(x):
+            kernels = kernel_module("window_attention")
+            attended = kernels.window_attention_triton(
+                self.merged_projection(x), self.dim, self.num_heads, ws, shift, self.gate_kind == "headwise"
+            )
+            return self.proj(attended)
         shifted = shifted_windows(height, width, ws, shift, x.device) if shift else None
         if shifted is None:
             windows = window_partition(x, ws)  # (B, nW, N, C)
@@ -155,15 +181,20 @@ class GatedWindowAttention(nn.Module):
             return window_reverse(out, ws, height, width)
         return rearrange(rearrange(out, "b w n c -> b (w n) c")[:, shifted.scatter], "b (h w) c -> b h w c", h=height)
 
-    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(self.qkv(x), self.gate(x))`` from one matrix product with the two weights stacked (and zero rows
-        up to a multiple of :data:`ROW_ALIGNMENT`): views of one ``(..., 3C + gates + pad)`` output."""
+    def merged_projection(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., C) -> (..., 3C + gates + pad)``: ``self.qkv(x)`` then ``self.gate(x)`` from one matrix product
+        with the two weights stacked (and zero rows up to a multiple of :data:`ROW_ALIGNMENT`)."""
         dim, gates = 3 * self.dim, self.gate.out_features
         pad = -(dim + gates) % ROW_ALIGNMENT
         weight = torch.cat([self.qkv.weight, self.gate.weight, self.gate.weight.new_zeros(pad, self.dim)])
         qkv_bias = self.qkv.bias if self.qkv.bias is not None else self.gate.bias.new_zeros(dim)
         bias = torch.cat([qkv_bias, self.gate.bias, self.gate.bias.new_zeros(pad)])
-        out = F.linear(x, weight, bias)
+        return F.linear(x, weight, bias)
+
+    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(self.qkv(x), self.gate(x))``: views of one :meth:`merged_projection`."""
+        dim, gates = 3 * self.dim, self.gate.out_features
+        out = self.merged_projection(x)
         return out[..., :dim], out[..., dim : dim + gates]
 
     @staticmethod

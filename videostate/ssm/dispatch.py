@@ -8,6 +8,7 @@ available one on CUDA unless ``VIDEOSTATE_DISABLE_FUSED=1`` (or the VideoMamba s
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -58,6 +59,15 @@ def load_fast_backends() -> None:
 
 
 _FAST_LOADED = False
+
+
+@functools.cache
+def kernel_module(name: str):
+    """The Triton module ``videostate.ssm.kernels.<name>`` for callers outside the dispatch (kernels of other
+    layers), imported on first use; ``None`` without Triton."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    return importlib.import_module(f"videostate.ssm.kernels.{name}")
 
 
 def resolve(op: str, backend: str, device: torch.device) -> Callable:

@@ -19,29 +19,17 @@ With gradients or without autocast it is ``nn.LayerNorm``.
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 from torch import nn
 
-from .dispatch import fused_disabled
+from .dispatch import fused_disabled, kernel_module
 
 _KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def layer_norm_kernels():
     """The Triton LayerNorm module, imported on first use (``None`` without Triton)."""
-    global _KERNELS
-    if _KERNELS is None:
-        _KERNELS = False
-        if importlib.util.find_spec("triton") is not None:
-            from .kernels import layer_norm
-
-            _KERNELS = layer_norm
-    return _KERNELS or None
-
-
-_KERNELS = None
+    return kernel_module("layer_norm")
 
 
 def _inference_under_autocast(x: torch.Tensor) -> bool:
