@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
+from ..ssm.dispatch import fused_disabled, kernel_module
 from ..ssm.layer_norm import LayerNorm
 from .attention import GatedWindowAttention
 from .channel_attention import ECAB, ChannelAttention
@@ -32,12 +33,38 @@ from .ss2d import InterleavedSS2D
 
 
 class MLP(nn.Module):
+    """``fc2(gelu(fc1(x)))`` over the channels of ``(..., dim)`` tokens.
+
+    For inference on CUDA (no gradients) :meth:`add_to` runs as one Triton kernel
+    (:mod:`videostate.ssm.kernels.mlp`) that keeps the hidden activations on chip; the fast-path switches of
+    :mod:`videostate.ssm.dispatch` (``VIDEOSTATE_DISABLE_FUSED=1``) turn it off.
+    """
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1, self.act, self.fc2 = nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.act(self.fc1(x)))
+
+    def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``residual + self(x)``."""
+        if _fused_mlp_applies(x, residual):
+            device = x.device.type
+            dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+            return kernel_module("mlp").gelu_mlp_triton(
+                x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, residual, dtype
+            )
+        return residual + self(x)
+
+
+def _fused_mlp_applies(*tensors: torch.Tensor) -> bool:
+    return (
+        not torch.is_grad_enabled()
+        and all(t.is_cuda and t.dtype in (torch.float32, torch.bfloat16, torch.float16) for t in tensors)
+        and not fused_disabled()
+        and kernel_module("mlp") is not None
+    )
 
 
 class LGSBlock(nn.Module):
@@ -106,7 +133,7 @@ class LGSBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if isinstance(self.residual_mix, PlainResidual) and isinstance(self.residual_mlp, PlainResidual):
             x, h = self.norm2.add_and_norm(x, self.mix(x))  # the residual add and norm2 in one pass
-            return x + self.mlp(h)
+            return self.mlp.add_to(x, h)
         return self.residual_mlp(self.residual_mix(x, self.mix), self.feed_forward)
 
 
