@@ -1,3 +1,4 @@
+import contextlib
 import math
 
 import numpy as np
@@ -181,22 +182,28 @@ def test_ss2d_mixes_the_two_frames():
     assert (ss2d(x)[0] - ss2d(x2)[0]).abs().max() > 1e-4
 
 
-def test_ss2d_inference_one_direction_at_a_time_equals_one_call(monkeypatch):
-    """Large maps run the four scan directions in separate Mamba-2 calls for inference (bounded memory): the
-    same output as one call over the four."""
+@pytest.mark.parametrize("autocast", [False, True], ids=["float64", "bfloat16-autocast"])
+def test_ss2d_inference_in_segments_with_carried_state_equals_one_call(monkeypatch, autocast):
+    """Beyond the element budget, inference runs one direction at a time, each in segments of at most a quarter of
+    the budget (the last one shorter) with the Mamba-2 state carried: the same output as one call over the four
+    directions."""
     import videostate.interpolation.ss2d as ss2d_module
 
     torch.manual_seed(0)
     ss2d = InterleavedSS2D(8, d_state=8, headdim=8, chunk_size=16).double()
-    x = rand(4, 4, 6, 8, seed=15)
+    x = rand(2, 6, 5, 8, seed=16)  # sequences of 2 * 6 * 5 = 60 tokens
     calls = []
-    ss2d.mamba.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[0]))
-    with torch.no_grad():
+    ss2d.mamba.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[1]))
+    if autocast:
+        ss2d, x = ss2d.float(), x.float()
+    context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with torch.no_grad(), context:
         expected = ss2d(x)
-        monkeypatch.setattr(ss2d_module, "MAX_INFERENCE_TOKENS", 4 * 4 * 4 * 6 - 1)
+        monkeypatch.setattr(ss2d_module, "MAX_INFERENCE_ELEMENTS", 4 * 25 * 8)  # segments of 25 tokens
         split = ss2d(x)
-    assert calls == [8, 2, 2, 2, 2]
-    torch.testing.assert_close(split, expected, rtol=1e-12, atol=1e-12)
+    assert calls == [60] + [25, 25, 10] * 4
+    tolerance = 2e-2 if autocast else 1e-12
+    torch.testing.assert_close(split.double(), expected.double(), rtol=tolerance, atol=tolerance)
 
 
 def test_ss2d_under_autocast_runs_in_bfloat16_close_to_float64():

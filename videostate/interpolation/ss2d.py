@@ -25,10 +25,12 @@ from torch import nn
 from ..ssm import Mamba2
 
 NUM_DIRECTIONS = 4
-# Inference runs the four directions in one Mamba-2 call up to this many tokens (4 * 2B * H * W), else one
-# direction at a time: a 4K frame pair's full-resolution scan is 67M tokens, whose in_proj and convolution
-# outputs alone would take 60 GB in bfloat16 in one call. (The 1080p full-resolution scan, 16.7M, is one call.)
-MAX_INFERENCE_TOKENS = 2**24
+# Inference runs the four directions in one Mamba-2 call up to this many elements (tokens 4 * 2B * H * W times
+# channels C), else one direction at a time, each in segments of at most a quarter of it with the Mamba-2 state
+# carried from one to the next (exact: the streaming contract). A call's in_proj output alone is about
+# 12 bytes per element in bfloat16 (d_in_proj ~ 6C): a 4K frame pair's full-resolution scan (67M tokens of 32
+# channels) would take 60 GB in one call. The 1080p full-resolution scan (16.7M tokens of 32) is one call.
+MAX_INFERENCE_ELEMENTS = 2**29
 
 
 def interleaved_scan(x: torch.Tensor) -> torch.Tensor:
@@ -81,12 +83,28 @@ class InterleavedSS2D(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _, height, width, _ = x.shape
-        if torch.is_grad_enabled() or NUM_DIRECTIONS * x[..., 0].numel() <= MAX_INFERENCE_TOKENS:
+        if torch.is_grad_enabled() or NUM_DIRECTIONS * x.numel() <= MAX_INFERENCE_ELEMENTS:
             return interleaved_merge(self.mamba(interleaved_scan(x)), height, width)
-        # One direction per Mamba-2 call (the sequences are independent, so the result is the same).
+        # One direction at a time (the sequences are independent, so the result is the same).
         pair = _pair(x)
         rows = rearrange(pair, "b h w f c -> b (h w f) c")
-        rows = self.mamba(rows) + self.mamba(rows.flip(1)).flip(1)
+        rows = self._scan_in_segments(rows) + self._scan_in_segments(rows.flip(1)).flip(1)
         cols = rearrange(pair, "b h w f c -> b (w h f) c")
-        cols = self.mamba(cols) + self.mamba(cols.flip(1)).flip(1)
+        cols = self._scan_in_segments(cols) + self._scan_in_segments(cols.flip(1)).flip(1)
         return _merge(rows, cols, height, width)
+
+    def _scan_in_segments(self, seq: torch.Tensor) -> torch.Tensor:
+        """``self.mamba(seq)`` for ``seq (B, L, C)``, run over segments of at most ``MAX_INFERENCE_ELEMENTS / 4``
+        elements with the state carried between them."""
+        batch, _, channels = seq.shape
+        length = max(1, MAX_INFERENCE_ELEMENTS // NUM_DIRECTIONS // (batch * channels))
+        if seq.shape[1] <= length:
+            return self.mamba(seq)
+        device = seq.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else seq.dtype
+        state = self.mamba.init_state(batch, device=seq.device, dtype=dtype)
+        out = []
+        for segment in seq.split(length, dim=1):
+            y, state = self.mamba(segment, state)
+            out.append(y)
+        return torch.cat(out, dim=1)
