@@ -252,7 +252,7 @@ def selective_scan_fwd_chunked_kernel(
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE: tl.constexpr,
 ):  # fmt: skip
-    b, g, d, d_mask, n, n_mask, dn_mask, _, A2, Dv, bias, state_offsets, h = _program_channels(
+    b, g, d, d_mask, n, n_mask, dn_mask, _A, A2, Dv, bias, state_offsets, h = _program_channels(
         A_ptr, D_ptr, bias_ptr, h0_ptr, dim, cpg, sA_d, sA_n,
         N, BLOCK_N, BLOCK_D, HAS_D, HAS_BIAS, HAS_H0,
     )  # fmt: skip
