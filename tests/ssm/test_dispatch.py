@@ -37,3 +37,19 @@ def test_explicit_backend_errors(toy_op, monkeypatch):
         dispatch.resolve(toy_op, "slow", torch.device("cpu"))
     with pytest.raises(KeyError, match="no implementation registered for op 'missing'"):
         dispatch.resolve("missing", "auto", torch.device("cpu"))
+
+
+def test_inference_kernel_only_for_cuda_inference(monkeypatch):
+    """Forward-only kernels of other layers are offered only without gradients, on CUDA tensors of a float dtype
+    they take, with the fast paths on."""
+    cpu = torch.ones(2)
+    with torch.no_grad():
+        assert dispatch.inference_kernel("mlp", cpu) is None  # CPU tensors
+    if torch.cuda.is_available() and dispatch.kernel_module("mlp") is not None:
+        cuda = cpu.cuda()
+        assert dispatch.inference_kernel("mlp", cuda) is None  # gradients recorded
+        with torch.no_grad():
+            assert dispatch.inference_kernel("mlp", cuda) is dispatch.kernel_module("mlp")
+            assert dispatch.inference_kernel("mlp", cuda.double()) is None
+            monkeypatch.setenv("VIDEOSTATE_DISABLE_FUSED", "1")
+            assert dispatch.inference_kernel("mlp", cuda) is None

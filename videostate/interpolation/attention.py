@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
-from ..ssm.dispatch import fused_disabled, kernel_module
+from ..ssm.dispatch import inference_kernel
 
 GateKind = Literal["headwise", "elementwise"]
 ROW_ALIGNMENT = 8  # elements: the merged projection's rows are padded to this, so q, k, v views stay aligned for SDPA
@@ -100,18 +100,6 @@ def _shifted_windows(height: int, width: int, window: int, shift: int, device: t
     )
 
 
-def _kernel_applies(x: torch.Tensor) -> bool:
-    """Whether the Triton window attention runs: inference (no gradients) on CUDA in a dtype it takes, fast
-    paths not switched off, Triton installed."""
-    return (
-        not torch.is_grad_enabled()
-        and x.is_cuda
-        and x.dtype in (torch.float32, torch.bfloat16, torch.float16)
-        and not fused_disabled()
-        and kernel_module("window_attention") is not None
-    )
-
-
 class GatedWindowAttention(nn.Module):
     """Window multi-head self-attention with an output gate: ``(B, H, W, C) -> (B, H, W, C)``.
 
@@ -153,8 +141,8 @@ class GatedWindowAttention(nn.Module):
         if height % ws or width % ws:
             raise ValueError(f"feature map {height}x{width} must be a multiple of window_size={ws} on both sides")
         shift = self.shift_size if min(height, width) > ws else 0
-        if _kernel_applies(x):
-            kernels = kernel_module("window_attention")
+        kernels = inference_kernel("window_attention", x)
+        if kernels is not None:
             attended = kernels.window_attention_triton(
                 self.merged_projection(x), self.dim, self.num_heads, ws, shift, self.gate_kind == "headwise"
             )

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from ..ssm.dispatch import fused_disabled, kernel_module
+from ..ssm.dispatch import inference_kernel
 from ..ssm.layer_norm import LayerNorm
 from .attention import GatedWindowAttention
 from .channel_attention import ECAB, ChannelAttention
@@ -49,22 +49,14 @@ class MLP(nn.Module):
 
     def add_to(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``residual + self(x)``."""
-        if _fused_mlp_applies(x, residual):
+        kernels = inference_kernel("mlp", x, residual)
+        if kernels is not None:
             device = x.device.type
             dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-            return kernel_module("mlp").gelu_mlp_triton(
+            return kernels.gelu_mlp_triton(
                 x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, residual, dtype
             )
         return residual + self(x)
-
-
-def _fused_mlp_applies(*tensors: torch.Tensor) -> bool:
-    return (
-        not torch.is_grad_enabled()
-        and all(t.is_cuda and t.dtype in (torch.float32, torch.bfloat16, torch.float16) for t in tensors)
-        and not fused_disabled()
-        and kernel_module("mlp") is not None
-    )
 
 
 class LGSBlock(nn.Module):

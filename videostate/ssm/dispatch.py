@@ -61,6 +61,19 @@ def load_fast_backends() -> None:
 _FAST_LOADED = False
 
 
+_INFERENCE_KERNEL_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def inference_kernel(name: str, *tensors: torch.Tensor):
+    """:func:`kernel_module` ``name`` where its forward-only kernels may take ``tensors``: no gradients recorded,
+    CUDA tensors in float32, bfloat16 or float16, fast paths not switched off, Triton installed; else ``None``."""
+    if torch.is_grad_enabled() or fused_disabled():
+        return None
+    if not all(t.is_cuda and t.dtype in _INFERENCE_KERNEL_DTYPES for t in tensors):
+        return None
+    return kernel_module(name)
+
+
 @functools.cache
 def kernel_module(name: str):
     """The Triton module ``videostate.ssm.kernels.<name>`` for callers outside the dispatch (kernels of other
