@@ -1,0 +1,225 @@
+"""Compile every Triton kernel of :mod:`videostate.ssm.kernels` for Hopper (sm_90) without a GPU.
+
+CI has no GPU, so the kernels only ever run there through Triton's CPU interpreter, which does not type-check: a
+front-end error such as "Loop-carried variable ... re-assigned to ... in loop" once reached the main branch. Here
+each kernel goes through ``triton.compile`` (Triton's front-end, its GPU passes, and ptxas) for an sm_90 target,
+specialised as its launcher specialises it by default for one representative shape, with the optional inputs on
+(``HAS_Z``, ``HAS_D``, ...) so that their code is compiled too. A kernel added to the package without an entry
+in ``CASES`` fails :func:`test_every_kernel_has_a_case`.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import os
+import pkgutil
+from dataclasses import dataclass
+
+import pytest
+
+triton = pytest.importorskip("triton")
+
+import triton.language as tl  # noqa: E402
+from triton.backends import backends  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource, CompilationError  # noqa: E402
+from triton.runtime.jit import JITFunction  # noqa: E402
+
+from videostate.ssm import kernels  # noqa: E402
+from videostate.ssm.kernels import (  # noqa: E402
+    causal_conv,
+    conv_kernels,
+    layer_norm,
+    mlp,
+    norm,
+    norm_kernels,
+    scan_kernels,
+    selective_scan,
+    ssd,
+    ssd_kernels,
+    state_update,
+    window_attention,
+)
+
+pytestmark = [
+    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="TRITON_INTERPRET=1: no JIT kernels"),
+    pytest.mark.skipif("nvidia" not in backends, reason="triton's nvidia backend is not installed"),
+]
+
+HOPPER = GPUTarget("cuda", 90, 32)
+FLOAT_SCALARS = frozenset({"eps", "scale", "dt_min", "dt_max"})  # the kernels' float arguments; other scalars: i32
+
+
+@dataclass(frozen=True)
+class Case:
+    """A kernel, the constexprs and warps its launcher gives it, and its pointer arguments (without ``_ptr``)
+    that take bfloat16 tensors (the others take float32)."""
+
+    kernel: JITFunction
+    constexprs: dict
+    num_warps: int = 4
+    half: tuple[str, ...] = ()
+
+
+def chunked_blocks(config: dict) -> dict:
+    """Tiles of the chunked selective-scan kernels (for a long sequence of many channels: the config's own)."""
+    return {"BLOCK_D": config["block_d"], "BLOCK_L": config["block_l"], "LOG_ITEMS": config["items"].bit_length() - 1}
+
+
+# Mamba-1 scans: N = 16 (d_state of the depth model's Mamba), 1536 channels, long sequences.
+SCAN_N, SCAN_DIM = 16, 1536
+SCAN = {"N": SCAN_N, "HAS_D": True, "HAS_Z": True, "HAS_BIAS": True, "SOFTPLUS": True, "HAS_H0": True,
+        "REVERSE_OUT": True}  # fmt: skip
+SCAN_FWD = {**SCAN, "STORE_HT": True, "ACCUMULATE": True}
+SCAN_BWD = {**SCAN, "HAS_DHT": True, "ACCUMULATE_DZ": True}
+SCAN_FWD_HALF = ("u", "dt", "B", "C", "z", "y")
+SCAN_BWD_HALF = ("u", "dt", "B", "C", "z", "dy", "du", "ddt", "dz")
+STEP, TILE = selective_scan.FORWARD_STEP, selective_scan.BACKWARD_TILE
+TILE_N, TILE_D, TILE_L = selective_scan._blocks(SCAN_DIM, SCAN_N, TILE)
+# Mamba-2 SSD as in the interpolation model: headdim 16, d_state 64, chunk_size 256; a sequence of 64 chunks.
+P, SSD_N, CHUNK = 16, 64, ssd.kernel_chunk(256)
+BLOCK_P, BLOCK_N = ssd._blocks(P, SSD_N)
+SPLIT_N = min(BLOCK_N, ssd.CONFIG["block_n"])
+SSD_CHUNK = {"P": P, "N": SSD_N, "CHUNK": CHUNK, "BLOCK_P": BLOCK_P, "PRECISION": "tf32", "HAS_Z": True}
+STATE_BLOCK, STATE_TILE = ssd._state_tiles(P * SSD_N, 64)
+STATE_PASSING = {"CHUNK": CHUNK, "TILE": STATE_TILE, "BLOCK": STATE_BLOCK}
+# The convolution at d_conv = 4; the norms at Mamba-2's gated width there (128 channels, one group); the
+# interpolation model's second stage: 64 channels, 4 heads, windows of 8, an MLP 4x as wide.
+WIDTH, HIDDEN, CHANNELS, HEADS, WINDOW = 4, 128, 64, 4, 8
+CONV = {"W": WIDTH, "BLOCK_D": causal_conv.CONFIG["block_d"], "BLOCK_L": causal_conv.CONFIG["block_l"],
+        "HAS_BIAS": True, "HAS_STATE": True, "SILU": True}  # fmt: skip
+NORM = {"HAS_RES": True, "HAS_Z": True, "GATE_AFTER": False, "HAS_BIAS": True}
+NORM_LAUNCH = norm._launch_shape(1 << 20, 1, HIDDEN)  # the backward's; its "meta" are the forward's too
+LAYER_NORM = layer_norm.launch_shape(1 << 20, CHANNELS)
+
+CASES = [
+    Case(scan_kernels.selective_scan_fwd_chunked_kernel,
+         {**SCAN_FWD, "BLOCK_N": SCAN_N, **chunked_blocks(selective_scan.FORWARD_CHUNKED)},
+         selective_scan.FORWARD_CHUNKED["num_warps"], SCAN_FWD_HALF),
+    Case(scan_kernels.selective_scan_fwd_kernel,
+         {**SCAN_FWD, "SPLIT": STEP["split"], "BLOCK_D": 32 * STEP["num_warps"] // STEP["split"],
+          "UNROLL": STEP["unroll"]},
+         STEP["num_warps"], SCAN_FWD_HALF),
+    Case(scan_kernels.selective_scan_bwd_kernel,
+         {**SCAN_BWD, "BLOCK_N": TILE_N, "BLOCK_D": TILE_D, "BLOCK_L": TILE_L}, TILE["num_warps"], SCAN_BWD_HALF),
+    Case(scan_kernels.selective_scan_bwd_chunked_kernel,
+         {**SCAN_BWD, "BLOCK_N": SCAN_N, **chunked_blocks(selective_scan.BACKWARD_CHUNKED)},
+         selective_scan.BACKWARD_CHUNKED["num_warps"], SCAN_BWD_HALF),
+    Case(ssd_kernels.chunk_state_kernel, {**SSD_CHUNK, "BLOCK_N": SPLIT_N, "FORWARD": False},
+         ssd.CONFIG["num_warps"], ("X", "Y", "z")),
+    Case(ssd_kernels.state_passing_fwd_kernel, {**STATE_PASSING, "HAS_H0": True}),
+    Case(ssd_kernels.state_passing_bwd_kernel, {**STATE_PASSING, "HAS_DFINAL": True, "HAS_DH0": True}),
+    Case(ssd_kernels.chunk_scan_fwd_kernel, {**SSD_CHUNK, "BLOCK_N": BLOCK_N, "HAS_D": True},
+         ssd.CONFIG["fwd_num_warps"], ("x", "B", "C", "z", "y", "gate_in")),
+    Case(ssd_kernels.chunk_scan_bwd_dx_kernel, {**SSD_CHUNK, "BLOCK_N": BLOCK_N, "HAS_D": True},
+         ssd.CONFIG["num_warps"], ("x", "B", "C", "z", "gate_in", "dy", "dx", "dz")),
+    Case(ssd_kernels.chunk_scan_bwd_dbc_kernel, {**SSD_CHUNK, "BLOCK_N": SPLIT_N},
+         ssd.CONFIG["dbc_num_warps"], ("x", "B", "C", "z", "dy")),
+    Case(conv_kernels.causal_conv1d_fwd_kernel, CONV, causal_conv.CONFIG["num_warps"], ("x", "state", "y")),
+    Case(conv_kernels.causal_conv1d_bwd_kernel, CONV, causal_conv.CONFIG["num_warps"], ("x", "state", "dy", "dx")),
+    Case(conv_kernels.causal_conv1d_update_kernel,
+         {"W": WIDTH, "BLOCK_D": 64, "BLOCK_W": WIDTH, "HAS_BIAS": True, "SILU": True},
+         half=("x", "state", "y", "next")),
+    Case(norm_kernels.rms_norm_fwd_kernel,
+         {**NORM_LAUNCH["meta"], **NORM, "ROWS": norm.TILE_ELEMENTS // HIDDEN, "STORE_RES": True},
+         half=("x", "z", "out")),
+    Case(norm_kernels.rms_norm_bwd_kernel, {**NORM_LAUNCH["meta"], **NORM, "HAS_DRES_OUT": True},
+         NORM_LAUNCH["num_warps"], ("x", "z", "dout", "dx", "dz")),
+    Case(layer_norm.layer_norm_fwd_kernel,
+         {**LAYER_NORM["meta"], "HAS_RES": True, "HAS_WEIGHT": True, "HAS_BIAS": True},
+         LAYER_NORM["num_warps"], ("x", "res", "out", "sum")),
+    Case(state_update.state_update_kernel,
+         {"N": SSD_N, "BLOCK_N": SSD_N, "BLOCK_C": 4096 // SSD_N, "HAS_D": True, "HAS_Z": True, "HAS_BIAS": True,
+          "SOFTPLUS": True, "HAS_LIMIT": True},
+         half=("x", "B", "C", "z", "y")),
+    Case(window_attention.window_attention_fwd_kernel,
+         {"DIM": CHANNELS, "HEADS": HEADS, "HEAD_DIM": CHANNELS // HEADS, "BLOCK_D": 16, "WINDOW": WINDOW,
+          "BLOCK_T": WINDOW * WINDOW, "SHIFTED": True, "HEADWISE_GATE": True, "PRECISION": "tf32"},
+         half=("qkvg", "out")),
+    Case(mlp.mlp_fwd_kernel,
+         {"C": CHANNELS, "HIDDEN": 4 * CHANNELS, "BLOCK_C": CHANNELS, "BLOCK_M": mlp.BLOCK_M, "BLOCK_H": mlp.BLOCK_H,
+          "HAS_RES": True, "PRECISION": "tf32"},
+         half=("x", "w1", "w2")),
+]  # fmt: skip
+
+
+def signature(kernel: JITFunction, half: tuple[str, ...]) -> tuple[dict, dict]:
+    """Triton's type of every argument, and the 16-byte alignment the JIT finds in freshly allocated tensors."""
+    types, attrs = {}, {}
+    for i, param in enumerate(kernel.params):
+        name = param.name
+        if param.is_constexpr:
+            types[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            types[name] = "*bf16" if name.removesuffix("_ptr") in half else "*fp32"
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            types[name] = "fp32" if name in FLOAT_SCALARS else "i32"
+    return types, attrs
+
+
+def compile_for_hopper(kernel: JITFunction, constexprs: dict, num_warps: int = 4, half: tuple[str, ...] = ()):
+    """``kernel`` through every stage of Triton's compiler, down to an sm_90 cubin."""
+    types, attrs = signature(kernel, half)
+    src = ASTSource(fn=kernel, signature=types, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=HOPPER, options={"num_warps": num_warps})
+
+
+def package_jit_functions() -> dict[str, JITFunction]:
+    """Every ``@triton.jit`` function defined in the kernels package, by qualified name."""
+    found = {}
+    for info in pkgutil.iter_modules(kernels.__path__):
+        module = importlib.import_module(f"{kernels.__name__}.{info.name}")
+        for value in vars(module).values():
+            if isinstance(value, JITFunction) and value.__module__ == module.__name__:
+                found[f"{info.name}.{value.__name__}"] = value
+    return found
+
+
+def callees(fn: JITFunction) -> set[JITFunction]:
+    """The ``@triton.jit`` functions that ``fn`` calls by a global name."""
+    names = {node.id for node in ast.walk(fn.parse()) if isinstance(node, ast.Name)}
+    return {fn.__globals__[name] for name in names if isinstance(fn.__globals__.get(name), JITFunction)}
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(tmp_path, monkeypatch):
+    """A cache of its own for each test, so that every kernel is compiled, not fetched from an earlier run."""
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.kernel.__name__ for case in CASES])
+def test_kernel_compiles_for_sm90(case: Case):
+    """The kernel compiles to a cubin; the case names exactly the kernel's constexprs."""
+    constexprs = {p.name for p in case.kernel.params if p.is_constexpr}
+    pointers = {p.name.removesuffix("_ptr") for p in case.kernel.params if p.name.endswith("_ptr")}
+    assert set(case.constexprs) == constexprs, "the case must give every constexpr of the kernel, and only those"
+    assert set(case.half) <= pointers, f"not pointer arguments: {set(case.half) - pointers}"
+    compiled = compile_for_hopper(case.kernel, case.constexprs, case.num_warps, case.half)
+    assert compiled.asm["cubin"]
+
+
+def test_every_kernel_has_a_case():
+    """Every jit function of the package is a kernel with a case or is called by one (and so compiled with it)."""
+    functions = package_jit_functions()
+    called = set().union(*(callees(fn) for fn in functions.values()))
+    entry_points = {name for name, fn in functions.items() if fn not in called}
+    covered = {f"{case.kernel.__module__.rsplit('.', 1)[1]}.{case.kernel.__name__}" for case in CASES}
+    assert entry_points <= covered, f"kernels without a case in CASES: {sorted(entry_points - covered)}"
+    assert covered <= entry_points, f"cases of functions that are no kernels: {sorted(covered - entry_points)}"
+
+
+@triton.jit
+def loop_carried_reshape_kernel(out_ptr, BLOCK: tl.constexpr):
+    """Invalid on purpose: ``acc`` enters the loop as a vector and leaves it as a matrix."""
+    acc = tl.zeros((BLOCK,), tl.float32)
+    for _ in range(4):
+        acc = tl.zeros((BLOCK, BLOCK), tl.float32)
+    tl.store(out_ptr + tl.arange(0, BLOCK), tl.sum(acc, axis=1))
+
+
+def test_compile_reports_front_end_errors():
+    """The compile path reaches Triton's type checks, which the CPU interpreter skips."""
+    with pytest.raises(CompilationError, match="Loop-carried variable"):
+        compile_for_hopper(loop_carried_reshape_kernel, {"BLOCK": 16})
