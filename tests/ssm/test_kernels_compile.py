@@ -75,7 +75,7 @@ SCAN_FWD = {**SCAN, "STORE_HT": True, "ACCUMULATE": True}
 SCAN_BWD = {**SCAN, "HAS_DHT": True, "ACCUMULATE_DZ": True}
 SCAN_FWD_HALF = ("u", "dt", "B", "C", "z", "y")
 SCAN_BWD_HALF = ("u", "dt", "B", "C", "z", "dy", "du", "ddt", "dz")
-STEP, TILE = selective_scan.FORWARD_STEP, selective_scan.BACKWARD_TILE
+TILE = selective_scan.BACKWARD_TILE
 TILE_N, TILE_D, TILE_L = selective_scan._blocks(SCAN_DIM, SCAN_N, TILE)
 # Mamba-2 SSD as in the interpolation model: headdim 16, d_state 64, chunk_size 256; a sequence of 64 chunks.
 P, SSD_N, CHUNK = 16, 64, ssd.kernel_chunk(256)
@@ -97,10 +97,13 @@ CASES = [
     Case(scan_kernels.selective_scan_fwd_chunked_kernel,
          {**SCAN_FWD, "BLOCK_N": SCAN_N, **chunked_blocks(selective_scan.FORWARD_CHUNKED)},
          selective_scan.FORWARD_CHUNKED["num_warps"], SCAN_FWD_HALF),
-    Case(scan_kernels.selective_scan_fwd_kernel,
-         {**SCAN_FWD, "SPLIT": STEP["split"], "BLOCK_D": 32 * STEP["num_warps"] // STEP["split"],
-          "UNROLL": STEP["unroll"]},
-         STEP["num_warps"], SCAN_FWD_HALF),
+    *(
+        Case(scan_kernels.selective_scan_fwd_kernel,
+             {**SCAN_FWD, "SPLIT": step["split"], "BLOCK_D": 32 * step["num_warps"] // step["split"],
+              "UNROLL": step["unroll"]},
+             step["num_warps"], SCAN_FWD_HALF)
+        for step in (selective_scan.FORWARD_STEP, selective_scan.FORWARD_SHORT)
+    ),
     Case(scan_kernels.selective_scan_bwd_kernel,
          {**SCAN_BWD, "BLOCK_N": TILE_N, "BLOCK_D": TILE_D, "BLOCK_L": TILE_L}, TILE["num_warps"], SCAN_BWD_HALF),
     Case(scan_kernels.selective_scan_bwd_chunked_kernel,

@@ -21,14 +21,16 @@ from .scan_kernels import (
 # Forward, ``kernel="chunk"`` (the default, FORWARD_CHUNKED): tiles of ``block_d`` channels x ``block_l`` steps
 # solved by a scan, each thread composing runs of ``items`` steps first. ``kernel="step"`` (FORWARD_STEP): one
 # channel's N states spread over ``split`` lanes, ``unroll`` steps per loop iteration. A sequence shorter than
-# one chunk runs the step kernel (H100, bf16: 1.8 against 5.3 ms at (21904, 96, L=32); at L=64 the chunked
-# kernel is 10% faster). Backward, ``kernel="tile"`` (the default, BACKWARD_TILE): tiles of ``block_d`` channels
+# one chunk runs the step kernel with FORWARD_SHORT (H100, bf16, the depth model's four L=32 scans: 2.11 ms with
+# it, 3.46 ms with FORWARD_STEP's settings, 5.3 ms at (21904, 96, 32) alone with the chunked kernel; at L=64 the
+# chunked kernel is 10% faster). Backward, ``kernel="tile"`` (the default, BACKWARD_TILE): tiles of ``block_d`` channels
 # x ``block_l`` steps solved by a scan over every step; ``kernel="chunk"`` (BACKWARD_CHUNKED): the same tiles of
 # runs of ``items`` steps as the chunked forward (H100: 1.33x / 0.52x / 2.15x the tile kernel at the three
 # benchmark shapes with d1 l16 i4 w1, so not the default). Settings that `benchmarks/ssm_kernels.py --sweep`
 # finds faster must pass tests/ssm/test_kernels_gpu.py before they replace these.
 FORWARD_CHUNKED = {"kernel": "chunk", "block_d": 2, "block_l": 64, "items": 8, "num_warps": 1}
 FORWARD_STEP = {"kernel": "step", "split": 4, "num_warps": 2, "unroll": 4}
+FORWARD_SHORT = {"kernel": "step", "split": 2, "num_warps": 1, "unroll": 4}
 BACKWARD_TILE = {"kernel": "tile", "block_d": 16, "block_l": 16, "num_warps": 4}
 BACKWARD_CHUNKED = {"kernel": "chunk", "block_d": 1, "block_l": 16, "items": 4, "num_warps": 1}
 CONFIG = {"forward": dict(FORWARD_CHUNKED), "backward": dict(BACKWARD_TILE)}
@@ -64,7 +66,7 @@ def scan_forward(
     cpg, n = dim // groups, A.shape[1]
     cfg = CONFIG["forward"]
     if cfg.get("kernel") == "chunk" and length < cfg["block_l"]:
-        cfg = FORWARD_STEP  # a sequence shorter than one chunk leaves most of the tile idle
+        cfg = FORWARD_SHORT  # a sequence shorter than one chunk leaves most of the tile idle
     if y is None:
         y = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)
     final_state = torch.empty(batch, dim, n, device=u.device, dtype=torch.float32)
