@@ -27,9 +27,10 @@ from ..ssm import Mamba2
 NUM_DIRECTIONS = 4
 # Inference runs the four directions in one Mamba-2 call up to this many elements (tokens 4 * 2B * H * W times
 # channels C), else one direction at a time, each in segments of at most a quarter of it with the Mamba-2 state
-# carried from one to the next (exact: the streaming contract). A call's in_proj output alone is about
-# 12 bytes per element in bfloat16 (d_in_proj ~ 6C): a 4K frame pair's full-resolution scan (67M tokens of 32
-# channels) would take 60 GB in one call. The 1080p full-resolution scan (16.7M tokens of 32) is one call.
+# carried from one to the next (exact: the streaming contract). A call's in_proj and convolution outputs take
+# about 28 bytes per element in bfloat16 at 32 channels (452 columns per token): a 4K frame pair's
+# full-resolution scan (67M tokens of 32 channels) would take 60 GB in one call. The 1080p full-resolution scan
+# (16.7M tokens of 32) is one call.
 MAX_INFERENCE_ELEMENTS = 2**29
 
 
