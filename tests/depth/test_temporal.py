@@ -174,3 +174,55 @@ def test_layer_norm_add_and_norm_is_the_sum_and_its_norm():
         s, n = norm.add_and_norm(x, r)
     torch.testing.assert_close(s, x + r)
     torch.testing.assert_close(n, F.layer_norm(x + r, (6,), norm.weight, norm.bias))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("channels", [48, 320], ids=["fused-ffn", "wide"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_temporal_scale_inference_kernels_equal_float64(monkeypatch, channels, dtype):
+    """On CUDA without gradients the blocks run Mamba's token-major path and, up to 256 channels, the fused
+    feed-forward kernel (spies count the calls); offline, chunked and stepped outputs equal the float64 CPU model."""
+    import videostate.ssm.kernels.mamba_tokens as mamba_tokens
+    import videostate.ssm.kernels.mlp as mlp
+
+    calls = {"scan": 0, "ffn": 0}
+    real_scan, real_mlp = mamba_tokens.mamba_scan_tokens, mlp.mlp_triton
+
+    def spy(name, fn):
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+
+        return counted
+
+    monkeypatch.setattr(mamba_tokens, "mamba_scan_tokens", spy("scan", real_scan))
+    monkeypatch.setattr(mlp, "mlp_triton", spy("ffn", real_mlp))
+    torch.manual_seed(3)
+    scale = TemporalMambaScale(channels, num_blocks=2, d_state=16).double()
+    with torch.no_grad():
+        for p in scale.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    z = torch.randn(300, 32, channels, dtype=torch.float64)
+    with torch.no_grad():
+        exact, _ = scale(z)
+        fast = scale.to("cuda", dtype)
+        offline = fast.offline(z.to("cuda", dtype))
+        state, chunks = fast.init_state(300, device="cuda"), []
+        for lo, hi in [(0, 7), (7, 32)]:
+            y, state = fast(z[:, lo:hi].to("cuda", dtype), state)
+            chunks.append(y)
+        state, steps = fast.init_state(300, device="cuda"), []
+        for t in range(4):
+            y, state = fast.step(z[:, t].to("cuda", dtype), state)
+            steps.append(y)
+    assert calls["scan"] == 2 * 3
+    assert calls["ffn"] == (2 * 3 + 2 * 4 if channels <= mlp.MAX_CHANNELS else 0)
+    tolerance = 1e-4 if dtype == torch.float32 else 3e-2
+
+    def error(actual, expected):
+        return ((actual.double().cpu() - expected).norm() / expected.norm()).item()
+
+    assert error(offline, exact) < tolerance
+    assert error(torch.cat(chunks, 1), exact) < tolerance
+    assert error(torch.stack(steps, 1), exact[:, :4]) < tolerance

@@ -1,4 +1,5 @@
-"""The fused GELU MLP kernel against the written formula ``fc2(gelu(fc1(x))) + residual`` in float64.
+"""The fused MLP kernel against the written formula ``fc2(act(fc1(x))) + residual`` in float64, ``act`` exact GELU
+or SiLU.
 
 On CUDA these are ``gpu`` tests; with ``TRITON_INTERPRET=1`` and no GPU the same tests run on CPU tensors
 through Triton's interpreter.
@@ -19,7 +20,7 @@ pytestmark = list(MARKS)
 if importlib.util.find_spec("triton") is None:
     pytestmark = [pytest.mark.skip(reason="needs Triton")]
 elif INTERPRET or torch.cuda.is_available():
-    from videostate.ssm.kernels.mlp import gelu_mlp_triton
+    from videostate.ssm.kernels.mlp import mlp_triton
 
 # Triton's interpreter multiplies bfloat16 matrices wrongly: bfloat16 runs on the GPU only.
 DTYPES = [torch.float32, torch.float16] + ([] if INTERPRET else [torch.bfloat16])
@@ -44,9 +45,10 @@ def weights(channels, hidden, seed=0):
     )
 
 
-def formula(x, w1, b1, w2, b2, residual=None):
+def formula(x, w1, b1, w2, b2, residual=None, activation="gelu"):
     h = x.double() @ w1.double().T + b1.double()
-    out = (0.5 * h * (1 + torch.erf(h / math.sqrt(2)))) @ w2.double().T + b2.double()
+    h = 0.5 * h * (1 + torch.erf(h / math.sqrt(2))) if activation == "gelu" else h / (1 + torch.exp(-h))
+    out = h @ w2.double().T + b2.double()
     return out if residual is None else out + residual.double()
 
 
@@ -57,16 +59,17 @@ def max_relative_error(out, expected):
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "residual"])
-def test_kernel_matches_formula(shape, dtype, with_residual):
+@pytest.mark.parametrize("activation", ["gelu", "silu"])
+def test_kernel_matches_formula(shape, dtype, with_residual, activation):
     tokens, channels, hidden = shape
     w1, b1, w2, b2 = weights(channels, hidden)
     g = torch.Generator(device=DEVICE).manual_seed(1)
     x = torch.randn(*tokens, channels, generator=g, device=DEVICE, dtype=torch.float64).to(dtype)
     residual = torch.randn(*tokens, channels, generator=g, device=DEVICE).to(dtype) if with_residual else None
-    out = gelu_mlp_triton(x, w1.float(), b1.float(), w2.float(), b2.float(), residual, dtype)
+    out = mlp_triton(x, w1.float(), b1.float(), w2.float(), b2.float(), residual, dtype, activation)
     assert out.shape == x.shape and out.dtype == dtype and torch.isfinite(out).all()
     # The oracle takes the weights as the kernel does: rounded to the compute dtype.
-    expected = formula(x, w1.to(dtype), b1.float(), w2.to(dtype), b2.float(), residual)
+    expected = formula(x, w1.to(dtype), b1.float(), w2.to(dtype), b2.float(), residual, activation)
     assert max_relative_error(out, expected) < TOLERANCE[dtype]
 
 
@@ -74,9 +77,11 @@ def test_kernel_checks_shapes():
     w1, b1, w2, b2 = (t.float() for t in weights(32, 128))
     x = torch.randn(4, 32, device=DEVICE)
     with pytest.raises(ValueError, match="w2 must have shape"):
-        gelu_mlp_triton(x, w1, b1, w2.T, b2)
+        mlp_triton(x, w1, b1, w2.T, b2)
     with pytest.raises(ValueError, match="residual must have"):
-        gelu_mlp_triton(x, w1, b1, w2, b2, torch.randn(4, 16, device=DEVICE))
+        mlp_triton(x, w1, b1, w2, b2, torch.randn(4, 16, device=DEVICE))
+    with pytest.raises(ValueError, match="activation must be one of"):
+        mlp_triton(x, w1, b1, w2, b2, activation="relu")
 
 
 @pytest.mark.skipif(INTERPRET, reason="the module's fast path is taken on CUDA tensors only")
@@ -86,8 +91,8 @@ def test_module_takes_the_kernel_for_inference(monkeypatch):
     import videostate.ssm.kernels.mlp as kernels
 
     calls = []
-    real = kernels.gelu_mlp_triton
-    monkeypatch.setattr(kernels, "gelu_mlp_triton", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = kernels.mlp_triton
+    monkeypatch.setattr(kernels, "mlp_triton", lambda *a, **k: calls.append(1) or real(*a, **k))
     torch.manual_seed(0)
     mlp = MLP(32, 128).to(DEVICE)
     x, residual = torch.randn(2, 16, 24, 32, device=DEVICE), torch.randn(2, 16, 24, 32, device=DEVICE)

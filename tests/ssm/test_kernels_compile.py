@@ -30,6 +30,7 @@ from videostate.ssm import kernels  # noqa: E402
 from videostate.ssm.kernels import (  # noqa: E402
     causal_conv,
     conv_kernels,
+    depthwise_tokens,
     layer_norm,
     mlp,
     norm,
@@ -140,10 +141,14 @@ CASES = [
          {"DIM": CHANNELS, "HEADS": HEADS, "HEAD_DIM": CHANNELS // HEADS, "BLOCK_D": 16, "WINDOW": WINDOW,
           "BLOCK_T": WINDOW * WINDOW, "SHIFTED": True, "HEADWISE_GATE": True, "PRECISION": "tf32"},
          half=("qkvg", "out")),
-    Case(mlp.mlp_fwd_kernel,
-         {"C": CHANNELS, "HIDDEN": 4 * CHANNELS, "BLOCK_C": CHANNELS, "BLOCK_M": mlp.BLOCK_M, "BLOCK_H": mlp.BLOCK_H,
-          "HAS_RES": True, "PRECISION": "tf32"},
-         half=("x", "w1", "w2")),
+    Case(depthwise_tokens.depthwise_tokens_kernel,
+         {"K": 3, "BLOCK_C": 64, "BLOCK_X": depthwise_tokens.BLOCK_X, "HAS_BIAS": True},
+         half=("f", "w", "bias", "pe", "out")),
+    *(Case(mlp.mlp_fwd_kernel,
+           {"C": CHANNELS, "HIDDEN": 4 * CHANNELS, "BLOCK_C": CHANNELS, "BLOCK_M": mlp.BLOCK_M,
+            "BLOCK_H": mlp.BLOCK_H, "HAS_RES": True, "SILU": silu, "PRECISION": "tf32"},
+           half=("x", "w1", "w2"))
+      for silu in (False, True)),
 ]  # fmt: skip
 
 

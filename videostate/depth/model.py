@@ -33,7 +33,6 @@ from .temporal import (
     TemporalMambaScale,
     TemporalScaleState,
     temporal_position_encoding,
-    tokenize_with_position,
 )
 
 if TYPE_CHECKING:
@@ -308,9 +307,8 @@ class VideoMambaDepth(nn.Module):
         residuals, new_scales = [], []
         for i, f in enumerate(feats):
             h, w = f.shape[-2:]
-            z = rearrange(self.premix[i](rearrange(f, "b n c h w -> (b n) c h w")), "(b n) c h w -> b n c h w", b=batch)
-            pe = temporal_position_encoding(positions, f.shape[2], self.config.max_period).to(z)
-            tokens = tokenize_with_position(z, pe)
+            pe = temporal_position_encoding(positions, f.shape[2], self.config.max_period).to(f)
+            tokens = self.premix[i].tokens(f, pe)
             if carry:
                 y, scale_state = self.temporal[i](tokens, self._scale_state(states, i, batch, h * w, tokens))
                 new_scales.append(ScaleStreamState.from_tokens(scale_state, batch))
@@ -373,9 +371,8 @@ class VideoMambaDepth(nn.Module):
         mixed, new_scales = [], []
         for i, f in enumerate(feats):
             h, w = f.shape[-2:]
-            z = self.premix[i](f)
-            pe = temporal_position_encoding(states.frame_index, f.shape[1], self.config.max_period).to(z)
-            tokens = tokenize_with_position(z[:, None], pe[:, None])[:, 0]
+            pe = temporal_position_encoding(states.frame_index, f.shape[1], self.config.max_period).to(f)
+            tokens = self.premix[i].tokens(f[:, None], pe[:, None])[:, 0]
             y, scale_state = self.temporal[i].step(tokens, self._scale_state(states, i, batch, h * w, tokens))
             mixed.append(f + self.temporal_out[i].frames(y[:, None], h, w, batch)[:, 0])
             new_scales.append(ScaleStreamState.from_tokens(scale_state, batch))

@@ -21,6 +21,7 @@ from torch import nn
 
 from videostate.ssm import Mamba, MambaState, StreamState
 from videostate.ssm import layer_norm as norm
+from videostate.ssm.dispatch import inference_kernel
 
 
 def temporal_tokenize(feat: torch.Tensor) -> torch.Tensor:
@@ -70,6 +71,17 @@ class SpatialPreMix(nn.Module):
             raise ValueError(f"x must have shape (B*N, {self.conv.in_channels}, H, W); got {tuple(x.shape)}")
         return self.conv(x)
 
+    def tokens(self, feat: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
+        """``tokenize_with_position(premix(feat), pe)``: ``feat (B, N, C, H, W)``, ``pe (B or 1, N, C)`` ->
+        ``((B*H*W), N, C)``. For inference on CUDA one Triton pass convolves, adds the encoding and writes the
+        token layout (:mod:`videostate.ssm.kernels.depthwise_tokens`)."""
+        kernels = inference_kernel("depthwise_tokens", feat, pe)
+        if kernels is not None:
+            return kernels.depthwise_tokens(feat, self.conv.weight, self.conv.bias, pe.to(feat.dtype))
+        batch = feat.shape[0]
+        z = rearrange(self(rearrange(feat, "b n c h w -> (b n) c h w")), "(b n) c h w -> b n c h w", b=batch)
+        return tokenize_with_position(z, pe)
+
 
 def temporal_position_encoding(positions: torch.Tensor, channels: int, max_period: float) -> torch.Tensor:
     """Sinusoidal encoding of frame indices: ``positions (...)`` -> ``(..., channels)``, with
@@ -115,6 +127,11 @@ class LayerNorm(norm.LayerNorm):
         return super().add_and_norm(x, residual)
 
 
+def with_update(x: torch.Tensor, update: torch.Tensor | None) -> torch.Tensor:
+    """``x + update``, or ``x`` when the update was already added (``None``)."""
+    return x if update is None else x + update
+
+
 class MambaBlock(nn.Module):
     """``x + Mamba(LayerNorm(x))`` then ``x + FFN(LayerNorm(x))`` with ``FFN = Linear-SiLU-Linear``.
 
@@ -143,16 +160,16 @@ class MambaBlock(nn.Module):
     def forward(self, x: torch.Tensor, state: MambaState | None = None):
         """``x (batch, L, C)`` -> ``(batch, L, C)``, plus the next state when ``state`` is given."""
         x, update, next_state = self.residual_stream(x, None, state)
-        x = x + update
+        x = with_update(x, update)
         return x if state is None else (x, next_state)
 
     def residual_stream(
         self, x: torch.Tensor, update: torch.Tensor | None, state: MambaState | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, MambaState | None]:
         """The block on the input ``x + update`` (``update=None``: on ``x``), returning its output as
-        ``(x', update')`` with the last residual add, ``x' + update'``, left to the caller, and the next state
-        (``None`` without ``state``). A chain of blocks hands ``(x', update')`` on, so every residual add is
-        fused with the LayerNorm after it."""
+        ``(x', update')`` with the last residual add, ``x' + update'``, left to the caller (``update' = None``:
+        none is left, the fused feed-forward kernel made it), and the next state (``None`` without ``state``). A
+        chain of blocks hands ``(x', update')`` on, so every residual add is fused with the pass after it."""
         if update is None:
             h = self.norm1(x)
         else:
@@ -162,13 +179,30 @@ class MambaBlock(nn.Module):
         else:
             mixed, next_state = self.mamba(h, state)
         x, h = self.norm2.add_and_norm(x, mixed)
+        kernels = self._ffn_kernels(x, h)
+        if kernels is not None:
+            return self._fused_ffn(kernels, x, h), None, next_state
         return x, self.ffn(h), next_state
 
     def step(self, x: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         """One token ``(batch, C)`` -> ``(batch, C)`` and the next state."""
         mixed, next_state = self.mamba.step(self.norm1(x), state)
         x, h = self.norm2.add_and_norm(x, mixed)
-        return x + self.ffn(h), next_state
+        kernels = self._ffn_kernels(x, h)
+        return (x + self.ffn(h) if kernels is None else self._fused_ffn(kernels, x, h)), next_state
+
+    def _ffn_kernels(self, x: torch.Tensor, h: torch.Tensor):
+        """The fused MLP kernel module (:mod:`videostate.ssm.kernels.mlp`) for inference on CUDA at widths it takes;
+        ``None`` otherwise."""
+        kernels = inference_kernel("mlp", x, h)
+        return kernels if kernels is not None and kernels.supports(h.shape[-1]) else None
+
+    def _fused_ffn(self, kernels, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """``x + self.ffn(h)`` in one pass: the hidden activations never reach memory."""
+        device = h.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+        fc1, fc2 = self.ffn[0], self.ffn[2]
+        return kernels.mlp_triton(h, fc1.weight, fc1.bias, fc2.weight, fc2.bias, x, dtype, activation="silu")
 
 
 @dataclasses.dataclass
@@ -204,14 +238,14 @@ class TemporalMambaScale(nn.Module):
         for block, block_state in zip(self.blocks, state.blocks, strict=True):
             z_seq, update, block_state = block.residual_stream(z_seq, update, block_state)
             new_blocks.append(block_state)
-        return z_seq + update, TemporalScaleState(new_blocks)
+        return with_update(z_seq, update), TemporalScaleState(new_blocks)
 
     def offline(self, z_seq: torch.Tensor) -> torch.Tensor:
         """``z_seq (tokens, N, C)`` -> ``y_seq``: :meth:`forward` from a zero state without forming the next state."""
         update = None
         for block in self.blocks:
             z_seq, update, _ = block.residual_stream(z_seq, update)
-        return z_seq + update
+        return with_update(z_seq, update)
 
     def step(self, z: torch.Tensor, state: TemporalScaleState) -> tuple[torch.Tensor, TemporalScaleState]:
         """One frame ``z (tokens, C)`` -> ``(tokens, C)`` and the next state."""

@@ -53,7 +53,7 @@ class MLP(nn.Module):
         if kernels is not None:
             device = x.device.type
             dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-            return kernels.gelu_mlp_triton(
+            return kernels.mlp_triton(
                 x, self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias, residual, dtype
             )
         return residual + self(x)

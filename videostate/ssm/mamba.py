@@ -23,7 +23,7 @@ from einops import rearrange, repeat
 from torch import nn
 
 from .causal_conv import causal_conv1d, causal_conv1d_update
-from .dispatch import register, resolve
+from .dispatch import inference_kernel, register, resolve
 from .selective_scan import (
     check_selective_scan_inputs,
     selective_scan,
@@ -301,8 +301,13 @@ class Mamba(nn.Module):
         check_tensor("hidden_states", hidden_states, (None, None, self.d_model), layout="(batch, L, d_model)")
         if state is not None:
             self._check_state(state, hidden_states.shape[0])
-        xz = rearrange(self.in_proj(hidden_states), "b l d -> b d l")
-        x, z = xz.chunk(2, dim=1)
+        xz = self.in_proj(hidden_states)
+        tokens = self._scan_tokens(xz, state)
+        if tokens is not None:
+            y, next_state = tokens
+            out = self.out_proj(y)
+            return out if state is None else (out, next_state)
+        x, z = rearrange(xz, "b l d -> b d l").chunk(2, dim=1)
         if self.bimamba:
             y, next_state = self._bidirectional_scan(x, z, state)
         else:
@@ -344,6 +349,31 @@ class Mamba(nn.Module):
             y = y + y_b[..., 0]
         out = self.out_proj(y)
         return (out[:, None] if squeeze else out), MambaState(conv_state, ssm_state)
+
+    def _scan_tokens(self, xz: torch.Tensor, state: MambaState | None):
+        """Inference of short sequences on CUDA (:mod:`videostate.ssm.kernels.mamba_tokens`): ``xz (batch, L,
+        2 d_inner)`` -> ``(y (batch, L, d_inner), next_state)``, the values of the channel-major path without its
+        layout copies; ``None`` where it does not apply (gradients, the CPU, long sequences, ``bimamba``)."""
+        if self.bimamba or not self.use_fast_path:
+            return None
+        kernels = inference_kernel("mamba_tokens", xz)
+        if kernels is None or not kernels.applies(xz.shape[1]):
+            return None
+        params = self.direction(backward=False)
+        A, D, dt_bias = self._scan_params(params)
+        y, conv_state, ssm_state = kernels.mamba_scan_tokens(
+            xz,
+            rearrange(params.conv1d.weight, "d 1 w -> d w"),
+            params.conv1d.bias,
+            params.x_proj.weight,
+            params.dt_proj.weight,
+            dt_bias,
+            A,
+            D,
+            None if state is None else state.conv_state,
+            None if state is None else state.ssm_state,
+        )
+        return y, None if state is None else MambaState(conv_state, ssm_state.to(state.ssm_state.dtype))
 
     def _project(self, x: torch.Tensor, params: Direction):
         """``x (..., d_inner)`` -> delta ``(..., d_inner)`` (without bias), B and C ``(..., d_state)``."""

@@ -102,6 +102,28 @@ def causal_conv1d_triton(x, weight, bias, activation, conv_state):
     return y, next_conv_state(x, conv_state, weight.shape[1])
 
 
+def causal_conv1d_tokens(x, weight, bias, conv_state=None):
+    """SiLU causal convolution of token-major sequences, forward only: ``x (batch, L, dim)`` (channels at stride
+    1, e.g. read in place from a projection's rows) -> ``(batch, L, dim)`` contiguous; ``weight (dim, W)``,
+    ``conv_state (batch, dim, W)`` or ``None`` (zeros). The tile spans a short sequence whole and as many
+    channels as the default tile holds elements."""
+    batch, length, dim = x.shape
+    y = torch.empty(batch, length, dim, device=x.device, dtype=x.dtype)
+    block_l = min(CONFIG["block_l"], max(16, next_power_of_2(length)))
+    block_d = CONFIG["block_d"] * CONFIG["block_l"] // block_l
+    state, *state_strides = _state_args(conv_state, x)
+    n_tiles = triton.cdiv(length, block_l)
+    x_cm, y_cm = x.mT, y.mT  # the kernel's (batch, dim, L) indexing
+    causal_conv1d_fwd_kernel[launch_grid(batch, dim, n_tiles, block_d)](
+        x_cm, weight, x if bias is None else bias, state, y_cm, dim, length, n_tiles,
+        *x_cm.stride(), *weight.stride(), *state_strides, *y_cm.stride(),
+        W=weight.shape[1], BLOCK_D=block_d, BLOCK_L=block_l,
+        HAS_BIAS=bias is not None, HAS_STATE=conv_state is not None, SILU=True,
+        num_warps=CONFIG["num_warps"],
+    )  # fmt: skip
+    return y
+
+
 def causal_conv1d_update_triton(x, conv_state, weight, bias, activation):
     """One step (see :func:`videostate.ssm.causal_conv.causal_conv1d_update`); forward-only kernel."""
     tensors = (x, conv_state, weight, bias)

@@ -1,8 +1,9 @@
-"""A two-layer GELU MLP over the channels of a token map, for inference: ``fc2(gelu(fc1(x))) (+ residual)`` in
-one pass.
+"""A two-layer MLP over the channels of a token map, for inference: ``fc2(act(fc1(x))) (+ residual)`` in one pass,
+with ``act`` exact GELU or SiLU.
 
 A program takes ``BLOCK_M`` tokens and walks the hidden width ``BLOCK_H`` columns at a time: ``h = x W1^T + b1``
-(float32 sums), exact GELU (``erf``, as ``nn.GELU()``), rounded to the compute dtype, then ``acc += h W2^T``.
+(float32 sums), the activation (GELU with ``erf``, as ``nn.GELU()``; or ``nn.SiLU()``), rounded to the compute
+dtype, then ``acc += h W2^T``.
 The hidden activations never leave the chip, so a map of millions of 32- to 128-channel tokens with a 4x
 hidden width is read once and written once, instead of writing and re-reading the hidden map twice (the
 first linear layer's output, then the GELU's). Forward only.
@@ -14,10 +15,17 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import next_power_of_2
+from .common import next_power_of_2, sigmoid
 
 BLOCK_M = 64  # tokens per program
 BLOCK_H = 64  # hidden columns per step
+ACTIVATIONS = ("gelu", "silu")
+MAX_CHANNELS = 256  # a program's BLOCK_M x C float32 sums stay in registers up to this width
+
+
+def supports(channels: int) -> bool:
+    """Whether the kernel takes tokens of ``channels`` channels (wider maps are faster as two matrix products)."""
+    return channels <= MAX_CHANNELS
 
 
 @triton.jit
@@ -25,7 +33,7 @@ def mlp_fwd_kernel(
     x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, res_ptr, out_ptr,
     n_rows,
     C: tl.constexpr, HIDDEN: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_H: tl.constexpr,
-    HAS_RES: tl.constexpr, PRECISION: tl.constexpr,
+    HAS_RES: tl.constexpr, SILU: tl.constexpr, PRECISION: tl.constexpr,
 ):  # fmt: skip
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     c = tl.arange(0, BLOCK_C)
@@ -39,7 +47,10 @@ def mlp_fwd_kernel(
         j_mask = j < HIDDEN
         w1 = tl.load(w1_ptr + j[None, :] * C + c[:, None], mask=c_mask[:, None] & j_mask[None, :], other=0.0)
         h = tl.dot(x, w1, input_precision=PRECISION) + tl.load(b1_ptr + j, mask=j_mask, other=0.0)[None, :]
-        h = 0.5 * h * (1.0 + tl.erf(h * 0.7071067811865476))
+        if SILU:
+            h = h * sigmoid(h)
+        else:
+            h = 0.5 * h * (1.0 + tl.erf(h * 0.7071067811865476))
         w2 = tl.load(w2_ptr + c[None, :] * HIDDEN + j[:, None], mask=j_mask[:, None] & c_mask[None, :], other=0.0)
         acc += tl.dot(h.to(w2.dtype), w2, input_precision=PRECISION)
     acc += tl.load(b2_ptr + c, mask=c_mask, other=0.0)[None, :]
@@ -48,7 +59,7 @@ def mlp_fwd_kernel(
     tl.store(out_ptr + offsets, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def gelu_mlp_triton(
+def mlp_triton(
     x: torch.Tensor,
     w1: torch.Tensor,
     b1: torch.Tensor,
@@ -56,13 +67,17 @@ def gelu_mlp_triton(
     b2: torch.Tensor,
     residual: torch.Tensor | None = None,
     dtype: torch.dtype | None = None,
+    activation: str = "gelu",
 ) -> torch.Tensor:
-    """``F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)`` (+ ``residual``) over the last dimension of ``x (..., C)``.
+    """``F.linear(act(F.linear(x, w1, b1)), w2, b2)`` (+ ``residual``) over the last dimension of ``x (..., C)``,
+    ``act`` ``F.gelu`` or ``F.silu`` (``activation="gelu"`` or ``"silu"``).
 
     ``w1 (hidden, C)``, ``b1 (hidden,)``, ``w2 (C, hidden)``, ``b2 (C,)``. The products run in ``dtype``
     (default x's; pass the autocast dtype under autocast), sums in float32. Returns ``(..., C)`` in ``dtype``,
     or with a residual in the promoted dtype of the two, the residual added before the one rounding.
     """
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}; got {activation!r}")
     channels = x.shape[-1]
     hidden = w1.shape[0]
     expected = {"w1": (hidden, channels), "b1": (hidden,), "w2": (channels, hidden), "b2": (channels,)}
@@ -82,6 +97,7 @@ def gelu_mlp_triton(
             b2.float().contiguous(), x2 if res2 is None else res2, out, x2.shape[0],
             C=channels, HIDDEN=hidden, BLOCK_C=max(16, next_power_of_2(channels)), BLOCK_M=BLOCK_M,
             BLOCK_H=min(BLOCK_H, max(16, next_power_of_2(hidden))), HAS_RES=res2 is not None,
-            PRECISION="ieee" if dtype == torch.float32 else "tf32", num_warps=4 if channels <= 64 else 8,
+            SILU=activation == "silu", PRECISION="ieee" if dtype == torch.float32 else "tf32",
+            num_warps=4 if channels <= 64 else 8,
         )  # fmt: skip
     return out.view(x.shape)

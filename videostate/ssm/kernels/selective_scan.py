@@ -36,6 +36,12 @@ BACKWARD_CHUNKED = {"kernel": "chunk", "block_d": 1, "block_l": 16, "items": 4, 
 CONFIG = {"forward": dict(FORWARD_CHUNKED), "backward": dict(BACKWARD_TILE)}
 
 
+def runs_short_setting(length: int) -> bool:
+    """Whether the forward runs a sequence of ``length`` steps with FORWARD_SHORT."""
+    cfg = CONFIG["forward"]
+    return cfg.get("kernel") == "chunk" and length < cfg["block_l"]
+
+
 def _grouped(t: torch.Tensor) -> torch.Tensor:
     """B or C as ``(batch, G, N, L)`` (a view: ungrouped inputs get G=1)."""
     return t.unsqueeze(1) if t.dim() == 3 else t
@@ -65,7 +71,7 @@ def scan_forward(
     groups = B4.shape[1]
     cpg, n = dim // groups, A.shape[1]
     cfg = CONFIG["forward"]
-    if cfg.get("kernel") == "chunk" and length < cfg["block_l"]:
+    if runs_short_setting(length):
         cfg = FORWARD_SHORT  # a sequence shorter than one chunk leaves most of the tile idle
     if y is None:
         y = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)

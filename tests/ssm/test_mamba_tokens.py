@@ -1,0 +1,136 @@
+"""Mamba's token-major inference path (:mod:`videostate.ssm.kernels.mamba_tokens`) against the written formulas.
+
+The oracle is the plain-loop convolution and scan of :mod:`tests.ssm.oracles` in float64, from the input
+projection's rows through ``x_proj`` and ``dt_proj``. On CUDA these are ``gpu`` tests; with ``TRITON_INTERPRET=1``
+and no GPU the kernel tests run on CPU tensors through Triton's interpreter.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from tests.kernel_targets import DEVICE, INTERPRET, MARKS
+from tests.ssm.oracles import causal_conv_loop, selective_scan_loop
+from videostate.ssm import Mamba
+
+pytestmark = list(MARKS)
+if importlib.util.find_spec("triton") is None:
+    pytestmark = [pytest.mark.skip(reason="needs Triton")]
+elif INTERPRET or torch.cuda.is_available():
+    from videostate.ssm.kernels import mamba_tokens
+
+# Interpreted bfloat16 matrix products are wrong in Triton's interpreter; the path's products are PyTorch's, but
+# bfloat16 runs on the GPU only to keep the interpreter's runs short.
+DTYPES = [torch.float32] + ([] if INTERPRET else [torch.bfloat16, torch.float16])
+TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 1e-2}
+# (batch, L, d_model, d_state): L of one step, odd, a power of two, and the depth model's 32 frames.
+SHAPES = [(3, 1, 16, 16), (2, 7, 24, 8), (4, 16, 32, 16), (2, 32, 48, 16)]
+
+
+def make_mamba(d_model, d_state, seed=0):
+    torch.manual_seed(seed)
+    mamba = Mamba(d_model, d_state=d_state).double()
+    with torch.no_grad():  # away from the initialisation's constants: every parameter takes part
+        for p in mamba.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return mamba
+
+
+def formula(mamba, xz, conv_state=None, ssm_state=None):
+    """``y (batch, L, d_inner)``, the next conv state and the final scan state, from loops in float64."""
+    d, n, r = mamba.d_inner, mamba.d_state, mamba.dt_rank
+    x, z = xz.double().mT.split(d, dim=1)
+    u, next_conv = causal_conv_loop(x, mamba.conv1d.weight[:, 0], mamba.conv1d.bias, "silu", conv_state)
+    dt, B, C = (u.mT @ mamba.x_proj.weight.T).split([r, n, n], dim=-1)
+    delta = (dt @ mamba.dt_proj.weight.T).mT
+    A = -torch.exp(mamba.A_log)
+    y, h = selective_scan_loop(u, delta, A, B.mT, C.mT, mamba.D, z, mamba.dt_proj.bias, True, ssm_state)
+    return y.mT, next_conv, h
+
+
+def run_kernel(mamba, xz, dtype, conv_state=None, ssm_state=None):
+    fast = mamba.to(device=DEVICE, dtype=dtype)
+    A = -torch.exp(mamba.A_log.float())
+    return mamba_tokens.mamba_scan_tokens(
+        xz.to(DEVICE, dtype),
+        fast.conv1d.weight[:, 0],
+        fast.conv1d.bias,
+        fast.x_proj.weight,
+        fast.dt_proj.weight,
+        fast.dt_proj.bias.float(),
+        A.to(DEVICE),
+        fast.D.float(),
+        None if conv_state is None else conv_state.to(DEVICE, dtype),
+        None if ssm_state is None else ssm_state.to(DEVICE, torch.float32),
+    )
+
+
+def rel_error(actual, expected):
+    assert actual.shape == expected.shape and torch.isfinite(actual).all()
+    return ((actual.cpu().double() - expected).norm() / expected.norm()).item()
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("carried", [False, True], ids=["fresh", "carried"])
+def test_path_matches_formula(shape, dtype, carried):
+    batch, length, d_model, d_state = shape
+    mamba = make_mamba(d_model, d_state)
+    g = torch.Generator().manual_seed(1)
+    xz = torch.randn(batch, length, 2 * mamba.d_inner, generator=g, dtype=torch.float64)
+    conv_state = ssm_state = None
+    if carried:  # a stream's state: inputs before the chunk and a scan state
+        conv_state = torch.randn(batch, mamba.d_inner, mamba.d_conv, generator=g, dtype=torch.float64)
+        ssm_state = torch.randn(batch, mamba.d_inner, d_state, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        y_exact, conv_exact, h_exact = formula(mamba, xz, conv_state, ssm_state)
+        # the oracle takes the weights and inputs as the kernels do: rounded to the compute dtype
+        y, next_conv, h = run_kernel(mamba, xz, dtype, conv_state, ssm_state)
+    assert y.shape == (batch, length, mamba.d_inner) and y.dtype == dtype and y.is_contiguous()
+    assert rel_error(y, y_exact) < TOLERANCE[dtype]
+    assert rel_error(h, h_exact) < TOLERANCE[dtype]
+    if carried:
+        assert next_conv.dtype == dtype
+        assert rel_error(next_conv, conv_exact) < TOLERANCE[dtype]
+    else:
+        assert next_conv is None
+
+
+def test_path_checks_the_projection_width():
+    mamba = make_mamba(16, 8)
+    with pytest.raises(ValueError, match=r"xz must have shape \(batch, L, 64\)"):
+        run_kernel(mamba, torch.randn(2, 5, 63, dtype=torch.float64), torch.float32)
+
+
+def test_path_covers_short_sequences_only():
+    assert mamba_tokens.applies(32) and mamba_tokens.applies(1)
+    assert not mamba_tokens.applies(4096)
+
+
+@pytest.mark.skipif(INTERPRET, reason="Mamba takes the path on CUDA tensors only")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_mamba_takes_the_path_for_inference_and_streams(monkeypatch, dtype):
+    """Without gradients on CUDA a short-sequence Mamba runs the path (a spy counts the calls), equal to the
+    float64 reference; chunks with a carried state equal the whole clip; with gradients it keeps autograd's ops."""
+    calls = []
+    real = mamba_tokens.mamba_scan_tokens
+    monkeypatch.setattr(mamba_tokens, "mamba_scan_tokens", lambda *a, **k: calls.append(1) or real(*a, **k))
+    mamba = make_mamba(32, 16)
+    x = torch.randn(6, 24, 32, dtype=torch.float64)
+    with torch.no_grad():
+        exact = mamba(x)
+        fast = mamba.to(DEVICE, dtype)
+        offline = fast(x.to(DEVICE, dtype))
+        state = fast.init_state(6, device=DEVICE)
+        chunks = []
+        for start, end in [(0, 5), (5, 6), (6, 24)]:
+            y, state = fast(x[:, start:end].to(DEVICE, dtype), state)
+            chunks.append(y)
+    assert len(calls) == 4
+    assert rel_error(offline, exact) < TOLERANCE[dtype]
+    assert rel_error(torch.cat(chunks, dim=1), exact) < TOLERANCE[dtype]
+    fast(x.to(DEVICE, dtype).requires_grad_()).sum().backward()
+    assert len(calls) == 4
