@@ -5,7 +5,10 @@ For each architecture (random weights of the published DA2 sizes) and input size
 - ``teacher_ms_per_frame``: the teacher alone on a batch of ``frames`` frames;
 - ``offline_ms_per_frame``: the student on one ``frames``-frame clip (teacher encoder + temporal modules +
   student decoder), and ``overhead`` = offline / teacher - 1 (goal: at most 10 %); ``phases_ms_per_frame``
-  splits the offline pass into the teacher's encoder, the temporal modules and the decoder;
+  splits the offline pass into the teacher's encoder, the temporal modules and the decoder; on CUDA also
+  ``fast_offline_ms_per_frame``, the same pass replayed from a CUDA graph (``model.fast_clip()``), against
+  ``teacher_graph_ms_per_frame``, the teacher replayed from one too, and ``fast_overhead`` = fast offline / the
+  faster of the teacher's two - 1;
 - ``teacher_step_ms``, ``step_ms`` and ``fast_step_ms``: batch-1 latency of the teacher, of the eager
   ``model.step`` and of ``model.fast_step()`` (CUDA graphs; goal: 4 ms for DA2-S at 518x518 on an H100);
 - ``state_bytes``: the per-stream temporal state (per pixel of each scale).
@@ -36,6 +39,7 @@ from common import describe_device, measure_time, write_result
 from videostate.depth import DepthAnythingTeacher, VideoMambaDepth
 from videostate.depth.streaming import KeyframeConfig, KeyframeStreamer
 from videostate.depth.teacher import depth_anything_v2_config
+from videostate.ssm.cuda_graph import record
 
 START = time.perf_counter()
 
@@ -122,6 +126,15 @@ def bench(arch, size, frames, device, dtype, repeats, budget_s) -> dict:
                 log(f"  out of memory at {2 * n} frames; trying {n}")
         row["frames"] = n
         row["overhead"] = row["offline_ms_per_frame"] / row["teacher_ms_per_frame"] - 1
+        if device.type == "cuda":
+            fast = model.fast_clip()
+            row["fast_offline_ms_per_frame"] = 1e3 * measure_time(lambda: fast(clip), device, repeats) / n
+            graph, _ = record(lambda: teacher.predict_depth(clip[0]), device)
+            row["teacher_graph_ms_per_frame"] = 1e3 * measure_time(graph.replay, device, repeats) / n
+            teacher_best = min(row["teacher_ms_per_frame"], row["teacher_graph_ms_per_frame"])
+            row["fast_overhead"] = row["fast_offline_ms_per_frame"] / teacher_best - 1
+            del fast, graph
+            torch.cuda.empty_cache()
         feats = model.encode(clip)
         residuals, _ = model.temporal_mix(feats, None)
         mixed = [f + r for f, r in zip(feats, residuals, strict=True)]

@@ -103,7 +103,7 @@ CASES = [
              {**SCAN_FWD, "SPLIT": step["split"], "BLOCK_D": 32 * step["num_warps"] // step["split"],
               "UNROLL": step["unroll"]},
              step["num_warps"], SCAN_FWD_HALF)
-        for step in (selective_scan.FORWARD_STEP, selective_scan.FORWARD_SHORT)
+        for step in (selective_scan.FORWARD_STEP, selective_scan.FORWARD_SHORT, selective_scan.FORWARD_TOKENS)
     ),
     Case(scan_kernels.selective_scan_bwd_kernel,
          {**SCAN_BWD, "BLOCK_N": TILE_N, "BLOCK_D": TILE_D, "BLOCK_L": TILE_L}, TILE["num_warps"], SCAN_BWD_HALF),

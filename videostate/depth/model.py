@@ -36,6 +36,7 @@ from .temporal import (
 )
 
 if TYPE_CHECKING:
+    from .fast_clip import DepthFastClip
     from .fast_step import DepthFastStep
 
 CONFIG_NAME = "config.json"
@@ -397,6 +398,13 @@ class VideoMambaDepth(nn.Module):
         from .fast_step import DepthFastStep
 
         return DepthFastStep(self)
+
+    def fast_clip(self) -> DepthFastClip:
+        """``fast(rgb_clip)``: the values of ``model(rgb_clip)``, replayed from a CUDA graph per clip shape (see
+        :class:`~videostate.depth.fast_clip.DepthFastClip`)."""
+        from .fast_clip import DepthFastClip
+
+        return DepthFastClip(self)
 
     # ------------------------------------------------------------------------------------ save / load
 

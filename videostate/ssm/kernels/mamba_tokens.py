@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from .causal_conv import causal_conv1d_tokens, next_conv_state
-from .selective_scan import runs_short_setting, scan_forward
+from .selective_scan import FORWARD_TOKENS, runs_short_setting, scan_forward
 
 
 def applies(length: int) -> bool:
@@ -60,6 +60,8 @@ def mamba_scan_tokens(
     dt, B, C = F.linear(u, x_proj_weight).split([dt_rank, d_state, d_state], dim=-1)
     delta = F.linear(dt, dt_proj_weight)
     y = torch.empty_like(u)
-    _, final_state = scan_forward(u.mT, delta.mT, A, B.mT, C.mT, D, z.mT, dt_bias, True, ssm_state, y=y.mT)
+    _, final_state = scan_forward(
+        u.mT, delta.mT, A, B.mT, C.mT, D, z.mT, dt_bias, True, ssm_state, y=y.mT, setting=FORWARD_TOKENS
+    )
     next_conv = None if conv_state is None else next_conv_state(x.mT, conv_state, conv_weight.shape[1])
     return y, next_conv, final_state
