@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernel_targets import DEVICE, INTERPRET, MARKS
+from tests.kernel_targets import DEVICE, INTERPRET, MARKS, output_cotangents
 from videostate.ssm import dispatch
 from videostate.ssm.ssd import ssd_scan_reference
 
@@ -71,15 +71,15 @@ def ssd_inputs(batch, length, heads, headdim, groups, n, dtype, *, full=True, D_
 
 
 def run_both(inputs: dict, **kwargs):
-    """The kernels on ``inputs`` and the reference in float64 on the same values, with one random cotangent
-    for every output; returns outputs and input gradients of both."""
+    """The kernels on ``inputs`` and the reference in float64 on the same values, with one seeded random
+    cotangent for every output; returns outputs and input gradients of both."""
     fast = {k: None if v is None else v.detach().clone().requires_grad_(True) for k, v in inputs.items()}
     exact = {k: None if v is None else v.detach().double().requires_grad_(True) for k, v in fast.items()}
     poison_allocator()
     out_fast = ssd_scan_triton(**fast, **kwargs, return_final_states=True)
     out_exact = ssd_scan_reference(**exact, **kwargs, return_final_states=True)
     assert out_fast[0].dtype == inputs["x"].dtype and out_fast[1].dtype == torch.float32
-    cotangents = [torch.randn_like(o) for o in out_exact]
+    cotangents = output_cotangents(out_fast, out_exact)
     poison_allocator()
     torch.autograd.backward([o.double() for o in out_fast], cotangents)
     torch.autograd.backward(list(out_exact), cotangents)

@@ -322,6 +322,12 @@ def selective_scan_fwd_chunked_kernel(
         tl.store(hT_ptr + state_offsets, h, mask=dn_mask)
 
 
+# _CHECKPOINT_BARRIER: a backward program's threads write the chunk checkpoints in pass 1 and other threads of the
+# program read them in pass 2 (the two passes lay the state out differently). Global memory written by one thread is
+# visible to another of its block only after a barrier: without one, a one-chunk sequence (pass 2 reads right after
+# pass 1 wrote) read stale checkpoints now and then on the H100 (gradient errors of 1e-1 at L=1).
+
+
 @triton.jit
 def selective_scan_bwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, dy_ptr, dhT_ptr, ckpt_ptr,
@@ -365,6 +371,7 @@ def selective_scan_bwd_kernel(
         inputs = (dt * u)[:, None, :] * Bt[None, :, :]
         carry, states = tl.associative_scan((decay, inputs), 2, scan_combine)
         h = tl.sum(tl.where(is_last, states + carry * h[:, :, None], 0.0), axis=2)
+    tl.debug_barrier()  # see _CHECKPOINT_BARRIER
 
     # Pass 2: chunks in reverse, adjoint state q carried backwards.
     q = tl.zeros((BLOCK_D, BLOCK_N), tl.float32)
@@ -524,6 +531,7 @@ def selective_scan_bwd_chunked_kernel(
         run_decay, run_input = _compose_runs(decays, inputs, ITEMS)
         chunk_decay, chunk_input = tl.associative_scan((run_decay, run_input), 2, scan_combine)
         h = tl.sum(tl.where(segment == SEGMENTS - 1, chunk_input + chunk_decay * h[:, :, None], 0.0), axis=2)
+    tl.debug_barrier()  # see _CHECKPOINT_BARRIER
 
     # Pass 2: chunks in reverse. The adjoint q_t = gy_t C_t + w_{t+1} is carried as w_t = exp(dt_t A) q_t, the
     # gradient of the state before step t: w_t = exp(dt_t A) (gy_t C_t + w_{t+1}) reads step t only, so runs
