@@ -247,16 +247,23 @@ def main() -> None:
             torch.cuda.empty_cache()
         write_result(f"depth_{device.type}.json", payload)  # after every job, so a later failure loses nothing
 
-    print("\narch   size      teacher  offline  overhead  step   fast   teacher_b1  (ms/frame; step latencies in ms)")
+    print(
+        "\narch   size      teacher  offline  overhead  graphed: teacher student overhead  step   fast   teacher_b1"
+        "  (ms/frame; step latencies in ms)"
+    )
     for r in payload["results"]:
 
         def f(key, r=r):
             return f"{r[key]:7.2f}" if isinstance(r.get(key), float) else "    n/a"
 
-        over = f"{100 * r['overhead']:+7.1f}%" if "overhead" in r else "     n/a"
+        def percent(key, r=r):
+            return f"{100 * r[key]:+7.1f}%" if key in r else "     n/a"
+
         print(
             f"{r['arch']:6s} {r['size'][0]}x{r['size'][1]:<4d} {f('teacher_ms_per_frame')} "
-            f"{f('offline_ms_per_frame')} {over} {f('step_ms')} {f('fast_step_ms')} {f('teacher_step_ms')}"
+            f"{f('offline_ms_per_frame')} {percent('overhead')}  {f('teacher_graph_ms_per_frame')} "
+            f"{f('fast_offline_ms_per_frame')} {percent('fast_overhead')} {f('step_ms')} {f('fast_step_ms')} "
+            f"{f('teacher_step_ms')}"
         )
         if "phases_ms_per_frame" in r:
             print("       phases ms/frame: " + ", ".join(f"{k} {v:.3f}" for k, v in r["phases_ms_per_frame"].items()))

@@ -18,22 +18,23 @@ from .scan_kernels import (
     selective_scan_fwd_kernel,
 )
 
-# Forward, ``kernel="chunk"`` (the default, FORWARD_CHUNKED): tiles of ``block_d`` channels x ``block_l`` steps
-# solved by a scan, each thread composing runs of ``items`` steps first. ``kernel="step"`` (FORWARD_STEP): one
-# channel's N states spread over ``split`` lanes, ``unroll`` steps per loop iteration. A sequence shorter than
-# one chunk runs the step kernel with FORWARD_SHORT (H100, bf16, the depth model's four L=32 scans: 2.11 ms with
-# it, 3.46 ms with FORWARD_STEP's settings, 5.3 ms at (21904, 96, 32) alone with the chunked kernel; at L=64 the
-# chunked kernel is 10% faster). Backward, ``kernel="tile"`` (the default, BACKWARD_TILE): tiles of ``block_d`` channels
-# x ``block_l`` steps solved by a scan over every step; ``kernel="chunk"`` (BACKWARD_CHUNKED): the same tiles of
-# runs of ``items`` steps as the chunked forward (H100: 1.33x / 0.52x / 2.15x the tile kernel at the three
-# benchmark shapes with d1 l16 i4 w1, so not the default). Settings that `benchmarks/ssm_kernels.py --sweep`
-# finds faster must pass tests/ssm/test_kernels_gpu.py before they replace these.
+# Forward, ``kernel="chunk"`` (the default, FORWARD_CHUNKED): tiles of ``block_d`` channels x ``block_l`` steps solved
+# by a scan, each thread composing runs of ``items`` steps first. ``kernel="step"`` (FORWARD_STEP): one channel's N
+# states spread over ``split`` lanes, ``unroll`` steps per loop iteration. A sequence shorter than one chunk runs the
+# step kernel with FORWARD_SHORT (H100, bf16, the depth model's four L=32 scans read channel-major: 2.11 ms with it,
+# 3.46 ms with FORWARD_STEP's settings, 5.3 ms at (21904, 96, 32) alone with the chunked kernel; at L=64 the chunked
+# kernel is 10% faster). Backward, ``kernel="tile"`` (the default, BACKWARD_TILE): tiles of ``block_d`` channels x
+# ``block_l`` steps solved by a scan over every step; ``kernel="chunk"`` (BACKWARD_CHUNKED): the same tiles of runs of
+# ``items`` steps as the chunked forward (H100: 1.33x / 0.52x / 2.15x the tile kernel at the three benchmark shapes with
+# d1 l16 i4 w1, so not the default). Settings that `benchmarks/ssm_kernels.py --sweep` finds faster must pass
+# tests/ssm/test_kernels_gpu.py before they replace these.
 FORWARD_CHUNKED = {"kernel": "chunk", "block_d": 2, "block_l": 64, "items": 8, "num_warps": 1}
 FORWARD_STEP = {"kernel": "step", "split": 4, "num_warps": 2, "unroll": 4}
 FORWARD_SHORT = {"kernel": "step", "split": 2, "num_warps": 1, "unroll": 4}
 # Token-major inputs (Mamba's short-sequence inference path, :mod:`.mamba_tokens`): one lane per channel holding all
-# N states, one warp, no unrolling. H100, bf16, L=32, N=16, the depth model's eight scan shapes from (21904, 96) to
-# (361, 2048) channels x sequences: 10.0 ms in all against 16.2 ms with FORWARD_SHORT's setting, best of 12.
+# N states, one warp, no unrolling. H100, bf16, L=32, N=16, the depth model's eight scans (DA2-S and -L at 518x518),
+# from 21904 sequences of 96 channels to 361 of 2048: 10.0 ms in all against 16.2 ms with FORWARD_SHORT's setting,
+# the best of 12 settings (split 1-2, 1-2 warps, unroll 1-4).
 FORWARD_TOKENS = {"kernel": "step", "split": 1, "num_warps": 1, "unroll": 1}
 BACKWARD_TILE = {"kernel": "tile", "block_d": 16, "block_l": 16, "num_warps": 4}
 BACKWARD_CHUNKED = {"kernel": "chunk", "block_d": 1, "block_l": 16, "items": 4, "num_warps": 1}
