@@ -5,9 +5,10 @@ tokens (``temporal_tokenize``), as Video Depth Anything's temporal attention doe
 each one, so a stream can be continued chunk by chunk or frame by frame from the carried state.
 
 For inference the maps are large (DA2-S at 518x518: 700k sequences of 48 channels on the finest scale), so
-the blocks are written to pass over them as few times as they can: the position encoding is added while the
-map is written in token layout (:func:`tokenize_with_position`), each residual add is fused with the
-LayerNorm after it (:meth:`LayerNorm.add_and_norm`), and the LayerNorms run as one Triton pass on CUDA.
+the blocks are written to pass over them as few times as they can: the pre-mix convolution, the position encoding
+and the token layout are one pass (:meth:`SpatialPreMix.tokens`), each residual add is fused with the pass after
+it (:meth:`LayerNorm.add_and_norm`, the fused feed-forward kernel), and on CUDA the LayerNorms and feed-forward
+layers run as Triton kernels and the Mamba keeps its tensors token-major (:mod:`videostate.ssm.kernels.mamba_tokens`).
 """
 
 from __future__ import annotations
