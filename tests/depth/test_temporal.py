@@ -181,7 +181,7 @@ def test_layer_norm_add_and_norm_is_the_sum_and_its_norm():
 @pytest.mark.parametrize("channels", [48, 320], ids=["fused-ffn", "wide"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_temporal_scale_inference_kernels_equal_float64(monkeypatch, channels, dtype):
-    """On CUDA without gradients the blocks run Mamba's token-major path and, up to 256 channels, the fused
+    """On CUDA without gradients the blocks run Mamba's token-major path and, up to ``mlp.MAX_CHANNELS``, the fused
     feed-forward kernel (spies count the calls); offline, chunked and stepped outputs equal the float64 CPU model."""
     import videostate.ssm.kernels.mamba_tokens as mamba_tokens
     import videostate.ssm.kernels.mlp as mlp
