@@ -1,5 +1,6 @@
 """Where the Triton kernel tests run: on CUDA as ``gpu`` tests, or, with ``TRITON_INTERPRET=1`` and no GPU, on CPU
-tensors through Triton's interpreter (a test module sets ``pytestmark = list(MARKS)``)."""
+tensors through Triton's interpreter (a test module sets ``pytestmark = list(MARKS)``); both are marked ``kernel``,
+and ``make test`` runs them a second time through the interpreter."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1" and not torch.cuda.is_available()
 DEVICE = torch.device("cpu" if INTERPRET else "cuda")
-MARKS = (
+MARKS = [pytest.mark.kernel] + (
     []
     if INTERPRET
     else [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -51,6 +51,7 @@ def conv_case(batch, dim, length, dtype, seed=0, device=DEVICE):
     return x, weight, bias, state
 
 
+@pytest.mark.kernel
 @needs_kernels
 @pytest.mark.parametrize("with_state", [False, True])
 def test_conv_kernel_over_several_tiles_matches_reference(with_state):
