@@ -47,8 +47,8 @@ def mamba_scan_tokens(
             or ``None`` (zeros).
 
     Returns:
-        ``y (batch, L, d_inner)`` in ``xz``'s dtype, the next conv state (``None`` without ``conv_state``) and the
-        final scan state ``(batch, d_inner, d_state)`` in float32.
+        ``y (batch, L, d_inner)`` in ``xz``'s dtype, the next conv state (contiguous, in ``conv_state``'s dtype;
+        ``None`` without ``conv_state``) and the final scan state ``(batch, d_inner, d_state)`` in float32.
     """
     d_inner = conv_weight.shape[0]
     d_state = A.shape[1]
@@ -63,5 +63,6 @@ def mamba_scan_tokens(
     _, final_state = scan_forward(
         u.mT, delta.mT, A, B.mT, C.mT, D, z.mT, dt_bias, True, ssm_state, y=y.mT, setting=FORWARD_TOKENS
     )
-    next_conv = None if conv_state is None else next_conv_state(x.mT, conv_state, conv_weight.shape[1])
+    # compact, so that a carried state does not keep the whole input projection alive
+    next_conv = None if conv_state is None else next_conv_state(x.mT, conv_state, conv_weight.shape[1]).contiguous()
     return y, next_conv, final_state
