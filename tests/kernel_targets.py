@@ -1,9 +1,10 @@
 """Where the Triton kernel tests run: on CUDA as ``gpu`` tests, or, with ``TRITON_INTERPRET=1`` and no GPU, on CPU
-tensors through Triton's interpreter (a test module sets ``pytestmark = list(MARKS)``); both are marked ``kernel``,
-and ``make test`` runs them a second time through the interpreter."""
+tensors through Triton's interpreter (a test module sets ``pytestmark = list(MARKS)`` and imports its kernels when
+``RUNS``); both are marked ``kernel``, and ``make test`` runs them a second time through the interpreter."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
@@ -11,7 +12,9 @@ import torch
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1" and not torch.cuda.is_available()
 DEVICE = torch.device("cpu" if INTERPRET else "cuda")
-MARKS = [pytest.mark.kernel] + (
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+RUNS = HAS_TRITON and (INTERPRET or torch.cuda.is_available())  # the kernels can run here
+MARKS = [pytest.mark.kernel, pytest.mark.skipif(not HAS_TRITON, reason="needs Triton")] + (
     []
     if INTERPRET
     else [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

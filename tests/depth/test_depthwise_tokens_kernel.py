@@ -7,20 +7,16 @@ interpreter.
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from tests.kernel_targets import DEVICE, INTERPRET, MARKS
+from tests.kernel_targets import DEVICE, INTERPRET, MARKS, RUNS
 from videostate.depth import SpatialPreMix
 
 pytestmark = list(MARKS)
-if importlib.util.find_spec("triton") is None:
-    pytestmark = [pytest.mark.skip(reason="needs Triton")]
-elif INTERPRET or torch.cuda.is_available():
+if RUNS:
     from videostate.ssm.kernels.depthwise_tokens import depthwise_tokens
 
 DTYPES = [torch.float32, torch.float16] + ([] if INTERPRET else [torch.bfloat16])

@@ -18,16 +18,11 @@ def check_fast_clip_equals_eager(model, clips, **tol):
     return fast
 
 
-def test_fast_clip_equals_the_offline_pass(teacher_dir):
-    model = make_model(teacher_dir)
-    clips = [torch.rand(1, 3, 3, 28, 42), torch.rand(1, 3, 3, 28, 42), torch.rand(2, 2, 3, 28, 28)]
-    fast = check_fast_clip_equals_eager(model, clips, rtol=0, atol=0)
-    assert not fast.cuda_graph  # on CPU the model runs eagerly
-
-
 def test_fast_clip_checks_its_input_and_mode(teacher_dir):
     model = make_model(teacher_dir)
     fast = model.fast_clip()
+    fast(torch.rand(1, 2, 3, 28, 28))
+    assert not fast.cuda_graph  # off CUDA it runs the model eagerly; the recorded path is tested on the GPU
     with pytest.raises(ValueError, match=r"rgb_clip must have shape \(batch, frames, 3, height, width\)"):
         fast(torch.rand(3, 3, 28, 28))
     model.train()

@@ -7,19 +7,15 @@ to the output dtype.
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.kernel_targets import DEVICE, INTERPRET, MARKS
+from tests.kernel_targets import DEVICE, INTERPRET, MARKS, RUNS
 from videostate.ssm.layer_norm import LayerNorm
 
 pytestmark = list(MARKS)
-if importlib.util.find_spec("triton") is None:
-    pytestmark = [pytest.mark.skip(reason="needs Triton")]
-elif INTERPRET or torch.cuda.is_available():
+if RUNS:
     from videostate.ssm.kernels.layer_norm import add_layer_norm_triton, launch_shape, layer_norm_triton
 
 # Relative error to the float64 LayerNorm of the same (rounded) input, per output dtype: float32 statistics,

@@ -7,19 +7,16 @@ through Triton's interpreter.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
 import torch
 
-from tests.kernel_targets import DEVICE, INTERPRET, MARKS
+from tests.kernel_targets import DEVICE, INTERPRET, MARKS, RUNS
 from videostate.interpolation.backbone import MLP
 
 pytestmark = list(MARKS)
-if importlib.util.find_spec("triton") is None:
-    pytestmark = [pytest.mark.skip(reason="needs Triton")]
-elif INTERPRET or torch.cuda.is_available():
+if RUNS:
     from videostate.ssm.kernels.mlp import mlp_triton
 
 # Triton's interpreter multiplies bfloat16 matrices wrongly: bfloat16 runs on the GPU only.

@@ -7,18 +7,14 @@ through Triton's interpreter (small maps).
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
-from tests.kernel_targets import DEVICE, INTERPRET, MARKS
+from tests.kernel_targets import DEVICE, INTERPRET, MARKS, RUNS
 from videostate.interpolation.attention import GatedWindowAttention
 
 pytestmark = list(MARKS)
-if importlib.util.find_spec("triton") is None:
-    pytestmark = [pytest.mark.skip(reason="needs Triton")]
-elif INTERPRET or torch.cuda.is_available():
+if RUNS:
     from videostate.ssm.kernels.window_attention import window_attention_triton
 
 # (batch, height, width, dim, heads, window, shift, gate)

@@ -7,19 +7,15 @@ and no GPU the kernel tests run on CPU tensors through Triton's interpreter.
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 import torch
 
-from tests.kernel_targets import DEVICE, INTERPRET, MARKS
+from tests.kernel_targets import DEVICE, INTERPRET, MARKS, RUNS
 from tests.ssm.oracles import causal_conv_loop, selective_scan_loop
 from videostate.ssm import Mamba
 
 pytestmark = list(MARKS)
-if importlib.util.find_spec("triton") is None:
-    pytestmark = [pytest.mark.skip(reason="needs Triton")]
-elif INTERPRET or torch.cuda.is_available():
+if RUNS:
     from videostate.ssm.kernels import mamba_tokens
 
 # Interpreted bfloat16 matrix products are wrong in Triton's interpreter; the path's products are PyTorch's, but

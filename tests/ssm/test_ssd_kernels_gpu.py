@@ -14,13 +14,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernel_targets import DEVICE, INTERPRET, MARKS, output_cotangents
+from tests.kernel_targets import DEVICE, INTERPRET, MARKS, RUNS, output_cotangents
 from videostate.ssm import dispatch
 from videostate.ssm.ssd import ssd_scan_reference
 
 pytestmark = list(MARKS)
-
-if INTERPRET or torch.cuda.is_available():
+if RUNS:
     from videostate.ssm.kernels.ssd import CONFIG, ssd_scan_triton
 
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
