@@ -36,31 +36,14 @@ PEER_MS = {
     (64, 384, 1569): {"forward": 1.41, "backward": 5.62},
     (2, 768, 6272): {"forward": 0.38, "backward": 1.37, "loop_forward": 636.0},
 }
-# Launch settings tried by --sweep: the step kernel's (lanes per channel, warps, unrolled steps) and the
-# chunked kernel's (channels, steps per chunk, steps per thread run, warps); the five fastest of the last
-# H100 sweep first.
+# Launch settings tried by --sweep: the state kernels' (channels, steps per chunk, warps), the last H100 sweep's
+# fastest first, and the step kernel's (lanes per channel, warps, unrolled steps).
+STATE_SETTINGS = ((1, 256, 1), (1, 128, 1), (1, 512, 1), (2, 256, 1), (1, 512, 2), (1, 1024, 4))
 FORWARD_CONFIGS = [
-    *(
-        {"kernel": "chunk", "block_d": d, "block_l": l, "items": i, "num_warps": w}
-        for d, l, i, w in (
-            (2, 64, 8, 1), (4, 64, 8, 2), (2, 128, 4, 4), (1, 128, 8, 2), (1, 128, 16, 2),
-            (2, 32, 8, 1), (4, 32, 8, 1), (2, 64, 16, 1), (1, 64, 8, 1), (4, 64, 4, 2),
-        )
-    ),
-    *({"kernel": "step", "split": split, "num_warps": 2, "unroll": 4} for split in (1, 4, 8, 16)),
-    {"kernel": "step", "split": 4, "num_warps": 2, "unroll": 8},
-    {"kernel": "step", "split": 8, "num_warps": 4, "unroll": 4},
-]  # fmt: skip
-BACKWARD_CONFIGS = [
-    *(
-        {"kernel": "tile", "block_d": d, "block_l": l, "num_warps": w}
-        for d, l, w in ((16, 16, 4), (8, 32, 4), (4, 32, 4), (8, 32, 2))
-    ),
-    *(
-        {"kernel": "chunk", "block_d": d, "block_l": l, "items": i, "num_warps": w}
-        for d, l, i, w in ((2, 16, 4, 1), (1, 32, 8, 1), (2, 32, 4, 2), (4, 16, 4, 2), (1, 64, 8, 2), (1, 32, 4, 1))
-    ),
+    *({"kernel": "state", "block_d": d, "block_l": l, "num_warps": w} for d, l, w in STATE_SETTINGS),
+    *({"kernel": "step", "split": split, "num_warps": 2, "unroll": 4} for split in (1, 4, 8)),
 ]
+BACKWARD_CONFIGS = [{"kernel": "state", "block_d": d, "block_l": l, "num_warps": w} for d, l, w in STATE_SETTINGS]
 
 
 def scan_inputs(batch, dim, length, device, *, seed=0):

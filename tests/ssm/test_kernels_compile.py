@@ -35,7 +35,8 @@ from videostate.ssm.kernels import (  # noqa: E402
     mlp,
     norm,
     norm_kernels,
-    scan_kernels,
+    scan_state_kernels,
+    scan_step_kernels,
     selective_scan,
     ssd,
     ssd_kernels,
@@ -63,21 +64,14 @@ class Case:
     half: tuple[str, ...] = ()
 
 
-def chunked_blocks(config: dict) -> dict:
-    """Tiles of the chunked selective-scan kernels (for a long sequence of many channels: the config's own)."""
-    return {"BLOCK_D": config["block_d"], "BLOCK_L": config["block_l"], "LOG_ITEMS": config["items"].bit_length() - 1}
-
-
-# Mamba-1 scans: N = 16 (d_state of the depth model's Mamba), 1536 channels, long sequences.
-SCAN_N, SCAN_DIM = 16, 1536
+# Mamba-1 scans: N = 16 (d_state of the depth model's Mamba), long sequences.
+SCAN_N = 16
 SCAN = {"N": SCAN_N, "HAS_D": True, "HAS_Z": True, "HAS_BIAS": True, "SOFTPLUS": True, "HAS_H0": True,
         "REVERSE_OUT": True}  # fmt: skip
 SCAN_FWD = {**SCAN, "STORE_HT": True, "ACCUMULATE": True}
 SCAN_BWD = {**SCAN, "HAS_DHT": True, "ACCUMULATE_DZ": True}
 SCAN_FWD_HALF = ("u", "dt", "B", "C", "z", "y")
 SCAN_BWD_HALF = ("u", "dt", "B", "C", "z", "dy", "du", "ddt", "dz")
-TILE = selective_scan.BACKWARD_TILE
-TILE_N, TILE_D, TILE_L = selective_scan._blocks(SCAN_DIM, SCAN_N, TILE)
 # Mamba-2 SSD as in the interpolation model: headdim 16, d_state 64, chunk_size 256; a sequence of 64 chunks.
 P, SSD_N, CHUNK = 16, 64, ssd.kernel_chunk(256)
 BLOCK_P, BLOCK_N = ssd._blocks(P, SSD_N)
@@ -95,21 +89,22 @@ NORM_LAUNCH = norm._launch_shape(1 << 20, 1, HIDDEN)  # the backward's; its "met
 LAYER_NORM = layer_norm.launch_shape(1 << 20, CHANNELS)
 
 CASES = [
-    Case(scan_kernels.selective_scan_fwd_chunked_kernel,
-         {**SCAN_FWD, "BLOCK_N": SCAN_N, **chunked_blocks(selective_scan.FORWARD_CHUNKED)},
-         selective_scan.FORWARD_CHUNKED["num_warps"], SCAN_FWD_HALF),
     *(
-        Case(scan_kernels.selective_scan_fwd_kernel,
+        Case(scan_step_kernels.selective_scan_fwd_kernel,
              {**SCAN_FWD, "SPLIT": step["split"], "BLOCK_D": 32 * step["num_warps"] // step["split"],
               "UNROLL": step["unroll"]},
              step["num_warps"], SCAN_FWD_HALF)
         for step in (selective_scan.FORWARD_STEP, selective_scan.FORWARD_SHORT, selective_scan.FORWARD_TOKENS)
     ),
-    Case(scan_kernels.selective_scan_bwd_kernel,
-         {**SCAN_BWD, "BLOCK_N": TILE_N, "BLOCK_D": TILE_D, "BLOCK_L": TILE_L}, TILE["num_warps"], SCAN_BWD_HALF),
-    Case(scan_kernels.selective_scan_bwd_chunked_kernel,
-         {**SCAN_BWD, "BLOCK_N": SCAN_N, **chunked_blocks(selective_scan.BACKWARD_CHUNKED)},
-         selective_scan.BACKWARD_CHUNKED["num_warps"], SCAN_BWD_HALF),
+    *(
+        Case(kernel, {**flags, "BLOCK_D": config["block_d"], "BLOCK_L": config["block_l"]}, config["num_warps"], half)
+        for kernel, flags, config, half in (
+            (scan_state_kernels.selective_scan_fwd_state_kernel, SCAN_FWD, selective_scan.FORWARD_STATE,
+             SCAN_FWD_HALF),
+            (scan_state_kernels.selective_scan_bwd_state_kernel, SCAN_BWD, selective_scan.BACKWARD_STATE,
+             SCAN_BWD_HALF),
+        )
+    ),
     Case(ssd_kernels.chunk_state_kernel, {**SSD_CHUNK, "BLOCK_N": SPLIT_N, "FORWARD": False},
          ssd.CONFIG["num_warps"], ("X", "Y", "z")),
     Case(ssd_kernels.state_passing_fwd_kernel, {**STATE_PASSING, "HAS_H0": True}),

@@ -42,13 +42,3 @@ def sigmoid(x):
 def scan_combine(a1, b1, a2, b2):
     """Compose two steps of ``h -> a * h + b`` (first ``1``, then ``2``)."""
     return a1 * a2, b1 * a2 + b2
-
-
-@triton.jit
-def scan_combine_exclusive(exclusive_a1, exclusive_b1, a1, b1, exclusive_a2, exclusive_b2, a2, b2):
-    """Compose two runs of steps of ``h -> a * h + b``, each held as (all its steps but the last, all its steps).
-
-    Scanned from ``(1, 0, a_t, b_t)`` the first pair at ``t`` composes the steps before ``t``: an exclusive
-    scan, which ``tl.associative_scan`` (inclusive) does not offer.
-    """
-    return a1 * exclusive_a2, b1 * exclusive_a2 + exclusive_b2, a1 * a2, b1 * a2 + b2

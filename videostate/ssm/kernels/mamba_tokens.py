@@ -2,7 +2,7 @@
 
 :class:`videostate.ssm.Mamba` lays its sequences out channel-major, ``(batch, d_inner, L)``, as mamba_ssm does:
 the convolution turns the input projection's ``(batch, L, 2 d_inner)`` rows into that layout and the scan's
-output is turned back before the output projection. For sequences shorter than one chunk of the scan, which the
+output is turned back before the output projection. For sequences shorter than ``SHORT_LENGTH`` steps, which the
 step kernel walks one step at a time reading every channel of the step together, both turns are wasted copies,
 and the channel-major reads are strided. Here every tensor stays token-major: the convolution reads ``x`` in
 place from the projection's rows and writes ``(batch, L, d_inner)``, ``x_proj`` and ``dt_proj`` read and write
@@ -20,7 +20,7 @@ from .selective_scan import FORWARD_TOKENS, runs_short_setting, scan_forward
 
 
 def applies(length: int) -> bool:
-    """Whether sequences of ``length`` steps take this path: shorter than one chunk of the default scan."""
+    """Whether sequences of ``length`` steps take this path: those the channel-major scan walks step by step."""
     return runs_short_setting(length)
 
 

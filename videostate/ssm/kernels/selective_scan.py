@@ -1,4 +1,5 @@
-"""Selective scan on the GPU: launchers and autograd functions around :mod:`.scan_kernels`.
+"""Selective scan on the GPU: launchers and autograd functions around :mod:`.scan_state_kernels` and
+:mod:`.scan_step_kernels`.
 
 Same call signatures as :func:`videostate.ssm.selective_scan.selective_scan_reference`. Float64
 inputs run the reference (the kernels keep their state and sums in float32).
@@ -11,24 +12,21 @@ import triton
 
 from ..selective_scan import selective_scan_reference
 from .common import any_float64, next_power_of_2
-from .scan_kernels import (
-    selective_scan_bwd_chunked_kernel,
-    selective_scan_bwd_kernel,
-    selective_scan_fwd_chunked_kernel,
-    selective_scan_fwd_kernel,
-)
+from .scan_state_kernels import selective_scan_bwd_state_kernel, selective_scan_fwd_state_kernel
+from .scan_step_kernels import selective_scan_fwd_kernel
 
-# Forward, ``kernel="chunk"`` (the default, FORWARD_CHUNKED): tiles of ``block_d`` channels x ``block_l`` steps solved
-# by a scan, each thread composing runs of ``items`` steps first. ``kernel="step"`` (FORWARD_STEP): one channel's N
-# states spread over ``split`` lanes, ``unroll`` steps per loop iteration. A sequence shorter than one chunk runs the
-# step kernel with FORWARD_SHORT (H100, bf16, the depth model's four L=32 scans read channel-major: 2.11 ms with it,
-# 3.46 ms with FORWARD_STEP's settings, 5.3 ms at (21904, 96, 32) alone with the chunked kernel; at L=64 the chunked
-# kernel is 10% faster). Backward, ``kernel="tile"`` (the default, BACKWARD_TILE): tiles of ``block_d`` channels x
-# ``block_l`` steps solved by a scan over every step; ``kernel="chunk"`` (BACKWARD_CHUNKED): the same tiles of runs of
-# ``items`` steps as the chunked forward (H100: 1.33x / 0.52x / 2.15x the tile kernel at the three benchmark shapes with
-# d1 l16 i4 w1, so not the default). Settings that `benchmarks/ssm_kernels.py --sweep` finds faster must pass
-# tests/ssm/test_kernels_gpu.py before they replace these.
-FORWARD_CHUNKED = {"kernel": "chunk", "block_d": 2, "block_l": 64, "items": 8, "num_warps": 1}
+# Forward and backward, ``kernel="state"`` (FORWARD_STATE, BACKWARD_STATE, the defaults): ``block_d`` channels x
+# ``block_l`` steps per tile, one scan along time per state. H100, bf16, the benchmark's three shapes (8, 1536, 2048) /
+# (64, 384, 1569) / (2, 768, 6272): forward 0.47 / 1.31 / 0.21 ms, backward 4.0 / 12.0 / 2.4 ms, the best of the
+# settings swept (1-8 channels, 128-2048 steps, 1-8 warps; more channels or warps per program spilled registers or
+# waited on shared-memory barriers). The kernels they replaced took 1.05 / 1.77 / 0.47 ms forward (runs of steps
+# composed per thread, one scan over the runs of a (channels, N, runs) tile) and 8.2 / 14.1 / 6.7 ms backward.
+# ``kernel="step"`` (FORWARD_STEP): one channel's N states spread over ``split`` lanes, ``unroll`` steps per loop
+# iteration. A sequence shorter than SHORT_LENGTH runs the step kernel with FORWARD_SHORT (H100, bf16, the depth
+# model's four L=32 scans read channel-major: 2.11 ms with it, 3.46 ms with FORWARD_STEP's settings). Settings that
+# `benchmarks/ssm_kernels.py --sweep` finds faster must pass tests/ssm/test_kernels_gpu.py before they replace these.
+FORWARD_STATE = {"kernel": "state", "block_d": 1, "block_l": 256, "num_warps": 1}
+BACKWARD_STATE = {"kernel": "state", "block_d": 1, "block_l": 256, "num_warps": 1}
 FORWARD_STEP = {"kernel": "step", "split": 4, "num_warps": 2, "unroll": 4}
 FORWARD_SHORT = {"kernel": "step", "split": 2, "num_warps": 1, "unroll": 4}
 # Token-major inputs (Mamba's short-sequence inference path, :mod:`.mamba_tokens`): one lane per channel holding all
@@ -36,26 +34,24 @@ FORWARD_SHORT = {"kernel": "step", "split": 2, "num_warps": 1, "unroll": 4}
 # from 21904 sequences of 96 channels to 361 of 2048: 10.0 ms in all against 16.2 ms with FORWARD_SHORT's setting,
 # the best of 12 settings (split 1-2, 1-2 warps, unroll 1-4).
 FORWARD_TOKENS = {"kernel": "step", "split": 1, "num_warps": 1, "unroll": 1}
-BACKWARD_TILE = {"kernel": "tile", "block_d": 16, "block_l": 16, "num_warps": 4}
-BACKWARD_CHUNKED = {"kernel": "chunk", "block_d": 1, "block_l": 16, "items": 4, "num_warps": 1}
-CONFIG = {"forward": dict(FORWARD_CHUNKED), "backward": dict(BACKWARD_TILE)}
+CONFIG = {"forward": dict(FORWARD_STATE), "backward": dict(BACKWARD_STATE)}
+SHORT_LENGTH = 64
 
 
 def runs_short_setting(length: int) -> bool:
-    """Whether the forward runs a sequence of ``length`` steps with FORWARD_SHORT."""
-    cfg = CONFIG["forward"]
-    return cfg.get("kernel") == "chunk" and length < cfg["block_l"]
+    """Whether the forward runs a sequence of ``length`` steps with FORWARD_SHORT (shorter than SHORT_LENGTH)."""
+    return CONFIG["forward"].get("kernel") != "step" and length < SHORT_LENGTH
+
+
+def _state_blocks(cpg: int, length: int, cfg: dict) -> dict:
+    """Tiles of the state kernels: the setting's, the chunk no longer than the sequence needs (at least a warp)."""
+    block_l = min(cfg["block_l"], max(32, next_power_of_2(length)))
+    return {"BLOCK_D": max(1, min(cfg["block_d"], next_power_of_2(cpg))), "BLOCK_L": block_l}
 
 
 def _grouped(t: torch.Tensor) -> torch.Tensor:
     """B or C as ``(batch, G, N, L)`` (a view: ungrouped inputs get G=1)."""
     return t.unsqueeze(1) if t.dim() == 3 else t
-
-
-def _blocks(cpg: int, n: int, cfg: dict) -> tuple[int, int, int]:
-    block_n = next_power_of_2(n)
-    block_d = max(1, min(cfg["block_d"], next_power_of_2(cpg), cfg["block_d"] * 16 // block_n))
-    return block_n, block_d, cfg["block_l"]
 
 
 def _strides3(t: torch.Tensor | None) -> tuple[int, int, int]:
@@ -70,7 +66,7 @@ def scan_forward(
 
     With ``y`` given the result is written into it (``accumulate`` adds its current value before the
     gate); ``reverse_out`` reads ``z`` and writes ``y`` at ``L - 1 - t``. ``setting`` replaces the kernel
-    setting chosen from the length (CONFIG's, or FORWARD_SHORT for a sequence shorter than one chunk).
+    setting chosen from the length (CONFIG's, or FORWARD_SHORT for a sequence shorter than SHORT_LENGTH).
     """
     batch, dim, length = u.shape
     B4, C4 = _grouped(B), _grouped(C)
@@ -80,7 +76,7 @@ def scan_forward(
     if setting is not None:
         cfg = setting
     elif runs_short_setting(length):
-        cfg = FORWARD_SHORT  # a sequence shorter than one chunk leaves most of the tile idle
+        cfg = FORWARD_SHORT  # a short sequence leaves most of a state kernel's tile idle
     if y is None:
         y = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)
     final_state = torch.empty(batch, dim, n, device=u.device, dtype=torch.float32)
@@ -91,15 +87,12 @@ def scan_forward(
         block_d = 32 * cfg["num_warps"] // split
         blocks = {"SPLIT": split, "BLOCK_D": block_d, "UNROLL": cfg["unroll"]}
         launch = selective_scan_fwd_kernel
-    elif kernel == "chunk":
-        block_d = max(1, min(cfg["block_d"], next_power_of_2(cpg)))
-        block_l = cfg["block_l"]
-        items = min(cfg["items"], block_l)
-        blocks = {"BLOCK_N": next_power_of_2(n), "BLOCK_D": block_d, "BLOCK_L": block_l,
-                  "LOG_ITEMS": items.bit_length() - 1}  # fmt: skip
-        launch = selective_scan_fwd_chunked_kernel
+    elif kernel == "state":
+        blocks = _state_blocks(cpg, length, cfg)
+        block_d = blocks["BLOCK_D"]
+        launch = selective_scan_fwd_state_kernel
     else:
-        raise ValueError(f"CONFIG['forward']['kernel'] must be 'step' or 'chunk'; got {kernel!r}")
+        raise ValueError(f"CONFIG['forward']['kernel'] must be 'state' or 'step'; got {kernel!r}")
     grid = (batch, groups, triton.cdiv(cpg, block_d))
     launch[grid](
         u, delta, A, B4, C4,
@@ -130,42 +123,34 @@ def scan_backward(
     groups = B4.shape[1]
     cpg, n = dim // groups, A.shape[1]
     cfg = CONFIG["backward"]
-    kernel = cfg.get("kernel", "tile")
-    if kernel == "tile":
-        block_n, block_d, block_l = _blocks(cpg, n, cfg)
-        blocks = {"BLOCK_N": block_n, "BLOCK_D": block_d, "BLOCK_L": block_l}
-        launch = selective_scan_bwd_kernel
-    elif kernel == "chunk":
-        block_n, block_l = next_power_of_2(n), cfg["block_l"]
-        block_d = max(1, min(cfg["block_d"], next_power_of_2(cpg)))
-        items = min(cfg["items"], block_l)
-        blocks = {"BLOCK_N": block_n, "BLOCK_D": block_d, "BLOCK_L": block_l, "LOG_ITEMS": items.bit_length() - 1}
-        launch = selective_scan_bwd_chunked_kernel
-    else:
-        raise ValueError(f"CONFIG['backward']['kernel'] must be 'tile' or 'chunk'; got {kernel!r}")
-    n_chunks = triton.cdiv(length, block_l)
+    if cfg.get("kernel") != "state":
+        raise ValueError(f"CONFIG['backward']['kernel'] must be 'state'; got {cfg.get('kernel')!r}")
+    blocks = _state_blocks(cpg, length, cfg)
+    n_chunks = triton.cdiv(length, blocks["BLOCK_L"])
     device, f32 = u.device, torch.float32
-    checkpoints = torch.empty(batch, dim, n_chunks, block_n, device=device, dtype=f32)
+    checkpoints = torch.empty(batch, dim, n_chunks, n, device=device, dtype=f32)
     du = torch.empty(batch, dim, length, device=device, dtype=u.dtype)
     ddelta = torch.empty(batch, dim, length, device=device, dtype=delta.dtype)
     if z is not None and dz is None:
         dz = torch.empty(batch, dim, length, device=device, dtype=z.dtype)
-    dB = torch.zeros(batch, groups, n, length, device=device, dtype=f32)
-    dC = torch.zeros(batch, groups, n, length, device=device, dtype=f32)
+    # Rows of dB and dC start at multiples of 16 elements, so the kernel's atomic adds are vectorised.
+    padded = triton.cdiv(length, 16) * 16
+    dB = torch.zeros(batch, groups, n, padded, device=device, dtype=f32)[..., :length]
+    dC = torch.zeros(batch, groups, n, padded, device=device, dtype=f32)[..., :length]
     dA = torch.empty(batch, dim, n, device=device, dtype=f32)
     dD = torch.empty(batch, dim, device=device, dtype=f32)
     dbias = torch.empty(batch, dim, device=device, dtype=f32)
     h0 = None if initial_state is None else initial_state.to(f32).contiguous()
     dh0 = None if h0 is None else torch.empty_like(h0)
     d_final = None if d_final is None else d_final.to(f32).contiguous()
-    grid = (batch, groups, triton.cdiv(cpg, block_d))
-    launch[grid](
+    grid = (batch, groups, triton.cdiv(cpg, blocks["BLOCK_D"]))
+    selective_scan_bwd_state_kernel[grid](
         u, delta, A, B4, C4,
         u if D is None else D, u if z is None else z, u if delta_bias is None else delta_bias,
         dA if h0 is None else h0, dy, dA if d_final is None else d_final, checkpoints,
         du, ddelta, du if dz is None else dz, dB, dC, dA, dD, dbias, dA if dh0 is None else dh0,
         dim, length, cpg, groups, n_chunks,
-        *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides3(z), *dy.stride(),
+        *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides3(z), *dy.stride(), padded,
         N=n, **blocks,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         HAS_H0=h0 is not None, HAS_DHT=d_final is not None, REVERSE_OUT=reverse_out, ACCUMULATE_DZ=accumulate_dz,

@@ -1,0 +1,99 @@
+"""The selective scan's state kernels (:mod:`videostate.ssm.kernels.scan_state_kernels`) against the plain loop.
+
+Forward and every gradient, with carried and fresh states, over several chunks of time (one-warp chunks of 32
+steps), grouped and ungrouped B/C, and the bidirectional layout (output written reversed, accumulated, one shared
+gate). The oracle is :func:`tests.ssm.oracles.selective_scan_loop` in float64, differentiated by autograd. On CUDA
+these are ``gpu`` tests; with ``TRITON_INTERPRET=1`` and no GPU they run on CPU tensors through Triton's
+interpreter. :mod:`tests.ssm.test_kernels_gpu` covers more shapes and half precision on the GPU.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.kernel_targets import DEVICE, MARKS, RUNS, output_cotangents
+from tests.ssm.oracles import selective_scan_loop
+
+pytestmark = list(MARKS)
+if RUNS:
+    from videostate.ssm.kernels import selective_scan as scan
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+
+
+@pytest.fixture(autouse=True)
+def short_chunks(monkeypatch):
+    """Chunks of 32 steps, so that the shapes below span several and carry states between them."""
+    monkeypatch.setitem(scan.CONFIG, "forward", dict(scan.FORWARD_STATE, block_l=32, block_d=2))
+    monkeypatch.setitem(scan.CONFIG, "backward", dict(scan.BACKWARD_STATE, block_l=32, block_d=2))
+
+
+def scan_inputs(batch, dim, length, n, groups, seed):
+    g = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0, shift=0.0):
+        return torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift
+
+    bc_shape = (batch, n, length) if groups == 0 else (batch, groups, n, length)
+    return {
+        "u": randn(batch, dim, length),
+        "delta": randn(batch, dim, length, scale=0.5),
+        "A": -(torch.rand(dim, n, generator=g, dtype=torch.float64) * 2 + 0.1),
+        "B": randn(*bc_shape),
+        "C": randn(*bc_shape),
+        "D": randn(dim),
+        "z": randn(batch, dim, length),
+        "delta_bias": randn(dim, scale=0.3, shift=-1.0),
+        "initial_state": randn(batch, dim, n),
+    }
+
+
+def rel_error(actual, expected) -> float:
+    return ((actual.double() - expected).norm() / expected.norm()).item()
+
+
+def gradients(outputs, cotangents, leaves):
+    return torch.autograd.grad(outputs, leaves, cotangents, allow_unused=True)
+
+
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 1, 16, 0), (1, 4, 70, 16, 0), (2, 6, 45, 5, 3)], ids=["L1", "three-chunks", "grouped-odd-N"]
+)
+def test_scan_against_loop(shape):
+    exact = {k: v.requires_grad_() for k, v in scan_inputs(*shape, seed=0).items()}
+    fast = {k: v.detach().float().to(DEVICE).requires_grad_() for k, v in exact.items()}
+    out_fast = scan.selective_scan_triton(**fast, delta_softplus=True, return_final_state=True)
+    out_exact = selective_scan_loop(**exact, delta_softplus=True)
+    cotangents = output_cotangents(out_fast, out_exact)
+    grads_fast = gradients([o.double() for o in out_fast], [c.to(DEVICE) for c in cotangents], list(fast.values()))
+    grads_exact = gradients(list(out_exact), cotangents, list(exact.values()))
+    errors = {f"out{i}": rel_error(a.cpu(), b) for i, (a, b) in enumerate(zip(out_fast, out_exact, strict=True))}
+    errors.update({f"d{k}": rel_error(a.cpu(), b) for k, a, b in zip(NAMES, grads_fast, grads_exact, strict=True)})
+    assert max(errors.values()) < 1e-5, errors
+
+
+def test_bidirectional_against_loops():
+    """One gate, the backward direction's inputs reversed in time and its output written back in order."""
+    forward = scan_inputs(2, 4, 40, 8, 0, seed=1)
+    backward = scan_inputs(2, 4, 40, 8, 0, seed=2)
+    exact = {**forward, **{f"{k}_b": backward[k] for k in ("u", "delta", "A", "B", "C", "D", "delta_bias")}}
+    exact = {k: v.requires_grad_() for k, v in exact.items()}
+    fast = {k: v.detach().float().to(DEVICE).requires_grad_() for k, v in exact.items()}
+    tensors = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "u_b", "delta_b", "A_b", "B_b", "C_b", "D_b",
+               "delta_bias_b")  # fmt: skip
+    y_fast, _ = scan.selective_scan_bidirectional_triton(
+        *(fast[k] for k in tensors), delta_softplus=True, initial_state=fast["initial_state"], return_final_state=True
+    )
+    e = exact
+    y_fwd, _ = selective_scan_loop(e["u"], e["delta"], e["A"], e["B"], e["C"], e["D"], None, e["delta_bias"], True,
+                                   e["initial_state"])  # fmt: skip
+    y_bwd, _ = selective_scan_loop(e["u_b"], e["delta_b"], e["A_b"], e["B_b"], e["C_b"], e["D_b"], None,
+                                   e["delta_bias_b"], True)  # fmt: skip
+    y_exact = (y_fwd + y_bwd.flip(-1)) * e["z"] * torch.sigmoid(e["z"])
+    (cotangent,) = output_cotangents([y_fast], [y_exact])
+    grads_fast = gradients(y_fast.double(), cotangent.to(DEVICE), list(fast.values()))
+    grads_exact = gradients(y_exact, cotangent, list(exact.values()))
+    assert rel_error(y_fast.cpu(), y_exact) < 1e-5
+    for name, a, b in zip(exact, grads_fast, grads_exact, strict=True):
+        assert rel_error(a.cpu(), b) < 1e-5, name

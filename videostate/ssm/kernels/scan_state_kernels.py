@@ -1,0 +1,280 @@
+"""Triton kernels of the Mamba-1 selective scan that solve one state at a time over ``(channels, time)`` tiles.
+
+A program owns ``BLOCK_D`` channels of one batch element and one group of B/C and walks the sequence in
+chunks of ``BLOCK_L`` steps. Every tensor of a chunk is a ``(BLOCK_D, BLOCK_L)`` tile, or a ``(1, BLOCK_L)``
+row of B or C, or a ``(BLOCK_D, 1)`` column of states, all in the tile's one layout. For each state ``n`` in
+turn the chunk's recurrence ``h_t = exp(delta_t A_n) h_{t-1} + delta_t u_t B_{n,t}`` is one
+``tl.associative_scan`` along time; its result, started from the state carried in from the previous chunk,
+is multiplied by ``C_n`` and added to the output tile, so nothing of size ``L * N`` ever reaches memory and
+no value changes layout (a thread holds consecutive steps, loaded as one vector).
+
+The backward kernel runs two passes in one program. The first walks the chunks forward with one sum per state
+and chunk and writes only the state entering each chunk (``(batch, dim, n_chunks, N)``, float32).
+The second walks them in reverse: per state it recomputes the chunk's states from that checkpoint by a scan
+and solves the adjoint ``q_t = g_t C_t + exp(delta_{t+1} A) q_{t+1}`` by a reverse scan, carrying ``q``
+into the previous chunk. The gradients of ``u`` and ``delta`` accumulate over the states in tiles; those of
+B and C are summed over the program's channels and added atomically in float32; those of A, D and the
+delta bias are written per batch element and summed by the caller.
+
+``REVERSE_OUT`` reads ``z`` and the output gradient and writes the output at ``L - 1 - t`` (the backward
+direction of a bidirectional Mamba), ``ACCUMULATE`` adds the output's current value before the gate and
+``ACCUMULATE_DZ`` the gate gradient's: the two directions share one gate, and no flipped copies are made.
+"""
+
+# Triton kernels build tuples by concatenation: its compiler does not accept starred unpacking.
+# ruff: noqa: RUF005
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .common import LOG2E, scan_combine, sigmoid, softplus
+
+
+@triton.jit
+def _program_rows(A_ptr, D_ptr, bias_ptr, h0_ptr, dim, cpg, sA_d, sA_n,
+                  N: tl.constexpr, BLOCK_D: tl.constexpr,
+                  HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr):  # fmt: skip
+    """What a program reads once for its ``BLOCK_D`` channels of group ``g`` of batch element ``b``, as
+    ``(BLOCK_D, 1)`` columns: the channel indices and mask, ``D`` and the delta bias, and per state (tuples of
+    ``N``) ``A``, ``A`` scaled to base 2 and the initial state; also the flat offset of state 0 of each channel."""
+    b = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1)
+    dl = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)[:, None]
+    d_mask = dl < cpg
+    d = g * cpg + dl
+    Dv = tl.zeros((BLOCK_D, 1), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_D, 1), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    state_rows = b * dim * N + d * N
+    A = ()
+    A2 = ()
+    h = ()
+    for n in tl.static_range(N):
+        a = tl.load(A_ptr + d * sA_d + n * sA_n, mask=d_mask, other=0.0).to(tl.float32)
+        A = A + (a,)
+        A2 = A2 + (a * LOG2E,)
+        hn = tl.zeros((BLOCK_D, 1), tl.float32)
+        if HAS_H0:
+            hn = tl.load(h0_ptr + state_rows + n, mask=d_mask, other=0.0)
+        h = h + (hn,)
+    return b, g, d, d_mask, Dv, bias, state_rows, A, A2, h
+
+
+@triton.jit
+def _chunk_inputs(u_rows, dt_rows, t, mask, su_l, sdt_l, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """``u``, ``dt_raw`` (with the bias) and ``dt`` (discretised, zero where ``mask`` is off: steps past the end
+    are the identity map) at steps ``t`` of the program's channels, in float32."""
+    u = tl.load(u_rows + t * su_l, mask=mask, other=0.0).to(tl.float32)
+    dt_raw = tl.load(dt_rows + t * sdt_l, mask=mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt_raw = dt_raw + bias
+    dt = dt_raw
+    if SOFTPLUS:
+        dt = softplus(dt_raw)
+    return u, dt_raw, tl.where(mask, dt, 0.0)
+
+
+@triton.jit
+def _gate_gradient(dy_rows, z_rows, t_out, mask, sdy_l, sz_l, HAS_Z: tl.constexpr):
+    """The output gradient before the gate ``y * silu(z)``: ``dy * silu(z)`` (``dy`` without a gate), float32."""
+    dy = tl.load(dy_rows + t_out * sdy_l, mask=mask, other=0.0).to(tl.float32)
+    if HAS_Z:
+        zt = tl.load(z_rows + t_out * sz_l, mask=mask, other=0.0).to(tl.float32)
+        dy = dy * zt * sigmoid(zt)
+    return dy
+
+
+@triton.jit
+def _column(tile, at):
+    """The column of ``tile (R, L)`` where the ``(1, L)`` mask ``at`` is on, as ``(R, 1)``."""
+    return tl.sum(tl.where(at, tile, 0.0), axis=1, keep_dims=True)
+
+
+@triton.jit
+def selective_scan_fwd_state_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr,
+    dim, L, cpg,
+    su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sA_d, sA_n,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+    sz_b, sz_d, sz_l, sy_b, sy_d, sy_l,
+    N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE: tl.constexpr,
+):  # fmt: skip
+    b, g, d, d_mask, Dv, bias, state_rows, _A, A2, h = _program_rows(
+        A_ptr, D_ptr, bias_ptr, h0_ptr, dim, cpg, sA_d, sA_n, N, BLOCK_D, HAS_D, HAS_BIAS, HAS_H0
+    )
+    steps = tl.arange(0, BLOCK_L)[None, :]
+    u_rows = u_ptr + b * su_b + d * su_d
+    dt_rows = dt_ptr + b * sdt_b + d * sdt_d
+    z_rows = z_ptr + b * sz_b + d * sz_d
+    y_rows = y_ptr + b * sy_b + d * sy_d
+    B_row = B_ptr + b * sB_b + g * sB_g
+    C_row = C_ptr + b * sC_b + g * sC_g
+    is_last = steps == BLOCK_L - 1
+    for c in range(0, tl.cdiv(L, BLOCK_L)):
+        t = c * BLOCK_L + steps
+        t_mask = t < L
+        dl_mask = d_mask & t_mask
+        u, _, dt = _chunk_inputs(u_rows, dt_rows, t, dl_mask, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS)
+        dtu = dt * u
+        y = Dv * u
+        carried = ()
+        for n in tl.static_range(N):
+            Bn = tl.load(B_row + n * sB_n + t * sB_l, mask=t_mask, other=0.0).to(tl.float32)
+            growth, states = tl.associative_scan((tl.exp2(dt * A2[n]), dtu * Bn), 1, scan_combine)
+            states = states + growth * h[n]
+            Cn = tl.load(C_row + n * sC_n + t * sC_l, mask=t_mask, other=0.0).to(tl.float32)
+            y += states * Cn
+            carried = carried + (_column(states, is_last),)  # steps past L left the state unchanged
+        h = carried
+        if REVERSE_OUT:
+            t_out = L - 1 - t
+        else:
+            t_out = t
+        if ACCUMULATE:
+            y += tl.load(y_rows + t_out * sy_l, mask=dl_mask, other=0.0).to(tl.float32)
+        if HAS_Z:
+            zt = tl.load(z_rows + t_out * sz_l, mask=dl_mask, other=0.0).to(tl.float32)
+            y = y * zt * sigmoid(zt)
+        tl.store(y_rows + t_out * sy_l, y.to(y_ptr.dtype.element_ty), mask=dl_mask)
+    if STORE_HT:
+        for n in tl.static_range(N):
+            tl.store(hT_ptr + state_rows + n, h[n], mask=d_mask)
+
+
+@triton.jit
+def selective_scan_bwd_state_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, dy_ptr, dhT_ptr, ckpt_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+    dim, L, cpg, G, n_chunks,
+    su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sA_d, sA_n,
+    sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
+    sz_b, sz_d, sz_l, sdy_b, sdy_d, sdy_l, sdBC_n,
+    N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE_DZ: tl.constexpr,
+):  # fmt: skip
+    b, g, d, d_mask, Dv, bias, state_rows, A, A2, h = _program_rows(
+        A_ptr, D_ptr, bias_ptr, h0_ptr, dim, cpg, sA_d, sA_n, N, BLOCK_D, HAS_D, HAS_BIAS, HAS_H0
+    )
+    steps = tl.arange(0, BLOCK_L)[None, :]
+    u_rows = u_ptr + b * su_b + d * su_d
+    dt_rows = dt_ptr + b * sdt_b + d * sdt_d
+    z_rows = z_ptr + b * sz_b + d * sz_d
+    dy_rows = dy_ptr + b * sdy_b + d * sdy_d
+    B_row = B_ptr + b * sB_b + g * sB_g
+    C_row = C_ptr + b * sC_b + g * sC_g
+    grad_rows = b * dim * L + d * L  # du, ddt, dz are contiguous (batch, dim, L)
+    dBC_row = (b * G + g) * N * sdBC_n  # dB, dC are (batch, G, N, L) with rows padded to sdBC_n
+    ckpt_rows = ckpt_ptr + (b * dim + d) * n_chunks * N
+
+    # Pass 1: the state entering every chunk. A chunk maps h to exp(A S) h + sum_t exp(A S_t) dt_t u_t B_t, with S the
+    # sum of its dt and S_t that of the steps after t: sums, so one plain reduction per state (tl.reduce would not
+    # do for the maps' composition, which is not commutative).
+    for c in range(0, n_chunks - 1):
+        t = c * BLOCK_L + steps
+        dl_mask = d_mask & (t < L)
+        u, _, dt = _chunk_inputs(u_rows, dt_rows, t, dl_mask, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS)
+        dtu = dt * u
+        later = tl.cumsum(dt, axis=1, reverse=True) - dt
+        total = tl.sum(dt, axis=1, keep_dims=True)
+        carried = ()
+        for n in tl.static_range(N):
+            tl.store(ckpt_rows + c * N + n, h[n], mask=d_mask)
+            Bn = tl.load(B_row + n * sB_n + t * sB_l, mask=t < L, other=0.0).to(tl.float32)
+            inputs = tl.sum(tl.exp2(later * A2[n]) * dtu * Bn, axis=1, keep_dims=True)
+            carried = carried + (tl.exp2(total * A2[n]) * h[n] + inputs,)
+        h = carried
+    for n in tl.static_range(N):
+        tl.store(ckpt_rows + (n_chunks - 1) * N + n, h[n], mask=d_mask)
+    # A program's threads write the checkpoints and other threads of it read them in pass 2: global memory
+    # written by one thread is visible to another of its block only after a barrier.
+    tl.debug_barrier()
+
+    # Pass 2: chunks in reverse, the adjoint q of each state carried backwards.
+    q = ()
+    dA = ()
+    for n in tl.static_range(N):
+        qn = tl.zeros((BLOCK_D, 1), tl.float32)
+        if HAS_DHT:
+            qn = tl.load(dhT_ptr + state_rows + n, mask=d_mask, other=0.0)
+        q = q + (qn,)
+        dA = dA + (tl.zeros((BLOCK_D, 1), tl.float32),)
+    dD = tl.zeros((BLOCK_D, 1), tl.float32)
+    dbias = tl.zeros((BLOCK_D, 1), tl.float32)
+    is_first = steps == 0
+    for i in range(0, n_chunks):
+        c = n_chunks - 1 - i
+        t = c * BLOCK_L + steps
+        t_mask = t < L
+        dl_mask = d_mask & t_mask
+        u, _, dt = _chunk_inputs(u_rows, dt_rows, t, dl_mask, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS)
+        _, _, dt_next = _chunk_inputs(u_rows, dt_rows, t + 1, d_mask & (t + 1 < L), su_l, sdt_l, bias,
+                                      HAS_BIAS, SOFTPLUS)  # fmt: skip
+        dtu = dt * u
+        if REVERSE_OUT:
+            t_out = L - 1 - t
+        else:
+            t_out = t
+        gy = _gate_gradient(dy_rows, z_rows, t_out, dl_mask, sdy_l, sz_l, HAS_Z)
+        y_states = tl.zeros((BLOCK_D, BLOCK_L), tl.float32)  # sum_n C_n h_n
+        r = tl.zeros((BLOCK_D, BLOCK_L), tl.float32)  # sum_n q_n B_n
+        s = tl.zeros((BLOCK_D, BLOCK_L), tl.float32)  # sum_n q_n exp(dt A_n) h_{n, t-1} A_n
+        q_carried = ()
+        dA_carried = ()
+        for n in tl.static_range(N):
+            Bn = tl.load(B_row + n * sB_n + t * sB_l, mask=t_mask, other=0.0).to(tl.float32)
+            Cn = tl.load(C_row + n * sC_n + t * sC_l, mask=t_mask, other=0.0).to(tl.float32)
+            h_in = tl.load(ckpt_rows + c * N + n, mask=d_mask, other=0.0)
+            inputs = dtu * Bn
+            growth, states = tl.associative_scan((tl.exp2(dt * A2[n]), inputs), 1, scan_combine)
+            states = states + growth * h_in
+            if HAS_Z:
+                y_states += states * Cn
+            dC = tl.sum(gy * states, axis=0, keep_dims=True)
+            tl.atomic_add(dC_ptr + dBC_row + n * sdBC_n + t, dC, mask=t_mask, sem="relaxed")
+            decayed = states - inputs  # exp(dt_t A) h_{t-1}
+            growth, adj = tl.associative_scan((tl.exp2(dt_next * A2[n]), gy * Cn), 1, scan_combine, reverse=True)
+            adj = adj + growth * q[n]
+            q_carried = q_carried + (_column(adj, is_first),)
+            dB = tl.sum(adj * dtu, axis=0, keep_dims=True)
+            tl.atomic_add(dB_ptr + dBC_row + n * sdBC_n + t, dB, mask=t_mask, sem="relaxed")
+            r += adj * Bn
+            s += adj * decayed * A[n]
+            dA_carried = dA_carried + (dA[n] + tl.sum(adj * decayed * dt, axis=1, keep_dims=True),)
+        q = q_carried
+        dA = dA_carried
+        # u, dt_raw, dy and z are read again rather than kept live across the states' loop.
+        u, dt_raw, _ = _chunk_inputs(u_rows, dt_rows, t, dl_mask, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS)
+        if HAS_Z:
+            dy = tl.load(dy_rows + t_out * sdy_l, mask=dl_mask, other=0.0).to(tl.float32)
+            zt = tl.load(z_rows + t_out * sz_l, mask=dl_mask, other=0.0).to(tl.float32)
+            sig = sigmoid(zt)
+            dz = dy * (y_states + Dv * u) * sig * (1.0 + zt * (1.0 - sig))
+            if ACCUMULATE_DZ:
+                dz += tl.load(dz_ptr + grad_rows + t_out, mask=dl_mask, other=0.0).to(tl.float32)
+            tl.store(dz_ptr + grad_rows + t_out, dz.to(dz_ptr.dtype.element_ty), mask=dl_mask)
+        dD += tl.sum(gy * u, axis=1, keep_dims=True)
+        ddt = u * r + s
+        if SOFTPLUS:
+            ddt = ddt * sigmoid(dt_raw)
+        ddt = tl.where(dl_mask, ddt, 0.0)
+        dbias += tl.sum(ddt, axis=1, keep_dims=True)
+        du = dt * r + Dv * gy
+        tl.store(du_ptr + grad_rows + t, du.to(du_ptr.dtype.element_ty), mask=dl_mask)
+        tl.store(ddt_ptr + grad_rows + t, ddt.to(ddt_ptr.dtype.element_ty), mask=dl_mask)
+
+    for n in tl.static_range(N):
+        tl.store(dA_ptr + state_rows + n, dA[n], mask=d_mask)
+    tl.store(dD_ptr + b * dim + d, dD, mask=d_mask)
+    tl.store(dbias_ptr + b * dim + d, dbias, mask=d_mask)
+    if HAS_H0:
+        _, _, dt0 = _chunk_inputs(u_rows, dt_rows, 0, d_mask, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS)
+        for n in tl.static_range(N):
+            tl.store(dh0_ptr + state_rows + n, q[n] * tl.exp2(dt0 * A2[n]), mask=d_mask)  # exp(dt_0 A) q_0
