@@ -17,7 +17,7 @@ from .scan_step_kernels import selective_scan_fwd_kernel
 
 # Forward and backward, ``kernel="state"`` (FORWARD_STATE, BACKWARD_STATE, the defaults): ``block_d`` channels x
 # ``block_l`` steps per tile, one scan along time per state. H100, bf16, the benchmark's three shapes (8, 1536, 2048) /
-# (64, 384, 1569) / (2, 768, 6272): forward 0.47 / 1.31 / 0.21 ms, backward 4.0 / 12.0 / 2.4 ms, the best of the
+# (64, 384, 1569) / (2, 768, 6272): forward 0.47 / 1.31 / 0.22 ms, backward 3.9 / 12.7 / 2.4 ms, the best of the
 # settings swept (1-8 channels, 128-2048 steps, 1-8 warps; more channels or warps per program spilled registers or
 # waited on shared-memory barriers). The kernels they replaced took 1.05 / 1.77 / 0.47 ms forward (runs of steps
 # composed per thread, one scan over the runs of a (channels, N, runs) tile) and 8.2 / 14.1 / 6.7 ms backward.
