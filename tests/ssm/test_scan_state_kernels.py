@@ -24,9 +24,11 @@ NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
 @pytest.fixture(autouse=True)
 def short_chunks(monkeypatch):
-    """Chunks of 32 steps, so that the shapes below span several and carry states between them."""
+    """Chunks of 32 steps, so that the shapes below span several and carry states between them, and the state
+    kernels for every length (short sequences would otherwise run the step kernel forward)."""
     monkeypatch.setitem(scan.CONFIG, "forward", dict(scan.FORWARD_STATE, block_l=32, block_d=2))
     monkeypatch.setitem(scan.CONFIG, "backward", dict(scan.BACKWARD_STATE, block_l=32, block_d=2))
+    monkeypatch.setattr(scan, "SHORT_LENGTH", 1)
 
 
 def scan_inputs(batch, dim, length, n, groups, seed):
