@@ -43,7 +43,7 @@ FORWARD_CONFIGS = [
     *({"kernel": "state", "block_d": d, "block_l": l, "num_warps": w} for d, l, w in STATE_SETTINGS),
     *({"kernel": "step", "split": split, "num_warps": 2, "unroll": 4} for split in (1, 4, 8)),
 ]
-BACKWARD_CONFIGS = [{"kernel": "state", "block_d": d, "block_l": l, "num_warps": w} for d, l, w in STATE_SETTINGS]
+BACKWARD_CONFIGS = [{"block_d": d, "block_l": l, "num_warps": w} for d, l, w in STATE_SETTINGS]
 
 
 def scan_inputs(batch, dim, length, device, *, seed=0):

@@ -15,7 +15,7 @@ from .common import any_float64, next_power_of_2
 from .scan_state_kernels import selective_scan_bwd_state_kernel, selective_scan_fwd_state_kernel
 from .scan_step_kernels import selective_scan_fwd_kernel
 
-# Forward and backward, ``kernel="state"`` (FORWARD_STATE, BACKWARD_STATE, the defaults): ``block_d`` channels x
+# Forward ``kernel="state"`` (FORWARD_STATE, the default) and the backward (BACKWARD_STATE): ``block_d`` channels x
 # ``block_l`` steps per tile, one scan along time per state. H100, bf16, the benchmark's three shapes (8, 1536, 2048) /
 # (64, 384, 1569) / (2, 768, 6272): forward 0.47 / 1.31 / 0.22 ms, backward 3.9 / 12.7 / 2.4 ms, the best of the
 # settings swept (1-8 channels, 128-2048 steps, 1-8 warps; more channels or warps per program spilled registers or
@@ -26,7 +26,7 @@ from .scan_step_kernels import selective_scan_fwd_kernel
 # model's four L=32 scans read channel-major: 2.11 ms with it, 3.46 ms with FORWARD_STEP's settings). Settings that
 # `benchmarks/ssm_kernels.py --sweep` finds faster must pass tests/ssm/test_kernels_gpu.py before they replace these.
 FORWARD_STATE = {"kernel": "state", "block_d": 1, "block_l": 256, "num_warps": 1}
-BACKWARD_STATE = {"kernel": "state", "block_d": 1, "block_l": 256, "num_warps": 1}
+BACKWARD_STATE = {"block_d": 1, "block_l": 256, "num_warps": 1}
 FORWARD_STEP = {"kernel": "step", "split": 4, "num_warps": 2, "unroll": 4}
 FORWARD_SHORT = {"kernel": "step", "split": 2, "num_warps": 1, "unroll": 4}
 # Token-major inputs (Mamba's short-sequence inference path, :mod:`.mamba_tokens`): one lane per channel holding all
@@ -123,8 +123,6 @@ def scan_backward(
     groups = B4.shape[1]
     cpg, n = dim // groups, A.shape[1]
     cfg = CONFIG["backward"]
-    if cfg.get("kernel") != "state":
-        raise ValueError(f"CONFIG['backward']['kernel'] must be 'state'; got {cfg.get('kernel')!r}")
     blocks = _state_blocks(cpg, length, cfg)
     n_chunks = triton.cdiv(length, blocks["BLOCK_L"])
     device, f32 = u.device, torch.float32
