@@ -22,13 +22,27 @@ if RUNS:
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 
 
-@pytest.fixture(autouse=True)
-def short_chunks(monkeypatch):
+@pytest.fixture(autouse=True, params=["stored", "recomputed"])
+def short_chunks(request, monkeypatch):
     """Chunks of 32 steps, so that the shapes below span several and carry states between them, and the state
-    kernels for every length (short sequences would otherwise run the step kernel forward)."""
-    monkeypatch.setitem(scan.CONFIG, "forward", dict(scan.FORWARD_STATE, block_l=32, block_d=2))
+    kernels for every length (short sequences would otherwise run the step kernel forward). The backward either
+    reads the states entering its chunks as the forward stored them or, when the forward's chunks are longer than
+    its own, computes them in its first pass."""
+    forward_chunk = 32 if request.param == "stored" else 64
+    monkeypatch.setitem(scan.CONFIG, "forward", dict(scan.FORWARD_STATE, block_l=forward_chunk, block_d=2))
     monkeypatch.setitem(scan.CONFIG, "backward", dict(scan.BACKWARD_STATE, block_l=32, block_d=2))
     monkeypatch.setattr(scan, "SHORT_LENGTH", 1)
+    return request.param
+
+
+def test_checkpoint_buffer(short_chunks):
+    """The forward stores the backward's checkpoints only with the backward's chunks: (batch, dim, chunks, N)."""
+    u = torch.empty(2, 3, 70, device=DEVICE)
+    buffer = scan.checkpoint_buffer(u, 5)
+    if short_chunks == "stored":
+        assert buffer.shape == (2, 3, 3, 5) and buffer.dtype == torch.float32
+    else:
+        assert buffer is None
 
 
 def scan_inputs(batch, dim, length, n, groups, seed):

@@ -42,3 +42,13 @@ def sigmoid(x):
 def scan_combine(a1, b1, a2, b2):
     """Compose two steps of ``h -> a * h + b`` (first ``1``, then ``2``)."""
     return a1 * a2, b1 * a2 + b2
+
+
+@triton.jit
+def adjoint_combine(a1, p1, g1, a2, p2, g2):
+    """Compose two runs of the adjoint ``q_t = g_t + a_{t+1} q_{t+1}`` in a reverse scan (run ``1`` later in
+    time, run ``2`` just before it) with each step's own decay ``a_t``, so that no value is shifted by a step.
+    A run holds its first step's ``a``, the product ``p`` of the ``a`` after its first step, and ``g``, its
+    first step's ``q`` when the ``q`` after the run is zero; one step ``t`` is ``(a_t, 1, g_t)``."""
+    bridge = p2 * a1
+    return a2, bridge * p1, g2 + bridge * g1

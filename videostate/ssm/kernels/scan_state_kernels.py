@@ -8,11 +8,13 @@ turn the chunk's recurrence ``h_t = exp(delta_t A_n) h_{t-1} + delta_t u_t B_{n,
 is multiplied by ``C_n`` and added to the output tile, so nothing of size ``L * N`` ever reaches memory and
 no value changes layout (a thread holds consecutive steps, loaded as one vector).
 
-The backward kernel runs two passes in one program. The first walks the chunks forward with one sum per state
-and chunk and writes only the state entering each chunk (``(batch, dim, n_chunks, N)``, float32).
-The second walks them in reverse: per state it recomputes the chunk's states from that checkpoint by a scan
-and solves the adjoint ``q_t = g_t C_t + exp(delta_{t+1} A) q_{t+1}`` by a reverse scan, carrying ``q``
-into the previous chunk. The gradients of ``u`` and ``delta`` accumulate over the states in tiles; those of
+The forward can store the state entering each chunk (``STORE_CKPT``: ``(batch, dim, n_chunks, N)``, float32,
+``1 / BLOCK_L`` of the states). The backward kernel then walks the chunks once, in reverse; without them
+(``HAS_CKPT`` off) a first pass walks the chunks forward with one sum per state and chunk and writes them.
+The reverse pass recomputes, per state, the chunk's states from its checkpoint by a scan and solves the
+adjoint ``q_t = g_t C_t + exp(delta_{t+1} A) q_{t+1}`` by a reverse scan (:func:`.common.adjoint_combine`,
+with each step's own decay), carrying ``exp(delta_t A) q_t`` of the chunk's first step into the previous
+chunk. The gradients of ``u`` and ``delta`` accumulate over the states in tiles; those of
 B and C are summed over the program's channels and added atomically in float32; those of A, D and the
 delta bias are written per batch element and summed by the caller.
 
@@ -29,16 +31,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import LOG2E, scan_combine, sigmoid, softplus
+from .common import LOG2E, adjoint_combine, scan_combine, sigmoid, softplus
 
 
 @triton.jit
-def _program_rows(A_ptr, D_ptr, bias_ptr, h0_ptr, dim, cpg, sA_d, sA_n,
-                  N: tl.constexpr, BLOCK_D: tl.constexpr,
-                  HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_H0: tl.constexpr):  # fmt: skip
+def _program_rows(D_ptr, bias_ptr, dim, cpg, N: tl.constexpr, BLOCK_D: tl.constexpr,
+                  HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):  # fmt: skip
     """What a program reads once for its ``BLOCK_D`` channels of group ``g`` of batch element ``b``, as
-    ``(BLOCK_D, 1)`` columns: the channel indices and mask, ``D`` and the delta bias, and per state (tuples of
-    ``N``) ``A``, ``A`` scaled to base 2 and the initial state; also the flat offset of state 0 of each channel."""
+    ``(BLOCK_D, 1)`` columns: the channel indices and mask, ``D`` and the delta bias; also the flat offset of
+    state 0 of each channel in ``(batch, dim, N)`` tensors."""
     b = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
     dl = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)[:, None]
@@ -50,19 +51,22 @@ def _program_rows(A_ptr, D_ptr, bias_ptr, h0_ptr, dim, cpg, sA_d, sA_n,
     bias = tl.zeros((BLOCK_D, 1), tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-    state_rows = b * dim * N + d * N
-    A = ()
+    return b, g, d, d_mask, Dv, bias, b * dim * N + d * N
+
+
+@triton.jit
+def _state_columns(A_ptr, h0_ptr, d, d_mask, state_rows, sA_d, sA_n,
+                   N: tl.constexpr, BLOCK_D: tl.constexpr, HAS_H0: tl.constexpr):  # fmt: skip
+    """Per state (tuples of ``N`` columns ``(BLOCK_D, 1)``): ``A`` scaled to base 2 and the initial state."""
     A2 = ()
     h = ()
     for n in tl.static_range(N):
-        a = tl.load(A_ptr + d * sA_d + n * sA_n, mask=d_mask, other=0.0).to(tl.float32)
-        A = A + (a,)
-        A2 = A2 + (a * LOG2E,)
+        A2 = A2 + (tl.load(A_ptr + d * sA_d + n * sA_n, mask=d_mask, other=0.0).to(tl.float32) * LOG2E,)
         hn = tl.zeros((BLOCK_D, 1), tl.float32)
         if HAS_H0:
             hn = tl.load(h0_ptr + state_rows + n, mask=d_mask, other=0.0)
         h = h + (hn,)
-    return b, g, d, d_mask, Dv, bias, state_rows, A, A2, h
+    return A2, h
 
 
 @triton.jit
@@ -97,18 +101,18 @@ def _column(tile, at):
 
 @triton.jit
 def selective_scan_fwd_state_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, ckpt_ptr,
     dim, L, cpg,
     su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sA_d, sA_n,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     sz_b, sz_d, sz_l, sy_b, sy_d, sy_l,
     N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_CKPT: tl.constexpr, REVERSE_OUT: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
 ):  # fmt: skip
-    b, g, d, d_mask, Dv, bias, state_rows, _A, A2, h = _program_rows(
-        A_ptr, D_ptr, bias_ptr, h0_ptr, dim, cpg, sA_d, sA_n, N, BLOCK_D, HAS_D, HAS_BIAS, HAS_H0
-    )
+    b, g, d, d_mask, Dv, bias, state_rows = _program_rows(D_ptr, bias_ptr, dim, cpg, N, BLOCK_D, HAS_D, HAS_BIAS)
+    A2, h = _state_columns(A_ptr, h0_ptr, d, d_mask, state_rows, sA_d, sA_n, N, BLOCK_D, HAS_H0)
     steps = tl.arange(0, BLOCK_L)[None, :]
     u_rows = u_ptr + b * su_b + d * su_d
     dt_rows = dt_ptr + b * sdt_b + d * sdt_d
@@ -117,7 +121,9 @@ def selective_scan_fwd_state_kernel(
     B_row = B_ptr + b * sB_b + g * sB_g
     C_row = C_ptr + b * sC_b + g * sC_g
     is_last = steps == BLOCK_L - 1
-    for c in range(0, tl.cdiv(L, BLOCK_L)):
+    n_chunks = tl.cdiv(L, BLOCK_L)
+    ckpt_rows = ckpt_ptr + (b * dim + d) * n_chunks * N
+    for c in range(0, n_chunks):
         t = c * BLOCK_L + steps
         t_mask = t < L
         dl_mask = d_mask & t_mask
@@ -126,6 +132,8 @@ def selective_scan_fwd_state_kernel(
         y = Dv * u
         carried = ()
         for n in tl.static_range(N):
+            if STORE_CKPT:
+                tl.store(ckpt_rows + c * N + n, h[n], mask=d_mask)
             Bn = tl.load(B_row + n * sB_n + t * sB_l, mask=t_mask, other=0.0).to(tl.float32)
             growth, states = tl.associative_scan((tl.exp2(dt * A2[n]), dtu * Bn), 1, scan_combine)
             states = states + growth * h[n]
@@ -150,19 +158,18 @@ def selective_scan_fwd_state_kernel(
 
 @triton.jit
 def selective_scan_bwd_state_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, dy_ptr, dhT_ptr, ckpt_ptr,
-    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr, dh0_ptr,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, dy_ptr, dhT_ptr, ckpt_ptr, w_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
     dim, L, cpg, G, n_chunks,
     su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sA_d, sA_n,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     sz_b, sz_d, sz_l, sdy_b, sdy_d, sdy_l, sdBC_n,
     N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE_DZ: tl.constexpr,
+    HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, HAS_CKPT: tl.constexpr, REVERSE_OUT: tl.constexpr,
+    ACCUMULATE_DZ: tl.constexpr,
 ):  # fmt: skip
-    b, g, d, d_mask, Dv, bias, state_rows, A, A2, h = _program_rows(
-        A_ptr, D_ptr, bias_ptr, h0_ptr, dim, cpg, sA_d, sA_n, N, BLOCK_D, HAS_D, HAS_BIAS, HAS_H0
-    )
+    b, g, d, d_mask, Dv, bias, state_rows = _program_rows(D_ptr, bias_ptr, dim, cpg, N, BLOCK_D, HAS_D, HAS_BIAS)
     steps = tl.arange(0, BLOCK_L)[None, :]
     u_rows = u_ptr + b * su_b + d * su_d
     dt_rows = dt_ptr + b * sdt_b + d * sdt_d
@@ -170,42 +177,48 @@ def selective_scan_bwd_state_kernel(
     dy_rows = dy_ptr + b * sdy_b + d * sdy_d
     B_row = B_ptr + b * sB_b + g * sB_g
     C_row = C_ptr + b * sC_b + g * sC_g
+    A_rows = A_ptr + d * sA_d
     grad_rows = b * dim * L + d * L  # du, ddt, dz are contiguous (batch, dim, L)
     dBC_row = (b * G + g) * N * sdBC_n  # dB, dC are (batch, G, N, L) with rows padded to sdBC_n
     ckpt_rows = ckpt_ptr + (b * dim + d) * n_chunks * N
 
-    # Pass 1: the state entering every chunk. A chunk maps h to exp(A S) h + sum_t exp(A S_t) dt_t u_t B_t, with S the
-    # sum of its dt and S_t that of the steps after t: sums, so one plain reduction per state (tl.reduce would not
-    # do for the maps' composition, which is not commutative).
-    for c in range(0, n_chunks - 1):
-        t = c * BLOCK_L + steps
-        dl_mask = d_mask & (t < L)
-        u, _, dt = _chunk_inputs(u_rows, dt_rows, t, dl_mask, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS)
-        dtu = dt * u
-        later = tl.cumsum(dt, axis=1, reverse=True) - dt
-        total = tl.sum(dt, axis=1, keep_dims=True)
-        carried = ()
+    if not HAS_CKPT:
+        # Pass 1 (unless the forward stored them): the state entering every chunk. A chunk maps h to
+        # exp(A S) h + sum_t exp(A S_t) dt_t u_t B_t, with S the sum of its dt and S_t that of the steps after t:
+        # sums, so one plain reduction per state (tl.reduce would not do for the maps' composition, which is not
+        # commutative).
+        A2, h = _state_columns(A_ptr, h0_ptr, d, d_mask, state_rows, sA_d, sA_n, N, BLOCK_D, HAS_H0)
+        for c in range(0, n_chunks - 1):
+            t = c * BLOCK_L + steps
+            dl_mask = d_mask & (t < L)
+            u, _, dt = _chunk_inputs(u_rows, dt_rows, t, dl_mask, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS)
+            dtu = dt * u
+            later = tl.cumsum(dt, axis=1, reverse=True) - dt
+            total = tl.sum(dt, axis=1, keep_dims=True)
+            carried = ()
+            for n in tl.static_range(N):
+                tl.store(ckpt_rows + c * N + n, h[n], mask=d_mask)
+                Bn = tl.load(B_row + n * sB_n + t * sB_l, mask=t < L, other=0.0).to(tl.float32)
+                inputs = tl.sum(tl.exp2(later * A2[n]) * dtu * Bn, axis=1, keep_dims=True)
+                carried = carried + (tl.exp2(total * A2[n]) * h[n] + inputs,)
+            h = carried
         for n in tl.static_range(N):
-            tl.store(ckpt_rows + c * N + n, h[n], mask=d_mask)
-            Bn = tl.load(B_row + n * sB_n + t * sB_l, mask=t < L, other=0.0).to(tl.float32)
-            inputs = tl.sum(tl.exp2(later * A2[n]) * dtu * Bn, axis=1, keep_dims=True)
-            carried = carried + (tl.exp2(total * A2[n]) * h[n] + inputs,)
-        h = carried
-    for n in tl.static_range(N):
-        tl.store(ckpt_rows + (n_chunks - 1) * N + n, h[n], mask=d_mask)
-    # A program's threads write the checkpoints and other threads of it read them in pass 2: global memory
-    # written by one thread is visible to another of its block only after a barrier.
-    tl.debug_barrier()
+            tl.store(ckpt_rows + (n_chunks - 1) * N + n, h[n], mask=d_mask)
 
-    # Pass 2: chunks in reverse, the adjoint q of each state carried backwards.
-    q = ()
-    dA = ()
+    # Pass 2: chunks in reverse, a loop (not unrolled) over the states in each. What each state carries into the
+    # chunk before, w = exp(dt_t A) q_t at the chunk's first step (the gradient of the state entering the chunk),
+    # is kept in w_ptr and dA summed in place, so that no tuple of N columns stays in registers. After the first
+    # chunk w_ptr holds the initial state's gradient. A program's threads write these (and the checkpoints) and
+    # other threads of it read them: global memory written by one thread is visible to another of its block only
+    # after a barrier.
+    w_rows = w_ptr + state_rows
     for n in tl.static_range(N):
-        qn = tl.zeros((BLOCK_D, 1), tl.float32)
+        wn = tl.zeros((BLOCK_D, 1), tl.float32)
         if HAS_DHT:
-            qn = tl.load(dhT_ptr + state_rows + n, mask=d_mask, other=0.0)
-        q = q + (qn,)
-        dA = dA + (tl.zeros((BLOCK_D, 1), tl.float32),)
+            wn = tl.load(dhT_ptr + state_rows + n, mask=d_mask, other=0.0)
+        tl.store(w_rows + n, wn, mask=d_mask)
+        tl.store(dA_ptr + state_rows + n, tl.zeros((BLOCK_D, 1), tl.float32), mask=d_mask)
+    tl.debug_barrier()
     dD = tl.zeros((BLOCK_D, 1), tl.float32)
     dbias = tl.zeros((BLOCK_D, 1), tl.float32)
     is_first = steps == 0
@@ -215,8 +228,6 @@ def selective_scan_bwd_state_kernel(
         t_mask = t < L
         dl_mask = d_mask & t_mask
         u, _, dt = _chunk_inputs(u_rows, dt_rows, t, dl_mask, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS)
-        _, _, dt_next = _chunk_inputs(u_rows, dt_rows, t + 1, d_mask & (t + 1 < L), su_l, sdt_l, bias,
-                                      HAS_BIAS, SOFTPLUS)  # fmt: skip
         dtu = dt * u
         if REVERSE_OUT:
             t_out = L - 1 - t
@@ -226,30 +237,32 @@ def selective_scan_bwd_state_kernel(
         y_states = tl.zeros((BLOCK_D, BLOCK_L), tl.float32)  # sum_n C_n h_n
         r = tl.zeros((BLOCK_D, BLOCK_L), tl.float32)  # sum_n q_n B_n
         s = tl.zeros((BLOCK_D, BLOCK_L), tl.float32)  # sum_n q_n exp(dt A_n) h_{n, t-1} A_n
-        q_carried = ()
-        dA_carried = ()
-        for n in tl.static_range(N):
-            Bn = tl.load(B_row + n * sB_n + t * sB_l, mask=t_mask, other=0.0).to(tl.float32)
-            Cn = tl.load(C_row + n * sC_n + t * sC_l, mask=t_mask, other=0.0).to(tl.float32)
-            h_in = tl.load(ckpt_rows + c * N + n, mask=d_mask, other=0.0)
+        for k in range(0, N):  # k, not n: a loop variable keeps one type in a kernel
+            a = tl.load(A_rows + k * sA_n, mask=d_mask, other=0.0).to(tl.float32)
+            Bn = tl.load(B_row + k * sB_n + t * sB_l, mask=t_mask, other=0.0).to(tl.float32)
+            Cn = tl.load(C_row + k * sC_n + t * sC_l, mask=t_mask, other=0.0).to(tl.float32)
+            h_in = tl.load(ckpt_rows + c * N + k, mask=d_mask, other=0.0)
             inputs = dtu * Bn
-            growth, states = tl.associative_scan((tl.exp2(dt * A2[n]), inputs), 1, scan_combine)
+            decay = tl.exp2(dt * (a * LOG2E))
+            growth, states = tl.associative_scan((decay, inputs), 1, scan_combine)
             states = states + growth * h_in
             if HAS_Z:
                 y_states += states * Cn
             dC = tl.sum(gy * states, axis=0, keep_dims=True)
-            tl.atomic_add(dC_ptr + dBC_row + n * sdBC_n + t, dC, mask=t_mask, sem="relaxed")
+            tl.atomic_add(dC_ptr + dBC_row + k * sdBC_n + t, dC, mask=t_mask, sem="relaxed")
             decayed = states - inputs  # exp(dt_t A) h_{t-1}
-            growth, adj = tl.associative_scan((tl.exp2(dt_next * A2[n]), gy * Cn), 1, scan_combine, reverse=True)
-            adj = adj + growth * q[n]
-            q_carried = q_carried + (_column(adj, is_first),)
+            _, after, adj = tl.associative_scan(
+                (decay, tl.full(decay.shape, 1.0, tl.float32), gy * Cn), 1, adjoint_combine, reverse=True
+            )
+            adj = adj + after * tl.load(w_rows + k, mask=d_mask, other=0.0)
+            tl.store(w_rows + k, _column(decay * adj, is_first), mask=d_mask)
             dB = tl.sum(adj * dtu, axis=0, keep_dims=True)
-            tl.atomic_add(dB_ptr + dBC_row + n * sdBC_n + t, dB, mask=t_mask, sem="relaxed")
+            tl.atomic_add(dB_ptr + dBC_row + k * sdBC_n + t, dB, mask=t_mask, sem="relaxed")
             r += adj * Bn
-            s += adj * decayed * A[n]
-            dA_carried = dA_carried + (dA[n] + tl.sum(adj * decayed * dt, axis=1, keep_dims=True),)
-        q = q_carried
-        dA = dA_carried
+            s += adj * decayed * a
+            dA_n = tl.load(dA_ptr + state_rows + k, mask=d_mask, other=0.0)
+            tl.store(dA_ptr + state_rows + k, dA_n + tl.sum(adj * decayed * dt, axis=1, keep_dims=True), mask=d_mask)
+        tl.debug_barrier()
         # u, dt_raw, dy and z are read again rather than kept live across the states' loop.
         u, dt_raw, _ = _chunk_inputs(u_rows, dt_rows, t, dl_mask, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS)
         if HAS_Z:
@@ -270,11 +283,5 @@ def selective_scan_bwd_state_kernel(
         tl.store(du_ptr + grad_rows + t, du.to(du_ptr.dtype.element_ty), mask=dl_mask)
         tl.store(ddt_ptr + grad_rows + t, ddt.to(ddt_ptr.dtype.element_ty), mask=dl_mask)
 
-    for n in tl.static_range(N):
-        tl.store(dA_ptr + state_rows + n, dA[n], mask=d_mask)
     tl.store(dD_ptr + b * dim + d, dD, mask=d_mask)
     tl.store(dbias_ptr + b * dim + d, dbias, mask=d_mask)
-    if HAS_H0:
-        _, _, dt0 = _chunk_inputs(u_rows, dt_rows, 0, d_mask, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS)
-        for n in tl.static_range(N):
-            tl.store(dh0_ptr + state_rows + n, q[n] * tl.exp2(dt0 * A2[n]), mask=d_mask)  # exp(dt_0 A) q_0

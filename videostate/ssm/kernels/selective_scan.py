@@ -17,7 +17,7 @@ from .scan_step_kernels import selective_scan_fwd_kernel
 
 # Forward ``kernel="state"`` (FORWARD_STATE, the default) and the backward (BACKWARD_STATE): ``block_d`` channels x
 # ``block_l`` steps per tile, one scan along time per state. H100, bf16, the benchmark's three shapes (8, 1536, 2048) /
-# (64, 384, 1569) / (2, 768, 6272): forward 0.47 / 1.31 / 0.22 ms, backward 3.9 / 12.7 / 2.4 ms, the best of the
+# (64, 384, 1569) / (2, 768, 6272): forward 0.47 / 1.31 / 0.21 ms, backward 1.79 / 7.43 / 0.98 ms, the best of the
 # settings swept (1-8 channels, 128-2048 steps, 1-8 warps; more channels or warps per program spilled registers or
 # waited on shared-memory barriers). The kernels they replaced took 1.05 / 1.77 / 0.47 ms forward (runs of steps
 # composed per thread, one scan over the runs of a (channels, N, runs) tile) and 8.2 / 14.1 / 6.7 ms backward.
@@ -58,15 +58,30 @@ def _strides3(t: torch.Tensor | None) -> tuple[int, int, int]:
     return (0, 0, 0) if t is None else tuple(t.stride())
 
 
+def checkpoint_buffer(u: torch.Tensor, n: int) -> torch.Tensor | None:
+    """Where the forward stores the state entering each of the backward's chunks, ``(batch, dim, n_chunks, N)``
+    float32 (``1 / block_l`` of all states), so that the backward need not recompute them. None when the forward
+    does not run the state kernel with the backward's chunk length; the backward then recomputes them."""
+    batch, dim, length = u.shape
+    forward = CONFIG["forward"]
+    block_l = _state_blocks(1, length, CONFIG["backward"])["BLOCK_L"]
+    if forward.get("kernel") != "state" or runs_short_setting(length):
+        return None
+    if _state_blocks(1, length, forward)["BLOCK_L"] != block_l:
+        return None
+    return torch.empty(batch, dim, triton.cdiv(length, block_l), n, device=u.device, dtype=torch.float32)
+
+
 def scan_forward(
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, *, y=None, reverse_out=False,
-    accumulate=False, setting=None,
+    accumulate=False, setting=None, checkpoints=None,
 ):  # fmt: skip
     """Launch the forward kernel; returns ``(y, final_state)``.
 
     With ``y`` given the result is written into it (``accumulate`` adds its current value before the
     gate); ``reverse_out`` reads ``z`` and writes ``y`` at ``L - 1 - t``. ``setting`` replaces the kernel
     setting chosen from the length (CONFIG's, or FORWARD_SHORT for a sequence shorter than SHORT_LENGTH).
+    ``checkpoints`` (from :func:`checkpoint_buffer`) receives the state entering each chunk.
     """
     batch, dim, length = u.shape
     B4, C4 = _grouped(B), _grouped(C)
@@ -88,16 +103,25 @@ def scan_forward(
         blocks = {"SPLIT": split, "BLOCK_D": block_d, "UNROLL": cfg["unroll"]}
         launch = selective_scan_fwd_kernel
     elif kernel == "state":
-        blocks = _state_blocks(cpg, length, cfg)
+        blocks = {**_state_blocks(cpg, length, cfg), "STORE_CKPT": checkpoints is not None}
         block_d = blocks["BLOCK_D"]
         launch = selective_scan_fwd_state_kernel
     else:
         raise ValueError(f"CONFIG['forward']['kernel'] must be 'state' or 'step'; got {kernel!r}")
+    chunks = triton.cdiv(length, blocks["BLOCK_L"]) if kernel == "state" else None
+    if checkpoints is not None and checkpoints.shape[2] != chunks:
+        raise ValueError(
+            f"checkpoints of {checkpoints.shape[2]} chunks need the state kernel with the backward's chunk length; "
+            f"the forward runs {kernel!r} with {blocks}"
+        )
+    outputs = (y, final_state)
+    if kernel == "state":
+        outputs += (final_state if checkpoints is None else checkpoints,)
     grid = (batch, groups, triton.cdiv(cpg, block_d))
     launch[grid](
         u, delta, A, B4, C4,
         u if D is None else D, u if z is None else z, u if delta_bias is None else delta_bias,
-        final_state if h0 is None else h0, y, final_state,
+        final_state if h0 is None else h0, *outputs,
         dim, length, cpg,
         *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides3(z), *y.stride(),
         N=n, **blocks,
@@ -110,10 +134,11 @@ def scan_forward(
 
 def scan_backward(
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, dy, d_final, *,
-    dz=None, accumulate_dz=False, reverse_out=False,
+    dz=None, accumulate_dz=False, reverse_out=False, checkpoints=None,
 ):  # fmt: skip
     """Launch the backward kernel; returns the gradients ``(du, ddelta, dA, dB, dC, dD, dz, dbias, dh0)``.
 
+    ``checkpoints``: the states entering the chunks as the forward stored them (else the kernel computes them).
     ``dz`` given: the gate's gradient is written into it, or added to it with ``accumulate_dz`` (the two
     directions of a bidirectional scan share one gate).
     dA, dD and dbias are float32 sums over the batch; dB, dC float32 in B's and C's shapes.
@@ -126,7 +151,11 @@ def scan_backward(
     blocks = _state_blocks(cpg, length, cfg)
     n_chunks = triton.cdiv(length, blocks["BLOCK_L"])
     device, f32 = u.device, torch.float32
-    checkpoints = torch.empty(batch, dim, n_chunks, n, device=device, dtype=f32)
+    has_checkpoints = checkpoints is not None
+    if not has_checkpoints:
+        checkpoints = torch.empty(batch, dim, n_chunks, n, device=device, dtype=f32)
+    elif checkpoints.shape != (batch, dim, n_chunks, n):
+        raise ValueError(f"checkpoints must be {(batch, dim, n_chunks, n)}; got {tuple(checkpoints.shape)}")
     du = torch.empty(batch, dim, length, device=device, dtype=u.dtype)
     ddelta = torch.empty(batch, dim, length, device=device, dtype=delta.dtype)
     if z is not None and dz is None:
@@ -136,27 +165,29 @@ def scan_backward(
     dB = torch.zeros(batch, groups, n, padded, device=device, dtype=f32)[..., :length]
     dC = torch.zeros(batch, groups, n, padded, device=device, dtype=f32)[..., :length]
     dA = torch.empty(batch, dim, n, device=device, dtype=f32)
+    # What the kernel carries between chunks, the gradient of the state entering each: at the end, that of h0.
+    carried = torch.empty(batch, dim, n, device=device, dtype=f32)
     dD = torch.empty(batch, dim, device=device, dtype=f32)
     dbias = torch.empty(batch, dim, device=device, dtype=f32)
     h0 = None if initial_state is None else initial_state.to(f32).contiguous()
-    dh0 = None if h0 is None else torch.empty_like(h0)
     d_final = None if d_final is None else d_final.to(f32).contiguous()
     grid = (batch, groups, triton.cdiv(cpg, blocks["BLOCK_D"]))
     selective_scan_bwd_state_kernel[grid](
         u, delta, A, B4, C4,
         u if D is None else D, u if z is None else z, u if delta_bias is None else delta_bias,
-        dA if h0 is None else h0, dy, dA if d_final is None else d_final, checkpoints,
-        du, ddelta, du if dz is None else dz, dB, dC, dA, dD, dbias, dA if dh0 is None else dh0,
+        dA if h0 is None else h0, dy, dA if d_final is None else d_final, checkpoints, carried,
+        du, ddelta, du if dz is None else dz, dB, dC, dA, dD, dbias,
         dim, length, cpg, groups, n_chunks,
         *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides3(z), *dy.stride(), padded,
         N=n, **blocks,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        HAS_H0=h0 is not None, HAS_DHT=d_final is not None, REVERSE_OUT=reverse_out, ACCUMULATE_DZ=accumulate_dz,
+        HAS_H0=h0 is not None, HAS_DHT=d_final is not None, HAS_CKPT=has_checkpoints, REVERSE_OUT=reverse_out,
+        ACCUMULATE_DZ=accumulate_dz,
         num_warps=cfg["num_warps"],
     )  # fmt: skip
     if B.dim() == 3:
         dB, dC = dB[:, 0], dC[:, 0]
-    return du, ddelta, dA.sum(0), dB, dC, dD.sum(0), dz, dbias.sum(0), dh0
+    return du, ddelta, dA.sum(0), dB, dC, dD.sum(0), dz, dbias.sum(0), None if h0 is None else carried
 
 
 def _cast(grad, like):
@@ -169,19 +200,23 @@ class SelectiveScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
         ctx.set_materialize_grads(False)
-        y, final_state = scan_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state)
-        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state)
+        checkpoints = checkpoint_buffer(u, A.shape[1]) if any(ctx.needs_input_grad) else None
+        y, final_state = scan_forward(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, checkpoints=checkpoints
+        )
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, checkpoints)
         ctx.delta_softplus = delta_softplus
         return y, final_state
 
     @staticmethod
     def backward(ctx, dy, d_final):
-        u, delta, A, B, C, D, z, delta_bias, initial_state = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, initial_state, checkpoints = ctx.saved_tensors
         if dy is None:
             dy = torch.zeros_like(u)
         du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = scan_backward(
-            u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, initial_state, dy, d_final
-        )
+            u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, initial_state, dy, d_final,
+            checkpoints=checkpoints,
+        )  # fmt: skip
         return (
             du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), _cast(dD, D), dz,
             _cast(dbias, delta_bias), _cast(dh0, initial_state), None,
@@ -195,27 +230,34 @@ class BidirectionalScanFunction(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b,
                 initial_state, delta_softplus):  # fmt: skip
         ctx.set_materialize_grads(False)
+        train = any(ctx.needs_input_grad)
+        ckpt = checkpoint_buffer(u, A.shape[1]) if train else None
+        ckpt_b = checkpoint_buffer(u_b, A_b.shape[1]) if train else None
         y, _ = scan_forward(
-            u_b, delta_b, A_b, B_b, C_b, D_b, None, delta_bias_b, delta_softplus, None, reverse_out=True
-        )
+            u_b, delta_b, A_b, B_b, C_b, D_b, None, delta_bias_b, delta_softplus, None, reverse_out=True,
+            checkpoints=ckpt_b,
+        )  # fmt: skip
         y, final_state = scan_forward(
-            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, y=y, accumulate=True
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, y=y, accumulate=True, checkpoints=ckpt
         )
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b,
-                              initial_state)  # fmt: skip
+                              initial_state, ckpt, ckpt_b)  # fmt: skip
         ctx.delta_softplus = delta_softplus
         return y, final_state
 
     @staticmethod
     def backward(ctx, dy, d_final):
-        u, delta, A, B, C, D, z, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, h0 = ctx.saved_tensors
+        saved = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, h0, ckpt, ckpt_b = saved
         if dy is None:
             dy = torch.zeros_like(u)
         dz = None if z is None else torch.empty(z.shape, device=z.device, dtype=torch.float32)
-        fwd = scan_backward(u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, h0, dy, d_final, dz=dz)
+        fwd = scan_backward(
+            u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, h0, dy, d_final, dz=dz, checkpoints=ckpt
+        )
         bwd = scan_backward(
             u_b, delta_b, A_b, B_b, C_b, D_b, z, delta_bias_b, ctx.delta_softplus, None, dy, None,
-            dz=dz, accumulate_dz=dz is not None, reverse_out=True,
+            dz=dz, accumulate_dz=dz is not None, reverse_out=True, checkpoints=ckpt_b,
         )  # fmt: skip
         du, ddelta, dA, dB, dC, dD, _, dbias, dh0 = fwd
         du_b, ddelta_b, dA_b, dB_b, dC_b, dD_b, dz, dbias_b, _ = bwd
