@@ -113,3 +113,19 @@ def test_bidirectional_against_loops():
     assert rel_error(y_fast.cpu(), y_exact) < 1e-5
     for name, a, b in zip(exact, grads_fast, grads_exact, strict=True):
         assert rel_error(a.cpu(), b) < 1e-5, name
+
+
+def test_aligned_rows():
+    """Rows the kernels load start at multiples of 16 elements and are readable up to the length rounded up to 16:
+    a tensor laid out so is used as it is, one with an odd length is copied into padded rows, values unchanged;
+    token-major rows (not contiguous) are left alone and then read only up to their length."""
+    odd = torch.randn(2, 3, 45, device=DEVICE)
+    rows = scan._aligned_rows(odd)
+    assert rows.shape == odd.shape and rows.stride() == (3 * 48, 48, 1) and torch.equal(rows, odd)
+    assert scan._aligned_rows(rows) is rows and scan._row_length(45, rows) == 48
+    even = torch.randn(2, 3, 64, device=DEVICE)
+    assert scan._aligned_rows(even) is even
+    short_storage = torch.randn(2 * 3 * 48 - 3, device=DEVICE).as_strided((2, 3, 45), (3 * 48, 48, 1))
+    assert scan._aligned_rows(short_storage) is not short_storage  # its last row cannot be read to 48
+    token_major = torch.randn(2, 45, 3, device=DEVICE).transpose(1, 2)
+    assert scan._aligned_rows(token_major) is token_major and scan._row_length(45, rows, token_major) == 45

@@ -70,25 +70,52 @@ def _state_columns(A_ptr, h0_ptr, d, d_mask, state_rows, sA_d, sA_n,
 
 
 @triton.jit
-def _chunk_inputs(u_rows, dt_rows, t, mask, su_l, sdt_l, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """``u``, ``dt_raw`` (with the bias) and ``dt`` (discretised, zero where ``mask`` is off: steps past the end
-    are the identity map) at steps ``t`` of the program's channels, in float32."""
-    u = tl.load(u_rows + t * su_l, mask=mask, other=0.0).to(tl.float32)
-    dt_raw = tl.load(dt_rows + t * sdt_l, mask=mask, other=0.0).to(tl.float32)
+def _row_values(rows, t, stride, mask, L, L_rows, PADDED: tl.constexpr):
+    """Float32 values of ``rows`` at steps ``t``, zero where ``mask`` is off and from step ``L`` on. ``PADDED``: the
+    load reads up to ``L_rows`` (``L`` rounded up to 16; the rows are padded that far) and the values past ``L`` are
+    then zeroed: Triton vectorises a load only under a mask it knows to be constant over aligned runs of steps,
+    which ``t < L`` is not for an odd ``L``."""
+    if PADDED:
+        x = tl.load(rows + t * stride, mask=mask & (t < L_rows), other=0.0).to(tl.float32)
+        x = tl.where(mask & (t < L), x, 0.0)
+    else:
+        x = tl.load(rows + t * stride, mask=mask & (t < L), other=0.0).to(tl.float32)
+    return x
+
+
+@triton.jit
+def _out_values(rows, t, t_out, stride, d_mask, L, L_rows, REVERSE_OUT: tl.constexpr, PADDED: tl.constexpr):
+    """Float32 values of a tensor laid out like the output (``z``, the output gradient) at the output's steps
+    ``t_out`` of steps ``t``, zero past the sequence; reversed in time with ``REVERSE_OUT``."""
+    if REVERSE_OUT:
+        x = tl.load(rows + t_out * stride, mask=d_mask & (t < L), other=0.0).to(tl.float32)
+    else:
+        x = _row_values(rows, t, stride, d_mask, L, L_rows, PADDED)
+    return x
+
+
+@triton.jit
+def _chunk_inputs(u_rows, dt_rows, t, d_mask, L, L_rows, su_l, sdt_l, bias,
+                  HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, PADDED: tl.constexpr):  # fmt: skip
+    """``u``, ``dt_raw`` (with the bias) and ``dt`` (discretised, zero past the sequence: steps past the end are
+    the identity map) at steps ``t`` of the program's channels, in float32."""
+    u = _row_values(u_rows, t, su_l, d_mask, L, L_rows, PADDED)
+    dt_raw = _row_values(dt_rows, t, sdt_l, d_mask, L, L_rows, PADDED)
     if HAS_BIAS:
         dt_raw = dt_raw + bias
     dt = dt_raw
     if SOFTPLUS:
         dt = softplus(dt_raw)
-    return u, dt_raw, tl.where(mask, dt, 0.0)
+    return u, dt_raw, tl.where(d_mask & (t < L), dt, 0.0)
 
 
 @triton.jit
-def _gate_gradient(dy_rows, z_rows, t_out, mask, sdy_l, sz_l, HAS_Z: tl.constexpr):
+def _gate_gradient(dy_rows, z_rows, t, t_out, d_mask, L, L_rows, sdy_l, sz_l,
+                   HAS_Z: tl.constexpr, REVERSE_OUT: tl.constexpr, PADDED: tl.constexpr):  # fmt: skip
     """The output gradient before the gate ``y * silu(z)``: ``dy * silu(z)`` (``dy`` without a gate), float32."""
-    dy = tl.load(dy_rows + t_out * sdy_l, mask=mask, other=0.0).to(tl.float32)
+    dy = _out_values(dy_rows, t, t_out, sdy_l, d_mask, L, L_rows, REVERSE_OUT, PADDED)
     if HAS_Z:
-        zt = tl.load(z_rows + t_out * sz_l, mask=mask, other=0.0).to(tl.float32)
+        zt = _out_values(z_rows, t, t_out, sz_l, d_mask, L, L_rows, REVERSE_OUT, PADDED)
         dy = dy * zt * sigmoid(zt)
     return dy
 
@@ -125,19 +152,18 @@ def selective_scan_fwd_state_kernel(
     ckpt_rows = ckpt_ptr + (b * dim + d) * n_chunks * N
     for c in range(0, n_chunks):
         t = c * BLOCK_L + steps
-        t_mask = t < L
-        dl_mask = d_mask & t_mask
-        u, _, dt = _chunk_inputs(u_rows, dt_rows, t, dl_mask, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS)
+        dl_mask = d_mask & (t < L)
+        u, _, dt = _chunk_inputs(u_rows, dt_rows, t, d_mask, L, L, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS, False)
         dtu = dt * u
         y = Dv * u
         carried = ()
         for n in tl.static_range(N):
             if STORE_CKPT:
                 tl.store(ckpt_rows + c * N + n, h[n], mask=d_mask)
-            Bn = tl.load(B_row + n * sB_n + t * sB_l, mask=t_mask, other=0.0).to(tl.float32)
+            Bn = _row_values(B_row + n * sB_n, t, sB_l, t < L, L, L, False)
             growth, states = tl.associative_scan((tl.exp2(dt * A2[n]), dtu * Bn), 1, scan_combine)
             states = states + growth * h[n]
-            Cn = tl.load(C_row + n * sC_n + t * sC_l, mask=t_mask, other=0.0).to(tl.float32)
+            Cn = _row_values(C_row + n * sC_n, t, sC_l, t < L, L, L, False)
             y += states * Cn
             carried = carried + (_column(states, is_last),)  # steps past L left the state unchanged
         h = carried
@@ -148,7 +174,7 @@ def selective_scan_fwd_state_kernel(
         if ACCUMULATE:
             y += tl.load(y_rows + t_out * sy_l, mask=dl_mask, other=0.0).to(tl.float32)
         if HAS_Z:
-            zt = tl.load(z_rows + t_out * sz_l, mask=dl_mask, other=0.0).to(tl.float32)
+            zt = _out_values(z_rows, t, t_out, sz_l, d_mask, L, L, REVERSE_OUT, False)
             y = y * zt * sigmoid(zt)
         tl.store(y_rows + t_out * sy_l, y.to(y_ptr.dtype.element_ty), mask=dl_mask)
     if STORE_HT:
@@ -160,14 +186,14 @@ def selective_scan_fwd_state_kernel(
 def selective_scan_bwd_state_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, dy_ptr, dhT_ptr, ckpt_ptr, w_ptr,
     du_ptr, ddt_ptr, dz_ptr, dB_ptr, dC_ptr, dA_ptr, dD_ptr, dbias_ptr,
-    dim, L, cpg, G, n_chunks,
+    dim, L, L_rows, cpg, G, n_chunks,
     su_b, su_d, su_l, sdt_b, sdt_d, sdt_l, sA_d, sA_n,
     sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l,
     sz_b, sz_d, sz_l, sdy_b, sdy_d, sdy_l, sdBC_n,
     N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, HAS_CKPT: tl.constexpr, REVERSE_OUT: tl.constexpr,
-    ACCUMULATE_DZ: tl.constexpr,
+    ACCUMULATE_DZ: tl.constexpr, ROWS_PADDED: tl.constexpr,
 ):  # fmt: skip
     b, g, d, d_mask, Dv, bias, state_rows = _program_rows(D_ptr, bias_ptr, dim, cpg, N, BLOCK_D, HAS_D, HAS_BIAS)
     steps = tl.arange(0, BLOCK_L)[None, :]
@@ -190,15 +216,16 @@ def selective_scan_bwd_state_kernel(
         A2, h = _state_columns(A_ptr, h0_ptr, d, d_mask, state_rows, sA_d, sA_n, N, BLOCK_D, HAS_H0)
         for c in range(0, n_chunks - 1):
             t = c * BLOCK_L + steps
-            dl_mask = d_mask & (t < L)
-            u, _, dt = _chunk_inputs(u_rows, dt_rows, t, dl_mask, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS)
+            u, _, dt = _chunk_inputs(
+                u_rows, dt_rows, t, d_mask, L, L_rows, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS, ROWS_PADDED
+            )
             dtu = dt * u
             later = tl.cumsum(dt, axis=1, reverse=True) - dt
             total = tl.sum(dt, axis=1, keep_dims=True)
             carried = ()
             for n in tl.static_range(N):
                 tl.store(ckpt_rows + c * N + n, h[n], mask=d_mask)
-                Bn = tl.load(B_row + n * sB_n + t * sB_l, mask=t < L, other=0.0).to(tl.float32)
+                Bn = _row_values(B_row + n * sB_n, t, sB_l, t < L_rows, L, L_rows, ROWS_PADDED)
                 inputs = tl.sum(tl.exp2(later * A2[n]) * dtu * Bn, axis=1, keep_dims=True)
                 carried = carried + (tl.exp2(total * A2[n]) * h[n] + inputs,)
             h = carried
@@ -225,22 +252,24 @@ def selective_scan_bwd_state_kernel(
     for i in range(0, n_chunks):
         c = n_chunks - 1 - i
         t = c * BLOCK_L + steps
-        t_mask = t < L
-        dl_mask = d_mask & t_mask
-        u, _, dt = _chunk_inputs(u_rows, dt_rows, t, dl_mask, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS)
+        dl_mask = d_mask & (t < L)
+        row_mask = t < L_rows  # dB and dC have rows of L_rows: their atomic adds too are vectorised
+        u, _, dt = _chunk_inputs(
+            u_rows, dt_rows, t, d_mask, L, L_rows, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS, ROWS_PADDED
+        )
         dtu = dt * u
         if REVERSE_OUT:
             t_out = L - 1 - t
         else:
             t_out = t
-        gy = _gate_gradient(dy_rows, z_rows, t_out, dl_mask, sdy_l, sz_l, HAS_Z)
+        gy = _gate_gradient(dy_rows, z_rows, t, t_out, d_mask, L, L_rows, sdy_l, sz_l, HAS_Z, REVERSE_OUT, ROWS_PADDED)
         y_states = tl.zeros((BLOCK_D, BLOCK_L), tl.float32)  # sum_n C_n h_n
         r = tl.zeros((BLOCK_D, BLOCK_L), tl.float32)  # sum_n q_n B_n
         s = tl.zeros((BLOCK_D, BLOCK_L), tl.float32)  # sum_n q_n exp(dt A_n) h_{n, t-1} A_n
         for k in range(0, N):  # k, not n: a loop variable keeps one type in a kernel
             a = tl.load(A_rows + k * sA_n, mask=d_mask, other=0.0).to(tl.float32)
-            Bn = tl.load(B_row + k * sB_n + t * sB_l, mask=t_mask, other=0.0).to(tl.float32)
-            Cn = tl.load(C_row + k * sC_n + t * sC_l, mask=t_mask, other=0.0).to(tl.float32)
+            Bn = _row_values(B_row + k * sB_n, t, sB_l, row_mask, L, L_rows, ROWS_PADDED)
+            Cn = _row_values(C_row + k * sC_n, t, sC_l, row_mask, L, L_rows, ROWS_PADDED)
             h_in = tl.load(ckpt_rows + c * N + k, mask=d_mask, other=0.0)
             inputs = dtu * Bn
             decay = tl.exp2(dt * (a * LOG2E))
@@ -249,7 +278,7 @@ def selective_scan_bwd_state_kernel(
             if HAS_Z:
                 y_states += states * Cn
             dC = tl.sum(gy * states, axis=0, keep_dims=True)
-            tl.atomic_add(dC_ptr + dBC_row + k * sdBC_n + t, dC, mask=t_mask, sem="relaxed")
+            tl.atomic_add(dC_ptr + dBC_row + k * sdBC_n + t, dC, mask=row_mask, sem="relaxed")
             decayed = states - inputs  # exp(dt_t A) h_{t-1}
             _, after, adj = tl.associative_scan(
                 (decay, tl.full(decay.shape, 1.0, tl.float32), gy * Cn), 1, adjoint_combine, reverse=True
@@ -257,17 +286,19 @@ def selective_scan_bwd_state_kernel(
             adj = adj + after * tl.load(w_rows + k, mask=d_mask, other=0.0)
             tl.store(w_rows + k, _column(decay * adj, is_first), mask=d_mask)
             dB = tl.sum(adj * dtu, axis=0, keep_dims=True)
-            tl.atomic_add(dB_ptr + dBC_row + k * sdBC_n + t, dB, mask=t_mask, sem="relaxed")
+            tl.atomic_add(dB_ptr + dBC_row + k * sdBC_n + t, dB, mask=row_mask, sem="relaxed")
             r += adj * Bn
             s += adj * decayed * a
             dA_n = tl.load(dA_ptr + state_rows + k, mask=d_mask, other=0.0)
             tl.store(dA_ptr + state_rows + k, dA_n + tl.sum(adj * decayed * dt, axis=1, keep_dims=True), mask=d_mask)
         tl.debug_barrier()
         # u, dt_raw, dy and z are read again rather than kept live across the states' loop.
-        u, dt_raw, _ = _chunk_inputs(u_rows, dt_rows, t, dl_mask, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS)
+        u, dt_raw, _ = _chunk_inputs(
+            u_rows, dt_rows, t, d_mask, L, L_rows, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS, ROWS_PADDED
+        )
         if HAS_Z:
-            dy = tl.load(dy_rows + t_out * sdy_l, mask=dl_mask, other=0.0).to(tl.float32)
-            zt = tl.load(z_rows + t_out * sz_l, mask=dl_mask, other=0.0).to(tl.float32)
+            dy = _out_values(dy_rows, t, t_out, sdy_l, d_mask, L, L_rows, REVERSE_OUT, ROWS_PADDED)
+            zt = _out_values(z_rows, t, t_out, sz_l, d_mask, L, L_rows, REVERSE_OUT, ROWS_PADDED)
             sig = sigmoid(zt)
             dz = dy * (y_states + Dv * u) * sig * (1.0 + zt * (1.0 - sig))
             if ACCUMULATE_DZ:

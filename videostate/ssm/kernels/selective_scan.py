@@ -17,7 +17,7 @@ from .scan_step_kernels import selective_scan_fwd_kernel
 
 # Forward ``kernel="state"`` (FORWARD_STATE, the default) and the backward (BACKWARD_STATE): ``block_d`` channels x
 # ``block_l`` steps per tile, one scan along time per state. H100, bf16, the benchmark's three shapes (8, 1536, 2048) /
-# (64, 384, 1569) / (2, 768, 6272): forward 0.47 / 1.31 / 0.21 ms, backward 1.79 / 7.43 / 0.98 ms, the best of the
+# (64, 384, 1569) / (2, 768, 6272): forward 0.47 / 1.31 / 0.27 ms, backward 1.79 / 3.83 / 0.97 ms, the best of the
 # settings swept (1-8 channels, 128-2048 steps, 1-8 warps; more channels or warps per program spilled registers or
 # waited on shared-memory barriers). The kernels they replaced took 1.05 / 1.77 / 0.47 ms forward (runs of steps
 # composed per thread, one scan over the runs of a (channels, N, runs) tile) and 8.2 / 14.1 / 6.7 ms backward.
@@ -52,6 +52,35 @@ def _state_blocks(cpg: int, length: int, cfg: dict) -> dict:
 def _grouped(t: torch.Tensor) -> torch.Tensor:
     """B or C as ``(batch, G, N, L)`` (a view: ungrouped inputs get G=1)."""
     return t.unsqueeze(1) if t.dim() == 3 else t
+
+
+def _aligned_rows(t: torch.Tensor | None) -> torch.Tensor | None:
+    """``t (..., L)`` laid out so that the backward kernel's loads of it are vectorised: every row starts at a
+    multiple of 16 elements and can be read up to ``L`` rounded up to 16 (see :func:`_row_length`). ``t`` itself
+    when its layout allows it, else a copy in padded rows (a view of their first ``L``). Tensors whose rows are
+    not contiguous (token-major inputs) are returned as they are."""
+    if t is None or t.numel() == 0 or t.stride(-1) != 1:
+        return t
+    length = t.shape[-1]
+    padded = triton.cdiv(length, 16) * 16
+    last = t.storage_offset() + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
+    readable = (last + padded - length + 1) * t.element_size() <= t.untyped_storage().nbytes()
+    row_strides = [stride for size, stride in zip(t.shape[:-1], t.stride()[:-1], strict=True) if size > 1]
+    aligned = t.data_ptr() % 16 == 0 and all(stride % 16 == 0 for stride in row_strides)
+    if readable and aligned:
+        return t
+    rows = torch.empty(*t.shape[:-1], padded, device=t.device, dtype=t.dtype)[..., :length]
+    rows.copy_(t)
+    return rows
+
+
+def _row_length(length: int, *rows: torch.Tensor | None) -> int:
+    """How far the backward kernel reads each row of ``rows`` (passed through :func:`_aligned_rows`): ``length``
+    rounded up to 16 when every row is contiguous, so that their masks are constant over aligned runs of 16 steps;
+    the values past ``length`` are never used."""
+    if all(t is None or t.stride(-1) == 1 for t in rows):
+        return triton.cdiv(length, 16) * 16
+    return length
 
 
 def _strides3(t: torch.Tensor | None) -> tuple[int, int, int]:
@@ -144,7 +173,8 @@ def scan_backward(
     dA, dD and dbias are float32 sums over the batch; dB, dC float32 in B's and C's shapes.
     """
     batch, dim, length = u.shape
-    B4, C4 = _grouped(B), _grouped(C)
+    u, delta, z, dy = _aligned_rows(u), _aligned_rows(delta), _aligned_rows(z), _aligned_rows(dy)
+    B4, C4 = _aligned_rows(_grouped(B)), _aligned_rows(_grouped(C))
     groups = B4.shape[1]
     cpg, n = dim // groups, A.shape[1]
     cfg = CONFIG["backward"]
@@ -171,18 +201,19 @@ def scan_backward(
     dbias = torch.empty(batch, dim, device=device, dtype=f32)
     h0 = None if initial_state is None else initial_state.to(f32).contiguous()
     d_final = None if d_final is None else d_final.to(f32).contiguous()
+    row_length = _row_length(length, u, delta, z, dy, B4, C4)
     grid = (batch, groups, triton.cdiv(cpg, blocks["BLOCK_D"]))
     selective_scan_bwd_state_kernel[grid](
         u, delta, A, B4, C4,
         u if D is None else D, u if z is None else z, u if delta_bias is None else delta_bias,
         dA if h0 is None else h0, dy, dA if d_final is None else d_final, checkpoints, carried,
         du, ddelta, du if dz is None else dz, dB, dC, dA, dD, dbias,
-        dim, length, cpg, groups, n_chunks,
+        dim, length, row_length, cpg, groups, n_chunks,
         *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides3(z), *dy.stride(), padded,
         N=n, **blocks,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         HAS_H0=h0 is not None, HAS_DHT=d_final is not None, HAS_CKPT=has_checkpoints, REVERSE_OUT=reverse_out,
-        ACCUMULATE_DZ=accumulate_dz,
+        ACCUMULATE_DZ=accumulate_dz, ROWS_PADDED=row_length != length,
         num_warps=cfg["num_warps"],
     )  # fmt: skip
     if B.dim() == 3:
@@ -200,7 +231,10 @@ class SelectiveScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, initial_state, delta_softplus):
         ctx.set_materialize_grads(False)
-        checkpoints = checkpoint_buffer(u, A.shape[1]) if any(ctx.needs_input_grad) else None
+        checkpoints = None
+        if any(ctx.needs_input_grad):  # the rows the backward reads, laid out for it once and kept for it
+            u, delta, z, B, C = (_aligned_rows(t) for t in (u, delta, z, B, C))
+            checkpoints = checkpoint_buffer(u, A.shape[1])
         y, final_state = scan_forward(
             u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, checkpoints=checkpoints
         )
@@ -230,9 +264,12 @@ class BidirectionalScanFunction(torch.autograd.Function):
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b,
                 initial_state, delta_softplus):  # fmt: skip
         ctx.set_materialize_grads(False)
-        train = any(ctx.needs_input_grad)
-        ckpt = checkpoint_buffer(u, A.shape[1]) if train else None
-        ckpt_b = checkpoint_buffer(u_b, A_b.shape[1]) if train else None
+        ckpt = ckpt_b = None
+        if any(ctx.needs_input_grad):  # as in SelectiveScanFunction
+            u, delta, z, B, C, u_b, delta_b, B_b, C_b = (
+                _aligned_rows(t) for t in (u, delta, z, B, C, u_b, delta_b, B_b, C_b)
+            )
+            ckpt, ckpt_b = checkpoint_buffer(u, A.shape[1]), checkpoint_buffer(u_b, A_b.shape[1])
         y, _ = scan_forward(
             u_b, delta_b, A_b, B_b, C_b, D_b, None, delta_bias_b, delta_softplus, None, reverse_out=True,
             checkpoints=ckpt_b,
