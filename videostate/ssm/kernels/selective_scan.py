@@ -93,9 +93,9 @@ def checkpoint_buffer(u: torch.Tensor, n: int) -> torch.Tensor | None:
     does not run the state kernel with the backward's chunk length; the backward then recomputes them."""
     batch, dim, length = u.shape
     forward = CONFIG["forward"]
-    block_l = _state_blocks(1, length, CONFIG["backward"])["BLOCK_L"]
     if forward.get("kernel") != "state" or runs_short_setting(length):
         return None
+    block_l = _state_blocks(1, length, CONFIG["backward"])["BLOCK_L"]
     if _state_blocks(1, length, forward)["BLOCK_L"] != block_l:
         return None
     return torch.empty(batch, dim, triton.cdiv(length, block_l), n, device=u.device, dtype=torch.float32)
@@ -286,8 +286,7 @@ class BidirectionalScanFunction(torch.autograd.Function):
     def backward(ctx, dy, d_final):
         saved = ctx.saved_tensors
         u, delta, A, B, C, D, z, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, h0, ckpt, ckpt_b = saved
-        if dy is None:
-            dy = torch.zeros_like(u)
+        dy = torch.zeros_like(u) if dy is None else _aligned_rows(dy)  # laid out once for both directions
         dz = None if z is None else torch.empty(z.shape, device=z.device, dtype=torch.float32)
         fwd = scan_backward(
             u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, h0, dy, d_final, dz=dz, checkpoints=ckpt
