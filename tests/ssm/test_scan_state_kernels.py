@@ -74,9 +74,13 @@ def gradients(outputs, cotangents, leaves):
 
 
 @pytest.mark.parametrize(
-    "shape", [(2, 3, 1, 16, 0), (1, 4, 70, 16, 0), (2, 6, 45, 5, 3)], ids=["L1", "three-chunks", "grouped-odd-N"]
+    "shape",
+    [(2, 3, 1, 16, 0), (1, 4, 70, 16, 0), (1, 4, 64, 16, 0), (2, 6, 45, 5, 3)],
+    ids=["L1", "three-chunks", "aligned-rows", "grouped-odd-N"],
 )
 def test_scan_against_loop(shape):
+    """L = 64 fills its rows exactly (the backward reads them with exact masks); the other lengths are read from
+    rows padded to a multiple of 16."""
     exact = {k: v.requires_grad_() for k, v in scan_inputs(*shape, seed=0).items()}
     fast = {k: v.detach().float().to(DEVICE).requires_grad_() for k, v in exact.items()}
     out_fast = scan.selective_scan_triton(**fast, delta_softplus=True, return_final_state=True)
