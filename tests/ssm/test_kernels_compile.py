@@ -68,7 +68,7 @@ class Case:
 SCAN_N = 16
 SCAN = {"N": SCAN_N, "HAS_D": True, "HAS_Z": True, "HAS_BIAS": True, "SOFTPLUS": True, "HAS_H0": True,
         "REVERSE_OUT": True}  # fmt: skip
-SCAN_FWD = {**SCAN, "STORE_HT": True, "ACCUMULATE": True}
+SCAN_FWD = {**SCAN, "ACCUMULATE": True}
 SCAN_BWD = {**SCAN, "HAS_DHT": True, "ACCUMULATE_DZ": True, "ROWS_PADDED": True}
 SCAN_FWD_HALF = ("u", "dt", "B", "C", "z", "y")
 SCAN_BWD_HALF = ("u", "dt", "B", "C", "z", "dy", "du", "ddt", "dz")

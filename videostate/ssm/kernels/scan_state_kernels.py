@@ -135,7 +135,7 @@ def selective_scan_fwd_state_kernel(
     sz_b, sz_d, sz_l, sy_b, sy_d, sy_l,
     N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, STORE_CKPT: tl.constexpr, REVERSE_OUT: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_CKPT: tl.constexpr, REVERSE_OUT: tl.constexpr,
     ACCUMULATE: tl.constexpr,
 ):  # fmt: skip
     b, g, d, d_mask, Dv, bias, state_rows = _program_rows(D_ptr, bias_ptr, dim, cpg, N, BLOCK_D, HAS_D, HAS_BIAS)
@@ -177,9 +177,8 @@ def selective_scan_fwd_state_kernel(
             zt = _out_values(z_rows, t, t_out, sz_l, d_mask, L, L, REVERSE_OUT, False)
             y = y * zt * sigmoid(zt)
         tl.store(y_rows + t_out * sy_l, y.to(y_ptr.dtype.element_ty), mask=dl_mask)
-    if STORE_HT:
-        for n in tl.static_range(N):
-            tl.store(hT_ptr + state_rows + n, h[n], mask=d_mask)
+    for n in tl.static_range(N):
+        tl.store(hT_ptr + state_rows + n, h[n], mask=d_mask)
 
 
 @triton.jit

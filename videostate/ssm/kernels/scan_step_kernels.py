@@ -53,7 +53,7 @@ def selective_scan_fwd_kernel(
     sz_b, sz_d, sz_l, sy_b, sy_d, sy_l,
     N: tl.constexpr, SPLIT: tl.constexpr, BLOCK_D: tl.constexpr, UNROLL: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, STORE_HT: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE: tl.constexpr,
+    HAS_H0: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
@@ -118,7 +118,6 @@ def selective_scan_fwd_kernel(
             if HAS_Z:
                 y = y * z * sigmoid(z)
             tl.store(y_rows + t_out * sy_l, y.to(y_ptr.dtype.element_ty), mask=first_lane & in_range)
-    if STORE_HT:
-        for i in tl.static_range(NI):
-            n = i * SPLIT + lane
-            tl.store(hT_ptr + b * dim * N + d * N + n, hs[i], mask=d_mask & (n < N))
+    for i in tl.static_range(NI):
+        n = i * SPLIT + lane
+        tl.store(hT_ptr + b * dim * N + d * N + n, hs[i], mask=d_mask & (n < N))

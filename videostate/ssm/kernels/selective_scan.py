@@ -155,7 +155,7 @@ def scan_forward(
         *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides3(z), *y.stride(),
         N=n, **blocks,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        HAS_H0=h0 is not None, STORE_HT=True, REVERSE_OUT=reverse_out, ACCUMULATE=accumulate,
+        HAS_H0=h0 is not None, REVERSE_OUT=reverse_out, ACCUMULATE=accumulate,
         num_warps=cfg["num_warps"],
     )  # fmt: skip
     return y, final_state
