@@ -133,3 +133,32 @@ def test_aligned_rows():
     assert scan._aligned_rows(short_storage) is not short_storage  # its last row cannot be read to 48
     token_major = torch.randn(2, 45, 3, device=DEVICE).transpose(1, 2)
     assert scan._aligned_rows(token_major) is token_major and scan._row_length(45, rows, token_major) == 45
+
+
+@pytest.mark.parametrize(
+    "softplus, bias, padded", [(True, True, True), (False, False, True), (False, True, False)],
+    ids=["softplus", "no-bias", "bias-without-softplus"],
+)  # fmt: skip
+def test_odd_length_forward_over_padded_rows(softplus, bias, padded):
+    """An odd length runs the forward over rows padded to 16 with steps that leave the state unchanged, unless no
+    delta discretises to 0 (a bias without softplus): outputs, final state and gradients equal the loop's."""
+    exact = scan_inputs(2, 3, 45, 4, 0, seed=3)
+    if not softplus:  # steps discretised without softplus must be positive
+        exact["delta"], exact["delta_bias"] = exact["delta"].abs(), exact["delta_bias"].abs()
+    if not bias:
+        del exact["delta_bias"]
+    exact = {k: v.requires_grad_() for k, v in exact.items()}
+    fast = {k: v.detach().float().to(DEVICE).requires_grad_() for k, v in exact.items()}
+    rows = scan._identity_padded(*(fast.get(k) for k in ("u", "delta", "z", "B", "C", "delta_bias")), softplus)
+    assert (rows is not None) == padded
+    if padded:
+        assert all(t.shape[-1] == 48 for t in rows) and torch.equal(rows[0][..., :45], fast["u"])
+    out_fast = scan.selective_scan_triton(**fast, delta_softplus=softplus, return_final_state=True)
+    out_exact = selective_scan_loop(**exact, delta_softplus=softplus)
+    cotangents = output_cotangents(out_fast, out_exact)
+    grads_fast = gradients([o.double() for o in out_fast], [c.to(DEVICE) for c in cotangents], list(fast.values()))
+    grads_exact = gradients(list(out_exact), cotangents, list(exact.values()))
+    for name, a, b in zip(["y", "final_state"], out_fast, out_exact, strict=True):
+        assert rel_error(a.cpu(), b) < 1e-5, name
+    for name, a, b in zip(exact, grads_fast, grads_exact, strict=True):
+        assert rel_error(a.cpu(), b) < 1e-5, name
