@@ -69,7 +69,7 @@ SCAN_N = 16
 SCAN = {"N": SCAN_N, "HAS_D": True, "HAS_Z": True, "HAS_BIAS": True, "SOFTPLUS": True, "HAS_H0": True,
         "REVERSE_OUT": True}  # fmt: skip
 SCAN_FWD = {**SCAN, "ACCUMULATE": True}
-SCAN_BWD = {**SCAN, "HAS_DHT": True, "ACCUMULATE_DZ": True, "ROWS_PADDED": True}
+SCAN_BWD = {**SCAN, "HAS_DHT": True, "ACCUMULATE_DZ": True}
 SCAN_FWD_HALF = ("u", "dt", "B", "C", "z", "y")
 SCAN_BWD_HALF = ("u", "dt", "B", "C", "z", "dy", "du", "ddt", "dz")
 # Mamba-2 SSD as in the interpolation model: headdim 16, d_state 64, chunk_size 256; a sequence of 64 chunks.
@@ -99,9 +99,10 @@ CASES = [
     *(
         Case(kernel, {**flags, "BLOCK_D": config["block_d"], "BLOCK_L": config["block_l"]}, config["num_warps"], half)
         for kernel, flags, config, half in (
-            (scan_state_kernels.selective_scan_fwd_state_kernel, {**SCAN_FWD, "STORE_CKPT": True},
+            (scan_state_kernels.selective_scan_fwd_state_kernel, {**SCAN_FWD, "STORE_CKPT": True, "FLIP_OUT": True},
              selective_scan.FORWARD_STATE, SCAN_FWD_HALF),
-            *((scan_state_kernels.selective_scan_bwd_state_kernel, {**SCAN_BWD, "HAS_CKPT": has_ckpt},
+            *((scan_state_kernels.selective_scan_bwd_state_kernel,
+               {**SCAN_BWD, "HAS_CKPT": has_ckpt, "FLIP_OUT": has_ckpt, "ROWS_PADDED": not has_ckpt},
                selective_scan.BACKWARD_STATE, SCAN_BWD_HALF) for has_ckpt in (True, False)),
         )
     ),

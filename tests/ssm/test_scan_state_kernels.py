@@ -93,10 +93,13 @@ def test_scan_against_loop(shape):
     assert max(errors.values()) < 1e-5, errors
 
 
-def test_bidirectional_against_loops():
-    """One gate, the backward direction's inputs reversed in time and its output written back in order."""
-    forward = scan_inputs(2, 4, 40, 8, 0, seed=1)
-    backward = scan_inputs(2, 4, 40, 8, 0, seed=2)
+@pytest.mark.parametrize("length", [40, 80], ids=["element-wise", "flipped-tiles"])
+def test_bidirectional_against_loops(length):
+    """One gate, the backward direction's inputs reversed in time and its output written back in order: element by
+    element, or (a length that is a multiple of 16) a chunk at a time in order, flipped in registers."""
+    assert scan._flips_output(True, length) == (length % 16 == 0)
+    forward = scan_inputs(2, 4, length, 8, 0, seed=1)
+    backward = scan_inputs(2, 4, length, 8, 0, seed=2)
     exact = {**forward, **{f"{k}_b": backward[k] for k in ("u", "delta", "A", "B", "C", "D", "delta_bias")}}
     exact = {k: v.requires_grad_() for k, v in exact.items()}
     fast = {k: v.detach().float().to(DEVICE).requires_grad_() for k, v in exact.items()}

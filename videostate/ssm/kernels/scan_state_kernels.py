@@ -21,6 +21,9 @@ delta bias are written per batch element and summed by the caller.
 ``REVERSE_OUT`` reads ``z`` and the output gradient and writes the output at ``L - 1 - t`` (the backward
 direction of a bidirectional Mamba), ``ACCUMULATE`` adds the output's current value before the gate and
 ``ACCUMULATE_DZ`` the gate gradient's: the two directions share one gate, and no flipped copies are made.
+With ``FLIP_OUT`` (a length that is a multiple of 16) those tensors are read and written a chunk at a time in
+order, so vectorised, and the chunk's tile is flipped in registers (``tl.flip``); element by element, reversed
+addresses are not vectorised.
 """
 
 # Triton kernels build tuples by concatenation: its compiler does not accept starred unpacking.
@@ -84,14 +87,43 @@ def _row_values(rows, t, stride, mask, L, L_rows, PADDED: tl.constexpr):
 
 
 @triton.jit
-def _out_values(rows, t, t_out, stride, d_mask, L, L_rows, REVERSE_OUT: tl.constexpr, PADDED: tl.constexpr):
-    """Float32 values of a tensor laid out like the output (``z``, the output gradient) at the output's steps
-    ``t_out`` of steps ``t``, zero past the sequence; reversed in time with ``REVERSE_OUT``."""
+def _out_steps(t, c, L, BLOCK_L: tl.constexpr, REVERSE_OUT: tl.constexpr, FLIP_OUT: tl.constexpr):
+    """Where the output of chunk ``c``'s steps ``t`` is: at ``t``, or reversed in time at ``L - 1 - t``; with
+    ``FLIP_OUT`` the ascending steps whose reversal that is, ``L - (c + 1) BLOCK_L + k``, so that a chunk's output
+    is read and written in order (vectorised) and flipped in registers."""
     if REVERSE_OUT:
-        x = tl.load(rows + t_out * stride, mask=d_mask & (t < L), other=0.0).to(tl.float32)
+        if FLIP_OUT:
+            t_out = L - (c + 1) * BLOCK_L + tl.arange(0, BLOCK_L)[None, :]
+        else:
+            t_out = L - 1 - t
+    else:
+        t_out = t
+    return t_out
+
+
+@triton.jit
+def _out_values(rows, t, t_out, stride, d_mask, L, L_rows,
+                REVERSE_OUT: tl.constexpr, FLIP_OUT: tl.constexpr, PADDED: tl.constexpr):  # fmt: skip
+    """Float32 values of a tensor laid out like the output (``z``, the output gradient) at the output's steps
+    ``t_out`` of steps ``t`` (:func:`_out_steps`), zero past the sequence."""
+    if REVERSE_OUT:
+        if FLIP_OUT:
+            x = tl.flip(tl.load(rows + t_out * stride, mask=d_mask & (t_out >= 0), other=0.0), 1).to(tl.float32)
+        else:
+            x = tl.load(rows + t_out * stride, mask=d_mask & (t < L), other=0.0).to(tl.float32)
     else:
         x = _row_values(rows, t, stride, d_mask, L, L_rows, PADDED)
     return x
+
+
+@triton.jit
+def _store_out(rows, t, t_out, stride, x, d_mask, L, REVERSE_OUT: tl.constexpr, FLIP_OUT: tl.constexpr):
+    """Store ``x`` (a chunk's tile) at the output's steps ``t_out`` of steps ``t`` (:func:`_out_steps`), up to the
+    sequence's end."""
+    if REVERSE_OUT and FLIP_OUT:
+        tl.store(rows + t_out * stride, tl.flip(x, 1), mask=d_mask & (t_out >= 0))
+    else:
+        tl.store(rows + t_out * stride, x, mask=d_mask & (t < L))
 
 
 @triton.jit
@@ -111,11 +143,12 @@ def _chunk_inputs(u_rows, dt_rows, t, d_mask, L, L_rows, su_l, sdt_l, bias,
 
 @triton.jit
 def _gate_gradient(dy_rows, z_rows, t, t_out, d_mask, L, L_rows, sdy_l, sz_l,
-                   HAS_Z: tl.constexpr, REVERSE_OUT: tl.constexpr, PADDED: tl.constexpr):  # fmt: skip
+                   HAS_Z: tl.constexpr, REVERSE_OUT: tl.constexpr, FLIP_OUT: tl.constexpr,
+                   PADDED: tl.constexpr):  # fmt: skip
     """The output gradient before the gate ``y * silu(z)``: ``dy * silu(z)`` (``dy`` without a gate), float32."""
-    dy = _out_values(dy_rows, t, t_out, sdy_l, d_mask, L, L_rows, REVERSE_OUT, PADDED)
+    dy = _out_values(dy_rows, t, t_out, sdy_l, d_mask, L, L_rows, REVERSE_OUT, FLIP_OUT, PADDED)
     if HAS_Z:
-        zt = _out_values(z_rows, t, t_out, sz_l, d_mask, L, L_rows, REVERSE_OUT, PADDED)
+        zt = _out_values(z_rows, t, t_out, sz_l, d_mask, L, L_rows, REVERSE_OUT, FLIP_OUT, PADDED)
         dy = dy * zt * sigmoid(zt)
     return dy
 
@@ -135,7 +168,7 @@ def selective_scan_fwd_state_kernel(
     sz_b, sz_d, sz_l, sy_b, sy_d, sy_l,
     N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, STORE_CKPT: tl.constexpr, REVERSE_OUT: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_CKPT: tl.constexpr, REVERSE_OUT: tl.constexpr, FLIP_OUT: tl.constexpr,
     ACCUMULATE: tl.constexpr,
 ):  # fmt: skip
     b, g, d, d_mask, Dv, bias, state_rows = _program_rows(D_ptr, bias_ptr, dim, cpg, N, BLOCK_D, HAS_D, HAS_BIAS)
@@ -152,7 +185,6 @@ def selective_scan_fwd_state_kernel(
     ckpt_rows = ckpt_ptr + (b * dim + d) * n_chunks * N
     for c in range(0, n_chunks):
         t = c * BLOCK_L + steps
-        dl_mask = d_mask & (t < L)
         u, _, dt = _chunk_inputs(u_rows, dt_rows, t, d_mask, L, L, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS, False)
         dtu = dt * u
         y = Dv * u
@@ -167,16 +199,13 @@ def selective_scan_fwd_state_kernel(
             y += states * Cn
             carried = carried + (_column(states, is_last),)  # steps past L left the state unchanged
         h = carried
-        if REVERSE_OUT:
-            t_out = L - 1 - t
-        else:
-            t_out = t
+        t_out = _out_steps(t, c, L, BLOCK_L, REVERSE_OUT, FLIP_OUT)
         if ACCUMULATE:
-            y += tl.load(y_rows + t_out * sy_l, mask=dl_mask, other=0.0).to(tl.float32)
+            y += _out_values(y_rows, t, t_out, sy_l, d_mask, L, L, REVERSE_OUT, FLIP_OUT, False)
         if HAS_Z:
-            zt = _out_values(z_rows, t, t_out, sz_l, d_mask, L, L, REVERSE_OUT, False)
+            zt = _out_values(z_rows, t, t_out, sz_l, d_mask, L, L, REVERSE_OUT, FLIP_OUT, False)
             y = y * zt * sigmoid(zt)
-        tl.store(y_rows + t_out * sy_l, y.to(y_ptr.dtype.element_ty), mask=dl_mask)
+        _store_out(y_rows, t, t_out, sy_l, y.to(y_ptr.dtype.element_ty), d_mask, L, REVERSE_OUT, FLIP_OUT)
     for n in tl.static_range(N):
         tl.store(hT_ptr + state_rows + n, h[n], mask=d_mask)
 
@@ -192,7 +221,7 @@ def selective_scan_bwd_state_kernel(
     N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, HAS_CKPT: tl.constexpr, REVERSE_OUT: tl.constexpr,
-    ACCUMULATE_DZ: tl.constexpr, ROWS_PADDED: tl.constexpr,
+    FLIP_OUT: tl.constexpr, ACCUMULATE_DZ: tl.constexpr, ROWS_PADDED: tl.constexpr,
 ):  # fmt: skip
     b, g, d, d_mask, Dv, bias, state_rows = _program_rows(D_ptr, bias_ptr, dim, cpg, N, BLOCK_D, HAS_D, HAS_BIAS)
     steps = tl.arange(0, BLOCK_L)[None, :]
@@ -257,11 +286,10 @@ def selective_scan_bwd_state_kernel(
             u_rows, dt_rows, t, d_mask, L, L_rows, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS, ROWS_PADDED
         )
         dtu = dt * u
-        if REVERSE_OUT:
-            t_out = L - 1 - t
-        else:
-            t_out = t
-        gy = _gate_gradient(dy_rows, z_rows, t, t_out, d_mask, L, L_rows, sdy_l, sz_l, HAS_Z, REVERSE_OUT, ROWS_PADDED)
+        t_out = _out_steps(t, c, L, BLOCK_L, REVERSE_OUT, FLIP_OUT)
+        gy = _gate_gradient(
+            dy_rows, z_rows, t, t_out, d_mask, L, L_rows, sdy_l, sz_l, HAS_Z, REVERSE_OUT, FLIP_OUT, ROWS_PADDED
+        )
         y_states = tl.zeros((BLOCK_D, BLOCK_L), tl.float32)  # sum_n C_n h_n
         r = tl.zeros((BLOCK_D, BLOCK_L), tl.float32)  # sum_n q_n B_n
         s = tl.zeros((BLOCK_D, BLOCK_L), tl.float32)  # sum_n q_n exp(dt A_n) h_{n, t-1} A_n
@@ -296,13 +324,14 @@ def selective_scan_bwd_state_kernel(
             u_rows, dt_rows, t, d_mask, L, L_rows, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS, ROWS_PADDED
         )
         if HAS_Z:
-            dy = _out_values(dy_rows, t, t_out, sdy_l, d_mask, L, L_rows, REVERSE_OUT, ROWS_PADDED)
-            zt = _out_values(z_rows, t, t_out, sz_l, d_mask, L, L_rows, REVERSE_OUT, ROWS_PADDED)
+            dy = _out_values(dy_rows, t, t_out, sdy_l, d_mask, L, L_rows, REVERSE_OUT, FLIP_OUT, ROWS_PADDED)
+            zt = _out_values(z_rows, t, t_out, sz_l, d_mask, L, L_rows, REVERSE_OUT, FLIP_OUT, ROWS_PADDED)
             sig = sigmoid(zt)
             dz = dy * (y_states + Dv * u) * sig * (1.0 + zt * (1.0 - sig))
             if ACCUMULATE_DZ:
-                dz += tl.load(dz_ptr + grad_rows + t_out, mask=dl_mask, other=0.0).to(tl.float32)
-            tl.store(dz_ptr + grad_rows + t_out, dz.to(dz_ptr.dtype.element_ty), mask=dl_mask)
+                dz += _out_values(dz_ptr + grad_rows, t, t_out, 1, d_mask, L, L, REVERSE_OUT, FLIP_OUT, False)
+            dz = dz.to(dz_ptr.dtype.element_ty)
+            _store_out(dz_ptr + grad_rows, t, t_out, 1, dz, d_mask, L, REVERSE_OUT, FLIP_OUT)
         dD += tl.sum(gy * u, axis=1, keep_dims=True)
         ddt = u * r + s
         if SOFTPLUS:

@@ -109,6 +109,12 @@ def _identity_padded(u, delta, z, B, C, delta_bias, delta_softplus) -> tuple | N
     )
 
 
+def _flips_output(reverse_out: bool, length: int) -> bool:
+    """Whether the state kernels read and write a reversed output a chunk at a time in order, flipping it in
+    registers: when a length that is a multiple of 16 lets those accesses be vectorised."""
+    return reverse_out and length % 16 == 0
+
+
 def _strides3(t: torch.Tensor | None) -> tuple[int, int, int]:
     return (0, 0, 0) if t is None else tuple(t.stride())
 
@@ -158,7 +164,11 @@ def scan_forward(
         blocks = {"SPLIT": split, "BLOCK_D": block_d, "UNROLL": cfg["unroll"]}
         launch = selective_scan_fwd_kernel
     elif kernel == "state":
-        blocks = {**_state_blocks(cpg, length, cfg), "STORE_CKPT": checkpoints is not None}
+        blocks = {
+            **_state_blocks(cpg, length, cfg),
+            "STORE_CKPT": checkpoints is not None,
+            "FLIP_OUT": _flips_output(reverse_out, length),
+        }
         block_d = blocks["BLOCK_D"]
         launch = selective_scan_fwd_state_kernel
     else:
@@ -239,7 +249,7 @@ def scan_backward(
         N=n, **blocks,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         HAS_H0=h0 is not None, HAS_DHT=d_final is not None, HAS_CKPT=has_checkpoints, REVERSE_OUT=reverse_out,
-        ACCUMULATE_DZ=accumulate_dz, ROWS_PADDED=row_length != length,
+        FLIP_OUT=_flips_output(reverse_out, length), ACCUMULATE_DZ=accumulate_dz, ROWS_PADDED=row_length != length,
         num_warps=cfg["num_warps"],
     )  # fmt: skip
     if B.dim() == 3:
