@@ -333,7 +333,8 @@ class BidirectionalScanFunction(torch.autograd.Function):
         saved = ctx.saved_tensors
         u, delta, A, B, C, D, z, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, h0, ckpt, ckpt_b = saved
         dy = torch.zeros_like(u) if dy is None else _aligned_rows(dy)  # laid out once for both directions
-        dz = None if z is None else torch.empty(z.shape, device=z.device, dtype=torch.float32)
+        # the gate's gradient, written by one direction and added to by the other, in the gate's dtype
+        dz = None if z is None else torch.empty(z.shape, device=z.device, dtype=z.dtype)
         fwd = scan_backward(
             u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, h0, dy, d_final, dz=dz, checkpoints=ckpt
         )
@@ -344,7 +345,7 @@ class BidirectionalScanFunction(torch.autograd.Function):
         du, ddelta, dA, dB, dC, dD, _, dbias, dh0 = fwd
         du_b, ddelta_b, dA_b, dB_b, dC_b, dD_b, dz, dbias_b, _ = bwd
         return (
-            du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), _cast(dD, D), _cast(dz, z),
+            du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), _cast(dD, D), dz,
             _cast(dbias, delta_bias),
             du_b, ddelta_b, dA_b.to(A_b.dtype), dB_b.to(B_b.dtype), dC_b.to(C_b.dtype), _cast(dD_b, D_b),
             _cast(dbias_b, delta_bias_b), _cast(dh0, h0), None,
