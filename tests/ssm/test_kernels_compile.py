@@ -99,8 +99,9 @@ CASES = [
     *(
         Case(kernel, {**flags, "BLOCK_D": config["block_d"], "BLOCK_L": config["block_l"]}, config["num_warps"], half)
         for kernel, flags, config, half in (
-            (scan_state_kernels.selective_scan_fwd_state_kernel, {**SCAN_FWD, "STORE_CKPT": True, "FLIP_OUT": True},
-             selective_scan.FORWARD_STATE, SCAN_FWD_HALF),
+            *((scan_state_kernels.selective_scan_fwd_state_kernel,
+               {**SCAN_FWD, "STORE_CKPT": True, "FLIP_OUT": True, "STATE_LOOP": loop}, selective_scan.FORWARD_STATE,
+               SCAN_FWD_HALF) for loop in (False, True)),
             *((scan_state_kernels.selective_scan_bwd_state_kernel,
                {**SCAN_BWD, "HAS_CKPT": has_ckpt, "FLIP_OUT": has_ckpt, "ROWS_PADDED": not has_ckpt},
                selective_scan.BACKWARD_STATE, SCAN_BWD_HALF) for has_ckpt in (True, False)),

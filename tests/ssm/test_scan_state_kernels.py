@@ -26,10 +26,12 @@ NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 def short_chunks(request, monkeypatch):
     """Chunks of 32 steps, so that the shapes below span several and carry states between them, and the state
     kernels for every length (short sequences would otherwise run the step kernel forward). The backward either
-    reads the states entering its chunks as the forward stored them or, when the forward's chunks are longer than
-    its own, computes them in its first pass."""
-    forward_chunk = 32 if request.param == "stored" else 64
-    monkeypatch.setitem(scan.CONFIG, "forward", dict(scan.FORWARD_STATE, block_l=forward_chunk, block_d=2))
+    reads the states entering its chunks as the forward stored them (the forward walking the states in a loop) or,
+    when the forward's chunks are longer than its own, computes them in its first pass (the forward's states
+    unrolled)."""
+    stored = request.param == "stored"
+    forward = dict(scan.FORWARD_STATE, block_l=32 if stored else 64, block_d=2, state_loop=stored)
+    monkeypatch.setitem(scan.CONFIG, "forward", forward)
     monkeypatch.setitem(scan.CONFIG, "backward", dict(scan.BACKWARD_STATE, block_l=32, block_d=2))
     monkeypatch.setattr(scan, "SHORT_LENGTH", 1)
     return request.param
@@ -43,6 +45,13 @@ def test_checkpoint_buffer(short_chunks):
         assert buffer.shape == (2, 3, 3, 5) and buffer.dtype == torch.float32
     else:
         assert buffer is None
+
+
+def test_state_loop_rule():
+    """A setting's own ``state_loop`` decides; otherwise only a CUDA grid with enough programs per SM loops."""
+    assert scan._state_loop({"state_loop": True}, 1, torch.device("cpu"))
+    assert not scan._state_loop({"state_loop": False}, 10**9, torch.device("cpu"))
+    assert not scan._state_loop({}, 10**9, torch.device("cpu"))
 
 
 def scan_inputs(batch, dim, length, n, groups, seed):

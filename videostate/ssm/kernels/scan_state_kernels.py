@@ -8,6 +8,10 @@ turn the chunk's recurrence ``h_t = exp(delta_t A_n) h_{t-1} + delta_t u_t B_{n,
 is multiplied by ``C_n`` and added to the output tile, so nothing of size ``L * N`` ever reaches memory and
 no value changes layout (a thread holds consecutive steps, loaded as one vector).
 
+With ``STATE_LOOP`` the forward walks the states in a loop that is not unrolled, carrying them in the final state's
+buffer (``(batch, dim, N)``, one load and one store per state and chunk) instead of holding all ``N`` in registers:
+fewer registers, so more programs per SM, which pays when the grid has many (see the launcher's rule).
+
 The forward can store the state entering each chunk (``STORE_CKPT``: ``(batch, dim, n_chunks, N)``, float32,
 ``1 / BLOCK_L`` of the states). The backward kernel then walks the chunks once, in reverse; without them
 (``HAS_CKPT`` off) a first pass walks the chunks forward with one sum per state and chunk and writes them.
@@ -169,10 +173,14 @@ def selective_scan_fwd_state_kernel(
     N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_CKPT: tl.constexpr, REVERSE_OUT: tl.constexpr, FLIP_OUT: tl.constexpr,
-    ACCUMULATE: tl.constexpr,
+    ACCUMULATE: tl.constexpr, STATE_LOOP: tl.constexpr,
 ):  # fmt: skip
     b, g, d, d_mask, Dv, bias, state_rows = _program_rows(D_ptr, bias_ptr, dim, cpg, N, BLOCK_D, HAS_D, HAS_BIAS)
     A2, h = _state_columns(A_ptr, h0_ptr, d, d_mask, state_rows, sA_d, sA_n, N, BLOCK_D, HAS_H0)
+    if STATE_LOOP:  # the carried states live in the final state's buffer; see the module's notes
+        for n in tl.static_range(N):
+            tl.store(hT_ptr + state_rows + n, h[n], mask=d_mask)
+        tl.debug_barrier()
     steps = tl.arange(0, BLOCK_L)[None, :]
     u_rows = u_ptr + b * su_b + d * su_d
     dt_rows = dt_ptr + b * sdt_b + d * sdt_d
@@ -188,17 +196,31 @@ def selective_scan_fwd_state_kernel(
         u, _, dt = _chunk_inputs(u_rows, dt_rows, t, d_mask, L, L, su_l, sdt_l, bias, HAS_BIAS, SOFTPLUS, False)
         dtu = dt * u
         y = Dv * u
-        carried = ()
-        for n in tl.static_range(N):
-            if STORE_CKPT:
-                tl.store(ckpt_rows + c * N + n, h[n], mask=d_mask)
-            Bn = _row_values(B_row + n * sB_n, t, sB_l, t < L, L, L, False)
-            growth, states = tl.associative_scan((tl.exp2(dt * A2[n]), dtu * Bn), 1, scan_combine)
-            states = states + growth * h[n]
-            Cn = _row_values(C_row + n * sC_n, t, sC_l, t < L, L, L, False)
-            y += states * Cn
-            carried = carried + (_column(states, is_last),)  # steps past L left the state unchanged
-        h = carried
+        if STATE_LOOP:
+            for k in range(0, N):  # k, not n: a loop variable keeps one type in a kernel
+                a2 = tl.load(A_ptr + d * sA_d + k * sA_n, mask=d_mask, other=0.0).to(tl.float32) * LOG2E
+                hk = tl.load(hT_ptr + state_rows + k, mask=d_mask, other=0.0)
+                if STORE_CKPT:
+                    tl.store(ckpt_rows + c * N + k, hk, mask=d_mask)
+                Bk = _row_values(B_row + k * sB_n, t, sB_l, t < L, L, L, False)
+                growth, states = tl.associative_scan((tl.exp2(dt * a2), dtu * Bk), 1, scan_combine)
+                states = states + growth * hk
+                Ck = _row_values(C_row + k * sC_n, t, sC_l, t < L, L, L, False)
+                y += states * Ck
+                tl.store(hT_ptr + state_rows + k, _column(states, is_last), mask=d_mask)
+            tl.debug_barrier()
+        else:
+            carried = ()
+            for n in tl.static_range(N):
+                if STORE_CKPT:
+                    tl.store(ckpt_rows + c * N + n, h[n], mask=d_mask)
+                Bn = _row_values(B_row + n * sB_n, t, sB_l, t < L, L, L, False)
+                growth, states = tl.associative_scan((tl.exp2(dt * A2[n]), dtu * Bn), 1, scan_combine)
+                states = states + growth * h[n]
+                Cn = _row_values(C_row + n * sC_n, t, sC_l, t < L, L, L, False)
+                y += states * Cn
+                carried = carried + (_column(states, is_last),)  # steps past L left the state unchanged
+            h = carried
         t_out = _out_steps(t, c, L, BLOCK_L, REVERSE_OUT, FLIP_OUT)
         if ACCUMULATE:
             y += _out_values(y_rows, t, t_out, sy_l, d_mask, L, L, REVERSE_OUT, FLIP_OUT, False)
@@ -206,8 +228,9 @@ def selective_scan_fwd_state_kernel(
             zt = _out_values(z_rows, t, t_out, sz_l, d_mask, L, L, REVERSE_OUT, FLIP_OUT, False)
             y = y * zt * sigmoid(zt)
         _store_out(y_rows, t, t_out, sy_l, y.to(y_ptr.dtype.element_ty), d_mask, L, REVERSE_OUT, FLIP_OUT)
-    for n in tl.static_range(N):
-        tl.store(hT_ptr + state_rows + n, h[n], mask=d_mask)
+    if not STATE_LOOP:
+        for n in tl.static_range(N):
+            tl.store(hT_ptr + state_rows + n, h[n], mask=d_mask)
 
 
 @triton.jit
