@@ -48,10 +48,11 @@ def test_checkpoint_buffer(short_chunks):
 
 
 def test_state_loop_rule():
-    """A setting's own ``state_loop`` decides; otherwise only a CUDA grid with enough programs per SM loops."""
-    assert scan._state_loop({"state_loop": True}, 1, torch.device("cpu"))
-    assert not scan._state_loop({"state_loop": False}, 10**9, torch.device("cpu"))
-    assert not scan._state_loop({}, 10**9, torch.device("cpu"))
+    """A setting's own ``state_loop`` decides; otherwise only a CUDA grid with enough programs per SM and a length
+    that is a multiple of 16 loops."""
+    assert scan._state_loop({"state_loop": True}, 1, 45, torch.device("cpu"))
+    assert not scan._state_loop({"state_loop": False}, 10**9, 64, torch.device("cpu"))
+    assert not scan._state_loop({}, 10**9, 64, torch.device("cpu"))
 
 
 def scan_inputs(batch, dim, length, n, groups, seed):

@@ -18,7 +18,7 @@ from .scan_step_kernels import selective_scan_fwd_kernel
 
 # Forward ``kernel="state"`` (FORWARD_STATE, the default) and the backward (BACKWARD_STATE): ``block_d`` channels x
 # ``block_l`` steps per tile, one scan along time per state. H100, bf16, the benchmark's three shapes (8, 1536, 2048) /
-# (64, 384, 1569) / (2, 768, 6272): forward 0.47 / 1.20 / 0.21 ms, backward 1.80 / 3.85 / 0.99 ms, the best of the
+# (64, 384, 1569) / (2, 768, 6272): forward 0.44 / 1.12 / 0.21 ms, backward 1.80 / 3.84 / 0.98 ms, the best of the
 # settings swept (1-8 channels, 128-2048 steps, 1-8 warps; more channels or warps per program spilled registers or
 # waited on shared-memory barriers). The kernels they replaced took 1.05 / 1.77 / 0.47 ms forward (runs of steps
 # composed per thread, one scan over the runs of a (channels, N, runs) tile) and 8.2 / 14.1 / 6.7 ms backward.
@@ -38,7 +38,8 @@ FORWARD_TOKENS = {"kernel": "step", "split": 1, "num_warps": 1, "unroll": 1}
 CONFIG = {"forward": dict(FORWARD_STATE), "backward": dict(BACKWARD_STATE)}
 # H100, bf16, forward with the states unrolled / in a loop (one-channel programs, so B*D of them per SM):
 # (2, 768, 6272) 12 per SM: 0.21 / 0.39 ms; (1, 1536, 4096) 12: 0.14 / 0.25; (4, 768, 2048) 23: 0.135 / 0.135;
-# (8, 1536, 2048) 93: 0.469 / 0.436; (32, 768, 1024) 186: 0.458 / 0.411; (64, 384, 1569) 186: 1.20 / 1.12 ms.
+# (8, 1536, 2048) 93: 0.469 / 0.436; (32, 768, 1024) 186: 0.458 / 0.411; (64, 384, 1569) 186, padded to 1584:
+# 1.20 / 1.12 ms; but the bidirectional scan's reversed direction at that odd length (not padded): 2.54 / 3.35 ms.
 STATE_LOOP_PROGRAMS_PER_SM = 32
 SHORT_LENGTH = 64
 
@@ -54,14 +55,15 @@ def _state_blocks(cpg: int, length: int, cfg: dict) -> dict:
     return {"BLOCK_D": max(1, min(cfg["block_d"], next_power_of_2(cpg))), "BLOCK_L": block_l}
 
 
-def _state_loop(cfg: dict, programs: int, device: torch.device) -> bool:
+def _state_loop(cfg: dict, programs: int, length: int, device: torch.device) -> bool:
     """Whether the forward state kernel walks the states in a loop, carrying them in memory (``STATE_LOOP``), rather
     than unrolled with all of them in registers: the setting's ``state_loop`` if it has one, else when its grid has
-    at least STATE_LOOP_PROGRAMS_PER_SM programs per SM. Registers then limit how many programs an SM runs at once,
-    and the loop keeps fewer values live; with fewer programs the unrolled states' shorter dependency chains win."""
+    at least STATE_LOOP_PROGRAMS_PER_SM programs per SM and its loads are vectorised (a length that is a multiple
+    of 16). Registers then limit how many programs an SM runs at once, and the loop keeps fewer values live; with
+    fewer programs the unrolled states' shorter dependency chains win, and so do they over element-wise loads."""
     if "state_loop" in cfg:
         return bool(cfg["state_loop"])
-    if device.type != "cuda":
+    if device.type != "cuda" or length % 16:
         return False
     return programs >= STATE_LOOP_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
 
@@ -185,7 +187,7 @@ def scan_forward(
         blocks.update(
             STORE_CKPT=checkpoints is not None,
             FLIP_OUT=_flips_output(reverse_out, length),
-            STATE_LOOP=_state_loop(cfg, batch * groups * triton.cdiv(cpg, block_d), u.device),
+            STATE_LOOP=_state_loop(cfg, batch * groups * triton.cdiv(cpg, block_d), length, u.device),
         )
         launch = selective_scan_fwd_state_kernel
     else:
