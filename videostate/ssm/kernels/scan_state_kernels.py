@@ -26,8 +26,9 @@ delta bias are written per batch element and summed by the caller.
 direction of a bidirectional Mamba), ``ACCUMULATE`` adds the output's current value before the gate and
 ``ACCUMULATE_DZ`` the gate gradient's: the two directions share one gate, and no flipped copies are made.
 With ``FLIP_OUT`` (a length that is a multiple of 16) those tensors are read and written a chunk at a time in
-order, so vectorised, and the chunk's tile is flipped in registers (``tl.flip``); element by element, reversed
-addresses are not vectorised.
+order, so vectorised, and combined in that order; only the tiles passed between them and the scan are flipped in
+registers (``tl.flip``: the output once in the forward, the gated output gradient and the output before the gate
+in the backward). Element by element, reversed addresses are not vectorised.
 """
 
 # Triton kernels build tuples by concatenation: its compiler does not accept starred unpacking.
@@ -106,13 +107,23 @@ def _out_steps(t, c, L, BLOCK_L: tl.constexpr, REVERSE_OUT: tl.constexpr, FLIP_O
 
 
 @triton.jit
+def _out_frame(x, REVERSE_OUT: tl.constexpr, FLIP_OUT: tl.constexpr):
+    """A chunk's tile ``x`` between the order of its steps and the order in which tensors laid out like the output
+    are read and written (:func:`_out_steps`): flipped with ``FLIP_OUT``, else as it is (its own inverse)."""
+    if REVERSE_OUT and FLIP_OUT:
+        x = tl.flip(x, 1)
+    return x
+
+
+@triton.jit
 def _out_values(rows, t, t_out, stride, d_mask, L, L_rows,
                 REVERSE_OUT: tl.constexpr, FLIP_OUT: tl.constexpr, PADDED: tl.constexpr):  # fmt: skip
     """Float32 values of a tensor laid out like the output (``z``, the output gradient) at the output's steps
-    ``t_out`` of steps ``t`` (:func:`_out_steps`), zero past the sequence."""
+    ``t_out`` of steps ``t`` (:func:`_out_steps`), in the output's order (:func:`_out_frame`), zero past the
+    sequence."""
     if REVERSE_OUT:
         if FLIP_OUT:
-            x = tl.flip(tl.load(rows + t_out * stride, mask=d_mask & (t_out >= 0), other=0.0), 1).to(tl.float32)
+            x = tl.load(rows + t_out * stride, mask=d_mask & (t_out >= 0), other=0.0).to(tl.float32)
         else:
             x = tl.load(rows + t_out * stride, mask=d_mask & (t < L), other=0.0).to(tl.float32)
     else:
@@ -122,10 +133,10 @@ def _out_values(rows, t, t_out, stride, d_mask, L, L_rows,
 
 @triton.jit
 def _store_out(rows, t, t_out, stride, x, d_mask, L, REVERSE_OUT: tl.constexpr, FLIP_OUT: tl.constexpr):
-    """Store ``x`` (a chunk's tile) at the output's steps ``t_out`` of steps ``t`` (:func:`_out_steps`), up to the
-    sequence's end."""
+    """Store ``x`` (a chunk's tile in the output's order, :func:`_out_frame`) at the output's steps ``t_out`` of
+    steps ``t`` (:func:`_out_steps`), up to the sequence's end."""
     if REVERSE_OUT and FLIP_OUT:
-        tl.store(rows + t_out * stride, tl.flip(x, 1), mask=d_mask & (t_out >= 0))
+        tl.store(rows + t_out * stride, x, mask=d_mask & (t_out >= 0))
     else:
         tl.store(rows + t_out * stride, x, mask=d_mask & (t < L))
 
@@ -149,12 +160,13 @@ def _chunk_inputs(u_rows, dt_rows, t, d_mask, L, L_rows, su_l, sdt_l, bias,
 def _gate_gradient(dy_rows, z_rows, t, t_out, d_mask, L, L_rows, sdy_l, sz_l,
                    HAS_Z: tl.constexpr, REVERSE_OUT: tl.constexpr, FLIP_OUT: tl.constexpr,
                    PADDED: tl.constexpr):  # fmt: skip
-    """The output gradient before the gate ``y * silu(z)``: ``dy * silu(z)`` (``dy`` without a gate), float32."""
+    """The output gradient before the gate ``y * silu(z)``: ``dy * silu(z)`` (``dy`` without a gate), float32, in
+    the order of the steps ``t``."""
     dy = _out_values(dy_rows, t, t_out, sdy_l, d_mask, L, L_rows, REVERSE_OUT, FLIP_OUT, PADDED)
     if HAS_Z:
         zt = _out_values(z_rows, t, t_out, sz_l, d_mask, L, L_rows, REVERSE_OUT, FLIP_OUT, PADDED)
         dy = dy * zt * sigmoid(zt)
-    return dy
+    return _out_frame(dy, REVERSE_OUT, FLIP_OUT)
 
 
 @triton.jit
@@ -222,6 +234,7 @@ def selective_scan_fwd_state_kernel(
                 carried = carried + (_column(states, is_last),)  # steps past L left the state unchanged
             h = carried
         t_out = _out_steps(t, c, L, BLOCK_L, REVERSE_OUT, FLIP_OUT)
+        y = _out_frame(y, REVERSE_OUT, FLIP_OUT)
         if ACCUMULATE:
             y += _out_values(y_rows, t, t_out, sy_l, d_mask, L, L, REVERSE_OUT, FLIP_OUT, False)
         if HAS_Z:
@@ -350,7 +363,7 @@ def selective_scan_bwd_state_kernel(
             dy = _out_values(dy_rows, t, t_out, sdy_l, d_mask, L, L_rows, REVERSE_OUT, FLIP_OUT, ROWS_PADDED)
             zt = _out_values(z_rows, t, t_out, sz_l, d_mask, L, L_rows, REVERSE_OUT, FLIP_OUT, ROWS_PADDED)
             sig = sigmoid(zt)
-            dz = dy * (y_states + Dv * u) * sig * (1.0 + zt * (1.0 - sig))
+            dz = dy * _out_frame(y_states + Dv * u, REVERSE_OUT, FLIP_OUT) * sig * (1.0 + zt * (1.0 - sig))
             if ACCUMULATE_DZ:
                 dz += _out_values(dz_ptr + grad_rows, t, t_out, 1, d_mask, L, L, REVERSE_OUT, FLIP_OUT, False)
             dz = dz.to(dz_ptr.dtype.element_ty)
