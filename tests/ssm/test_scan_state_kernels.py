@@ -37,6 +37,27 @@ def short_chunks(request, monkeypatch):
     return request.param
 
 
+@pytest.fixture
+def launches(monkeypatch):
+    """Every launch of the state kernels, as ``(kernel name, L, constexprs)``; the kernels still run."""
+    seen = []
+
+    class Spy:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append((self.kernel.__name__, args[13], kwargs))  # args[13]: the kernels' L
+                return self.kernel[grid](*args, **kwargs)
+
+            return launch
+
+    for name in ("selective_scan_fwd_state_kernel", "selective_scan_bwd_state_kernel"):
+        monkeypatch.setattr(scan, name, Spy(getattr(scan, name)))
+    return seen
+
+
 def test_checkpoint_buffer(short_chunks):
     """The forward stores the backward's checkpoints only with the backward's chunks: (batch, dim, chunks, N)."""
     u = torch.empty(2, 3, 70, device=DEVICE)
@@ -88,9 +109,9 @@ def gradients(outputs, cotangents, leaves):
     [(2, 3, 1, 16, 0), (1, 4, 70, 16, 0), (1, 4, 64, 16, 0), (2, 6, 45, 5, 3)],
     ids=["L1", "three-chunks", "aligned-rows", "grouped-odd-N"],
 )
-def test_scan_against_loop(shape):
+def test_scan_against_loop(shape, short_chunks, launches):
     """L = 64 fills its rows exactly (the backward reads them with exact masks); the other lengths are read from
-    rows padded to a multiple of 16."""
+    rows padded to a multiple of 16. The forward walks the states in a loop where the setting says so."""
     exact = {k: v.requires_grad_() for k, v in scan_inputs(*shape, seed=0).items()}
     fast = {k: v.detach().float().to(DEVICE).requires_grad_() for k, v in exact.items()}
     out_fast = scan.selective_scan_triton(**fast, delta_softplus=True, return_final_state=True)
@@ -101,10 +122,12 @@ def test_scan_against_loop(shape):
     errors = {f"out{i}": rel_error(a.cpu(), b) for i, (a, b) in enumerate(zip(out_fast, out_exact, strict=True))}
     errors.update({f"d{k}": rel_error(a.cpu(), b) for k, a, b in zip(NAMES, grads_fast, grads_exact, strict=True)})
     assert max(errors.values()) < 1e-5, errors
+    forward = [kw for name, _, kw in launches if name == "selective_scan_fwd_state_kernel"]
+    assert forward and all(kw["STATE_LOOP"] == (short_chunks == "stored") for kw in forward)
 
 
 @pytest.mark.parametrize("length", [40, 80], ids=["element-wise", "flipped-tiles"])
-def test_bidirectional_against_loops(length):
+def test_bidirectional_against_loops(length, launches):
     """One gate, the backward direction's inputs reversed in time and its output written back in order: element by
     element, or (a length that is a multiple of 16) a chunk at a time in order, flipped in registers."""
     assert scan._flips_output(True, length) == (length % 16 == 0)
@@ -130,6 +153,9 @@ def test_bidirectional_against_loops(length):
     assert rel_error(y_fast.cpu(), y_exact) < 1e-5
     for name, a, b in zip(exact, grads_fast, grads_exact, strict=True):
         assert rel_error(a.cpu(), b) < 1e-5, name
+    reversed_launches = [kw for _, _, kw in launches if kw["REVERSE_OUT"]]
+    assert len(reversed_launches) == 2  # the reversed direction's forward and backward
+    assert all(kw["FLIP_OUT"] == (length % 16 == 0) for kw in reversed_launches)
 
 
 def test_aligned_rows():
@@ -152,7 +178,7 @@ def test_aligned_rows():
     "softplus, bias, padded", [(True, True, True), (False, False, True), (False, True, False)],
     ids=["softplus", "no-bias", "bias-without-softplus"],
 )  # fmt: skip
-def test_odd_length_forward_over_padded_rows(softplus, bias, padded):
+def test_odd_length_forward_over_padded_rows(softplus, bias, padded, launches):
     """An odd length runs the forward over rows padded to 16 with steps that leave the state unchanged, unless no
     delta discretises to 0 (a bias without softplus): outputs, final state and gradients equal the loop's."""
     exact = scan_inputs(2, 3, 45, 4, 0, seed=3)
@@ -173,5 +199,7 @@ def test_odd_length_forward_over_padded_rows(softplus, bias, padded):
     grads_exact = gradients(list(out_exact), cotangents, list(exact.values()))
     for name, a, b in zip(["y", "final_state"], out_fast, out_exact, strict=True):
         assert rel_error(a.cpu(), b) < 1e-5, name
+    forward_lengths = [length for name, length, _ in launches if name == "selective_scan_fwd_state_kernel"]
+    assert forward_lengths == [48 if padded else 45]
     for name, a, b in zip(exact, grads_fast, grads_exact, strict=True):
         assert rel_error(a.cpu(), b) < 1e-5, name
