@@ -47,7 +47,7 @@ def formula(mamba, xz, conv_state=None, ssm_state=None):
     return y.mT, next_conv, h
 
 
-def run_kernel(mamba, xz, dtype, conv_state=None, ssm_state=None):
+def run_kernel(mamba, xz, dtype, conv_state=None, ssm_state=None, final_state=True):
     fast = mamba.to(device=DEVICE, dtype=dtype)
     A = -torch.exp(mamba.A_log.float())
     return mamba_tokens.mamba_scan_tokens(
@@ -61,6 +61,7 @@ def run_kernel(mamba, xz, dtype, conv_state=None, ssm_state=None):
         fast.D.float(),
         None if conv_state is None else conv_state.to(DEVICE, dtype),
         None if ssm_state is None else ssm_state.to(DEVICE, torch.float32),
+        final_state=final_state,
     )
 
 
@@ -93,6 +94,59 @@ def test_path_matches_formula(shape, dtype, carried):
         assert rel_error(next_conv, conv_exact) < TOLERANCE[dtype]
     else:
         assert next_conv is None
+
+
+@pytest.fixture
+def step_launches(monkeypatch):
+    """The constexprs of every launch of the step kernel; the kernel still runs."""
+    from videostate.ssm.kernels import selective_scan
+
+    seen = []
+    kernel = selective_scan.selective_scan_fwd_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: seen.append(kwargs) or kernel[grid](*args, **kwargs)
+
+    monkeypatch.setattr(selective_scan, "selective_scan_fwd_kernel", Spy())
+    return seen
+
+
+@pytest.mark.parametrize("carried", [False, True], ids=["fresh", "carried"])
+def test_path_reads_bfloat16_states_packed(step_launches, carried):
+    """The depth model's case, bfloat16 with dt_rank 3: x_proj's rows are led by zero rows so that B and C are
+    aligned, and the scan reads them four states to a 64-bit word (``PACKED``), equal to the float64 formula.
+    The fresh (offline) run asks for no final state: the kernel does not write one (``STORE_HT``)."""
+    batch, length, d_model, d_state = 2, 32, 48, 16
+    mamba = make_mamba(d_model, d_state, seed=3)
+    assert mamba.dt_rank == 3 and mamba_tokens.aligned_lead(mamba.dt_rank, d_state) == 5
+    g = torch.Generator().manual_seed(4)
+    xz = torch.randn(batch, length, 2 * mamba.d_inner, generator=g, dtype=torch.float64)
+    ssm_state = torch.randn(batch, mamba.d_inner, d_state, generator=g, dtype=torch.float64) if carried else None
+    with torch.no_grad():
+        y_exact, _, h_exact = formula(mamba, xz, ssm_state=ssm_state)
+        y, _, h = run_kernel(mamba, xz, torch.bfloat16, ssm_state=ssm_state, final_state=carried)
+    assert [(launch["PACKED"], launch["STORE_HT"]) for launch in step_launches] == [(True, carried)]
+    assert rel_error(y, y_exact) < TOLERANCE[torch.bfloat16]
+    if carried:
+        assert rel_error(h, h_exact) < TOLERANCE[torch.bfloat16]
+    else:
+        assert h is None
+
+
+def test_packed_state_rule():
+    """Packed reads need bfloat16, contiguous states and 8-byte aligned rows; a view that breaks any is read per
+    state."""
+    from videostate.ssm.kernels.selective_scan import _packed_states
+
+    rows = torch.randn(3, 32, 40, device=DEVICE, dtype=torch.bfloat16)  # (batch, L, width) token-major rows
+    assert _packed_states(rows[..., 8:24].mT.unsqueeze(1))
+    assert not _packed_states(rows[..., 6:22].mT.unsqueeze(1))  # a row starts 12 bytes in
+    assert not _packed_states(rows.half()[..., 8:24].mT.unsqueeze(1))
+    assert not _packed_states(rows[..., 8:24].transpose(1, 2).contiguous().unsqueeze(1))  # states along L
+    assert not _packed_states(torch.randn(3, 32, 38, device=DEVICE, dtype=torch.bfloat16)[..., 8:24].mT.unsqueeze(1))
+    assert mamba_tokens.aligned_lead(24, 16) == 0 and mamba_tokens.aligned_lead(6, 16) == 2
+    assert mamba_tokens.aligned_lead(3, 4) == 0  # B and C cannot both be aligned: no lead
 
 
 def test_path_checks_the_projection_width():

@@ -372,6 +372,7 @@ class Mamba(nn.Module):
             D,
             None if state is None else state.conv_state,
             None if state is None else state.ssm_state,
+            final_state=state is not None,
         )
         return y, None if state is None else MambaState(conv_state, ssm_state.to(state.ssm_state.dtype))
 

@@ -73,6 +73,13 @@ def _grouped(t: torch.Tensor) -> torch.Tensor:
     return t.unsqueeze(1) if t.dim() == 3 else t
 
 
+def _packed_states(t: torch.Tensor) -> bool:
+    """Whether the step kernel can read a step's states of ``t (batch, G, N, L)`` four to a 64-bit word
+    (``PACKED``): bfloat16, the states contiguous, every step's row 8-byte aligned."""
+    rows_aligned = all(stride % 4 == 0 for i, stride in enumerate(t.stride()) if i != 2 and t.shape[i] > 1)
+    return t.dtype == torch.bfloat16 and t.stride(2) == 1 and rows_aligned and t.data_ptr() % 8 == 0
+
+
 def _aligned_rows(t: torch.Tensor | None) -> torch.Tensor | None:
     """``t (..., L)`` laid out so that the backward kernel's loads of it are vectorised: every row starts at a
     multiple of 16 elements and can be read up to ``L`` rounded up to 16 (see :func:`_row_length`). ``t`` itself
@@ -153,9 +160,10 @@ def checkpoint_buffer(u: torch.Tensor, n: int) -> torch.Tensor | None:
 
 def scan_forward(
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, *, y=None, reverse_out=False,
-    accumulate=False, setting=None, checkpoints=None,
+    accumulate=False, setting=None, checkpoints=None, final_state=True,
 ):  # fmt: skip
-    """Launch the forward kernel; returns ``(y, final_state)``.
+    """Launch the forward kernel; returns ``(y, final_state)``. With ``final_state=False`` the step kernel does
+    not write the final state and ``None`` is returned for it (the state kernels always write it).
 
     With ``y`` given the result is written into it (``accumulate`` adds its current value before the
     gate); ``reverse_out`` reads ``z`` and writes ``y`` at ``L - 1 - t``. ``setting`` replaces the kernel
@@ -173,13 +181,15 @@ def scan_forward(
         cfg = FORWARD_SHORT  # a short sequence leaves most of a state kernel's tile idle
     if y is None:
         y = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)
-    final_state = torch.empty(batch, dim, n, device=u.device, dtype=torch.float32)
+    keep_final = final_state or cfg.get("kernel", "step") == "state"  # the state kernels always write it
+    final_state = torch.empty((batch, dim, n) if keep_final else (1,), device=u.device, dtype=torch.float32)
     h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
     kernel = cfg.get("kernel", "step")
     if kernel == "step":
         split = min(cfg["split"], next_power_of_2(n))
         block_d = 32 * cfg["num_warps"] // split
-        blocks = {"SPLIT": split, "BLOCK_D": block_d, "UNROLL": cfg["unroll"]}
+        packed = split == 1 and n % 4 == 0 and _packed_states(B4) and _packed_states(C4)
+        blocks = {"SPLIT": split, "BLOCK_D": block_d, "UNROLL": cfg["unroll"], "PACKED": packed, "STORE_HT": keep_final}
         launch = selective_scan_fwd_kernel
     elif kernel == "state":
         blocks = _state_blocks(cpg, length, cfg)
@@ -213,7 +223,7 @@ def scan_forward(
         HAS_H0=h0 is not None, REVERSE_OUT=reverse_out, ACCUMULATE=accumulate,
         num_warps=cfg["num_warps"],
     )  # fmt: skip
-    return y, final_state
+    return y, final_state if keep_final else None
 
 
 def scan_backward(
