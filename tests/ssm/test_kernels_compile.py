@@ -41,6 +41,7 @@ from videostate.ssm.kernels import (  # noqa: E402
     ssd,
     ssd_kernels,
     state_update,
+    token_readout,
     window_attention,
 )
 
@@ -92,9 +93,10 @@ CASES = [
     *(
         Case(scan_step_kernels.selective_scan_fwd_kernel,
              {**SCAN_FWD, "SPLIT": step["split"], "BLOCK_D": 32 * step["num_warps"] // step["split"],
-              "UNROLL": step["unroll"]},
+              "UNROLL": step["unroll"], "PACKED": packed, "STORE_HT": True},
              step["num_warps"], SCAN_FWD_HALF)
-        for step in (selective_scan.FORWARD_STEP, selective_scan.FORWARD_SHORT, selective_scan.FORWARD_TOKENS)
+        for step, packed in ((selective_scan.FORWARD_STEP, False), (selective_scan.FORWARD_SHORT, False),
+                             (selective_scan.FORWARD_TOKENS, True))
     ),
     *(
         Case(kernel, {**flags, "BLOCK_D": config["block_d"], "BLOCK_L": config["block_l"]}, config["num_warps"], half)
@@ -141,6 +143,10 @@ CASES = [
     Case(depthwise_tokens.depthwise_tokens_kernel,
          {"K": 3, "BLOCK_C": 64, "BLOCK_X": depthwise_tokens.BLOCK_X, "HAS_BIAS": True},
          half=("f", "w", "bias", "pe", "out")),
+    Case(token_readout.token_readout_kernel,
+         {"BLOCK_P": token_readout.BLOCK_P, "BLOCK_CO": token_readout.BLOCK_CO, "BLOCK_K": token_readout.BLOCK_K,
+          "HAS_BASE": True, "PRECISION": "tf32"},
+         half=("y", "w", "bias", "base", "out")),
     *(Case(mlp.mlp_fwd_kernel,
            {"C": CHANNELS, "HIDDEN": 4 * CHANNELS, "BLOCK_C": CHANNELS, "BLOCK_M": mlp.BLOCK_M,
             "BLOCK_H": mlp.BLOCK_H, "HAS_RES": True, "SILU": silu, "PRECISION": "tf32"},

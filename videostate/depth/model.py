@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from videostate.ssm import MambaState, StreamState
+from videostate.ssm.dispatch import inference_kernel
 
 from .teacher import DepthAnythingTeacher, check_rgb, resize_depth
 from .temporal import (
@@ -64,22 +65,29 @@ class TemporalReadout(nn.Linear):
     def forward(self, y: torch.Tensor) -> torch.Tensor:
         return F.linear(y, self.weight * self.multiplier, self.bias)
 
-    def frames(self, y: torch.Tensor, H: int, W: int, B: int) -> torch.Tensor:
-        """``temporal_detokenize(self(y), H, W, B)`` as a contiguous ``(B, N, C, H, W)`` tensor: ``y ((B*H*W), N, C)``.
+    def frames(self, y: torch.Tensor, H: int, W: int, B: int, base: torch.Tensor | None = None) -> torch.Tensor:
+        """``temporal_detokenize(self(y), H, W, B)`` as a contiguous ``(B, N, C, H, W)`` tensor: ``y ((B*H*W), N, C)``;
+        with ``base (B, N, C, H, W)`` the maps it is added to, ``base + that``.
 
-        Per stream one batched matrix product over the frames, ``W y_n^T / C + b`` with ``y_n^T (C, H*W)`` read
-        in place, writes the frames' maps directly (no layout change after the product)."""
+        For inference on CUDA one Triton pass reads the token rows and writes the frames' maps with the base added
+        (:mod:`videostate.ssm.kernels.token_readout`). Otherwise per stream one batched matrix product over the
+        frames, ``W y_n^T / C + b`` with ``y_n^T (C, H*W)`` read in place, writes the frames' maps directly (no
+        layout change after the product)."""
         if y.dim() != 3 or y.shape[0] != B * H * W or y.shape[2] != self.in_features:
             raise ValueError(
                 f"y must have shape (B*H*W, N, C) with B*H*W={B * H * W}, C={self.in_features}; got {tuple(y.shape)}"
             )
+        kernels = inference_kernel("token_readout", y, self.weight, *(() if base is None else (base,)))
+        if kernels is not None and (base is None or base.dtype == y.dtype):
+            return kernels.token_readout(y, self.weight * self.multiplier, self.bias, B, H, W, base)
         tokens = rearrange(y, "(b p) n c -> b n c p", b=B)
         frames, channels, positions = tokens.shape[1:]
         weight = (self.weight * self.multiplier).expand(frames, channels, channels)
         bias = self.bias[:, None].expand(frames, channels, positions)
         out = [torch.baddbmm(bias, weight, t) for t in tokens.unbind(0)]
         out = out[0][None] if B == 1 else torch.stack(out)
-        return rearrange(out, "b n c (h w) -> b n c h w", h=H, w=W)
+        out = rearrange(out, "b n c (h w) -> b n c h w", h=H, w=W)
+        return out if base is None else base + out
 
 
 @dataclasses.dataclass
@@ -293,15 +301,16 @@ class VideoMambaDepth(nn.Module):
         return [rearrange(feats[i], "(b n) c h w -> b n c h w", b=batch) for i in range(len(self.channels))]
 
     def temporal_mix(
-        self, feats: list[torch.Tensor], states: VideoMambaDepthState | None
+        self, feats: list[torch.Tensor], states: VideoMambaDepthState | None, *, add_features: bool = False
     ) -> tuple[list[torch.Tensor], VideoMambaDepthState | None]:
         """Per scale, the temporal residual ``(B, N, C_i, h_i, w_i)`` of ``feats`` given the carried states, and the
         next states. ``states=None`` runs offline from frame 0 and zero states without forming the next states
-        (no zero state is allocated, no final state is written) and returns ``None`` for them."""
+        (no zero state is allocated, no final state is written) and returns ``None`` for them. ``add_features``
+        returns the mixed maps ``feats + residual`` instead, the add made in the read-out's pass."""
         batch, frames = feats[0].shape[:2]
         carry = states is not None
         if not self.config.use_temporal:
-            residuals = [torch.zeros_like(f) for f in feats]
+            residuals = list(feats) if add_features else [torch.zeros_like(f) for f in feats]
             return residuals, VideoMambaDepthState(states.frame_index + frames, []) if carry else None
         steps = torch.arange(frames, device=feats[0].device)
         positions = states.frame_index[:, None] + steps if carry else steps[None]
@@ -315,7 +324,7 @@ class VideoMambaDepth(nn.Module):
                 new_scales.append(ScaleStreamState.from_tokens(scale_state, batch))
             else:
                 y = self.temporal[i].offline(tokens)
-            residuals.append(self.temporal_out[i].frames(y, h, w, batch))
+            residuals.append(self.temporal_out[i].frames(y, h, w, batch, f if add_features else None))
         return residuals, VideoMambaDepthState(states.frame_index + frames, new_scales) if carry else None
 
     def decode(self, feats: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
@@ -334,16 +343,9 @@ class VideoMambaDepth(nn.Module):
     def run(self, rgb_clip: torch.Tensor, states: VideoMambaDepthState | None = None) -> VideoMambaDepthOutput:
         """The clip ``rgb_clip (B, N, 3, H, W)`` in [0, 1] from ``states`` (fresh streams when ``None``):
         depth, the temporal residuals and the next states."""
-        check_rgb("rgb_clip", rgb_clip, frames=True)
+        self._check_clip(rgb_clip, states)
         if states is None:
             states = self.init_states(rgb_clip.shape[0], device=rgb_clip.device)
-        return self._run(rgb_clip, states)
-
-    def _run(self, rgb_clip: torch.Tensor, states: VideoMambaDepthState | None) -> VideoMambaDepthOutput:
-        """:meth:`run`; ``states=None`` is the offline pass, whose output has ``states=None``."""
-        check_rgb("rgb_clip", rgb_clip, frames=True)
-        if states is not None:
-            self._check_states(states, rgb_clip.shape[0])
         feats = self.encode(rgb_clip)
         residuals, next_states = self.temporal_mix(feats, states)
         depth, raw = self._decode([f + r for f, r in zip(feats, residuals, strict=True)], tuple(rgb_clip.shape[-2:]))
@@ -357,8 +359,15 @@ class VideoMambaDepth(nn.Module):
         whole :class:`VideoMambaDepthOutput` instead (training uses its temporal read-outs)."""
         if output_temporal:
             return self.run(rgb_clip, states)
-        out = self._run(rgb_clip, states)
-        return out.depth if states is None else (out.depth, out.states)
+        self._check_clip(rgb_clip, states)
+        mixed, next_states = self.temporal_mix(self.encode(rgb_clip), states, add_features=True)
+        depth = self.decode(mixed, tuple(rgb_clip.shape[-2:]))
+        return depth if states is None else (depth, next_states)
+
+    def _check_clip(self, rgb_clip: torch.Tensor, states: VideoMambaDepthState | None) -> None:
+        check_rgb("rgb_clip", rgb_clip, frames=True)
+        if states is not None:
+            self._check_states(states, rgb_clip.shape[0])
 
     def step_features(
         self, feats: list[torch.Tensor], image_size: tuple[int, int], states: VideoMambaDepthState
@@ -375,7 +384,7 @@ class VideoMambaDepth(nn.Module):
             pe = temporal_position_encoding(states.frame_index, f.shape[1], self.config.max_period).to(f)
             tokens = self.premix[i].tokens(f[:, None], pe[:, None])[:, 0]
             y, scale_state = self.temporal[i].step(tokens, self._scale_state(states, i, batch, h * w, tokens))
-            mixed.append(f + self.temporal_out[i].frames(y[:, None], h, w, batch)[:, 0])
+            mixed.append(self.temporal_out[i].frames(y[:, None], h, w, batch, f[:, None])[:, 0])
             new_scales.append(ScaleStreamState.from_tokens(scale_state, batch))
         depth = self.decode([f[:, None] for f in mixed], image_size)[:, 0]
         return depth, VideoMambaDepthState(states.frame_index + 1, new_scales)
