@@ -32,6 +32,7 @@ from videostate.ssm.kernels import (  # noqa: E402
     conv_kernels,
     depthwise_tokens,
     layer_norm,
+    mamba_tokens,
     mlp,
     norm,
     norm_kernels,
@@ -93,10 +94,9 @@ CASES = [
     *(
         Case(scan_step_kernels.selective_scan_fwd_kernel,
              {**SCAN_FWD, "SPLIT": step["split"], "BLOCK_D": 32 * step["num_warps"] // step["split"],
-              "UNROLL": step["unroll"], "PACKED": packed, "STORE_HT": True},
+              "UNROLL": step["unroll"]},
              step["num_warps"], SCAN_FWD_HALF)
-        for step, packed in ((selective_scan.FORWARD_STEP, False), (selective_scan.FORWARD_SHORT, False),
-                             (selective_scan.FORWARD_TOKENS, True))
+        for step in (selective_scan.FORWARD_STEP, selective_scan.FORWARD_SHORT)
     ),
     *(
         Case(kernel, {**flags, "BLOCK_D": config["block_d"], "BLOCK_L": config["block_l"]}, config["num_warps"], half)
@@ -143,6 +143,9 @@ CASES = [
     Case(depthwise_tokens.depthwise_tokens_kernel,
          {"K": 3, "BLOCK_C": 64, "BLOCK_X": depthwise_tokens.BLOCK_X, "HAS_BIAS": True},
          half=("f", "w", "bias", "pe", "out")),
+    Case(mamba_tokens.scan_tokens_kernel,
+         {"N": 16, "BLOCK_D": mamba_tokens.BLOCK_D, "PACKED": True, "HAS_H0": True, "STORE_HT": True},
+         1, ("u", "dt", "z", "B", "C", "y")),
     Case(token_readout.token_readout_kernel,
          {"BLOCK_P": token_readout.BLOCK_P, "BLOCK_CO": token_readout.BLOCK_CO, "BLOCK_K": token_readout.BLOCK_K,
           "HAS_BASE": True, "PRECISION": "tf32"},

@@ -97,23 +97,21 @@ def test_path_matches_formula(shape, dtype, carried):
 
 
 @pytest.fixture
-def step_launches(monkeypatch):
-    """The constexprs of every launch of the step kernel; the kernel still runs."""
-    from videostate.ssm.kernels import selective_scan
-
+def scan_launches(monkeypatch):
+    """The constexprs of every launch of the token-major scan kernel; the kernel still runs."""
     seen = []
-    kernel = selective_scan.selective_scan_fwd_kernel
+    kernel = mamba_tokens.scan_tokens_kernel
 
     class Spy:
         def __getitem__(self, grid):
             return lambda *args, **kwargs: seen.append(kwargs) or kernel[grid](*args, **kwargs)
 
-    monkeypatch.setattr(selective_scan, "selective_scan_fwd_kernel", Spy())
+    monkeypatch.setattr(mamba_tokens, "scan_tokens_kernel", Spy())
     return seen
 
 
 @pytest.mark.parametrize("carried", [False, True], ids=["fresh", "carried"])
-def test_path_reads_bfloat16_states_packed(step_launches, carried):
+def test_path_reads_bfloat16_states_packed(scan_launches, carried):
     """The depth model's case, bfloat16 with dt_rank 3: x_proj's rows are led by zero rows so that B and C are
     aligned, and the scan reads them four states to a 64-bit word (``PACKED``), equal to the float64 formula.
     The fresh (offline) run asks for no final state: the kernel does not write one (``STORE_HT``)."""
@@ -126,7 +124,7 @@ def test_path_reads_bfloat16_states_packed(step_launches, carried):
     with torch.no_grad():
         y_exact, _, h_exact = formula(mamba, xz, ssm_state=ssm_state)
         y, _, h = run_kernel(mamba, xz, torch.bfloat16, ssm_state=ssm_state, final_state=carried)
-    assert [(launch["PACKED"], launch["STORE_HT"]) for launch in step_launches] == [(True, carried)]
+    assert [(launch["PACKED"], launch["STORE_HT"]) for launch in scan_launches] == [(True, carried)]
     assert rel_error(y, y_exact) < TOLERANCE[torch.bfloat16]
     if carried:
         assert rel_error(h, h_exact) < TOLERANCE[torch.bfloat16]
@@ -137,16 +135,26 @@ def test_path_reads_bfloat16_states_packed(step_launches, carried):
 def test_packed_state_rule():
     """Packed reads need bfloat16, contiguous states and 8-byte aligned rows; a view that breaks any is read per
     state."""
-    from videostate.ssm.kernels.selective_scan import _packed_states
-
     rows = torch.randn(3, 32, 40, device=DEVICE, dtype=torch.bfloat16)  # (batch, L, width) token-major rows
-    assert _packed_states(rows[..., 8:24].mT.unsqueeze(1))
-    assert not _packed_states(rows[..., 6:22].mT.unsqueeze(1))  # a row starts 12 bytes in
-    assert not _packed_states(rows.half()[..., 8:24].mT.unsqueeze(1))
-    assert not _packed_states(rows[..., 8:24].transpose(1, 2).contiguous().unsqueeze(1))  # states along L
-    assert not _packed_states(torch.randn(3, 32, 38, device=DEVICE, dtype=torch.bfloat16)[..., 8:24].mT.unsqueeze(1))
+    odd_rows = torch.randn(3, 32, 38, device=DEVICE, dtype=torch.bfloat16)
+    B = rows[..., 8:24]
+    assert mamba_tokens._packed(B, rows[..., 24:40])
+    assert not mamba_tokens._packed(B, rows[..., 6:22])  # a row starts 12 bytes in
+    assert not mamba_tokens._packed(B.half(), B.half())
+    assert not mamba_tokens._packed(B, odd_rows[..., 8:24])  # rows 76 bytes apart
+    assert not mamba_tokens._packed(B[..., :6], B[..., :6])  # N not a multiple of 4
     assert mamba_tokens.aligned_lead(24, 16) == 0 and mamba_tokens.aligned_lead(6, 16) == 2
     assert mamba_tokens.aligned_lead(3, 4) == 0  # B and C cannot both be aligned: no lead
+
+
+def test_scan_checks_layouts():
+    u = torch.randn(2, 5, 8, device=DEVICE)
+    B = torch.randn(2, 5, 4, device=DEVICE)
+    A, D = -torch.rand(8, 4, device=DEVICE), torch.randn(8, device=DEVICE)
+    with pytest.raises(ValueError, match=r"z must have shape \(2, 5, 8\) with channels at stride 1"):
+        mamba_tokens.scan_tokens(u, u, u.mT.contiguous().mT, B, B, A, D, D)
+    with pytest.raises(ValueError, match=r"B, C \(2, 5, 4\)"):
+        mamba_tokens.scan_tokens(u, u, u, B[:, :4], B, A, D, D)
 
 
 def test_path_checks_the_projection_width():

@@ -1,7 +1,7 @@
 """The step-by-step Triton forward kernel of the Mamba-1 selective scan over ``(batch, dim, L)``.
 
 It walks time one step at a time with the state in registers, which suits sequences shorter than the state
-kernels' chunks (:mod:`.scan_state_kernels`) and inputs read token-major (:mod:`.mamba_tokens`).
+kernels' chunks (:mod:`.scan_state_kernels`).
 
 A program owns ``BLOCK_D`` channels of one batch element and one group of B/C; every tensor is
 ``(BLOCK_D, SPLIT)``, channel x lane: a channel's N states are spread over SPLIT lanes, lane j holding
@@ -10,12 +10,6 @@ and z per channel and one of B and C per state, updates ``h = exp(delta * A) * h
 float32 and sums ``C h`` over the lanes; ``UNROLL`` steps form one block of straight-line code, so their
 loads and decays are issued ahead of the state's multiply-add chain. Nothing of size ``L * N`` ever reaches
 memory.
-
-``PACKED`` (one lane per channel, bfloat16 B and C with the states contiguous, as token-major rows have them):
-a step's B and C are read four states to a 64-bit word and unpacked in registers, 2 N / 4 loads instead of 2 N
-(H100, the depth model's eight L=32 scans of DA2-S at 518x518: 2.16 -> 1.12 ms). ``STORE_HT`` writes the final
-state; an offline pass without a carried state has no use for it (``(batch, dim, N)`` float32, twice the output
-of a bfloat16 scan over 32 steps).
 
 ``REVERSE_OUT`` reads ``z`` and writes the output at ``L - 1 - t``: the backward direction of a
 bidirectional Mamba runs over time-reversed inputs but reads the gate and writes its result in the natural
@@ -51,28 +45,6 @@ def _step_inputs(u_rows, dt_rows, z_rows, t, t_out, su_l, sdt_l, sz_l, mask, bia
 
 
 @triton.jit
-def _state_values(rows, t, s_l, s_n, lane, valid, N: tl.constexpr, SPLIT: tl.constexpr, PACKED: tl.constexpr):
-    """A step's B (or C) for the lane's states, a tuple of float32 tiles: ``rows`` points at state 0 of each
-    channel's row. ``PACKED`` reads bfloat16 states four to a 64-bit word (``SPLIT`` 1, contiguous states,
-    8-byte aligned rows) and widens each by a shift, as bfloat16 is the upper half of a float32."""
-    values = ()
-    if PACKED:
-        words = (rows + t * s_l).to(tl.pointer_type(tl.int64))
-        for q in tl.static_range(N // 4):
-            word = tl.load(words + q, mask=valid, other=0)
-            for half in tl.static_range(2):
-                bits = (word >> (32 * half)).to(tl.int32)
-                low = (bits << 16).to(tl.float32, bitcast=True)
-                high = (bits & -65536).to(tl.float32, bitcast=True)
-                values = values + (low, high)
-    else:
-        for i in tl.static_range((N + SPLIT - 1) // SPLIT):
-            n = i * SPLIT + lane
-            values = values + (tl.load(rows + n * s_n + t * s_l, mask=(n < N) & valid, other=0.0).to(tl.float32),)
-    return values
-
-
-@triton.jit
 def selective_scan_fwd_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr,
     dim, L, cpg,
@@ -81,8 +53,7 @@ def selective_scan_fwd_kernel(
     sz_b, sz_d, sz_l, sy_b, sy_d, sy_l,
     N: tl.constexpr, SPLIT: tl.constexpr, BLOCK_D: tl.constexpr, UNROLL: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE: tl.constexpr, PACKED: tl.constexpr,
-    STORE_HT: tl.constexpr,
+    HAS_H0: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE: tl.constexpr,
 ):  # fmt: skip
     b = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
@@ -132,12 +103,13 @@ def selective_scan_fwd_kernel(
             dt = tl.where(valid, dt, 0.0)  # steps past the end leave the state unchanged
             dtu = dt * u
             y_acc = tl.zeros((BLOCK_D, SPLIT), tl.float32)
-            Bs = _state_values(B_rows, t, sB_l, sB_n, lane, in_range, N, SPLIT, PACKED)
-            Cs = _state_values(C_rows, t, sC_l, sC_n, lane, in_range, N, SPLIT, PACKED)
             new = ()
             for i in tl.static_range(NI):
-                h = tl.exp2(dt * A2[i]) * hs[i] + dtu * Bs[i]
-                y_acc += h * Cs[i]
+                n = i * SPLIT + lane
+                Bn = tl.load(B_rows + n * sB_n + t * sB_l, mask=(n < N) & in_range, other=0.0).to(tl.float32)
+                Cn = tl.load(C_rows + n * sC_n + t * sC_l, mask=(n < N) & in_range, other=0.0).to(tl.float32)
+                h = tl.exp2(dt * A2[i]) * hs[i] + dtu * Bn
+                y_acc += h * Cn
                 new = new + (h,)
             hs = new
             y = tl.sum(y_acc, axis=1, keep_dims=True) + Dv * u
@@ -146,7 +118,6 @@ def selective_scan_fwd_kernel(
             if HAS_Z:
                 y = y * z * sigmoid(z)
             tl.store(y_rows + t_out * sy_l, y.to(y_ptr.dtype.element_ty), mask=first_lane & in_range)
-    if STORE_HT:
-        for i in tl.static_range(NI):
-            n = i * SPLIT + lane
-            tl.store(hT_ptr + b * dim * N + d * N + n, hs[i], mask=d_mask & (n < N))
+    for i in tl.static_range(NI):
+        n = i * SPLIT + lane
+        tl.store(hT_ptr + b * dim * N + d * N + n, hs[i], mask=d_mask & (n < N))

@@ -30,11 +30,6 @@ FORWARD_STATE = {"kernel": "state", "block_d": 1, "block_l": 256, "num_warps": 1
 BACKWARD_STATE = {"block_d": 1, "block_l": 256, "num_warps": 1}
 FORWARD_STEP = {"kernel": "step", "split": 4, "num_warps": 2, "unroll": 4}
 FORWARD_SHORT = {"kernel": "step", "split": 2, "num_warps": 1, "unroll": 4}
-# Token-major inputs (Mamba's short-sequence inference path, :mod:`.mamba_tokens`): one lane per channel holding all
-# N states, one warp, no unrolling. H100, bf16, L=32, N=16, the depth model's eight scans (DA2-S and -L at 518x518),
-# from 21904 sequences of 96 channels to 361 of 2048: 10.0 ms in all against 16.2 ms with FORWARD_SHORT's setting,
-# the best of 12 settings (split 1-2, 1-2 warps, unroll 1-4).
-FORWARD_TOKENS = {"kernel": "step", "split": 1, "num_warps": 1, "unroll": 1}
 CONFIG = {"forward": dict(FORWARD_STATE), "backward": dict(BACKWARD_STATE)}
 # H100, bf16, forward with the states unrolled / in a loop (one-channel programs, so B*D of them per SM):
 # (2, 768, 6272) 12 per SM: 0.21 / 0.39 ms; (1, 1536, 4096) 12: 0.14 / 0.25; (4, 768, 2048) 23: 0.135 / 0.135;
@@ -71,13 +66,6 @@ def _state_loop(cfg: dict, programs: int, length: int, device: torch.device) -> 
 def _grouped(t: torch.Tensor) -> torch.Tensor:
     """B or C as ``(batch, G, N, L)`` (a view: ungrouped inputs get G=1)."""
     return t.unsqueeze(1) if t.dim() == 3 else t
-
-
-def _packed_states(t: torch.Tensor) -> bool:
-    """Whether the step kernel can read a step's states of ``t (batch, G, N, L)`` four to a 64-bit word
-    (``PACKED``): bfloat16, the states contiguous, every step's row 8-byte aligned."""
-    rows_aligned = all(stride % 4 == 0 for i, stride in enumerate(t.stride()) if i != 2 and t.shape[i] > 1)
-    return t.dtype == torch.bfloat16 and t.stride(2) == 1 and rows_aligned and t.data_ptr() % 8 == 0
 
 
 def _aligned_rows(t: torch.Tensor | None) -> torch.Tensor | None:
@@ -160,10 +148,9 @@ def checkpoint_buffer(u: torch.Tensor, n: int) -> torch.Tensor | None:
 
 def scan_forward(
     u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, *, y=None, reverse_out=False,
-    accumulate=False, setting=None, checkpoints=None, final_state=True,
+    accumulate=False, setting=None, checkpoints=None,
 ):  # fmt: skip
-    """Launch the forward kernel; returns ``(y, final_state)``. With ``final_state=False`` the step kernel does
-    not write the final state and ``None`` is returned for it (the state kernels always write it).
+    """Launch the forward kernel; returns ``(y, final_state)``.
 
     With ``y`` given the result is written into it (``accumulate`` adds its current value before the
     gate); ``reverse_out`` reads ``z`` and writes ``y`` at ``L - 1 - t``. ``setting`` replaces the kernel
@@ -181,15 +168,13 @@ def scan_forward(
         cfg = FORWARD_SHORT  # a short sequence leaves most of a state kernel's tile idle
     if y is None:
         y = torch.empty(batch, dim, length, device=u.device, dtype=u.dtype)
-    keep_final = final_state or cfg.get("kernel", "step") == "state"  # the state kernels always write it
-    final_state = torch.empty((batch, dim, n) if keep_final else (1,), device=u.device, dtype=torch.float32)
+    final_state = torch.empty(batch, dim, n, device=u.device, dtype=torch.float32)
     h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
     kernel = cfg.get("kernel", "step")
     if kernel == "step":
         split = min(cfg["split"], next_power_of_2(n))
         block_d = 32 * cfg["num_warps"] // split
-        packed = split == 1 and n % 4 == 0 and _packed_states(B4) and _packed_states(C4)
-        blocks = {"SPLIT": split, "BLOCK_D": block_d, "UNROLL": cfg["unroll"], "PACKED": packed, "STORE_HT": keep_final}
+        blocks = {"SPLIT": split, "BLOCK_D": block_d, "UNROLL": cfg["unroll"]}
         launch = selective_scan_fwd_kernel
     elif kernel == "state":
         blocks = _state_blocks(cpg, length, cfg)
@@ -223,7 +208,7 @@ def scan_forward(
         HAS_H0=h0 is not None, REVERSE_OUT=reverse_out, ACCUMULATE=accumulate,
         num_warps=cfg["num_warps"],
     )  # fmt: skip
-    return y, final_state if keep_final else None
+    return y, final_state
 
 
 def scan_backward(
