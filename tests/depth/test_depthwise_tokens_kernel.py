@@ -22,8 +22,15 @@ if RUNS:
 DTYPES = [torch.float32, torch.float16] + ([] if INTERPRET else [torch.bfloat16])
 TOLERANCE = {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 # (B, N, C, H, W, K, pe batch): a width that is not a multiple of a row tile, channels that are not a power of two,
-# more channels than one tile, one frame, a 5x5 kernel, a per-stream encoding.
-SHAPES = [(1, 3, 8, 5, 7, 3, 1), (2, 4, 48, 9, 37, 3, 2), (1, 2, 384, 4, 5, 3, 1), (2, 1, 6, 6, 6, 5, 2)]
+# more channels than one tile, one frame, a 5x5 kernel, a per-stream encoding, two streams of more frames than a
+# narrow map's program takes (FRAMES) and not a multiple of them.
+SHAPES = [
+    (1, 3, 8, 5, 7, 3, 1),
+    (2, 4, 48, 5, 37, 3, 2),
+    (1, 2, 384, 4, 5, 3, 1),
+    (2, 1, 6, 6, 6, 5, 2),
+    (2, 10, 12, 3, 5, 3, 2),
+]
 
 
 def formula(feat, weight, bias, pe):

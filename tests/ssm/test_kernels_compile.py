@@ -140,9 +140,10 @@ CASES = [
          {"DIM": CHANNELS, "HEADS": HEADS, "HEAD_DIM": CHANNELS // HEADS, "BLOCK_D": 16, "WINDOW": WINDOW,
           "BLOCK_T": WINDOW * WINDOW, "SHIFTED": True, "HEADWISE_GATE": True, "PRECISION": "tf32"},
          half=("qkvg", "out")),
-    Case(depthwise_tokens.depthwise_tokens_kernel,
-         {"K": 3, "BLOCK_C": 64, "BLOCK_X": depthwise_tokens.BLOCK_X, "HAS_BIAS": True},
-         half=("f", "w", "bias", "pe", "out")),
+    *(Case(depthwise_tokens.depthwise_tokens_kernel,
+           {"K": 3, "BLOCK_C": block_c, "BLOCK_X": depthwise_tokens.BLOCK_X, "FRAMES": frames, "HAS_BIAS": True},
+           warps, ("f", "w", "bias", "pe", "out"))
+      for block_c, frames, warps in ((64, 1, 4), (depthwise_tokens.NARROW_BLOCK_C, depthwise_tokens.FRAMES, 1))),
     Case(mamba_tokens.scan_tokens_kernel,
          {"N": 16, "BLOCK_D": mamba_tokens.BLOCK_D, "PACKED": True, "HAS_H0": True, "STORE_HT": True},
          1, ("u", "dt", "z", "B", "C", "y")),
