@@ -61,6 +61,22 @@ def test_chunks_and_steps_equal_the_clip_forward(teacher_dir):
     torch.testing.assert_close(torch.stack(frames, 1), offline, rtol=1e-10, atol=1e-10)
 
 
+def test_run_output_agrees_with_the_forward(teacher_dir):
+    """``run`` returns the temporal residuals and decodes features + residuals; ``forward`` adds them in the
+    read-out's pass: both give the same depth, offline and from carried states."""
+    model = make_model(teacher_dir)
+    clip = torch.rand(2, 4, 3, 28, 42, dtype=torch.float64)
+    with torch.no_grad():
+        out = model.run(clip)
+        torch.testing.assert_close(out.depth, model(clip), rtol=1e-12, atol=1e-12)
+        assert max(r.abs().max().item() for r in out.temporal) > 1e-3  # the residuals take part
+        states = model.init_states(2)
+        _, states = model(clip[:, :2], states)
+        torch.testing.assert_close(
+            model.run(clip[:, 2:], states).depth, model(clip[:, 2:], states)[0], rtol=1e-12, atol=1e-12
+        )
+
+
 def test_output_depends_on_past_frames_only(teacher_dir):
     model = make_model(teacher_dir)
     clip = torch.rand(1, 4, 3, 28, 28, dtype=torch.float64)
