@@ -178,26 +178,30 @@ def test_layer_norm_add_and_norm_is_the_sum_and_its_norm():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("channels", [48, 320], ids=["fused-ffn", "wide"])
+@pytest.mark.parametrize("channels", [48, 320], ids=["fused-tail", "wide"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_temporal_scale_inference_kernels_equal_float64(monkeypatch, channels, dtype):
-    """On CUDA without gradients the blocks run Mamba's token-major path and, up to ``mlp.MAX_CHANNELS``, the fused
-    feed-forward kernel (spies count the calls); offline, chunked and stepped outputs equal the float64 CPU model."""
+    """On CUDA without gradients the blocks run Mamba's token-major path, the fused block tail over sequences (up to
+    ``block_tail.MAX_CHANNELS``) and the fused feed-forward kernel over steps (up to ``mlp.MAX_CHANNELS``); spies
+    count the calls. Offline, chunked and stepped outputs equal the float64 CPU model."""
+    import videostate.ssm.kernels.block_tail as block_tail
     import videostate.ssm.kernels.mamba_tokens as mamba_tokens
     import videostate.ssm.kernels.mlp as mlp
 
-    calls = {"scan": 0, "ffn": 0}
-    real_scan, real_mlp = mamba_tokens.mamba_scan_tokens, mlp.mlp_triton
+    calls = {"scan": 0, "tail": 0, "ffn": 0}
 
-    def spy(name, fn):
+    def spy(module, attribute, name):
+        real = getattr(module, attribute)
+
         def counted(*args, **kwargs):
             calls[name] += 1
-            return fn(*args, **kwargs)
+            return real(*args, **kwargs)
 
-        return counted
+        monkeypatch.setattr(module, attribute, counted)
 
-    monkeypatch.setattr(mamba_tokens, "mamba_scan_tokens", spy("scan", real_scan))
-    monkeypatch.setattr(mlp, "mlp_triton", spy("ffn", real_mlp))
+    spy(mamba_tokens, "mamba_scan_tokens", "scan")
+    spy(block_tail, "block_tail_triton", "tail")
+    spy(mlp, "mlp_triton", "ffn")
     torch.manual_seed(3)
     scale = TemporalMambaScale(channels, num_blocks=2, d_state=16).double()
     with torch.no_grad():
@@ -216,8 +220,8 @@ def test_temporal_scale_inference_kernels_equal_float64(monkeypatch, channels, d
         for t in range(4):
             y, state = fast.step(z[:, t].to("cuda", dtype), state)
             steps.append(y)
-    assert calls["scan"] == 2 * 3
-    assert calls["ffn"] == (2 * 3 + 2 * 4 if channels <= mlp.MAX_CHANNELS else 0)
+    tail, ffn = channels <= block_tail.MAX_CHANNELS, channels <= mlp.MAX_CHANNELS
+    assert calls == {"scan": 2 * 3, "tail": 2 * 3 if tail else 0, "ffn": 2 * 4 if ffn else 0}
     tolerance = 1e-4 if dtype == torch.float32 else 3e-2
 
     def error(actual, expected):

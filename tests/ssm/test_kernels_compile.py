@@ -28,6 +28,7 @@ from triton.runtime.jit import JITFunction  # noqa: E402
 
 from videostate.ssm import kernels  # noqa: E402
 from videostate.ssm.kernels import (  # noqa: E402
+    block_tail,
     causal_conv,
     conv_kernels,
     depthwise_tokens,
@@ -147,9 +148,11 @@ CASES = [
            {"K": 3, "BLOCK_C": block_c, "BLOCK_X": depthwise_tokens.BLOCK_X, "FRAMES": frames, "HAS_BIAS": True},
            warps, ("f", "w", "bias", "pe", "out"))
       for block_c, frames, warps in ((64, 1, 4), (depthwise_tokens.NARROW_BLOCK_C, depthwise_tokens.FRAMES, 1))),
-    Case(mamba_tokens.scan_tokens_kernel,
-         {"N": 16, "BLOCK_D": mamba_tokens.BLOCK_D, "PACKED": True, "HAS_H0": True, "STORE_HT": True},
-         1, ("u", "dt", "z", "B", "C", "y")),
+    *(Case(mamba_tokens.scan_tokens_kernel,
+           {"N": 16, "BLOCK_D": mamba_tokens.BLOCK_D, "PACKED": True, "HAS_H0": True, "STORE_HT": True,
+            "FAST_MATH": fast},
+           1, ("u", "dt", "z", "B", "C", "y"))
+      for fast in (False, True)),
     Case(token_readout.token_readout_kernel,
          {"BLOCK_P": token_readout.BLOCK_P, "BLOCK_CO": token_readout.BLOCK_CO, "BLOCK_K": token_readout.BLOCK_K,
           "HAS_BASE": True, "PRECISION": "tf32"},
@@ -159,6 +162,12 @@ CASES = [
             "BLOCK_H": mlp.BLOCK_H, "HAS_RES": True, "SILU": silu, "PRECISION": "tf32"},
            half=("x", "w1", "w2"))
       for silu in (False, True)),
+    *(Case(block_tail.block_tail_kernel,
+           {"C": channels, "D_INNER": 2 * channels, "HIDDEN": 2 * channels, "BLOCK_C": channels,
+            "BLOCK_K": block_tail.BLOCK_K, "BLOCK_M": block_tail.BLOCK_M,
+            "BLOCK_H": block_tail.hidden_step(channels), "HAS_OUT_BIAS": True, "SILU": True, "PRECISION": "tf32"},
+           4, ("y", "wo", "x", "w1", "w2", "out"))
+      for channels in (64, block_tail.MAX_CHANNELS)),
 ]  # fmt: skip
 
 

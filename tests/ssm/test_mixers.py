@@ -114,6 +114,24 @@ def test_mamba2_matches_written_out_formula(cfg):
     torch.testing.assert_close(m(x), mamba2_oracle(m, x), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("cfg", MAMBA_CASES)
+def test_mamba_gated_scan_is_the_layer_before_its_output_projection(cfg):
+    """``gated_scan`` gives ``y (batch, L, d_inner)`` whose projection is the written formula; from a carried state
+    it returns the next state that ``forward`` returns, and none without one."""
+    m = make_mamba(**cfg)
+    x = sequence()
+    y, none = m.gated_scan(x)
+    assert y.shape == (2, 19, m.d_inner) and none is None
+    torch.testing.assert_close(m.out_proj(y), mamba_oracle(m, x), rtol=1e-10, atol=1e-10)
+    state = m.init_state(2)
+    state.ssm_state.normal_(generator=torch.Generator().manual_seed(5))
+    y, next_state = m.gated_scan(x, state)
+    out, expected_state = m(x, state)
+    torch.testing.assert_close(m.out_proj(y), out, rtol=0, atol=0)
+    torch.testing.assert_close(next_state.ssm_state, expected_state.ssm_state, rtol=0, atol=0)
+    torch.testing.assert_close(next_state.conv_state, expected_state.conv_state, rtol=0, atol=0)
+
+
 def test_bimamba_uses_the_backward_parameters_with_fast_path_off():
     m = make_mamba(bimamba=True)
     m.use_fast_path = False

@@ -8,7 +8,9 @@ For inference the maps are large (DA2-S at 518x518: 700k sequences of 48 channel
 the blocks are written to pass over them as few times as they can: the pre-mix convolution, the position encoding
 and the token layout are one pass (:meth:`SpatialPreMix.tokens`), each residual add is fused with the pass after
 it (:meth:`LayerNorm.add_and_norm`, the fused feed-forward kernel), and on CUDA the LayerNorms and feed-forward
-layers run as Triton kernels and the Mamba keeps its tensors token-major (:mod:`videostate.ssm.kernels.mamba_tokens`).
+layers run as Triton kernels, the Mamba keeps its tensors token-major (:mod:`videostate.ssm.kernels.mamba_tokens`),
+and a block's end, from the Mamba's output projection to the feed-forward layers' residual add, is one pass
+(:mod:`videostate.ssm.kernels.block_tail`).
 """
 
 from __future__ import annotations
@@ -112,18 +114,19 @@ class LayerNorm(norm.LayerNorm):
     """
 
     @staticmethod
-    def _plain_inference(x: torch.Tensor, *others: torch.Tensor) -> bool:
+    def plain_inference(x: torch.Tensor, *others: torch.Tensor) -> bool:
+        """Whether ``x`` (and ``others``) are normalised by the Triton kernels: inference without autocast on CUDA."""
         autocast = torch.is_autocast_enabled(x.device.type)
         return not torch.is_grad_enabled() and not autocast and norm.can_use_layer_norm_kernel(x, *others)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._plain_inference(x):
+        if self.plain_inference(x):
             return norm.layer_norm_kernels().layer_norm_triton(x, self.weight, self.bias, self.eps)
         return super().forward(x)
 
     def add_and_norm(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(s, norm(s))`` with ``s = x + residual``; one pass for inference on CUDA."""
-        if x.shape == residual.shape and self._plain_inference(x, residual):
+        if x.shape == residual.shape and self.plain_inference(x, residual):
             return norm.layer_norm_kernels().add_layer_norm_triton(x, residual, self.weight, self.bias, self.eps)
         return super().add_and_norm(x, residual)
 
@@ -175,11 +178,11 @@ class MambaBlock(nn.Module):
             h = self.norm1(x)
         else:
             x, h = self.norm1.add_and_norm(x, update)
-        if state is None:
-            mixed, next_state = self.mamba(h), None
-        else:
-            mixed, next_state = self.mamba(h, state)
-        x, h = self.norm2.add_and_norm(x, mixed)
+        y, next_state = self.mamba.gated_scan(h, state)
+        tail = self._tail_kernels(x)
+        if tail is not None:
+            return self._fused_tail(tail, y, x), None, next_state
+        x, h = self.norm2.add_and_norm(x, self.mamba.out_proj(y))
         kernels = self._ffn_kernels(x, h)
         if kernels is not None:
             return self._fused_ffn(kernels, x, h), None, next_state
@@ -191,6 +194,22 @@ class MambaBlock(nn.Module):
         x, h = self.norm2.add_and_norm(x, mixed)
         kernels = self._ffn_kernels(x, h)
         return (x + self.ffn(h) if kernels is None else self._fused_ffn(kernels, x, h)), next_state
+
+    def _tail_kernels(self, x: torch.Tensor):
+        """The block-tail kernel module (:mod:`videostate.ssm.kernels.block_tail`: the Mamba's output projection,
+        the residual add, ``norm2`` and the feed-forward layers in one pass) for plain inference on CUDA at widths
+        it takes; ``None`` otherwise (gradients, autocast, the CPU, wide tokens)."""
+        kernels = inference_kernel("block_tail", x)
+        usable = kernels is not None and kernels.supports(x.shape[-1]) and self.norm2.plain_inference(x)
+        return kernels if usable else None
+
+    def _fused_tail(self, kernels, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``s + ffn(norm2(s))`` with ``s = x + mamba.out_proj(y)``, in one pass."""
+        out_proj, fc1, fc2 = self.mamba.out_proj, self.ffn[0], self.ffn[2]
+        return kernels.block_tail_triton(
+            y, out_proj.weight, out_proj.bias, x, self.norm2.weight, self.norm2.bias, self.norm2.eps,
+            fc1.weight, fc1.bias, fc2.weight, fc2.bias, activation="silu",
+        )  # fmt: skip
 
     def _ffn_kernels(self, x: torch.Tensor, h: torch.Tensor):
         """The fused MLP kernel module (:mod:`videostate.ssm.kernels.mlp`) for inference on CUDA at widths it takes;

@@ -298,22 +298,29 @@ class Mamba(nn.Module):
     def forward(self, hidden_states: torch.Tensor, state: MambaState | None = None):
         """``hidden_states (batch, L, d_model)`` -> ``(batch, L, d_model)``, plus ``next_state`` when
         ``state`` is given."""
+        y, next_state = self.gated_scan(hidden_states, state)
+        out = self.out_proj(y)
+        return out if state is None else (out, next_state)
+
+    def gated_scan(
+        self, hidden_states: torch.Tensor, state: MambaState | None = None
+    ) -> tuple[torch.Tensor, MambaState | None]:
+        """The layer before its output projection: ``hidden_states (batch, L, d_model)`` -> the gated scan output
+        ``y (batch, L, d_inner)`` (``forward`` is ``out_proj(y)``) and the next state (``None`` without ``state``).
+        A caller that fuses the projection with what follows it starts from here."""
         check_tensor("hidden_states", hidden_states, (None, None, self.d_model), layout="(batch, L, d_model)")
         if state is not None:
             self._check_state(state, hidden_states.shape[0])
         xz = self.in_proj(hidden_states)
         tokens = self._scan_tokens(xz, state)
         if tokens is not None:
-            y, next_state = tokens
-            out = self.out_proj(y)
-            return out if state is None else (out, next_state)
+            return tokens
         x, z = rearrange(xz, "b l d -> b d l").chunk(2, dim=1)
         if self.bimamba:
             y, next_state = self._bidirectional_scan(x, z, state)
         else:
             y, next_state = self._scan(x, z, self.direction(backward=False), state)
-        out = self.out_proj(rearrange(y, "b d l -> b l d"))
-        return out if state is None else (out, next_state)
+        return rearrange(y, "b d l -> b l d"), None if state is None else next_state
 
     def step(self, hidden_states: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         """One token: ``(batch, d_model)`` or ``(batch, 1, d_model)`` -> same shape, and the next state."""

@@ -23,6 +23,22 @@ TILE_ELEMENTS = 4096  # elements per program (ROWS * BLOCK_C)
 
 
 @triton.jit
+def normalize_rows(x, mask, w_ptr, b_ptr, cols, col_mask, C: tl.constexpr, eps, HAS_WEIGHT: tl.constexpr,
+                   HAS_BIAS: tl.constexpr):  # fmt: skip
+    """LayerNorm of the float32 rows ``x (ROWS, BLOCK_C)`` over their ``C`` real columns (``mask``), with the weight
+    and bias of ``cols`` (``col_mask``)."""
+    mean = tl.sum(x, axis=1) / C
+    centred = tl.where(mask, x - mean[:, None], 0.0)
+    rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / C + eps)
+    out = centred * rstd[:, None]
+    if HAS_WEIGHT:
+        out = out * tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    if HAS_BIAS:
+        out = out + tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    return out
+
+
+@triton.jit
 def layer_norm_fwd_kernel(
     x_ptr, res_ptr, w_ptr, b_ptr, out_ptr, sum_ptr,
     n_rows, eps,
@@ -41,15 +57,7 @@ def layer_norm_fwd_kernel(
         )
         tl.store(sum_ptr + offsets, s, mask=mask)
         x = s
-    x = x.to(tl.float32)
-    mean = tl.sum(x, axis=1) / C
-    centred = tl.where(mask, x - mean[:, None], 0.0)
-    rstd = 1.0 / tl.sqrt(tl.sum(centred * centred, axis=1) / C + eps)
-    out = centred * rstd[:, None]
-    if HAS_WEIGHT:
-        out = out * tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
-    if HAS_BIAS:
-        out = out + tl.load(b_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)[None, :]
+    out = normalize_rows(x.to(tl.float32), mask, w_ptr, b_ptr, cols, col_mask, C, eps, HAS_WEIGHT, HAS_BIAS)
     tl.store(out_ptr + offsets, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 

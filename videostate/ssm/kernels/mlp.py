@@ -32,6 +32,26 @@ def supports(channels: int) -> bool:
 
 
 @triton.jit
+def mlp_rows(x, w1_ptr, b1_ptr, w2_ptr, c, c_mask, C: tl.constexpr, HIDDEN: tl.constexpr, BLOCK_H: tl.constexpr,
+             SILU: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+    """``act(x W1^T + b1) W2^T`` for a tile of rows ``x (BLOCK_M, BLOCK_C)`` in the products' dtype, columns ``c``
+    (``c_mask``: the ``C`` real ones); float32 ``(BLOCK_M, BLOCK_C)``, without ``b2``."""
+    acc = tl.zeros(x.shape, tl.float32)
+    for start in range(0, HIDDEN, BLOCK_H):
+        j = start + tl.arange(0, BLOCK_H)
+        j_mask = j < HIDDEN
+        w1 = tl.load(w1_ptr + j[None, :] * C + c[:, None], mask=c_mask[:, None] & j_mask[None, :], other=0.0)
+        h = tl.dot(x, w1, input_precision=PRECISION) + tl.load(b1_ptr + j, mask=j_mask, other=0.0)[None, :]
+        if SILU:
+            h = h * sigmoid(h)
+        else:
+            h = 0.5 * h * (1.0 + tl.erf(h * 0.7071067811865476))
+        w2 = tl.load(w2_ptr + c[None, :] * HIDDEN + j[:, None], mask=j_mask[:, None] & c_mask[None, :], other=0.0)
+        acc += tl.dot(h.to(w2.dtype), w2, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
 def mlp_fwd_kernel(
     x_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, res_ptr, out_ptr,
     n_rows,
@@ -44,18 +64,7 @@ def mlp_fwd_kernel(
     mask = (rows < n_rows)[:, None] & c_mask[None, :]
     offsets = rows[:, None] * C + c[None, :]
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0)
-    acc = tl.zeros((BLOCK_M, BLOCK_C), tl.float32)
-    for start in range(0, HIDDEN, BLOCK_H):
-        j = start + tl.arange(0, BLOCK_H)
-        j_mask = j < HIDDEN
-        w1 = tl.load(w1_ptr + j[None, :] * C + c[:, None], mask=c_mask[:, None] & j_mask[None, :], other=0.0)
-        h = tl.dot(x, w1, input_precision=PRECISION) + tl.load(b1_ptr + j, mask=j_mask, other=0.0)[None, :]
-        if SILU:
-            h = h * sigmoid(h)
-        else:
-            h = 0.5 * h * (1.0 + tl.erf(h * 0.7071067811865476))
-        w2 = tl.load(w2_ptr + c[None, :] * HIDDEN + j[:, None], mask=j_mask[:, None] & c_mask[None, :], other=0.0)
-        acc += tl.dot(h.to(w2.dtype), w2, input_precision=PRECISION)
+    acc = mlp_rows(x, w1_ptr, b1_ptr, w2_ptr, c, c_mask, C, HIDDEN, BLOCK_H, SILU, PRECISION)
     acc += tl.load(b2_ptr + c, mask=c_mask, other=0.0)[None, :]
     if HAS_RES:
         acc += tl.load(res_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
