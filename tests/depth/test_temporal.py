@@ -181,9 +181,9 @@ def test_layer_norm_add_and_norm_is_the_sum_and_its_norm():
 @pytest.mark.parametrize("channels", [48, 320], ids=["fused-tail", "wide"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_temporal_scale_inference_kernels_equal_float64(monkeypatch, channels, dtype):
-    """On CUDA without gradients the blocks run Mamba's token-major path, the fused block tail over sequences (up to
-    ``block_tail.MAX_CHANNELS``) and the fused feed-forward kernel over steps (up to ``mlp.MAX_CHANNELS``); spies
-    count the calls. Offline, chunked and stepped outputs equal the float64 CPU model."""
+    """On CUDA without gradients the blocks run Mamba's token-major path, the fused block tail over sequences and the
+    fused feed-forward kernel over steps, at the widths they support; spies count the calls. Offline, chunked and
+    stepped outputs equal the float64 CPU model."""
     import videostate.ssm.kernels.block_tail as block_tail
     import videostate.ssm.kernels.mamba_tokens as mamba_tokens
     import videostate.ssm.kernels.mlp as mlp
@@ -220,7 +220,7 @@ def test_temporal_scale_inference_kernels_equal_float64(monkeypatch, channels, d
         for t in range(4):
             y, state = fast.step(z[:, t].to("cuda", dtype), state)
             steps.append(y)
-    tail, ffn = channels <= block_tail.MAX_CHANNELS, channels <= mlp.MAX_CHANNELS
+    tail, ffn = block_tail.supports(channels), mlp.supports(channels)
     assert calls == {"scan": 2 * 3, "tail": 2 * 3 if tail else 0, "ffn": 2 * 4 if ffn else 0}
     tolerance = 1e-4 if dtype == torch.float32 else 3e-2
 

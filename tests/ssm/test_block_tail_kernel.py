@@ -112,3 +112,11 @@ def test_kernel_checks_shapes_and_activation():
         run(y, x, (params[0], params[1][:5], *params[2:]), torch.float32)
     with pytest.raises(ValueError, match="activation must be one of"):
         run(y, x, params, torch.float32, activation="relu")
+
+
+def test_widths_the_kernel_takes():
+    """Up to 128 channels, and the powers of two up to ``MAX_CHANNELS`` (measured: a padded tile is no faster)."""
+    from videostate.ssm.kernels import block_tail
+
+    assert all(block_tail.supports(c) for c in (1, 20, 48, 96, 128, 256))
+    assert not any(block_tail.supports(c) for c in (160, 192, 384, 512, 1024))

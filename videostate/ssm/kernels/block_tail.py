@@ -21,20 +21,23 @@ from .mlp import ACTIVATIONS, mlp_rows
 
 BLOCK_M = 64  # tokens per program, four warps
 BLOCK_K = 32  # input channels of the projection per step
-# Widest tokens for which the kernel beats the unfused layers (cuBLAS products, the add-and-norm kernel, the MLP
-# kernel up to 128 channels). H100, bf16, 32-step sequences, d_inner and hidden width 2C: 48 channels (700k tokens)
-# 0.20 vs 0.38 ms, 96 (175k) 0.15 vs 0.21 ms, 192 (44k) 0.14 vs 0.45 ms, 256 (700k) 2.00 vs 2.47 ms; at 384 (12k)
-# 0.47 vs 0.25 ms and 512 (175k) 7.8 vs 1.5 ms the products are faster.
+# Widths at which the kernel beats the unfused layers (cuBLAS products, the add-and-norm kernel, the MLP kernel up
+# to 128 channels). H100, bf16, the depth model's temporal modules at 518x518 (32 frames, d_inner and hidden width
+# 2C) replayed from a CUDA graph: DA2-S 4.29 -> 4.13 ms with the kernel on its 48- and 96-channel blocks, DA2-L
+# 22.27 -> 21.90 ms on its 256-channel block. Wider than 128 channels it takes powers of two only: at 192 channels,
+# padded to 256 columns, it was no faster (4.15 ms); at 384 and 512 the products are (standalone: 0.47 vs 0.25 ms
+# at 384 channels, 7.8 vs 1.5 ms at 512).
 MAX_CHANNELS = 256
 
 
 def supports(channels: int) -> bool:
     """Whether the kernel is the faster way to end blocks of ``channels`` channels."""
-    return channels <= MAX_CHANNELS
+    return channels <= 128 or (channels <= MAX_CHANNELS and channels == next_power_of_2(channels))
 
 
 def hidden_step(channels: int) -> int:
-    """Hidden columns per step of the MLP: 64 up to 128 channels, 32 above (192 channels: 0.14 vs 0.18 ms)."""
+    """Hidden columns per step of the MLP: 64 up to 128 channels, 32 above (the fastest of eight tilings at 192 and
+    256 channels)."""
     return 64 if channels <= 128 else 32
 
 
