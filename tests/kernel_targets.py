@@ -21,6 +21,11 @@ MARKS = [pytest.mark.kernel, pytest.mark.skipif(not HAS_TRITON, reason="needs Tr
 )
 
 
+# The dtypes a kernel test runs: Triton's interpreter multiplies bfloat16 matrices wrongly (its tl.dot takes their
+# bits for integers), so bfloat16 runs on the GPU only.
+KERNEL_DTYPES = [torch.float32, torch.float16] + ([] if INTERPRET else [torch.bfloat16])
+
+
 def output_cotangents(out_fast, out_exact, seed: int = 12345) -> list[torch.Tensor]:
     """Seeded float64 cotangents for a kernel's outputs and their float64 oracle, rounded to each kernel output's
     dtype: the kernels receive the output gradient in the output's dtype, so the oracle starts from the same values

@@ -12,14 +12,14 @@ import torch
 import torch.nn.functional as F
 from einops import rearrange
 
-from tests.kernel_targets import DEVICE, INTERPRET, MARKS, RUNS
+from tests.kernel_targets import DEVICE, INTERPRET, KERNEL_DTYPES, MARKS, RUNS
 from videostate.depth import SpatialPreMix
 
 pytestmark = list(MARKS)
 if RUNS:
     from videostate.ssm.kernels.depthwise_tokens import depthwise_tokens
 
-DTYPES = [torch.float32, torch.float16] + ([] if INTERPRET else [torch.bfloat16])
+DTYPES = KERNEL_DTYPES
 TOLERANCE = {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 # (B, N, C, H, W, K, pe batch): a width that is not a multiple of a row tile, channels that are not a power of two,
 # more channels than one tile, one frame, a 5x5 kernel, a per-stream encoding, two streams of more frames than a

@@ -11,14 +11,14 @@ import pytest
 import torch
 from einops import rearrange
 
-from tests.kernel_targets import DEVICE, INTERPRET, MARKS, RUNS
+from tests.kernel_targets import DEVICE, INTERPRET, KERNEL_DTYPES, MARKS, RUNS
 from videostate.depth.model import TemporalReadout
 
 pytestmark = list(MARKS)
 if RUNS:
     from videostate.ssm.kernels.token_readout import token_readout
 
-DTYPES = [torch.float32, torch.float16] + ([] if INTERPRET else [torch.bfloat16])
+DTYPES = KERNEL_DTYPES
 TOLERANCE = {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1e-2}
 # (B, N, C, H, W): channels that are not a power of two nor a multiple of the input step, more output channels than
 # one tile, an odd number of pixels (19x19, as the depth model's coarsest map), two streams.

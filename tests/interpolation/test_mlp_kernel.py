@@ -12,15 +12,14 @@ import math
 import pytest
 import torch
 
-from tests.kernel_targets import DEVICE, INTERPRET, MARKS, RUNS
+from tests.kernel_targets import DEVICE, INTERPRET, KERNEL_DTYPES, MARKS, RUNS
 from videostate.interpolation.backbone import MLP
 
 pytestmark = list(MARKS)
 if RUNS:
     from videostate.ssm.kernels.mlp import mlp_triton
 
-# Triton's interpreter multiplies bfloat16 matrices wrongly: bfloat16 runs on the GPU only.
-DTYPES = [torch.float32, torch.float16] + ([] if INTERPRET else [torch.bfloat16])
+DTYPES = KERNEL_DTYPES
 # Relative to the largest output: float32 sums; the half types round x, the weights and the hidden activations.
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 # (tokens shape, channels, hidden): the backbone's widths, a hidden width that is not a multiple of the step,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernel_targets import DEVICE, INTERPRET, MARKS, RUNS
+from tests.kernel_targets import DEVICE, INTERPRET, KERNEL_DTYPES, MARKS, RUNS
 from videostate.interpolation.attention import GatedWindowAttention
 
 pytestmark = list(MARKS)
@@ -25,9 +25,7 @@ CASES = [
     (3, 12, 18, 24, 3, 6, 3, "headwise"),  # 36 tokens per window (padded to 64), head_dim 8 (padded to 16)
     (1, 8, 8, 32, 2, 8, 0, "elementwise"),  # one window
 ]
-# Triton's interpreter multiplies bfloat16 matrices wrongly (its tl.dot takes their bits for integers): bfloat16
-# runs on the GPU only.
-DTYPES = [torch.float32, torch.float16] + ([] if INTERPRET else [torch.bfloat16])
+DTYPES = KERNEL_DTYPES
 TOLERANCE = {torch.float32: 2e-5, torch.bfloat16: 8e-3, torch.float16: 1e-3}
 
 

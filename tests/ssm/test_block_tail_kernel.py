@@ -14,14 +14,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.kernel_targets import DEVICE, INTERPRET, MARKS, RUNS
+from tests.kernel_targets import DEVICE, KERNEL_DTYPES, MARKS, RUNS
 
 pytestmark = list(MARKS)
 if RUNS:
     from videostate.ssm.kernels.block_tail import block_tail_triton
 
-# Triton's interpreter multiplies bfloat16 matrices wrongly: bfloat16 runs on the GPU only.
-DTYPES = [torch.float32, torch.float16] + ([] if INTERPRET else [torch.bfloat16])
+DTYPES = KERNEL_DTYPES
 # Relative to the largest output: float32 sums; the half types round y, x, the weights and the intermediates.
 TOLERANCE = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 2e-2}
 # (tokens shape, channels, d_inner, hidden): the depth model's finest scale (48 channels, Mamba's 2x inner width,
