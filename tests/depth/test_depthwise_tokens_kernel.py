@@ -21,15 +21,14 @@ if RUNS:
 
 DTYPES = KERNEL_DTYPES
 TOLERANCE = {torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-# (B, N, C, H, W, K, pe batch): a width that is not a multiple of a row tile, channels that are not a power of two,
-# more channels than one tile, one frame, a 5x5 kernel, a per-stream encoding, two streams of more frames than a
-# narrow map's program takes (FRAMES) and not a multiple of them.
+# (B, N, C, H, W, pe batch): a map of one pixel, more rows than a strip (ROWS) and more pixels than a program's
+# (BLOCK_X), neither a multiple of them, channels that are not a multiple of a program's (BLOCK_C), a per-stream
+# encoding of two streams.
 SHAPES = [
-    (1, 3, 8, 5, 7, 3, 1),
-    (2, 4, 48, 5, 37, 3, 2),
-    (1, 2, 384, 4, 5, 3, 1),
-    (2, 1, 6, 6, 6, 5, 2),
-    (2, 10, 12, 3, 5, 3, 2),
+    (1, 3, 8, 5, 7, 1),
+    (2, 1, 6, 1, 1, 2),
+    (1, 2, 20, 17, 33, 1),
+    (2, 3, 12, 3, 5, 2),
 ]
 
 
@@ -50,10 +49,10 @@ def formula(feat, weight, bias, pe):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("with_bias", [True, False], ids=["bias", "no-bias"])
 def test_kernel_matches_formula(shape, dtype, with_bias):
-    b, n, c, h, w, k, pe_batch = shape
+    b, n, c, h, w, pe_batch = shape
     g = torch.Generator().manual_seed(0)
     feat = torch.randn(b, n, c, h, w, generator=g, dtype=torch.float64).to(DEVICE, dtype)
-    weight = torch.randn(c, 1, k, k, generator=g, dtype=torch.float64).to(DEVICE, dtype)
+    weight = torch.randn(c, 1, 3, 3, generator=g, dtype=torch.float64).to(DEVICE, dtype)
     bias = torch.randn(c, generator=g, dtype=torch.float64).to(DEVICE, dtype) if with_bias else None
     pe = torch.randn(pe_batch, n, c, generator=g, dtype=torch.float64).to(DEVICE, dtype)
     out = depthwise_tokens(feat, weight, bias, pe)
@@ -74,9 +73,10 @@ def test_kernel_reads_strided_maps():
 
 
 def test_kernel_checks_shapes():
-    feat = torch.randn(1, 2, 4, 3, 3, device=DEVICE)
-    with pytest.raises(ValueError, match="weight must have shape"):
-        depthwise_tokens(feat, torch.randn(4, 1, 2, 2, device=DEVICE), None, torch.randn(1, 2, 4, device=DEVICE))
+    feat, pe = torch.randn(1, 2, 4, 3, 3, device=DEVICE), torch.randn(1, 2, 4, device=DEVICE)
+    for size in (2, 5):
+        with pytest.raises(ValueError, match=r"weight must have shape \(4, 1, 3, 3\)"):
+            depthwise_tokens(feat, torch.randn(4, 1, size, size, device=DEVICE), None, pe)
     with pytest.raises(ValueError, match="pe must have shape"):
         depthwise_tokens(feat, torch.randn(4, 1, 3, 3, device=DEVICE), None, torch.randn(1, 3, 4, device=DEVICE))
 
@@ -99,3 +99,22 @@ def test_premix_takes_the_kernel_for_inference(monkeypatch):
     slow = premix.tokens(feat.requires_grad_(), pe)
     assert calls == [1] and slow.requires_grad
     torch.testing.assert_close(fast, slow.detach(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(INTERPRET, reason="the module's fast path is taken on CUDA tensors only")
+def test_premix_of_other_sizes_keeps_pytorch(monkeypatch):
+    """The kernel is 3x3 only: a 5x5 pre-mix runs PyTorch's convolution for inference too, and equals the
+    written formula."""
+    import videostate.ssm.kernels.depthwise_tokens as kernels
+
+    calls = []
+    real = kernels.depthwise_tokens
+    monkeypatch.setattr(kernels, "depthwise_tokens", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(0)
+    premix = SpatialPreMix(8, kernel_size=5).to(DEVICE)
+    feat, pe = torch.randn(1, 2, 8, 6, 7, device=DEVICE), torch.randn(1, 2, 8, device=DEVICE)
+    with torch.no_grad():
+        out = premix.tokens(feat, pe)
+    assert calls == []
+    expected = formula(feat, premix.conv.weight, premix.conv.bias.double(), pe)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)

@@ -76,10 +76,10 @@ class SpatialPreMix(nn.Module):
 
     def tokens(self, feat: torch.Tensor, pe: torch.Tensor) -> torch.Tensor:
         """``tokenize_with_position(premix(feat), pe)``: ``feat (B, N, C, H, W)``, ``pe (B or 1, N, C)`` ->
-        ``((B*H*W), N, C)``. For inference on CUDA one Triton pass convolves, adds the encoding and writes the
-        token layout (:mod:`videostate.ssm.kernels.depthwise_tokens`)."""
+        ``((B*H*W), N, C)``. For inference on CUDA a 3x3 pre-mix is one Triton pass that convolves, adds the
+        encoding and writes the token layout (:mod:`videostate.ssm.kernels.depthwise_tokens`)."""
         kernels = inference_kernel("depthwise_tokens", feat, pe)
-        if kernels is not None:
+        if kernels is not None and self.conv.kernel_size == (kernels.KERNEL_SIZE,) * 2:
             return kernels.depthwise_tokens(feat, self.conv.weight, self.conv.bias, pe.to(feat.dtype))
         batch = feat.shape[0]
         z = rearrange(self(rearrange(feat, "b n c h w -> (b n) c h w")), "(b n) c h w -> b n c h w", b=batch)
