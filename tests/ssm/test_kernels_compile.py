@@ -121,9 +121,14 @@ CASES = [
     Case(ssd_kernels.chunk_scan_bwd_dbc_kernel, {**SSD_CHUNK, "BLOCK_N": SPLIT_N},
          ssd.CONFIG["dbc_num_warps"], ("x", "B", "C", "z", "dy")),
     Case(conv_kernels.causal_conv1d_fwd_kernel, CONV, causal_conv.CONFIG["num_warps"], ("x", "state", "y")),
-    Case(conv_kernels.causal_conv1d_fwd_kernel,  # token-major rows of 32 steps
+    Case(conv_kernels.causal_conv1d_fwd_kernel,  # token-major rows of 32 steps, wider than TOKENS_WIDTH taps
          {**CONV, "BLOCK_D": causal_conv.TOKENS_TILE // 32, "BLOCK_L": 32}, causal_conv.CONFIG["num_warps"],
          ("x", "state", "y")),
+    *(Case(conv_kernels.causal_conv1d_tokens_kernel,
+           {"W": width, "BLOCK_B": causal_conv.TOKENS_SEQUENCES, "BLOCK_D": causal_conv.TOKENS_CHANNELS,
+            "HAS_BIAS": True, "HAS_STATE": True},
+           causal_conv.TOKENS_WARPS, ("x", "w", "bias", "state", "y"))
+      for width in (2, causal_conv.TOKENS_WIDTH)),
     Case(conv_kernels.causal_conv1d_bwd_kernel, CONV, causal_conv.CONFIG["num_warps"], ("x", "state", "dy", "dx")),
     Case(conv_kernels.causal_conv1d_update_kernel,
          {"W": WIDTH, "BLOCK_D": 64, "BLOCK_W": WIDTH, "HAS_BIAS": True, "SILU": True},

@@ -13,13 +13,25 @@ import triton
 
 from ..causal_conv import causal_conv1d_reference, causal_conv1d_update_reference
 from .common import any_float64, next_power_of_2
-from .conv_kernels import causal_conv1d_bwd_kernel, causal_conv1d_fwd_kernel, causal_conv1d_update_kernel
+from .conv_kernels import (
+    causal_conv1d_bwd_kernel,
+    causal_conv1d_fwd_kernel,
+    causal_conv1d_tokens_kernel,
+    causal_conv1d_update_kernel,
+)
 
 CONFIG = {"block_d": 16, "block_l": 128, "num_warps": 4}
 # Elements of a token-major tile (:func:`causal_conv1d_tokens`): a 32-step sequence and 128 channels. H100, bf16, the
 # depth model's token-major convolutions (32 frames; 96 to 768 channels): DA2-S's six 0.68 -> 0.61 ms, DA2-L's finest
 # 0.75 -> 0.64 ms, against the 2048 of CONFIG's tile; the best of eight tilings (16 to 256 channels, 1 to 4 warps).
 TOKENS_TILE = 4096
+# Token-major convolutions of at most TOKENS_WIDTH taps walk time (causal_conv1d_tokens_kernel): a program of
+# TOKENS_SEQUENCES sequences x TOKENS_CHANNELS channels, TOKENS_WARPS warps. H100, bf16, 32 steps, the depth model's
+# convolutions at 518x518, against the tiles above: DA2-S's six 0.37 -> 0.36 ms, DA2-L's 1.42 -> 1.35 ms; from a
+# carried state, whose window the tiles read again at every tap, 0.92 -> 0.40 ms and 3.69 -> 1.41 ms (best of 65
+# tilings).
+TOKENS_WIDTH = 4
+TOKENS_SEQUENCES, TOKENS_CHANNELS, TOKENS_WARPS = 1, 128, 2
 
 
 MAX_GRID_AXIS_1 = 65535  # CUDA's limit on grid axes 1 and 2 (axis 0: 2**31 - 1)
@@ -109,19 +121,30 @@ def causal_conv1d_triton(x, weight, bias, activation, conv_state):
 def causal_conv1d_tokens(x, weight, bias, conv_state=None):
     """SiLU causal convolution of token-major sequences, forward only: ``x (batch, L, dim)`` (channels at stride
     1, e.g. read in place from a projection's rows) -> ``(batch, L, dim)`` contiguous; ``weight (dim, W)``,
-    ``conv_state (batch, dim, W)`` or ``None`` (zeros). The tile spans a short sequence whole and as many
-    channels as ``TOKENS_TILE`` holds elements."""
+    ``conv_state (batch, dim, W)`` or ``None`` (zeros). Up to ``TOKENS_WIDTH`` taps a program walks time with the
+    window in registers; wider convolutions take tiles that span a short sequence whole and as many channels as
+    ``TOKENS_TILE`` holds elements."""
     batch, length, dim = x.shape
+    width = weight.shape[1]
     y = torch.empty(batch, length, dim, device=x.device, dtype=x.dtype)
+    state, *state_strides = _state_args(conv_state, x)
+    if width <= TOKENS_WIDTH:
+        grid = (triton.cdiv(batch, TOKENS_SEQUENCES), triton.cdiv(dim, TOKENS_CHANNELS))
+        causal_conv1d_tokens_kernel[grid](
+            x, weight, x if bias is None else bias, state, y, batch, dim, length,
+            x.stride(0), x.stride(1), weight.stride(0), *state_strides, y.stride(0), y.stride(1),
+            W=width, BLOCK_B=TOKENS_SEQUENCES, BLOCK_D=TOKENS_CHANNELS, HAS_BIAS=bias is not None,
+            HAS_STATE=conv_state is not None, num_warps=TOKENS_WARPS,
+        )  # fmt: skip
+        return y
     block_l = min(CONFIG["block_l"], max(16, next_power_of_2(length)))
     block_d = TOKENS_TILE // block_l
-    state, *state_strides = _state_args(conv_state, x)
     n_tiles = triton.cdiv(length, block_l)
     x_cm, y_cm = x.mT, y.mT  # the kernel's (batch, dim, L) indexing
     causal_conv1d_fwd_kernel[launch_grid(batch, dim, n_tiles, block_d)](
         x_cm, weight, x if bias is None else bias, state, y_cm, dim, length, n_tiles,
         *x_cm.stride(), *weight.stride(), *state_strides, *y_cm.stride(),
-        W=weight.shape[1], BLOCK_D=block_d, BLOCK_L=block_l,
+        W=width, BLOCK_D=block_d, BLOCK_L=block_l,
         HAS_BIAS=bias is not None, HAS_STATE=conv_state is not None, SILU=True,
         num_warps=CONFIG["num_warps"],
     )  # fmt: skip

@@ -142,3 +142,55 @@ def causal_conv1d_update_kernel(
     tl.store(y_ptr + b * dim + d, y.to(y_ptr.dtype.element_ty), mask=d_mask)
     next_offsets = b * dim * W + d[:, None] * W + k[None, :]
     tl.store(next_ptr + next_offsets, window.to(next_ptr.dtype.element_ty), mask=in_window)
+
+
+@triton.jit
+def _tap_weight(w_rows, slot: tl.constexpr, W: tl.constexpr, d_mask):
+    """The weight of window slot ``slot`` (``x[t - 3 + slot]``): tap ``slot - (4 - W)``, zero before the first."""
+    if slot < 4 - W:
+        return tl.zeros(d_mask.shape, tl.float32)[None, :]
+    return tl.load(w_rows + (slot - (4 - W)), mask=d_mask, other=0.0).to(tl.float32)[None, :]
+
+
+@triton.jit
+def _state_input(state_rows, back: tl.constexpr, W: tl.constexpr, ss_w, mask, HAS_STATE: tl.constexpr):
+    """``x[-back]``, the carried input ``back`` steps before the chunk: ``conv_state[W - back]``, zero past it."""
+    if HAS_STATE and back <= W:
+        return tl.load(state_rows + (W - back) * ss_w, mask=mask, other=0.0).to(tl.float32)
+    return tl.zeros(mask.shape, tl.float32)
+
+
+@triton.jit
+def causal_conv1d_tokens_kernel(
+    x_ptr, w_ptr, bias_ptr, state_ptr, y_ptr,
+    batch, dim, L,
+    sx_b, sx_l, sw_d, ss_b, ss_d, ss_w, sy_b, sy_l,
+    W: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr,
+):  # fmt: skip
+    """SiLU causal convolution of token-major sequences (``W <= 4``): a program owns ``BLOCK_B`` sequences x
+    ``BLOCK_D`` channels and walks time, the last three inputs held in registers, so each input is read once."""
+    seq = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = d < dim
+    mask = (seq < batch)[:, None] & d_mask[None, :]
+    w_rows = w_ptr + d * sw_d
+    w0 = _tap_weight(w_rows, 0, W, d_mask)
+    w1 = _tap_weight(w_rows, 1, W, d_mask)
+    w2 = _tap_weight(w_rows, 2, W, d_mask)
+    w3 = _tap_weight(w_rows, 3, W, d_mask)
+    start = tl.zeros((BLOCK_B, BLOCK_D), tl.float32)
+    if HAS_BIAS:
+        start += tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)[None, :]
+    state_rows = state_ptr + seq[:, None] * ss_b + d[None, :] * ss_d
+    x0 = _state_input(state_rows, 3, W, ss_w, mask, HAS_STATE)  # x[t - 3], x[t - 2], x[t - 1] at t = 0
+    x1 = _state_input(state_rows, 2, W, ss_w, mask, HAS_STATE)
+    x2 = _state_input(state_rows, 1, W, ss_w, mask, HAS_STATE)
+    x_rows = x_ptr + seq[:, None] * sx_b + d[None, :]
+    y_rows = y_ptr + seq[:, None] * sy_b + d[None, :]
+    for _ in range(L):
+        x3 = tl.load(x_rows, mask=mask, other=0.0).to(tl.float32)
+        pre = start + w0 * x0 + w1 * x1 + w2 * x2 + w3 * x3
+        tl.store(y_rows, (pre * sigmoid(pre)).to(y_ptr.dtype.element_ty), mask=mask)
+        x0, x1, x2 = x1, x2, x3
+        x_rows += sx_l
+        y_rows += sy_l
