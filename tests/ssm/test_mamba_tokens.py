@@ -48,17 +48,16 @@ def formula(mamba, xz, conv_state=None, ssm_state=None):
 
 
 def run_kernel(mamba, xz, dtype, conv_state=None, ssm_state=None, final_state=True):
-    fast = mamba.to(device=DEVICE, dtype=dtype)
-    A = -torch.exp(mamba.A_log.float())
+    fast = mamba.to(device=DEVICE, dtype=dtype)  # the scan takes A_log, D and the dt bias in the model's dtype
     return mamba_tokens.mamba_scan_tokens(
         xz.to(DEVICE, dtype),
         fast.conv1d.weight[:, 0],
         fast.conv1d.bias,
         fast.x_proj.weight,
         fast.dt_proj.weight,
-        fast.dt_proj.bias.float(),
-        A.to(DEVICE),
-        fast.D.float(),
+        fast.dt_proj.bias,
+        fast.A_log,
+        fast.D,
         None if conv_state is None else conv_state.to(DEVICE, dtype),
         None if ssm_state is None else ssm_state.to(DEVICE, torch.float32),
         final_state=final_state,
@@ -150,11 +149,11 @@ def test_packed_state_rule():
 def test_scan_checks_layouts():
     u = torch.randn(2, 5, 8, device=DEVICE)
     B = torch.randn(2, 5, 4, device=DEVICE)
-    A, D = -torch.rand(8, 4, device=DEVICE), torch.randn(8, device=DEVICE)
+    A_log, D = torch.randn(8, 4, device=DEVICE), torch.randn(8, device=DEVICE)
     with pytest.raises(ValueError, match=r"z must have shape \(2, 5, 8\) with channels at stride 1"):
-        mamba_tokens.scan_tokens(u, u, u.mT.contiguous().mT, B, B, A, D, D)
+        mamba_tokens.scan_tokens(u, u, u.mT.contiguous().mT, B, B, A_log, D, D)
     with pytest.raises(ValueError, match=r"B, C \(2, 5, 4\)"):
-        mamba_tokens.scan_tokens(u, u, u, B[:, :4], B, A, D, D)
+        mamba_tokens.scan_tokens(u, u, u, B[:, :4], B, A_log, D, D)
 
 
 def test_path_checks_the_projection_width():

@@ -367,16 +367,15 @@ class Mamba(nn.Module):
         if kernels is None or not kernels.applies(xz.shape[1]):
             return None
         params = self.direction(backward=False)
-        A, D, dt_bias = self._scan_params(params)
         y, conv_state, ssm_state = kernels.mamba_scan_tokens(
             xz,
             rearrange(params.conv1d.weight, "d 1 w -> d w"),
             params.conv1d.bias,
             params.x_proj.weight,
             params.dt_proj.weight,
-            dt_bias,
-            A,
-            D,
+            params.dt_proj.bias,
+            params.A_log,
+            params.D,
             None if state is None else state.conv_state,
             None if state is None else state.ssm_state,
             final_state=state is not None,

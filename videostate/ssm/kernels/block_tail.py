@@ -62,7 +62,7 @@ def block_tail_kernel(
         wo = tl.load(wo_ptr + c[None, :] * D_INNER + k[:, None], mask=k_mask[:, None] & c_mask[None, :], other=0.0)
         projected += tl.dot(y, wo, input_precision=PRECISION)
     if HAS_OUT_BIAS:
-        projected += tl.load(bo_ptr + c, mask=c_mask, other=0.0)[None, :]
+        projected += tl.load(bo_ptr + c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
     dtype = out_ptr.dtype.element_ty
     offsets = rows[:, None] * C + c[None, :]
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
@@ -70,7 +70,7 @@ def block_tail_kernel(
     s = (x + projected.to(dtype).to(tl.float32)).to(dtype).to(tl.float32)
     h = normalize_rows(s, mask, nw_ptr, nb_ptr, c, c_mask, C, eps, True, True).to(dtype)
     out = mlp_rows(h, w1_ptr, b1_ptr, w2_ptr, c, c_mask, C, HIDDEN, BLOCK_H, SILU, PRECISION)
-    out += tl.load(b2_ptr + c, mask=c_mask, other=0.0)[None, :] + s
+    out += tl.load(b2_ptr + c, mask=c_mask, other=0.0).to(tl.float32)[None, :] + s
     tl.store(out_ptr + offsets, out.to(dtype), mask=mask)
 
 
@@ -126,9 +126,9 @@ def block_tail_triton(
     out = torch.empty_like(x2)
     if x2.shape[0]:
         block_tail_kernel[(triton.cdiv(x2.shape[0], BLOCK_M),)](
-            y2, out_weight.to(dtype).contiguous(), x2 if out_bias is None else out_bias.float().contiguous(), x2,
-            norm_weight.float().contiguous(), norm_bias.float().contiguous(), w1.to(dtype).contiguous(),
-            b1.float().contiguous(), w2.to(dtype).contiguous(), b2.float().contiguous(), out, x2.shape[0], eps,
+            y2, out_weight.to(dtype).contiguous(), x2 if out_bias is None else out_bias.contiguous(), x2,
+            norm_weight.contiguous(), norm_bias.contiguous(), w1.to(dtype).contiguous(),
+            b1.contiguous(), w2.to(dtype).contiguous(), b2.contiguous(), out, x2.shape[0], eps,
             C=channels, D_INNER=d_inner, HIDDEN=hidden, BLOCK_C=max(16, next_power_of_2(channels)),
             BLOCK_K=min(BLOCK_K, max(16, next_power_of_2(d_inner))), BLOCK_M=BLOCK_M,
             BLOCK_H=min(hidden_step(channels), max(16, next_power_of_2(hidden))), HAS_OUT_BIAS=out_bias is not None,

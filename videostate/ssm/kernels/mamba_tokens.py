@@ -98,7 +98,7 @@ def _silu(z, FAST_MATH: tl.constexpr):
 
 @triton.jit
 def scan_tokens_kernel(
-    u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_ptr, D_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr,
+    u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_log_ptr, D_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr,
     dim, L,
     su_b, su_l, sdt_b, sdt_l, sz_b, sz_l, sB_b, sB_l, sC_b, sC_l, sy_b, sy_l,
     N: tl.constexpr, BLOCK_D: tl.constexpr, PACKED: tl.constexpr, HAS_H0: tl.constexpr, STORE_HT: tl.constexpr,
@@ -107,12 +107,13 @@ def scan_tokens_kernel(
     b = tl.program_id(0).to(tl.int64)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)[:, None]  # (BLOCK_D, 1): a lane per channel
     d_mask = d < dim
-    Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0)
-    bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0)
+    Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
     A2 = ()
     hs = ()
     for n in tl.static_range(N):
-        A2 = A2 + (tl.load(A_ptr + d * N + n, mask=d_mask, other=0.0) * LOG2E,)
+        A_log = tl.load(A_log_ptr + d * N + n, mask=d_mask, other=0.0).to(tl.float32)
+        A2 = A2 + (-tl.exp(A_log) * LOG2E,)  # A = -exp(A_log), for exp2
         h = tl.zeros((BLOCK_D, 1), tl.float32)
         if HAS_H0:
             h = tl.load(h0_ptr + (b * dim + d) * N + n, mask=d_mask, other=0.0)
@@ -169,7 +170,7 @@ def scan_tokens(
     z: torch.Tensor,
     B: torch.Tensor,
     C: torch.Tensor,
-    A: torch.Tensor,
+    A_log: torch.Tensor,
     D: torch.Tensor,
     dt_bias: torch.Tensor,
     initial_state: torch.Tensor | None = None,
@@ -180,7 +181,8 @@ def scan_tokens(
     Args:
         u, delta, z: ``(batch, L, d_inner)``, channels at stride 1 (views of wider rows are read in place).
         B, C: ``(batch, L, d_state)``, states at stride 1.
-        A: ``(d_inner, d_state)`` float32; D, dt_bias ``(d_inner,)`` float32.
+        A_log: ``(d_inner, d_state)``, ``A = -exp(A_log)``; D, dt_bias ``(d_inner,)``: any float dtype, taken in
+            float32 as they are read (a bfloat16 model's parameters need no cast of their own).
         initial_state: ``(batch, d_inner, d_state)`` float32 or ``None`` (zeros).
         final_state: whether to write and return the final state.
 
@@ -189,7 +191,7 @@ def scan_tokens(
         in float32 (``None`` with ``final_state=False``).
     """
     batch, length, dim = u.shape
-    n = A.shape[1]
+    n = A_log.shape[1]
     for name, t in (("delta", delta), ("z", z)):
         if t.shape != u.shape or t.stride(-1) != 1:
             raise ValueError(f"{name} must have shape {tuple(u.shape)} with channels at stride 1; got {tuple(t.shape)}")
@@ -203,7 +205,7 @@ def scan_tokens(
     last = torch.empty((batch, dim, n) if final_state else (1,), device=u.device, dtype=torch.float32)
     h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
     scan_tokens_kernel[(batch, triton.cdiv(dim, BLOCK_D))](
-        u, delta, z, B, C, A.float().contiguous(), D.float().contiguous(), dt_bias.float().contiguous(),
+        u, delta, z, B, C, A_log.contiguous(), D.contiguous(), dt_bias.contiguous(),
         last if h0 is None else h0, y, last, dim, length,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), z.stride(0), z.stride(1),
         B.stride(0), B.stride(1), C.stride(0), C.stride(1), y.stride(0), y.stride(1),
@@ -220,7 +222,7 @@ def mamba_scan_tokens(
     x_proj_weight: torch.Tensor,
     dt_proj_weight: torch.Tensor,
     dt_bias: torch.Tensor,
-    A: torch.Tensor,
+    A_log: torch.Tensor,
     D: torch.Tensor,
     conv_state: torch.Tensor | None = None,
     ssm_state: torch.Tensor | None = None,
@@ -233,7 +235,8 @@ def mamba_scan_tokens(
         xz: ``(batch, L, 2 * d_inner)``, the input projection's output (``x`` then ``z``).
         conv_weight: ``(d_inner, d_conv)``; conv_bias ``(d_inner,)`` or ``None``.
         x_proj_weight: ``(dt_rank + 2 * d_state, d_inner)``; dt_proj_weight ``(d_inner, dt_rank)``.
-        dt_bias, D: ``(d_inner,)``; A: ``(d_inner, d_state)`` (``-exp(A_log)``), float32.
+        dt_bias, D: ``(d_inner,)``; A_log: ``(d_inner, d_state)``, ``A = -exp(A_log)`` (float32 or the model's
+            dtype: the scan reads them in float32).
         conv_state: ``(batch, d_inner, d_conv)`` or ``None`` (zeros); ssm_state ``(batch, d_inner, d_state)``
             or ``None`` (zeros).
         final_state: whether to return the final scan state; an offline pass skips writing it.
@@ -244,7 +247,7 @@ def mamba_scan_tokens(
         (``None`` with ``final_state=False``).
     """
     d_inner = conv_weight.shape[0]
-    d_state = A.shape[1]
+    d_state = A_log.shape[1]
     dt_rank = dt_proj_weight.shape[1]
     if xz.dim() != 3 or xz.shape[-1] != 2 * d_inner:
         raise ValueError(f"xz must have shape (batch, L, {2 * d_inner}); got {tuple(xz.shape)}")
@@ -253,7 +256,7 @@ def mamba_scan_tokens(
     lead = aligned_lead(dt_rank, d_state)
     weight = F.pad(x_proj_weight, (0, 0, lead, 0)) if lead else x_proj_weight
     _, dt, B, C = F.linear(u, weight).split([lead, dt_rank, d_state, d_state], dim=-1)
-    y, last = scan_tokens(u, F.linear(dt, dt_proj_weight), z, B, C, A, D, dt_bias, ssm_state, final_state)
+    y, last = scan_tokens(u, F.linear(dt, dt_proj_weight), z, B, C, A_log, D, dt_bias, ssm_state, final_state)
     # compact, so that a carried state does not keep the whole input projection alive
     next_conv = None if conv_state is None else next_conv_state(x.mT, conv_state, conv_weight.shape[1]).contiguous()
     return y, next_conv, last

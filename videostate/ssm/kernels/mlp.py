@@ -41,7 +41,10 @@ def mlp_rows(x, w1_ptr, b1_ptr, w2_ptr, c, c_mask, C: tl.constexpr, HIDDEN: tl.c
         j = start + tl.arange(0, BLOCK_H)
         j_mask = j < HIDDEN
         w1 = tl.load(w1_ptr + j[None, :] * C + c[:, None], mask=c_mask[:, None] & j_mask[None, :], other=0.0)
-        h = tl.dot(x, w1, input_precision=PRECISION) + tl.load(b1_ptr + j, mask=j_mask, other=0.0)[None, :]
+        h = (
+            tl.dot(x, w1, input_precision=PRECISION)
+            + tl.load(b1_ptr + j, mask=j_mask, other=0.0).to(tl.float32)[None, :]
+        )
         if SILU:
             h = h * sigmoid(h)
         else:
@@ -65,7 +68,7 @@ def mlp_fwd_kernel(
     offsets = rows[:, None] * C + c[None, :]
     x = tl.load(x_ptr + offsets, mask=mask, other=0.0)
     acc = mlp_rows(x, w1_ptr, b1_ptr, w2_ptr, c, c_mask, C, HIDDEN, BLOCK_H, SILU, PRECISION)
-    acc += tl.load(b2_ptr + c, mask=c_mask, other=0.0)[None, :]
+    acc += tl.load(b2_ptr + c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
     if HAS_RES:
         acc += tl.load(res_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + offsets, acc.to(out_ptr.dtype.element_ty), mask=mask)
@@ -105,8 +108,8 @@ def mlp_triton(
     out = torch.empty(x2.shape, device=x.device, dtype=out_dtype)
     if x2.shape[0]:
         mlp_fwd_kernel[(triton.cdiv(x2.shape[0], BLOCK_M),)](
-            x2, w1.to(dtype).contiguous(), b1.float().contiguous(), w2.to(dtype).contiguous(),
-            b2.float().contiguous(), x2 if res2 is None else res2, out, x2.shape[0],
+            x2, w1.to(dtype).contiguous(), b1.contiguous(), w2.to(dtype).contiguous(),
+            b2.contiguous(), x2 if res2 is None else res2, out, x2.shape[0],
             C=channels, HIDDEN=hidden, BLOCK_C=max(16, next_power_of_2(channels)), BLOCK_M=BLOCK_M,
             BLOCK_H=min(BLOCK_H, max(16, next_power_of_2(hidden))), HAS_RES=res2 is not None,
             SILU=activation == "silu", PRECISION="ieee" if dtype == torch.float32 else "tf32",
