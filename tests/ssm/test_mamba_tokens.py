@@ -22,8 +22,9 @@ if RUNS:
 # bfloat16 runs on the GPU only to keep the interpreter's runs short.
 DTYPES = [torch.float32] + ([] if INTERPRET else [torch.bfloat16, torch.float16])
 TOLERANCE = {torch.float32: 1e-5, torch.bfloat16: 2e-2, torch.float16: 1e-2}
-# (batch, L, d_model, d_state): L of one step, odd, a power of two, and the depth model's 32 frames.
-SHAPES = [(3, 1, 16, 16), (2, 7, 24, 8), (4, 16, 32, 16), (2, 32, 48, 16)]
+# (batch, L, d_model, d_state): L of one step, odd, a power of two, and the depth model's 32 frames; d_inner of at
+# most FOLD_DT_MAX_INNER (dt_proj folded into x_proj) and one wider.
+SHAPES = [(3, 1, 16, 16), (2, 7, 24, 8), (4, 16, 32, 16), (2, 32, 48, 16), (1, 5, 200, 16)]
 
 
 def make_mamba(d_model, d_state, seed=0):
@@ -109,24 +110,36 @@ def scan_launches(monkeypatch):
     return seen
 
 
+# (batch, L, d_model, bfloat16 tolerance): the depth model's finest scale of DA2-S (dt_rank 3, d_inner 96: dt_proj
+# folded into x_proj, B and C after the 96 delta columns) and a wider layer (dt_rank 13, d_inner 400: x_proj's rows
+# led by 3 zero rows), whose bfloat16 roundings of u, dt and delta compound to about 2% (float32: 5e-7, in
+# test_path_matches_formula).
+PACKED_CASES = [(2, 32, 48, TOLERANCE[torch.bfloat16]), (1, 9, 200, 3e-2)]
+
+
+@pytest.mark.parametrize("case", PACKED_CASES, ids=lambda case: str(case[:3]))
 @pytest.mark.parametrize("carried", [False, True], ids=["fresh", "carried"])
-def test_path_reads_bfloat16_states_packed(scan_launches, carried):
-    """The depth model's case, bfloat16 with dt_rank 3: x_proj's rows are led by zero rows so that B and C are
-    aligned, and the scan reads them four states to a 64-bit word (``PACKED``), equal to the float64 formula.
-    The fresh (offline) run asks for no final state: the kernel does not write one (``STORE_HT``)."""
-    batch, length, d_model, d_state = 2, 32, 48, 16
-    mamba = make_mamba(d_model, d_state, seed=3)
-    assert mamba.dt_rank == 3 and mamba_tokens.aligned_lead(mamba.dt_rank, d_state) == 5
+def test_path_reads_bfloat16_states_packed(scan_launches, carried, case):
+    """In bfloat16 the product's rows put B and C at multiples of 8 elements, with ``dt_proj`` folded into
+    ``x_proj`` or not, and the scan reads them four states to a 64-bit word (``PACKED``), equal to the float64
+    formula. The fresh (offline) run asks for no final state: the kernel does not write one (``STORE_HT``)."""
+    batch, length, d_model, tolerance = case
+    d_state = 16
+    mamba = make_mamba(d_model, d_state, seed=3).bfloat16().double()  # weights the kernels hold exactly
+    folded = mamba_tokens.folds_dt_proj(mamba.d_inner)
+    assert folded == (d_model == 48)
+    if not folded:
+        assert mamba_tokens.aligned_lead(mamba.dt_rank, d_state) == 3
     g = torch.Generator().manual_seed(4)
-    xz = torch.randn(batch, length, 2 * mamba.d_inner, generator=g, dtype=torch.float64)
+    xz = torch.randn(batch, length, 2 * mamba.d_inner, generator=g, dtype=torch.float64).bfloat16().double()
     ssm_state = torch.randn(batch, mamba.d_inner, d_state, generator=g, dtype=torch.float64) if carried else None
     with torch.no_grad():
         y_exact, _, h_exact = formula(mamba, xz, ssm_state=ssm_state)
         y, _, h = run_kernel(mamba, xz, torch.bfloat16, ssm_state=ssm_state, final_state=carried)
     assert [(launch["PACKED"], launch["STORE_HT"]) for launch in scan_launches] == [(True, carried)]
-    assert rel_error(y, y_exact) < TOLERANCE[torch.bfloat16]
+    assert rel_error(y, y_exact) < tolerance
     if carried:
-        assert rel_error(h, h_exact) < TOLERANCE[torch.bfloat16]
+        assert rel_error(h, h_exact) < tolerance
     else:
         assert h is None
 

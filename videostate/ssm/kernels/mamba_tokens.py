@@ -6,9 +6,10 @@ output is turned back before the output projection. For sequences shorter than `
 scan walks one step at a time reading every channel of the step together, both turns are wasted copies, and the
 channel-major reads are strided. Here every tensor stays token-major: the convolution reads ``x`` in place from
 the projection's rows and writes ``(batch, L, d_inner)``, ``x_proj`` and ``dt_proj`` read and write rows without
-copies (``x_proj``'s rows led by zero rows that align B and C), and the scan kernel reads ``u``, ``delta`` and ``z``
-a step's channels at a time and writes its output in the rows the output projection reads. The values are those
-of the channel-major path. Forward only.
+copies (``x_proj``'s rows led by zero rows that align B and C; up to ``FOLD_DT_MAX_INNER`` channels ``dt_proj`` is
+folded into ``x_proj``, :func:`folds_dt_proj`), and the scan kernel reads ``u``, ``delta`` and ``z`` a step's
+channels at a time and writes its output in the rows the output projection reads. The values are those of the
+channel-major path (the folded ``delta`` up to the rounding of ``dt``). Forward only.
 
 The scan kernel: a program owns ``BLOCK_D`` channels of one sequence, one lane per channel holding its N states in
 registers, and walks time. A step reads one value of u, delta and z per channel and the step's B and C, which every
@@ -43,6 +44,10 @@ from .common import LN2, LOG2E
 from .selective_scan import runs_short_setting
 
 BLOCK_D = 32  # channels per program: one warp, a lane per channel
+# Widest d_inner whose dt_proj is folded into x_proj (folds_dt_proj). H100, bf16, 32 steps, the depth model's
+# products at 518x518: DA2-S's rows of 96 to 384 channels 0.97 -> 0.51 ms (standalone, with the folded weight formed
+# each call); at 512 channels (DA2-L's finest scale, 700k rows) 0.59 -> 0.66 ms, and wider ones slower still.
+FOLD_DT_MAX_INNER = 384
 
 
 def applies(length: int) -> bool:
@@ -55,6 +60,36 @@ def aligned_lead(dt_rank: int, d_state: int) -> int:
     start at multiples of 8 elements: the product then runs cuBLAS's aligned kernels (H100, bf16, 700k rows of
     96 channels: 0.15 -> 0.07 ms) and the scan reads B and C as 64-bit words (``PACKED``)."""
     return -dt_rank % 8 if d_state % 8 == 0 else 0
+
+
+def folds_dt_proj(d_inner: int) -> bool:
+    """Whether ``dt_proj`` is folded into ``x_proj``: one product of ``u`` with the rows
+    ``dt_proj.weight @ x_proj.weight[:dt_rank]`` and ``x_proj``'s B and C rows gives ``delta`` directly, so the
+    low-rank ``dt`` is neither written nor read back (its product, of only ``dt_rank`` input channels, runs cuBLAS's
+    unaligned kernels). The folded product has ``d_inner`` more output columns; up to ``FOLD_DT_MAX_INNER`` it stays
+    bound by memory."""
+    return d_inner <= FOLD_DT_MAX_INNER
+
+
+def delta_and_states(
+    u: torch.Tensor, x_proj_weight: torch.Tensor, dt_proj_weight: torch.Tensor, d_state: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``delta = dt_proj(dt)`` (before its bias and softplus) ``(batch, L, d_inner)``, and ``B``, ``C`` ``(batch, L,
+    d_state)`` with ``(dt, B, C) = x_proj(u)``: views of one product's rows, B and C starting at multiples of 8."""
+    d_inner, dt_rank = u.shape[-1], dt_proj_weight.shape[1]
+    if folds_dt_proj(d_inner):
+        lead = -d_inner % 8 if d_state % 8 == 0 else 0
+        rows = [
+            dt_proj_weight @ x_proj_weight[:dt_rank],
+            x_proj_weight.new_zeros(lead, d_inner),
+            x_proj_weight[dt_rank:],
+        ]
+        delta, _, B, C = F.linear(u, torch.cat(rows)).split([d_inner, lead, d_state, d_state], dim=-1)
+        return delta, B, C
+    lead = aligned_lead(dt_rank, d_state)
+    weight = F.pad(x_proj_weight, (0, 0, lead, 0)) if lead else x_proj_weight
+    _, dt, B, C = F.linear(u, weight).split([lead, dt_rank, d_state, d_state], dim=-1)
+    return F.linear(dt, dt_proj_weight), B, C
 
 
 @triton.jit
@@ -248,15 +283,12 @@ def mamba_scan_tokens(
     """
     d_inner = conv_weight.shape[0]
     d_state = A_log.shape[1]
-    dt_rank = dt_proj_weight.shape[1]
     if xz.dim() != 3 or xz.shape[-1] != 2 * d_inner:
         raise ValueError(f"xz must have shape (batch, L, {2 * d_inner}); got {tuple(xz.shape)}")
     x, z = xz[..., :d_inner], xz[..., d_inner:]
     u = causal_conv1d_tokens(x, conv_weight, conv_bias, conv_state)
-    lead = aligned_lead(dt_rank, d_state)
-    weight = F.pad(x_proj_weight, (0, 0, lead, 0)) if lead else x_proj_weight
-    _, dt, B, C = F.linear(u, weight).split([lead, dt_rank, d_state, d_state], dim=-1)
-    y, last = scan_tokens(u, F.linear(dt, dt_proj_weight), z, B, C, A_log, D, dt_bias, ssm_state, final_state)
+    delta, B, C = delta_and_states(u, x_proj_weight, dt_proj_weight, d_state)
+    y, last = scan_tokens(u, delta, z, B, C, A_log, D, dt_bias, ssm_state, final_state)
     # compact, so that a carried state does not keep the whole input projection alive
     next_conv = None if conv_state is None else next_conv_state(x.mT, conv_state, conv_weight.shape[1]).contiguous()
     return y, next_conv, last
