@@ -161,7 +161,7 @@ CASES = [
     Case(token_readout.token_readout_kernel,
          {"BLOCK_P": token_readout.BLOCK_P, "BLOCK_CO": token_readout.BLOCK_CO, "BLOCK_K": token_readout.BLOCK_K,
           "HAS_BASE": True, "PRECISION": "tf32"},
-         half=("y", "w", "bias", "base", "out")),
+         token_readout.NUM_WARPS, ("y", "w", "bias", "base", "out")),
     *(Case(mlp.mlp_fwd_kernel,
            {"C": CHANNELS, "HIDDEN": 4 * CHANNELS, "BLOCK_C": CHANNELS, "BLOCK_M": mlp.BLOCK_M,
             "BLOCK_H": mlp.BLOCK_H, "HAS_RES": True, "SILU": silu, "PRECISION": "tf32"},

@@ -17,10 +17,11 @@ import triton.language as tl
 
 from .common import next_power_of_2
 
-# Pixels, output channels and input channels per step of a program. H100, bf16, 32 frames, the depth model's eight
-# read-outs (DA2-S and -L at 518x518), with the teacher's map added: 0.33 ms for DA2-S's four (PyTorch's product,
-# bias and add: 0.69 ms) and 1.98 ms for DA2-L's (3.51 ms), the best of six tilings on DA2-L.
-BLOCK_P, BLOCK_CO, BLOCK_K = 64, 128, 32
+# Pixels, output channels and input channels per step of a program, warps. H100, bf16, 32 frames, the depth model's
+# eight read-outs (DA2-S and -L at 518x518), with the teacher's map added: DA2-S's four 0.32 -> 0.24 ms and DA2-L's
+# 2.00 -> 1.56 ms against 32 input channels a step and four warps (PyTorch's product, bias and add: 0.69 and
+# 3.51 ms); the best single tiling of 120 on both.
+BLOCK_P, BLOCK_CO, BLOCK_K, NUM_WARPS = 64, 128, 64, 8
 
 
 @triton.jit
@@ -87,12 +88,12 @@ def token_readout(
     if out.numel() == 0:
         return out
     pixels = height * width
-    block_co = min(BLOCK_CO, max(16, next_power_of_2(channels)))
+    block_co, block_k = (min(block, max(16, next_power_of_2(channels))) for block in (BLOCK_CO, BLOCK_K))
     grid = (batch * frames, triton.cdiv(pixels, BLOCK_P), triton.cdiv(channels, block_co))
     token_readout_kernel[grid](
         y, weight.to(y.dtype).contiguous(), bias.to(y.dtype), out if base is None else base.contiguous(), out,
         channels, pixels, frames, *y.stride(),
-        BLOCK_P=BLOCK_P, BLOCK_CO=block_co, BLOCK_K=BLOCK_K, HAS_BASE=base is not None,
-        PRECISION="ieee" if y.dtype == torch.float32 else "tf32", num_warps=4,
+        BLOCK_P=BLOCK_P, BLOCK_CO=block_co, BLOCK_K=block_k, HAS_BASE=base is not None,
+        PRECISION="ieee" if y.dtype == torch.float32 else "tf32", num_warps=NUM_WARPS,
     )  # fmt: skip
     return out
