@@ -45,8 +45,9 @@ from .selective_scan import runs_short_setting
 
 BLOCK_D = 32  # channels per program: one warp, a lane per channel
 # Widest d_inner whose dt_proj is folded into x_proj (folds_dt_proj). H100, bf16, 32 steps, the depth model's
-# products at 518x518: DA2-S's rows of 96 to 384 channels 0.97 -> 0.51 ms (standalone, with the folded weight formed
-# each call); at 512 channels (DA2-L's finest scale, 700k rows) 0.59 -> 0.66 ms, and wider ones slower still.
+# products at 518x518, standalone with the folded weight formed each call: DA2-S's rows of 96, 192 and 384 channels
+# 0.21 -> 0.13, 0.16 -> 0.09 and 0.09 -> 0.08 ms; DA2-L's 512 channels (700k rows) 0.59 -> 0.66 ms and 1024
+# channels 0.30 -> 0.51 ms. DA2-S's temporal modules replayed from a graph: 3.84 -> 3.73 ms.
 FOLD_DT_MAX_INNER = 384
 
 
