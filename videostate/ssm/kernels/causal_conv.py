@@ -28,7 +28,7 @@ TOKENS_TILE = 4096
 # Token-major convolutions of at most TOKENS_WIDTH taps walk time (causal_conv1d_tokens_kernel): a program of
 # TOKENS_SEQUENCES sequences x TOKENS_CHANNELS channels, TOKENS_WARPS warps. H100, bf16, 32 steps, the depth model's
 # convolutions at 518x518, against the tiles above: DA2-S's six 0.37 -> 0.36 ms, DA2-L's 1.42 -> 1.35 ms; from a
-# carried state, whose window the tiles read again at every tap, 0.92 -> 0.40 ms and 3.69 -> 1.41 ms (best of 65
+# carried state, whose window the tiles read again at every tap, 0.92 -> 0.40 ms and 3.69 -> 1.41 ms (best of 56
 # tilings).
 TOKENS_WIDTH = 4
 TOKENS_SEQUENCES, TOKENS_CHANNELS, TOKENS_WARPS = 1, 128, 2

@@ -19,9 +19,9 @@ import triton
 import triton.language as tl
 
 KERNEL_SIZE = 3
-# Rows of a strip, channels and pixels of a program, warps. H100, bf16, 32 frames, 48 tilings and three program
-# orders tried on the eight maps of DA2-S and DA2-L at 518x518: DA2-S's four maps 0.49 -> 0.27 ms against the
-# earlier kernel (nine shifted loads a value), DA2-L's 1.90 -> 1.36 ms.
+# Rows of a strip, channels and pixels of a program, warps. H100, bf16, 32 frames, 51 tilings, then three program
+# orders on 24 of them, tried on the eight maps of DA2-S and DA2-L at 518x518: DA2-S's four maps 0.49 -> 0.27 ms
+# against the earlier kernel (nine shifted loads a value), DA2-L's 1.90 -> 1.36 ms.
 ROWS, BLOCK_C, BLOCK_X, NUM_WARPS = 16, 16, 32, 2
 
 

@@ -20,7 +20,7 @@ from .common import next_power_of_2
 # Pixels, output channels and input channels per step of a program, warps. H100, bf16, 32 frames, the depth model's
 # eight read-outs (DA2-S and -L at 518x518), with the teacher's map added: DA2-S's four 0.32 -> 0.24 ms and DA2-L's
 # 2.00 -> 1.56 ms against 32 input channels a step and four warps (PyTorch's product, bias and add: 0.69 and
-# 3.51 ms); the best single tiling of 120 on both.
+# 3.51 ms); the best single tiling of 102 on both.
 BLOCK_P, BLOCK_CO, BLOCK_K, NUM_WARPS = 64, 128, 64, 8
 
 
