@@ -144,6 +144,29 @@ def test_path_reads_bfloat16_states_packed(scan_launches, carried, case):
         assert h is None
 
 
+@pytest.mark.parametrize("d_model", [48, 200])
+def test_delta_and_states_fold_dt_proj_up_to_the_rule(d_model):
+    """Up to ``FOLD_DT_MAX_INNER`` inner channels delta, B and C are views of one product's rows (delta first, B at a
+    multiple of 8); wider layers keep x_proj's rows and a separate dt_proj product. Both equal
+    ``dt_proj(x_proj(u)[:dt_rank])`` and ``x_proj``'s B and C in float64 to float32 rounding."""
+    mamba = make_mamba(d_model, 16, seed=5)
+    g = torch.Generator().manual_seed(6)
+    u = torch.randn(2, 7, mamba.d_inner, generator=g, dtype=torch.float64)
+    dt, B_exact, C_exact = (u @ mamba.x_proj.weight.detach().T).split([mamba.dt_rank, 16, 16], dim=-1)
+    delta_exact = dt @ mamba.dt_proj.weight.detach().T
+    with torch.no_grad():
+        delta, B, C = mamba_tokens.delta_and_states(
+            u.float().to(DEVICE), mamba.x_proj.weight.float().to(DEVICE), mamba.dt_proj.weight.float().to(DEVICE), 16
+        )
+    folded = mamba_tokens.folds_dt_proj(mamba.d_inner)
+    assert folded == (d_model == 48)
+    width = mamba.d_inner + 32 if folded else 8 * -(-(mamba.dt_rank + 32) // 8)  # one row of the product
+    assert B.stride(1) == C.stride(1) == width and B.storage_offset() % 8 == 0
+    assert delta.untyped_storage().data_ptr() == B.untyped_storage().data_ptr() if folded else delta.is_contiguous()
+    for actual, expected in ((delta, delta_exact), (B, B_exact), (C, C_exact)):
+        assert rel_error(actual, expected) < 1e-5
+
+
 def test_packed_state_rule():
     """Packed reads need bfloat16, contiguous states and 8-byte aligned rows; a view that breaks any is read per
     state."""
