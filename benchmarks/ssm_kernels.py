@@ -3,10 +3,11 @@
 Selective scan at the issue's three shapes (bf16 u/delta/z/B/C, fp32 A/D/delta bias, N=16, z gate, D,
 delta bias and softplus): forward and backward times, achieved bytes/s against a device-to-device copy
 measured in the same run (the bandwidth floor), peak memory, and the ratio to mamba_ssm's published
-CUDA figures. Then the fused bidirectional scan against two one-direction calls plus flips, the causal
-convolution and the fused add + RMSNorm against the reference ops. ``--sweep`` first times a few launch
-settings of the scan kernels (forward kernel and its tiles, backward tiles) and uses the fastest. Writes
-``benchmarks/results/ssm_kernels_<device>.json``.
+CUDA figures. Then the forward's two long-sequence kernels (state and lane) from few to many channels per
+SM (the figures behind the launcher's choice), the fused bidirectional scan against two one-direction calls
+plus flips, the causal convolution and the fused add + RMSNorm against the reference ops. ``--sweep`` first
+times a few launch settings of the scan kernels (forward kernel and its tiles, backward tiles) and uses the
+fastest. Writes ``benchmarks/results/ssm_kernels_<device>.json``.
 
     python benchmarks/ssm_kernels.py --sweep
 """
@@ -44,6 +45,9 @@ FORWARD_CONFIGS = [
     *({"kernel": "step", "split": split, "num_warps": 2, "unroll": 4} for split in (1, 4, 8)),
 ]
 BACKWARD_CONFIGS = [{"block_d": d, "block_l": l, "num_warps": w} for d, l, w in STATE_SETTINGS]
+# Shapes from few to many channels (batch * dim) per SM, for the forward's choice between its two kernels.
+KERNEL_CHOICE_SHAPES = [(2, 1536, 2048), (4, 1536, 4096), (4, 2048, 2048), (6, 1536, 2048), (8, 1536, 2048),
+                        (32, 768, 1024), (64, 384, 1569)]  # fmt: skip
 
 
 def scan_inputs(batch, dim, length, device, *, seed=0):
@@ -167,6 +171,8 @@ def bench_scan(device, copy_bw) -> list[dict]:
         batch, dim, length = shape
         inputs = scan_inputs(*shape, device)
         row = {"shape": list(shape)}
+        # an odd length runs over padded rows, which the lane kernel reads as vectors
+        row["forward_kernel"] = "lane" if scan_kernels.uses_lane(batch, dim, device) else "state"
         row["triton_forward_ms"] = cuda_ms(lambda i=inputs: scan_fn("triton")(**i))
         state = torch.randn(batch, dim, N, device=device)
         row["triton_forward_with_states_ms"] = cuda_ms(
@@ -246,6 +252,29 @@ def bench_bidirectional(device) -> list[dict]:
     return rows
 
 
+def bench_forward_kernels(device) -> list[dict]:
+    """The forward's state and lane kernels on each of KERNEL_CHOICE_SHAPES, and the one the launcher's rule
+    (LANE_MIN_CHANNELS_PER_SM) takes: the figures behind the rule."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    rule = scan_kernels.LANE_MIN_CHANNELS_PER_SM
+    rows = []
+    for shape in KERNEL_CHOICE_SHAPES:
+        inputs = scan_inputs(*shape, device)
+        row = {"shape": list(shape), "channels_per_sm": shape[0] * shape[1] / sms}
+        row["rule_takes"] = "lane" if shape[0] * shape[1] >= rule * sms else "state"
+        try:
+            scan_kernels.LANE_MIN_CHANNELS_PER_SM = float("inf")
+            row["state_forward_ms"] = cuda_ms(lambda i=inputs: scan_fn("triton")(**i))
+            scan_kernels.LANE_MIN_CHANNELS_PER_SM = 0
+            row["lane_forward_ms"] = cuda_ms(lambda i=inputs: scan_fn("triton")(**i))
+        finally:
+            scan_kernels.LANE_MIN_CHANNELS_PER_SM = rule
+        rows.append(row)
+        print(row, flush=True)
+        del inputs
+    return rows
+
+
 def bench_conv(device) -> list[dict]:
     rows = []
     for batch, dim, length in [(8, 3072, 2048), (64, 768, 1569)]:
@@ -304,8 +333,13 @@ def main() -> None:
     if args.sweep:
         payload["sweep"] = sweep(device)
     payload["scan_config"] = copy.deepcopy(scan_kernels.CONFIG)
+    payload["scan_config"]["lane"] = {
+        **scan_kernels.FORWARD_LANE,
+        "min_channels_per_sm": scan_kernels.LANE_MIN_CHANNELS_PER_SM,
+    }
     sections = {
         "selective_scan": lambda: bench_scan(device, copy_bw),
+        "forward_kernels": lambda: bench_forward_kernels(device),
         "bidirectional": lambda: bench_bidirectional(device),
         "causal_conv1d": lambda: bench_conv(device),
         "rms_norm": lambda: bench_norm(device),
@@ -329,6 +363,11 @@ def main() -> None:
         print(
             f"{tuple(r['shape'])} | {fwd} | {bwd} | {r['floor_ms']:.3f} | {100 * r['forward_fraction_of_copy_bw']:.0f}%"
             f" | {r['reference_forward_ms']:.2f} | {r.get('loop_forward_ms', '-')} | {peak:.2f}"
+        )
+    for r in payload["forward_kernels"]:
+        print(
+            f"forward kernels {tuple(r['shape'])}, {r['channels_per_sm']:.0f} channels per SM: state"
+            f" {r['state_forward_ms']:.3f} ms, lane {r['lane_forward_ms']:.3f} ms; the rule takes {r['rule_takes']}"
         )
     for r in payload["bidirectional"]:
         print(

@@ -37,6 +37,7 @@ from videostate.ssm.kernels import (  # noqa: E402
     mlp,
     norm,
     norm_kernels,
+    scan_lane_kernels,
     scan_state_kernels,
     scan_step_kernels,
     selective_scan,
@@ -110,6 +111,10 @@ CASES = [
                selective_scan.BACKWARD_STATE, SCAN_BWD_HALF) for has_ckpt in (True, False)),
         )
     ),
+    Case(scan_lane_kernels.selective_scan_fwd_lane_kernel,
+         {**SCAN_FWD, "BLOCK_D": 32 * selective_scan.FORWARD_LANE["num_warps"],
+          "CKPT_L": selective_scan.BACKWARD_STATE["block_l"], "STORE_CKPT": True, "FAST_MATH": True},
+         selective_scan.FORWARD_LANE["num_warps"], SCAN_FWD_HALF),
     Case(ssd_kernels.chunk_state_kernel, {**SSD_CHUNK, "BLOCK_N": SPLIT_N, "FORWARD": False},
          ssd.CONFIG["num_warps"], ("X", "Y", "z")),
     Case(ssd_kernels.state_passing_fwd_kernel, {**STATE_PASSING, "HAS_H0": True}),

@@ -13,6 +13,7 @@ import triton
 
 from ..selective_scan import selective_scan_reference
 from .common import any_float64, next_power_of_2
+from .scan_lane_kernels import selective_scan_fwd_lane_kernel
 from .scan_state_kernels import selective_scan_bwd_state_kernel, selective_scan_fwd_state_kernel
 from .scan_step_kernels import selective_scan_fwd_kernel
 
@@ -31,6 +32,15 @@ BACKWARD_STATE = {"block_d": 1, "block_l": 256, "num_warps": 1}
 FORWARD_STEP = {"kernel": "step", "split": 4, "num_warps": 2, "unroll": 4}
 FORWARD_SHORT = {"kernel": "step", "split": 2, "num_warps": 1, "unroll": 4}
 CONFIG = {"forward": dict(FORWARD_STATE), "backward": dict(BACKWARD_STATE)}
+# Forward ``kernel="lane"`` (FORWARD_LANE, :mod:`.scan_lane_kernels`): a lane per channel with its N states, walking
+# time. On CUDA the state setting takes it instead when there are at least LANE_MIN_CHANNELS_PER_SM channels
+# (``batch * dim``) per SM. H100, bf16, forward ms, state kernel / lane kernel, by channels per SM: (64, 384, 1569)
+# 186: 1.116 / 0.816; (32, 768, 1024) 186: 0.412 / 0.270; (8, 1536, 2048) 93: 0.437 / 0.419; (4, 1536, 4096) 47:
+# 0.531 / 0.776; (2, 1536, 2048) 23: 0.204 / 0.378. ``maxnreg``: with ptxas's own allocation (about 100 registers)
+# each step's B and C loads were issued just before their use and the few warps waited on them (8, 1536, 2048):
+# 0.433 ms, (64, 384, 1569): 0.826 ms); 160 / 200 / 255 registers: 0.473 / 0.419 / 0.433 and 0.879 / 0.816 / 0.826.
+FORWARD_LANE = {"kernel": "lane", "num_warps": 1, "maxnreg": 200}
+LANE_MIN_CHANNELS_PER_SM = 64
 # H100, bf16, forward with the states unrolled / in a loop (one-channel programs, so B*D of them per SM):
 # (2, 768, 6272) 12 per SM: 0.21 / 0.39 ms; (1, 1536, 4096) 12: 0.14 / 0.25; (4, 768, 2048) 23: 0.135 / 0.135;
 # (8, 1536, 2048) 93: 0.469 / 0.436; (32, 768, 1024) 186: 0.458 / 0.411; (64, 384, 1569) 186, padded to 1584:
@@ -68,6 +78,13 @@ def _grouped(t: torch.Tensor) -> torch.Tensor:
     return t.unsqueeze(1) if t.dim() == 3 else t
 
 
+def vector_rows(t: torch.Tensor) -> bool:
+    """Whether the kernels can read ``t``'s rows (``(..., L)``) as 16-byte vectors: steps at stride 1 and every row
+    starting 16-byte aligned at a multiple of 16 elements, which Triton's launch specialisation can prove."""
+    row_strides = [stride for size, stride in zip(t.shape[:-1], t.stride()[:-1], strict=True) if size > 1]
+    return t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(stride % 16 == 0 for stride in row_strides)
+
+
 def _aligned_rows(t: torch.Tensor | None) -> torch.Tensor | None:
     """``t (..., L)`` laid out so that the backward kernel's loads of it are vectorised: every row starts at a
     multiple of 16 elements and can be read up to ``L`` rounded up to 16 (see :func:`_row_length`). ``t`` itself
@@ -79,9 +96,7 @@ def _aligned_rows(t: torch.Tensor | None) -> torch.Tensor | None:
     padded = triton.cdiv(length, 16) * 16
     last = t.storage_offset() + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride(), strict=True))
     readable = (last + padded - length + 1) * t.element_size() <= t.untyped_storage().nbytes()
-    row_strides = [stride for size, stride in zip(t.shape[:-1], t.stride()[:-1], strict=True) if size > 1]
-    aligned = t.data_ptr() % 16 == 0 and all(stride % 16 == 0 for stride in row_strides)
-    if readable and aligned:
+    if readable and vector_rows(t):
         return t
     rows = torch.empty(*t.shape[:-1], padded, device=t.device, dtype=t.dtype)[..., :length]
     rows.copy_(t)
@@ -109,7 +124,7 @@ def _identity_padded(u, delta, z, B, C, delta_bias, delta_softplus) -> tuple | N
     present = [t for t in (u, delta, z, B, C) if t is not None]
     if (
         length % 16 == 0
-        or CONFIG["forward"].get("kernel") != "state"
+        or CONFIG["forward"].get("kernel") not in ("state", "lane")
         or runs_short_setting(length)
         or any(t.stride(-1) != 1 for t in present)
         or (delta_bias is not None and not delta_softplus)
@@ -138,10 +153,10 @@ def checkpoint_buffer(u: torch.Tensor, n: int) -> torch.Tensor | None:
     does not run the state kernel with the backward's chunk length; the backward then recomputes them."""
     batch, dim, length = u.shape
     forward = CONFIG["forward"]
-    if forward.get("kernel") != "state" or runs_short_setting(length):
+    if forward.get("kernel") not in ("state", "lane") or runs_short_setting(length):
         return None
     block_l = _state_blocks(1, length, CONFIG["backward"])["BLOCK_L"]
-    if _state_blocks(1, length, forward)["BLOCK_L"] != block_l:
+    if forward["kernel"] == "state" and _state_blocks(1, length, forward)["BLOCK_L"] != block_l:
         return None
     return torch.empty(batch, dim, triton.cdiv(length, block_l), n, device=u.device, dtype=torch.float32)
 
@@ -171,6 +186,15 @@ def scan_forward(
     final_state = torch.empty(batch, dim, n, device=u.device, dtype=torch.float32)
     h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
     kernel = cfg.get("kernel", "step")
+    if kernel == "state" and setting is None and uses_lane(batch, dim, u.device, u, delta, z, B4, C4, y):
+        cfg, kernel = FORWARD_LANE, "lane"
+    if kernel == "lane":
+        block_l = _state_blocks(1, length, CONFIG["backward"])["BLOCK_L"]
+        _launch_lane(
+            u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, y, final_state, checkpoints, block_l,
+            reverse_out, accumulate, cfg,
+        )  # fmt: skip
+        return y, final_state
     if kernel == "step":
         split = min(cfg["split"], next_power_of_2(n))
         block_d = 32 * cfg["num_warps"] // split
@@ -209,6 +233,40 @@ def scan_forward(
         num_warps=cfg["num_warps"],
     )  # fmt: skip
     return y, final_state
+
+
+def uses_lane(batch: int, dim: int, device: torch.device, *rows: torch.Tensor | None) -> bool:
+    """Whether the forward takes the lane kernel: on CUDA, at least LANE_MIN_CHANNELS_PER_SM channels (``batch *
+    dim``) per SM, and ``rows`` (``u``, ``delta``, ``z``, B, C, the output) read as vectors (:func:`vector_rows`;
+    element by element the lane kernel is slower: H100, bf16, the fused bidirectional scan of (64, 384, 1569), whose
+    rows are not padded, 5.06 ms with it and 2.54 ms with the state kernel)."""
+    if device.type != "cuda" or not all(t is None or vector_rows(t) for t in rows):
+        return False
+    return batch * dim >= LANE_MIN_CHANNELS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _launch_lane(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, y, final_state, checkpoints, ckpt_l,
+                 reverse_out, accumulate, cfg):  # fmt: skip
+    """The lane kernel (:mod:`.scan_lane_kernels`) into ``y`` and ``final_state`` (and ``checkpoints``, every
+    ``ckpt_l`` steps)."""
+    batch, dim, length = u.shape
+    groups = B4.shape[1]
+    cpg, n = dim // groups, A.shape[1]
+    block_d = 32 * cfg["num_warps"]
+    registers = {} if cfg.get("maxnreg") is None else {"maxnreg": cfg["maxnreg"]}
+    selective_scan_fwd_lane_kernel[(batch, groups, triton.cdiv(cpg, block_d))](
+        u, delta, A, B4, C4,
+        u if D is None else D, u if z is None else z, u if delta_bias is None else delta_bias,
+        final_state if h0 is None else h0, y, final_state, final_state if checkpoints is None else checkpoints,
+        dim, length, cpg, triton.cdiv(length, ckpt_l),
+        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *A.stride(), *B4.stride(), *C4.stride(),
+        *_strides3(z)[:2], y.stride(0), y.stride(1),
+        N=n, BLOCK_D=block_d, CKPT_L=ckpt_l,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+        HAS_H0=h0 is not None, STORE_CKPT=checkpoints is not None, REVERSE_OUT=reverse_out, ACCUMULATE=accumulate,
+        FAST_MATH=u.device.type == "cuda",
+        num_warps=cfg["num_warps"], **registers,
+    )  # fmt: skip
 
 
 def scan_backward(

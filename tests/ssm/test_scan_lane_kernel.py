@@ -1,0 +1,207 @@
+"""The selective scan's lane kernel (:mod:`videostate.ssm.kernels.scan_lane_kernels`) against the plain loop.
+
+The forward runs the lane kernel (forced: on CUDA the launcher takes it only with enough channels per SM) with
+the backward's chunks 32 steps long, so that it stores the states entering several chunks and the backward reads
+them. Forward, final state and every gradient against :func:`tests.ssm.oracles.selective_scan_loop` in float64,
+differentiated by autograd; the stored states against the loop's states at the chunk starts; the bidirectional
+layout (output written reversed and accumulated under one gate) at lengths that are and are not whole blocks of
+steps. On CUDA these are ``gpu`` tests; with ``TRITON_INTERPRET=1`` and no GPU they run on CPU tensors through
+Triton's interpreter.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.kernel_targets import DEVICE, MARKS, RUNS, output_cotangents
+from tests.ssm.oracles import selective_scan_loop
+from tests.ssm.test_scan_state_kernels import gradients, rel_error, scan_inputs
+
+pytestmark = list(MARKS)
+if RUNS:
+    import triton
+    import triton.language as tl
+
+    from videostate.ssm.kernels import scan_lane_kernels
+    from videostate.ssm.kernels import selective_scan as scan
+
+    @triton.jit
+    def _steps_roundtrip_kernel(x_ptr, cols_ptr, back_ptr, R: tl.constexpr):
+        rows = tl.arange(0, R)
+        tile = tl.load(x_ptr + rows[:, None] * 8 + tl.arange(0, 8)[None, :])
+        cols = scan_lane_kernels.unstack_steps(tile)
+        for k in tl.static_range(8):
+            tl.store(cols_ptr + k * R + rows, cols[k])
+        tl.store(back_ptr + rows[:, None] * 8 + tl.arange(0, 8)[None, :], scan_lane_kernels.stack_steps(cols))
+
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+CHUNK = 32  # the backward's chunk length here: the forward stores the state entering each
+
+
+@pytest.fixture(autouse=True)
+def lane_forward(monkeypatch):
+    monkeypatch.setitem(scan.CONFIG, "forward", dict(scan.FORWARD_LANE))
+    monkeypatch.setitem(scan.CONFIG, "backward", dict(scan.BACKWARD_STATE, block_l=CHUNK, block_d=2))
+    monkeypatch.setattr(scan, "SHORT_LENGTH", 1)
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Every launch of the forward kernels, as ``(kernel name, constexprs)``; the kernels still run."""
+    seen = []
+
+    class Spy:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append((self.kernel.__name__, kwargs))
+                return self.kernel[grid](*args, **kwargs)
+
+            return launch
+
+    for name in ("selective_scan_fwd_lane_kernel", "selective_scan_fwd_state_kernel"):
+        monkeypatch.setattr(scan, name, Spy(getattr(scan, name)))
+    return seen
+
+
+def test_steps_split_and_stacked_in_order():
+    """A ``(R, 8)`` tile's columns come out in order, and stacking them gives the tile back."""
+    x = torch.randn(4, 8, device=DEVICE)
+    cols = torch.full((8, 4), float("nan"), device=DEVICE)
+    back = torch.full_like(x, float("nan"))
+    _steps_roundtrip_kernel[(1,)](x, cols, back, R=4)
+    assert torch.equal(cols, x.T) and torch.equal(back, x)
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(2, 3, 1, 16, 0), (1, 4, 70, 16, 0), (2, 5, 64, 8, 0), (2, 6, 45, 5, 3)],
+    ids=["L1", "three-chunks", "whole-blocks", "grouped-odd-N"],
+)
+def test_lane_scan_against_loop(shape, launches):
+    """Odd lengths run over rows padded with steps that leave the state unchanged; the backward reads the states
+    the lane kernel stored at its chunks' starts."""
+    exact = {k: v.requires_grad_() for k, v in scan_inputs(*shape, seed=4).items()}
+    fast = {k: v.detach().float().to(DEVICE).requires_grad_() for k, v in exact.items()}
+    out_fast = scan.selective_scan_triton(**fast, delta_softplus=True, return_final_state=True)
+    out_exact = selective_scan_loop(**exact, delta_softplus=True)
+    cotangents = output_cotangents(out_fast, out_exact)
+    grads_fast = gradients([o.double() for o in out_fast], [c.to(DEVICE) for c in cotangents], list(fast.values()))
+    grads_exact = gradients(list(out_exact), cotangents, list(exact.values()))
+    errors = {f"out{i}": rel_error(a.cpu(), b) for i, (a, b) in enumerate(zip(out_fast, out_exact, strict=True))}
+    errors.update({f"d{k}": rel_error(a.cpu(), b) for k, a, b in zip(NAMES, grads_fast, grads_exact, strict=True)})
+    assert max(errors.values()) < 1e-5, errors
+    assert [name for name, _ in launches] == ["selective_scan_fwd_lane_kernel"]
+    assert launches[0][1]["STORE_CKPT"] and launches[0][1]["CKPT_L"] == CHUNK
+
+
+def test_stored_states_are_the_loops():
+    """The state entering chunk ``c`` is the loop's final state after ``c * CHUNK`` steps."""
+    inputs = scan_inputs(2, 3, 100, 8, 0, seed=5)
+    fast = {k: v.float().to(DEVICE) for k, v in inputs.items()}
+    checkpoints = torch.full((2, 3, 4, 8), float("nan"), device=DEVICE)
+    scan.scan_forward(
+        *(fast[k] for k in ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")), True, fast["initial_state"],
+        checkpoints=checkpoints,
+    )  # fmt: skip
+    for c in range(4):
+        if c == 0:
+            expected = inputs["initial_state"]
+        else:
+            prefix = {k: v[..., : c * CHUNK] if v.dim() == 3 and k != "initial_state" else v for k, v in inputs.items()}
+            _, expected = selective_scan_loop(**prefix, delta_softplus=True)
+        assert rel_error(checkpoints[:, :, c].cpu(), expected) < 1e-5, c
+
+
+@pytest.mark.parametrize("length", [45, 80], ids=["part-block", "whole-blocks"])
+def test_bidirectional_against_loops(length, launches):
+    """The reversed direction writes a block's outputs as the tile of its mirrored steps, reversed in registers; a
+    length that is not whole blocks leaves the last block's mirrored steps partly before the sequence."""
+    forward = scan_inputs(2, 4, length, 8, 0, seed=6)
+    backward = scan_inputs(2, 4, length, 8, 0, seed=7)
+    exact = {**forward, **{f"{k}_b": backward[k] for k in ("u", "delta", "A", "B", "C", "D", "delta_bias")}}
+    exact = {k: v.requires_grad_() for k, v in exact.items()}
+    fast = {k: v.detach().float().to(DEVICE).requires_grad_() for k, v in exact.items()}
+    tensors = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "u_b", "delta_b", "A_b", "B_b", "C_b", "D_b",
+               "delta_bias_b")  # fmt: skip
+    y_fast, _ = scan.selective_scan_bidirectional_triton(
+        *(fast[k] for k in tensors), delta_softplus=True, initial_state=fast["initial_state"], return_final_state=True
+    )
+    e = exact
+    y_fwd, _ = selective_scan_loop(e["u"], e["delta"], e["A"], e["B"], e["C"], e["D"], None, e["delta_bias"], True,
+                                   e["initial_state"])  # fmt: skip
+    y_bwd, _ = selective_scan_loop(e["u_b"], e["delta_b"], e["A_b"], e["B_b"], e["C_b"], e["D_b"], None,
+                                   e["delta_bias_b"], True)  # fmt: skip
+    y_exact = (y_fwd + y_bwd.flip(-1)) * e["z"] * torch.sigmoid(e["z"])
+    (cotangent,) = output_cotangents([y_fast], [y_exact])
+    grads_fast = gradients(y_fast.double(), cotangent.to(DEVICE), list(fast.values()))
+    grads_exact = gradients(y_exact, cotangent, list(exact.values()))
+    assert rel_error(y_fast.cpu(), y_exact) < 1e-5
+    for name, a, b in zip(exact, grads_fast, grads_exact, strict=True):
+        assert rel_error(a.cpu(), b) < 1e-5, name
+    assert [(name, kw["REVERSE_OUT"], kw["ACCUMULATE"]) for name, kw in launches] == [
+        ("selective_scan_fwd_lane_kernel", True, False),
+        ("selective_scan_fwd_lane_kernel", False, True),
+    ]
+
+
+def test_lane_rule(monkeypatch, launches):
+    """The state setting takes the lane kernel on CUDA only, with at least LANE_MIN_CHANNELS_PER_SM channels per SM
+    and rows it reads as vectors: steps at stride 1, rows 16-byte aligned at multiples of 16 elements."""
+    monkeypatch.setitem(scan.CONFIG, "forward", dict(scan.FORWARD_STATE))
+    rows = torch.empty(2, 3, 64, device=DEVICE)
+    assert scan.vector_rows(rows) and scan.vector_rows(rows[:, :, :45]) and scan.vector_rows(rows[:1, :1, :45])
+    assert not scan.vector_rows(rows[..., 1:]) and not scan.vector_rows(torch.empty(2, 3, 45, device=DEVICE))
+    assert not scan.vector_rows(rows.transpose(1, 2).contiguous().transpose(1, 2))
+    if DEVICE.type != "cuda":
+        assert not scan.uses_lane(10**6, 10**6, DEVICE, rows)
+        return
+    sms = torch.cuda.get_device_properties(DEVICE).multi_processor_count
+    enough = scan.LANE_MIN_CHANNELS_PER_SM * sms
+    assert scan.uses_lane(1, enough, DEVICE, rows) and not scan.uses_lane(1, enough - 1, DEVICE, rows)
+    assert not scan.uses_lane(1, enough, DEVICE, rows[..., 1:])
+    inputs = {k: v.float().to(DEVICE) for k, v in scan_inputs(1, enough, 64, 4, 0, seed=8).items()}
+    scan.selective_scan_triton(**inputs, delta_softplus=True)
+    inputs = {k: v.float().to(DEVICE) for k, v in scan_inputs(1, enough - 1, 64, 4, 0, seed=8).items()}
+    scan.selective_scan_triton(**inputs, delta_softplus=True)
+    assert [name for name, _ in launches] == ["selective_scan_fwd_lane_kernel", "selective_scan_fwd_state_kernel"]
+
+
+def test_odd_length_without_padding(launches):
+    """A bias without softplus leaves no delta that discretises to 0, so an odd length is not padded: the steps of
+    the last block past the sequence must leave the state as it is."""
+    exact = scan_inputs(2, 3, 45, 4, 0, seed=9)
+    exact["delta"], exact["delta_bias"] = exact["delta"].abs(), exact["delta_bias"].abs()
+    fast = {k: v.float().to(DEVICE) for k, v in exact.items()}
+    y, final_state = scan.selective_scan_triton(**fast, delta_softplus=False, return_final_state=True)
+    y_exact, final_exact = selective_scan_loop(**exact, delta_softplus=False)
+    assert rel_error(y.cpu(), y_exact) < 1e-5 and rel_error(final_state.cpu(), final_exact) < 1e-5
+    assert [name for name, _ in launches] == ["selective_scan_fwd_lane_kernel"]
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="bfloat16 and the launcher's rule: on the GPU")
+def test_bfloat16_through_the_rule(monkeypatch, launches):
+    """bfloat16 u, delta, z, B and C with enough channels that the state setting takes the lane kernel: output,
+    final state and gradients within 1e-2 of the float64 loop fed the same rounded values."""
+    monkeypatch.setitem(scan.CONFIG, "forward", dict(scan.FORWARD_STATE))
+    monkeypatch.setitem(scan.CONFIG, "backward", dict(scan.BACKWARD_STATE))
+    sms = torch.cuda.get_device_properties(DEVICE).multi_processor_count
+    halves = ("u", "delta", "B", "C", "z")
+    exact = scan_inputs(2, scan.LANE_MIN_CHANNELS_PER_SM * sms // 2, 300, 16, 0, seed=10)
+    exact = {k: (v.bfloat16().double() if k in halves else v).to(DEVICE).requires_grad_() for k, v in exact.items()}
+    fast = {
+        k: v.detach().to(torch.bfloat16 if k in halves else torch.float32).requires_grad_() for k, v in exact.items()
+    }
+    out_fast = scan.selective_scan_triton(**fast, delta_softplus=True, return_final_state=True)
+    out_exact = selective_scan_loop(**exact, delta_softplus=True)
+    cotangents = output_cotangents(out_fast, out_exact)
+    grads_fast = gradients([o.double() for o in out_fast], cotangents, list(fast.values()))
+    grads_exact = gradients(list(out_exact), cotangents, list(exact.values()))
+    errors = {f"out{i}": rel_error(a, b) for i, (a, b) in enumerate(zip(out_fast, out_exact, strict=True))}
+    errors.update({f"d{k}": rel_error(a, b) for k, a, b in zip(NAMES, grads_fast, grads_exact, strict=True)})
+    assert max(errors.values()) < 1e-2, errors
+    assert [name for name, _ in launches] == ["selective_scan_fwd_lane_kernel"]

@@ -1,0 +1,202 @@
+"""The lane-per-channel Triton forward kernel of the Mamba-1 selective scan over ``(batch, dim, L)``.
+
+A lane owns one channel and holds all its N states in registers; a program is ``BLOCK_D`` channels of one batch
+element and one group of B/C, and walks time ``STEPS`` steps at a time. A block's channel values (``u``,
+``delta``, ``z``) are read and its output written as ``(BLOCK_D, STEPS)`` tiles, a lane's steps of a row one
+vector, and split into steps in registers (:func:`unstack_steps`); the next block's tiles are read before the
+current one is solved, so that their latency hides behind it. B and C are read the same way, a ``(BLOCK_D, STEPS)``
+tile per state in which every lane reads the same address.
+
+Each state update is ``h = exp2(delta A log2 e) h + delta u B`` and ``y += C h``: one exponential and four float
+operations, the fewest the recurrence allows, and no value is combined across lanes (ptxas for sm_90: about 115
+instructions a step for 16 states, against about 190 for the state kernel's scans). But a lane per channel gives
+the grid ``batch * dim`` lanes only, a few warps per SM, so the kernel relies on each warp's own parallelism: the
+launcher lets ptxas use up to ``LANE_MAX_REGISTERS`` registers so that it issues the loads early, and takes this
+kernel only when there are enough channels (``LANE_MIN_CHANNELS_PER_SM``; see the launcher for the figures). Long
+sequences of few channels take the state kernels (:mod:`.scan_state_kernels`), which split time.
+
+``STORE_CKPT`` writes the state entering every ``CKPT_L`` steps (the backward's chunks). ``REVERSE_OUT`` reads
+``z`` and writes the output at ``L - 1 - t`` (the backward direction of a bidirectional Mamba): a block's outputs
+are the tile of its mirrored steps, reversed in registers. ``ACCUMULATE`` adds the value already in the output
+before the gate.
+"""
+
+# Triton kernels build tuples by concatenation: its compiler does not accept starred unpacking.
+# ruff: noqa: RUF005
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+from .common import LN2, LOG2E
+
+STEPS = tl.constexpr(8)  # steps per block: a lane's 8 bfloat16 values of a row are one 128-bit word
+
+
+@triton.jit
+def _halves(x):
+    """``x (R, 2 W)``, ``W > 1``, as its even and odd columns ``(R, W)``."""
+    return tl.split(tl.reshape(x, (x.shape[0], x.shape[1] // 2, 2)))
+
+
+@triton.jit
+def unstack_steps(x):
+    """The columns of ``x (R, 8)`` as a tuple of eight ``(R,)`` tiles, in order."""
+    even, odd = _halves(x)  # columns 0 2 4 6 and 1 3 5 7
+    c04, c26 = _halves(even)
+    c15, c37 = _halves(odd)
+    c0, c4 = tl.split(c04)
+    c2, c6 = tl.split(c26)
+    c1, c5 = tl.split(c15)
+    c3, c7 = tl.split(c37)
+    return c0, c1, c2, c3, c4, c5, c6, c7
+
+
+@triton.jit
+def stack_steps(c):
+    """Eight ``(R,)`` tiles as the columns of one ``(R, 8)`` tile (the inverse of :func:`unstack_steps`)."""
+    R: tl.constexpr = c[0].shape[0]
+    even = tl.reshape(tl.join(tl.join(c[0], c[4]), tl.join(c[2], c[6])), (R, 4))
+    odd = tl.reshape(tl.join(tl.join(c[1], c[5]), tl.join(c[3], c[7])), (R, 4))
+    return tl.reshape(tl.join(even, odd), (R, 8))
+
+
+@triton.jit
+def _softplus(x, FAST_MATH: tl.constexpr):
+    """``log(1 + exp(x))``, the identity above 20; ``FAST_MATH``: the hardware's base-2 logarithm."""
+    one_plus = 1.0 + tl.exp2(x * LOG2E)
+    if FAST_MATH:
+        log = libdevice.fast_log2f(one_plus) * LN2
+    else:
+        log = tl.log(one_plus)
+    return tl.where(x > 20.0, x, log)
+
+
+@triton.jit
+def _silu(z, FAST_MATH: tl.constexpr):
+    """``z * sigmoid(z)``; ``FAST_MATH``: the hardware's reciprocal."""
+    den = 1.0 + tl.exp2(-z * LOG2E)
+    if FAST_MATH:
+        return libdevice.fast_dividef(z, den)
+    return z / den
+
+
+@triton.jit
+def _block_tiles(u_rows, dt_rows, z_rows, t, t_out, valid, valid_out, HAS_Z: tl.constexpr):
+    """A block's ``u``, raw ``delta`` and ``z`` tiles ``(BLOCK_D, STEPS)`` in their own dtypes (``z`` at the output's
+    steps ``t_out``)."""
+    u = tl.load(u_rows + t, mask=valid, other=0.0)
+    dt = tl.load(dt_rows + t, mask=valid, other=0.0)
+    z = u
+    if HAS_Z:
+        z = tl.load(z_rows + t_out, mask=valid_out, other=0.0)
+    return u, dt, z
+
+
+@triton.jit
+def _mirrored(x, REVERSE_OUT: tl.constexpr):
+    """A tile read at the output's steps, in the order of the block's steps: reversed with ``REVERSE_OUT``."""
+    if REVERSE_OUT:
+        x = tl.flip(x, 1)
+    return x
+
+
+@triton.jit
+def selective_scan_fwd_lane_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, ckpt_ptr,
+    dim, L, cpg, n_chunks,
+    su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sz_b, sz_d, sy_b, sy_d,
+    N: tl.constexpr, BLOCK_D: tl.constexpr, CKPT_L: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_CKPT: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE: tl.constexpr,
+    FAST_MATH: tl.constexpr,
+):  # fmt: skip
+    b = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1)
+    dl = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = dl < cpg
+    d = g * cpg + dl
+    col = d[:, None]
+    col_mask = d_mask[:, None]
+    Dv = tl.zeros((BLOCK_D,), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    bias = tl.zeros((BLOCK_D, 1), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + col, mask=col_mask, other=0.0).to(tl.float32)
+    state_rows = (b * dim + d) * N
+    A2 = ()
+    hs = ()
+    for n in tl.static_range(N):
+        A2 = A2 + (tl.load(A_ptr + d * sA_d + n * sA_n, mask=d_mask, other=0.0).to(tl.float32) * LOG2E,)
+        h = tl.zeros((BLOCK_D,), tl.float32)
+        if HAS_H0:
+            h = tl.load(h0_ptr + state_rows + n, mask=d_mask, other=0.0)
+        hs = hs + (h,)
+    steps = tl.arange(0, STEPS)[None, :]
+    u_rows = u_ptr + b * su_b + col * su_d
+    dt_rows = dt_ptr + b * sdt_b + col * sdt_d
+    z_rows = z_ptr + b * sz_b + col * sz_d
+    y_rows = y_ptr + b * sy_b + col * sy_d
+    B_rows = B_ptr + b * sB_b + g * sB_g + 0 * col
+    C_rows = C_ptr + b * sC_b + g * sC_g + 0 * col
+    ckpt_rows = ckpt_ptr + ((b * dim + d) * n_chunks) * N
+
+    t_out = steps
+    if REVERSE_OUT:
+        t_out = L - STEPS + steps
+    valid = col_mask & (steps < L)
+    valid_out = col_mask & (t_out >= 0) & (t_out < L)
+    u, dt_raw, z = _block_tiles(u_rows, dt_rows, z_rows, steps, t_out, valid, valid_out, HAS_Z)
+    for t0 in range(0, L, STEPS):
+        # the next block's tiles are read before this one is solved
+        t = t0 + steps
+        t_next = t + STEPS
+        t_out_next = t_out + STEPS
+        if REVERSE_OUT:
+            t_out_next = t_out - STEPS
+        valid_next = col_mask & (t_next < L)
+        valid_out_next = col_mask & (t_out_next >= 0) & (t_out_next < L)
+        u_next, dt_next, z_next = _block_tiles(
+            u_rows, dt_rows, z_rows, t_next, t_out_next, valid_next, valid_out_next, HAS_Z
+        )
+        uf = u.to(tl.float32)
+        dt = dt_raw.to(tl.float32) + bias
+        if SOFTPLUS:
+            dt = _softplus(dt, FAST_MATH)
+        dt = tl.where(t < L, dt, 0.0)  # steps past the end leave the state unchanged
+        us = unstack_steps(uf)
+        dts = unstack_steps(dt)
+        dtus = unstack_steps(dt * uf)
+        Bs = ()  # state n of step k at n * STEPS + k
+        Cs = ()
+        for n in tl.static_range(N):
+            Bs = Bs + unstack_steps(tl.load(B_rows + n * sB_n + t * sB_l, mask=t < L, other=0.0).to(tl.float32))
+            Cs = Cs + unstack_steps(tl.load(C_rows + n * sC_n + t * sC_l, mask=t < L, other=0.0).to(tl.float32))
+        ys = ()
+        for k in tl.static_range(STEPS):
+            if STORE_CKPT and k == 0:  # CKPT_L is a multiple of STEPS
+                if t0 % CKPT_L == 0:
+                    for n in tl.static_range(N):
+                        tl.store(ckpt_rows + (t0 // CKPT_L) * N + n, hs[n], mask=d_mask)
+            y = Dv * us[k]
+            new = ()
+            for n in tl.static_range(N):
+                h = tl.exp2(dts[k] * A2[n]) * hs[n] + dtus[k] * Bs[n * STEPS + k]
+                y += h * Cs[n * STEPS + k]
+                new = new + (h,)
+            hs = new
+            ys = ys + (y,)
+        y = _mirrored(stack_steps(ys), REVERSE_OUT)
+        if ACCUMULATE:
+            y += tl.load(y_rows + t_out, mask=valid_out, other=0.0).to(tl.float32)
+        if HAS_Z:
+            y = y * _silu(z.to(tl.float32), FAST_MATH)
+        tl.store(y_rows + t_out, y.to(y_ptr.dtype.element_ty), mask=valid_out)
+        u, dt_raw, z = u_next, dt_next, z_next
+        t_out = t_out_next
+        valid_out = valid_out_next
+    for n in tl.static_range(N):
+        tl.store(hT_ptr + state_rows + n, hs[n], mask=d_mask)
