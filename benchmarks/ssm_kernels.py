@@ -45,6 +45,8 @@ FORWARD_CONFIGS = [
     *({"kernel": "step", "split": split, "num_warps": 2, "unroll": 4} for split in (1, 4, 8)),
 ]
 BACKWARD_CONFIGS = [{"block_d": d, "block_l": l, "num_warps": w} for d, l, w in STATE_SETTINGS]
+# The first two shapes, and the second at a length that is a multiple of 16 (which the lane kernel needs).
+BIDIRECTIONAL_SHAPES = [*SHAPES[:2], (64, 384, 1568)]
 # Shapes from few to many channels (batch * dim) per SM, for the forward's choice between its two kernels.
 KERNEL_CHOICE_SHAPES = [(2, 1536, 2048), (4, 1536, 4096), (4, 2048, 2048), (6, 1536, 2048), (8, 1536, 2048),
                         (32, 768, 1024), (64, 384, 1569)]  # fmt: skip
@@ -171,8 +173,9 @@ def bench_scan(device, copy_bw) -> list[dict]:
         batch, dim, length = shape
         inputs = scan_inputs(*shape, device)
         row = {"shape": list(shape)}
-        # an odd length runs over padded rows, which the lane kernel reads as vectors
-        row["forward_kernel"] = "lane" if scan_kernels.uses_lane(batch, dim, device) else "state"
+        # a length that is not a multiple of 16 runs over padded rows, which the lane kernel reads as vectors
+        padded = -(-length // 16) * 16
+        row["forward_kernel"] = "lane" if scan_kernels.uses_lane(batch, dim, padded, device) else "state"
         row["triton_forward_ms"] = cuda_ms(lambda i=inputs: scan_fn("triton")(**i))
         state = torch.randn(batch, dim, N, device=device)
         row["triton_forward_with_states_ms"] = cuda_ms(
@@ -236,7 +239,7 @@ def fused(**i):
 def bench_bidirectional(device) -> list[dict]:
     rows = []
     grads = (*SCAN_GRADS, *(f"{k}_b" for k in ("u", "delta", "A", "B", "C", "D", "delta_bias")))
-    for shape in SHAPES[:2]:
+    for shape in BIDIRECTIONAL_SHAPES:
         inputs = bidirectional_inputs(shape, device)
         row = {"shape": list(shape)}
         row["fused_forward_ms"] = cuda_ms(lambda i=inputs: fused(**i))

@@ -150,20 +150,22 @@ def test_bidirectional_against_loops(length, launches):
 
 
 def test_lane_rule(monkeypatch, launches):
-    """The state setting takes the lane kernel on CUDA only, with at least LANE_MIN_CHANNELS_PER_SM channels per SM
-    and rows it reads as vectors: steps at stride 1, rows 16-byte aligned at multiples of 16 elements."""
+    """The state setting takes the lane kernel on CUDA only, with at least LANE_MIN_CHANNELS_PER_SM channels per SM,
+    a length that is a multiple of 16 and rows it reads as vectors: steps at stride 1, rows 16-byte aligned at
+    multiples of 16 elements."""
     monkeypatch.setitem(scan.CONFIG, "forward", dict(scan.FORWARD_STATE))
     rows = torch.empty(2, 3, 64, device=DEVICE)
     assert scan.vector_rows(rows) and scan.vector_rows(rows[:, :, :45]) and scan.vector_rows(rows[:1, :1, :45])
     assert not scan.vector_rows(rows[..., 1:]) and not scan.vector_rows(torch.empty(2, 3, 45, device=DEVICE))
     assert not scan.vector_rows(rows.transpose(1, 2).contiguous().transpose(1, 2))
     if DEVICE.type != "cuda":
-        assert not scan.uses_lane(10**6, 10**6, DEVICE, rows)
+        assert not scan.uses_lane(10**6, 10**6, 64, DEVICE, rows)
         return
     sms = torch.cuda.get_device_properties(DEVICE).multi_processor_count
     enough = scan.LANE_MIN_CHANNELS_PER_SM * sms
-    assert scan.uses_lane(1, enough, DEVICE, rows) and not scan.uses_lane(1, enough - 1, DEVICE, rows)
-    assert not scan.uses_lane(1, enough, DEVICE, rows[..., 1:])
+    assert scan.uses_lane(1, enough, 64, DEVICE, rows) and not scan.uses_lane(1, enough - 1, 64, DEVICE, rows)
+    assert not scan.uses_lane(1, enough, 64, DEVICE, rows[..., 1:])
+    assert not scan.uses_lane(1, enough, 45, DEVICE, rows[..., :45])
     inputs = {k: v.float().to(DEVICE) for k, v in scan_inputs(1, enough, 64, 4, 0, seed=8).items()}
     scan.selective_scan_triton(**inputs, delta_softplus=True)
     inputs = {k: v.float().to(DEVICE) for k, v in scan_inputs(1, enough - 1, 64, 4, 0, seed=8).items()}
@@ -205,3 +207,26 @@ def test_bfloat16_through_the_rule(monkeypatch, launches):
     errors.update({f"d{k}": rel_error(a, b) for k, a, b in zip(NAMES, grads_fast, grads_exact, strict=True)})
     assert max(errors.values()) < 1e-2, errors
     assert [name for name, _ in launches] == ["selective_scan_fwd_lane_kernel"]
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="the launcher's rule: on the GPU")
+@pytest.mark.parametrize("length, kernel", [(48, "lane"), (45, "state")])
+def test_bidirectional_through_the_rule(length, kernel, monkeypatch, launches):
+    """With channels enough, the fused bidirectional scan runs both directions on the lane kernel over a length that
+    is a multiple of 16 and on the state kernel otherwise (its rows are not padded); the output equals the float64
+    loops'."""
+    monkeypatch.setitem(scan.CONFIG, "forward", dict(scan.FORWARD_STATE))
+    sms = torch.cuda.get_device_properties(DEVICE).multi_processor_count
+    shape = (2, scan.LANE_MIN_CHANNELS_PER_SM * sms // 2, length, 8, 0)
+    forward, backward = scan_inputs(*shape, seed=11), scan_inputs(*shape, seed=12)
+    exact = {**forward, **{f"{k}_b": backward[k] for k in ("u", "delta", "A", "B", "C", "D", "delta_bias")}}
+    tensors = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "u_b", "delta_b", "A_b", "B_b", "C_b", "D_b",
+               "delta_bias_b")  # fmt: skip
+    y_fast = scan.selective_scan_bidirectional_triton(*(exact[k].float().to(DEVICE) for k in tensors), True).cpu()
+    e = exact
+    y_fwd, _ = selective_scan_loop(e["u"], e["delta"], e["A"], e["B"], e["C"], e["D"], None, e["delta_bias"], True)
+    y_bwd, _ = selective_scan_loop(e["u_b"], e["delta_b"], e["A_b"], e["B_b"], e["C_b"], e["D_b"], None,
+                                   e["delta_bias_b"], True)  # fmt: skip
+    y_exact = (y_fwd + y_bwd.flip(-1)) * e["z"] * torch.sigmoid(e["z"])
+    assert rel_error(y_fast, y_exact) < 1e-5
+    assert [name for name, _ in launches] == [f"selective_scan_fwd_{kernel}_kernel"] * 2

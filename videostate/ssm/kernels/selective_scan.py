@@ -186,7 +186,7 @@ def scan_forward(
     final_state = torch.empty(batch, dim, n, device=u.device, dtype=torch.float32)
     h0 = None if initial_state is None else initial_state.to(torch.float32).contiguous()
     kernel = cfg.get("kernel", "step")
-    if kernel == "state" and setting is None and uses_lane(batch, dim, u.device, u, delta, z, B4, C4, y):
+    if kernel == "state" and setting is None and uses_lane(batch, dim, length, u.device, u, delta, z, B4, C4, y):
         cfg, kernel = FORWARD_LANE, "lane"
     if kernel == "lane":
         block_l = _state_blocks(1, length, CONFIG["backward"])["BLOCK_L"]
@@ -235,12 +235,14 @@ def scan_forward(
     return y, final_state
 
 
-def uses_lane(batch: int, dim: int, device: torch.device, *rows: torch.Tensor | None) -> bool:
+def uses_lane(batch: int, dim: int, length: int, device: torch.device, *rows: torch.Tensor | None) -> bool:
     """Whether the forward takes the lane kernel: on CUDA, at least LANE_MIN_CHANNELS_PER_SM channels (``batch *
-    dim``) per SM, and ``rows`` (``u``, ``delta``, ``z``, B, C, the output) read as vectors (:func:`vector_rows`;
-    element by element the lane kernel is slower: H100, bf16, the fused bidirectional scan of (64, 384, 1569), whose
-    rows are not padded, 5.06 ms with it and 2.54 ms with the state kernel)."""
-    if device.type != "cuda" or not all(t is None or vector_rows(t) for t in rows):
+    dim``) per SM, a length that is a multiple of 16 and ``rows`` (``u``, ``delta``, ``z``, B, C, the output) read
+    as vectors (:func:`vector_rows`). Element by element the lane kernel is slower than the state kernel (H100, bf16,
+    the fused bidirectional scan of (64, 384, 1569), whose rows are not padded: 5.06 against 2.54 ms; in rows
+    aligned by copies but over that odd length, whose step masks are not constant over vectors: 2.83 against 2.51
+    ms); over (64, 384, 1568) the fused scan takes 0.81 ms with it, 1.43 ms with the state kernel."""
+    if device.type != "cuda" or length % 16 or not all(t is None or vector_rows(t) for t in rows):
         return False
     return batch * dim >= LANE_MIN_CHANNELS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
 
