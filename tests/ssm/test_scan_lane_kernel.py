@@ -117,25 +117,33 @@ def test_stored_states_are_the_loops():
         assert rel_error(checkpoints[:, :, c].cpu(), expected) < 1e-5, c
 
 
-@pytest.mark.parametrize("length", [45, 80], ids=["part-block", "whole-blocks"])
-def test_bidirectional_against_loops(length, launches):
+@pytest.mark.parametrize(
+    "length, softplus", [(45, False), (45, True), (80, True)], ids=["part-block", "padded", "whole-blocks"]
+)
+def test_bidirectional_against_loops(length, softplus, launches):
     """The reversed direction writes a block's outputs as the tile of its mirrored steps, reversed in registers; a
-    length that is not whole blocks leaves the last block's mirrored steps partly before the sequence."""
+    length that is not whole blocks (not padded: a bias without softplus leaves no step to pad with) leaves the last
+    block's mirrored steps partly before the sequence. With softplus that length is padded to 48: the time-reversed
+    inputs before their sequence, the others after it."""
     forward = scan_inputs(2, 4, length, 8, 0, seed=6)
     backward = scan_inputs(2, 4, length, 8, 0, seed=7)
+    if not softplus:  # steps discretised without softplus must be positive
+        for inputs in (forward, backward):
+            inputs["delta"], inputs["delta_bias"] = inputs["delta"].abs(), inputs["delta_bias"].abs()
     exact = {**forward, **{f"{k}_b": backward[k] for k in ("u", "delta", "A", "B", "C", "D", "delta_bias")}}
     exact = {k: v.requires_grad_() for k, v in exact.items()}
     fast = {k: v.detach().float().to(DEVICE).requires_grad_() for k, v in exact.items()}
     tensors = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "u_b", "delta_b", "A_b", "B_b", "C_b", "D_b",
                "delta_bias_b")  # fmt: skip
     y_fast, _ = scan.selective_scan_bidirectional_triton(
-        *(fast[k] for k in tensors), delta_softplus=True, initial_state=fast["initial_state"], return_final_state=True
-    )
+        *(fast[k] for k in tensors), delta_softplus=softplus, initial_state=fast["initial_state"],
+        return_final_state=True,
+    )  # fmt: skip
     e = exact
-    y_fwd, _ = selective_scan_loop(e["u"], e["delta"], e["A"], e["B"], e["C"], e["D"], None, e["delta_bias"], True,
-                                   e["initial_state"])  # fmt: skip
+    y_fwd, _ = selective_scan_loop(e["u"], e["delta"], e["A"], e["B"], e["C"], e["D"], None, e["delta_bias"],
+                                   softplus, e["initial_state"])  # fmt: skip
     y_bwd, _ = selective_scan_loop(e["u_b"], e["delta_b"], e["A_b"], e["B_b"], e["C_b"], e["D_b"], None,
-                                   e["delta_bias_b"], True)  # fmt: skip
+                                   e["delta_bias_b"], softplus)  # fmt: skip
     y_exact = (y_fwd + y_bwd.flip(-1)) * e["z"] * torch.sigmoid(e["z"])
     (cotangent,) = output_cotangents([y_fast], [y_exact])
     grads_fast = gradients(y_fast.double(), cotangent.to(DEVICE), list(fast.values()))
@@ -210,23 +218,31 @@ def test_bfloat16_through_the_rule(monkeypatch, launches):
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="the launcher's rule: on the GPU")
-@pytest.mark.parametrize("length, kernel", [(48, "lane"), (45, "state")])
-def test_bidirectional_through_the_rule(length, kernel, monkeypatch, launches):
+@pytest.mark.parametrize(
+    "length, softplus, kernel", [(48, True, "lane"), (45, True, "lane"), (45, False, "state")],
+    ids=["whole-vectors", "padded", "odd"],
+)  # fmt: skip
+def test_bidirectional_through_the_rule(length, softplus, kernel, monkeypatch, launches):
     """With channels enough, the fused bidirectional scan runs both directions on the lane kernel over a length that
-    is a multiple of 16 and on the state kernel otherwise (its rows are not padded); the output equals the float64
-    loops'."""
+    is a multiple of 16 or padded to one, and on the state kernel over an odd length it cannot pad (a bias without
+    softplus); the output equals the float64 loops'."""
     monkeypatch.setitem(scan.CONFIG, "forward", dict(scan.FORWARD_STATE))
     sms = torch.cuda.get_device_properties(DEVICE).multi_processor_count
     shape = (2, scan.LANE_MIN_CHANNELS_PER_SM * sms // 2, length, 8, 0)
     forward, backward = scan_inputs(*shape, seed=11), scan_inputs(*shape, seed=12)
+    if not softplus:  # steps discretised without softplus must be positive
+        for inputs in (forward, backward):
+            inputs["delta"], inputs["delta_bias"] = inputs["delta"].abs(), inputs["delta_bias"].abs()
     exact = {**forward, **{f"{k}_b": backward[k] for k in ("u", "delta", "A", "B", "C", "D", "delta_bias")}}
     tensors = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "u_b", "delta_b", "A_b", "B_b", "C_b", "D_b",
                "delta_bias_b")  # fmt: skip
-    y_fast = scan.selective_scan_bidirectional_triton(*(exact[k].float().to(DEVICE) for k in tensors), True).cpu()
+    fast = (exact[k].float().to(DEVICE) for k in tensors)
+    y_fast = scan.selective_scan_bidirectional_triton(*fast, delta_softplus=softplus).cpu()
     e = exact
-    y_fwd, _ = selective_scan_loop(e["u"], e["delta"], e["A"], e["B"], e["C"], e["D"], None, e["delta_bias"], True)
+    y_fwd, _ = selective_scan_loop(e["u"], e["delta"], e["A"], e["B"], e["C"], e["D"], None, e["delta_bias"],
+                                   softplus)  # fmt: skip
     y_bwd, _ = selective_scan_loop(e["u_b"], e["delta_b"], e["A_b"], e["B_b"], e["C_b"], e["D_b"], None,
-                                   e["delta_bias_b"], True)  # fmt: skip
+                                   e["delta_bias_b"], softplus)  # fmt: skip
     y_exact = (y_fwd + y_bwd.flip(-1)) * e["z"] * torch.sigmoid(e["z"])
     assert rel_error(y_fast, y_exact) < 1e-5
     assert [name for name, _ in launches] == [f"selective_scan_fwd_{kernel}_kernel"] * 2

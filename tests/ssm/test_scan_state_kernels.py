@@ -126,26 +126,34 @@ def test_scan_against_loop(shape, short_chunks, launches):
     assert forward and all(kw["STATE_LOOP"] == (short_chunks == "stored") for kw in forward)
 
 
-@pytest.mark.parametrize("length", [40, 80], ids=["element-wise", "flipped-tiles"])
-def test_bidirectional_against_loops(length, launches):
+@pytest.mark.parametrize(
+    "length, softplus", [(40, False), (40, True), (80, True)], ids=["element-wise", "padded", "flipped-tiles"]
+)
+def test_bidirectional_against_loops(length, softplus, launches):
     """One gate, the backward direction's inputs reversed in time and its output written back in order: element by
-    element, or (a length that is a multiple of 16) a chunk at a time in order, flipped in registers."""
+    element (a length that is not a multiple of 16, and no step to pad it with: a bias without softplus), or a chunk
+    at a time in order, flipped in registers (a multiple of 16, or a length padded to one: the time-reversed inputs
+    before their sequence, the others after it)."""
     assert scan._flips_output(True, length) == (length % 16 == 0)
     forward = scan_inputs(2, 4, length, 8, 0, seed=1)
     backward = scan_inputs(2, 4, length, 8, 0, seed=2)
+    if not softplus:  # steps discretised without softplus must be positive
+        for inputs in (forward, backward):
+            inputs["delta"], inputs["delta_bias"] = inputs["delta"].abs(), inputs["delta_bias"].abs()
     exact = {**forward, **{f"{k}_b": backward[k] for k in ("u", "delta", "A", "B", "C", "D", "delta_bias")}}
     exact = {k: v.requires_grad_() for k, v in exact.items()}
     fast = {k: v.detach().float().to(DEVICE).requires_grad_() for k, v in exact.items()}
     tensors = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "u_b", "delta_b", "A_b", "B_b", "C_b", "D_b",
                "delta_bias_b")  # fmt: skip
     y_fast, _ = scan.selective_scan_bidirectional_triton(
-        *(fast[k] for k in tensors), delta_softplus=True, initial_state=fast["initial_state"], return_final_state=True
-    )
+        *(fast[k] for k in tensors), delta_softplus=softplus, initial_state=fast["initial_state"],
+        return_final_state=True,
+    )  # fmt: skip
     e = exact
-    y_fwd, _ = selective_scan_loop(e["u"], e["delta"], e["A"], e["B"], e["C"], e["D"], None, e["delta_bias"], True,
-                                   e["initial_state"])  # fmt: skip
+    y_fwd, _ = selective_scan_loop(e["u"], e["delta"], e["A"], e["B"], e["C"], e["D"], None, e["delta_bias"],
+                                   softplus, e["initial_state"])  # fmt: skip
     y_bwd, _ = selective_scan_loop(e["u_b"], e["delta_b"], e["A_b"], e["B_b"], e["C_b"], e["D_b"], None,
-                                   e["delta_bias_b"], True)  # fmt: skip
+                                   e["delta_bias_b"], softplus)  # fmt: skip
     y_exact = (y_fwd + y_bwd.flip(-1)) * e["z"] * torch.sigmoid(e["z"])
     (cotangent,) = output_cotangents([y_fast], [y_exact])
     grads_fast = gradients(y_fast.double(), cotangent.to(DEVICE), list(fast.values()))
@@ -153,9 +161,11 @@ def test_bidirectional_against_loops(length, launches):
     assert rel_error(y_fast.cpu(), y_exact) < 1e-5
     for name, a, b in zip(exact, grads_fast, grads_exact, strict=True):
         assert rel_error(a.cpu(), b) < 1e-5, name
-    reversed_launches = [kw for _, _, kw in launches if kw["REVERSE_OUT"]]
+    reversed_launches = [(name, steps, kw) for name, steps, kw in launches if kw["REVERSE_OUT"]]
     assert len(reversed_launches) == 2  # the reversed direction's forward and backward
-    assert all(kw["FLIP_OUT"] == (length % 16 == 0) for kw in reversed_launches)
+    padded = -(-length // 16) * 16 if softplus else length
+    assert all(kw["FLIP_OUT"] == (padded % 16 == 0) for _, _, kw in reversed_launches)
+    assert [steps for name, steps, _ in reversed_launches if name == "selective_scan_fwd_state_kernel"] == [padded]
 
 
 def test_aligned_rows():

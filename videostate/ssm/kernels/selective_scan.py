@@ -112,29 +112,40 @@ def _row_length(length: int, *rows: torch.Tensor | None) -> int:
     return length
 
 
-def _identity_padded(u, delta, z, B, C, delta_bias, delta_softplus) -> tuple | None:
-    """Copies of ``u, delta, z, B, C`` (``(..., L)``) in rows of ``L`` rounded up to 16, padded with steps that leave
-    the state unchanged (``delta`` that discretises to 0, zero ``u``, ``z``, ``B`` and ``C``), for a forward over
-    the padded length: its final state is the one at step ``L``, its output up to ``L`` the same, and with a length
-    a multiple of 16 the state kernel's loads and stores are vectorised (H100, bf16, (64, 384, 1569): 1.20 ms with
-    the copies, 1.31 ms over the odd length). ``None`` where this does not apply: lengths already a multiple of
-    16, sequences the step kernel runs, rows that are not contiguous, or no ``delta`` value that discretises to 0
-    (a bias without softplus)."""
-    length = u.shape[-1]
-    present = [t for t in (u, delta, z, B, C) if t is not None]
+def _identity_pad(length: int, rows: tuple, has_bias: bool, delta_softplus: bool) -> int:
+    """How many steps that leave the state unchanged bring ``length`` to a multiple of 16, for a forward over the
+    padded length: its final state is the one at step ``L``, its output up to ``L`` the same, and with a length a
+    multiple of 16 the state kernel's loads and stores are vectorised (H100, bf16, (64, 384, 1569): 1.20 ms with the
+    copies, 1.31 ms over the odd length) and the lane kernel applies (:func:`uses_lane`). 0 where this does not
+    apply: lengths already a multiple of 16, sequences the step kernel runs, ``rows`` that are not contiguous, or no
+    ``delta`` value that discretises to 0 (a bias without softplus)."""
     if (
         length % 16 == 0
         or CONFIG["forward"].get("kernel") not in ("state", "lane")
         or runs_short_setting(length)
-        or any(t.stride(-1) != 1 for t in present)
-        or (delta_bias is not None and not delta_softplus)
+        or any(t is not None and t.stride(-1) != 1 for t in rows)
+        or (has_bias and not delta_softplus)
     ):
-        return None
-    pad = (0, triton.cdiv(length, 16) * 16 - length)
-    no_step = float("-inf") if delta_softplus else 0.0  # softplus(-inf + bias) = 0
-    return tuple(
-        None if t is None else F.pad(t, pad, value=no_step if t is delta else 0.0) for t in (u, delta, z, B, C)
-    )
+        return 0
+    return triton.cdiv(length, 16) * 16 - length
+
+
+def _identity_steps(rows: tuple, delta: torch.Tensor, pad: int, delta_softplus: bool, *, front: bool) -> tuple:
+    """Copies of ``rows`` (``(..., L)`` tensors or ``None``, ``delta`` among them) with ``pad`` steps that leave the
+    state unchanged after the sequence, or before it with ``front``: ``delta`` that discretises to 0 and zero
+    elsewhere. Under softplus that ``delta`` is half the dtype's largest negative value: its softplus is 0 for any
+    bias, and, finite, it keeps a backward over the padded steps free of ``inf - inf``."""
+    no_step = -0.5 * torch.finfo(delta.dtype).max if delta_softplus else 0.0
+    widths = (pad, 0) if front else (0, pad)
+    return tuple(None if t is None else F.pad(t, widths, value=no_step if t is delta else 0.0) for t in rows)
+
+
+def _identity_padded(u, delta, z, B, C, delta_bias, delta_softplus) -> tuple | None:
+    """``u, delta, z, B, C`` padded at the end with :func:`_identity_pad`'s steps (:func:`_identity_steps`), or
+    ``None`` where none apply."""
+    rows = (u, delta, z, B, C)
+    pad = _identity_pad(u.shape[-1], rows, delta_bias is not None, delta_softplus)
+    return _identity_steps(rows, delta, pad, delta_softplus, front=False) if pad else None
 
 
 def _flips_output(reverse_out: bool, length: int) -> bool:
@@ -385,10 +396,17 @@ class BidirectionalScanFunction(torch.autograd.Function):
                 initial_state, delta_softplus):  # fmt: skip
         ctx.set_materialize_grads(False)
         ckpt = ckpt_b = None
-        if any(ctx.needs_input_grad):  # as in SelectiveScanFunction
+        length = u.shape[-1]
+        has_bias = delta_bias is not None or delta_bias_b is not None
+        pad = _identity_pad(length, (u, delta, z, B, C, u_b, delta_b, B_b, C_b), has_bias, delta_softplus)
+        if pad:  # the time-reversed inputs are padded before their sequence, so that both end at the same step
+            u, delta, z, B, C = _identity_steps((u, delta, z, B, C), delta, pad, delta_softplus, front=False)
+            u_b, delta_b, B_b, C_b = _identity_steps((u_b, delta_b, B_b, C_b), delta_b, pad, delta_softplus, front=True)
+        elif any(ctx.needs_input_grad):  # as in SelectiveScanFunction
             u, delta, z, B, C, u_b, delta_b, B_b, C_b = (
                 _aligned_rows(t) for t in (u, delta, z, B, C, u_b, delta_b, B_b, C_b)
             )
+        if any(ctx.needs_input_grad):
             ckpt, ckpt_b = checkpoint_buffer(u, A.shape[1]), checkpoint_buffer(u_b, A_b.shape[1])
         y, _ = scan_forward(
             u_b, delta_b, A_b, B_b, C_b, D_b, None, delta_bias_b, delta_softplus, None, reverse_out=True,
@@ -399,14 +417,18 @@ class BidirectionalScanFunction(torch.autograd.Function):
         )
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b,
                               initial_state, ckpt, ckpt_b)  # fmt: skip
-        ctx.delta_softplus = delta_softplus
-        return y, final_state
+        ctx.delta_softplus, ctx.pad = delta_softplus, pad
+        return y[..., :length], final_state
 
     @staticmethod
     def backward(ctx, dy, d_final):
         saved = ctx.saved_tensors
         u, delta, A, B, C, D, z, delta_bias, u_b, delta_b, A_b, B_b, C_b, D_b, delta_bias_b, h0, ckpt, ckpt_b = saved
-        dy = torch.zeros_like(u) if dy is None else _aligned_rows(dy)  # laid out once for both directions
+        pad = ctx.pad
+        if dy is None:
+            dy = torch.zeros_like(u)
+        else:  # laid out once for both directions, over the padded length
+            dy = F.pad(dy, (0, pad)) if pad else _aligned_rows(dy)
         # the gate's gradient, written by one direction and added to by the other, in the gate's dtype
         dz = None if z is None else torch.empty(z.shape, device=z.device, dtype=z.dtype)
         fwd = scan_backward(
@@ -418,6 +440,9 @@ class BidirectionalScanFunction(torch.autograd.Function):
         )  # fmt: skip
         du, ddelta, dA, dB, dC, dD, _, dbias, dh0 = fwd
         du_b, ddelta_b, dA_b, dB_b, dC_b, dD_b, dz, dbias_b, _ = bwd
+        if pad:  # the gradients of the sequence's own steps
+            du, ddelta, dB, dC, dz = (None if g is None else g[..., :-pad] for g in (du, ddelta, dB, dC, dz))
+            du_b, ddelta_b, dB_b, dC_b = (g[..., pad:] for g in (du_b, ddelta_b, dB_b, dC_b))
         return (
             du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), _cast(dD, D), dz,
             _cast(dbias, delta_bias),
