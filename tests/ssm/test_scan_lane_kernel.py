@@ -16,7 +16,15 @@ import torch
 
 from tests.kernel_targets import DEVICE, MARKS, RUNS, output_cotangents
 from tests.ssm.oracles import selective_scan_loop
-from tests.ssm.test_scan_state_kernels import gradients, rel_error, scan_inputs
+from tests.ssm.test_scan_state_kernels import (
+    BIDIRECTIONAL,
+    bidirectional_inputs,
+    bidirectional_loops,
+    check_bidirectional_against_loops,
+    gradients,
+    rel_error,
+    scan_inputs,
+)
 
 pytestmark = list(MARKS)
 if RUNS:
@@ -125,32 +133,7 @@ def test_bidirectional_against_loops(length, softplus, launches):
     length that is not whole blocks (not padded: a bias without softplus leaves no step to pad with) leaves the last
     block's mirrored steps partly before the sequence. With softplus that length is padded to 48: the time-reversed
     inputs before their sequence, the others after it."""
-    forward = scan_inputs(2, 4, length, 8, 0, seed=6)
-    backward = scan_inputs(2, 4, length, 8, 0, seed=7)
-    if not softplus:  # steps discretised without softplus must be positive
-        for inputs in (forward, backward):
-            inputs["delta"], inputs["delta_bias"] = inputs["delta"].abs(), inputs["delta_bias"].abs()
-    exact = {**forward, **{f"{k}_b": backward[k] for k in ("u", "delta", "A", "B", "C", "D", "delta_bias")}}
-    exact = {k: v.requires_grad_() for k, v in exact.items()}
-    fast = {k: v.detach().float().to(DEVICE).requires_grad_() for k, v in exact.items()}
-    tensors = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "u_b", "delta_b", "A_b", "B_b", "C_b", "D_b",
-               "delta_bias_b")  # fmt: skip
-    y_fast, _ = scan.selective_scan_bidirectional_triton(
-        *(fast[k] for k in tensors), delta_softplus=softplus, initial_state=fast["initial_state"],
-        return_final_state=True,
-    )  # fmt: skip
-    e = exact
-    y_fwd, _ = selective_scan_loop(e["u"], e["delta"], e["A"], e["B"], e["C"], e["D"], None, e["delta_bias"],
-                                   softplus, e["initial_state"])  # fmt: skip
-    y_bwd, _ = selective_scan_loop(e["u_b"], e["delta_b"], e["A_b"], e["B_b"], e["C_b"], e["D_b"], None,
-                                   e["delta_bias_b"], softplus)  # fmt: skip
-    y_exact = (y_fwd + y_bwd.flip(-1)) * e["z"] * torch.sigmoid(e["z"])
-    (cotangent,) = output_cotangents([y_fast], [y_exact])
-    grads_fast = gradients(y_fast.double(), cotangent.to(DEVICE), list(fast.values()))
-    grads_exact = gradients(y_exact, cotangent, list(exact.values()))
-    assert rel_error(y_fast.cpu(), y_exact) < 1e-5
-    for name, a, b in zip(exact, grads_fast, grads_exact, strict=True):
-        assert rel_error(a.cpu(), b) < 1e-5, name
+    check_bidirectional_against_loops(length, softplus, seeds=(6, 7))
     assert [(name, kw["REVERSE_OUT"], kw["ACCUMULATE"]) for name, kw in launches] == [
         ("selective_scan_fwd_lane_kernel", True, False),
         ("selective_scan_fwd_lane_kernel", False, True),
@@ -228,21 +211,9 @@ def test_bidirectional_through_the_rule(length, softplus, kernel, monkeypatch, l
     softplus); the output equals the float64 loops'."""
     monkeypatch.setitem(scan.CONFIG, "forward", dict(scan.FORWARD_STATE))
     sms = torch.cuda.get_device_properties(DEVICE).multi_processor_count
-    shape = (2, scan.LANE_MIN_CHANNELS_PER_SM * sms // 2, length, 8, 0)
-    forward, backward = scan_inputs(*shape, seed=11), scan_inputs(*shape, seed=12)
-    if not softplus:  # steps discretised without softplus must be positive
-        for inputs in (forward, backward):
-            inputs["delta"], inputs["delta_bias"] = inputs["delta"].abs(), inputs["delta_bias"].abs()
-    exact = {**forward, **{f"{k}_b": backward[k] for k in ("u", "delta", "A", "B", "C", "D", "delta_bias")}}
-    tensors = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "u_b", "delta_b", "A_b", "B_b", "C_b", "D_b",
-               "delta_bias_b")  # fmt: skip
-    fast = (exact[k].float().to(DEVICE) for k in tensors)
+    exact = bidirectional_inputs(2, scan.LANE_MIN_CHANNELS_PER_SM * sms // 2, length, 8, softplus, seeds=(11, 12))
+    fast = (exact[k].float().to(DEVICE) for k in BIDIRECTIONAL)
     y_fast = scan.selective_scan_bidirectional_triton(*fast, delta_softplus=softplus).cpu()
-    e = exact
-    y_fwd, _ = selective_scan_loop(e["u"], e["delta"], e["A"], e["B"], e["C"], e["D"], None, e["delta_bias"],
-                                   softplus)  # fmt: skip
-    y_bwd, _ = selective_scan_loop(e["u_b"], e["delta_b"], e["A_b"], e["B_b"], e["C_b"], e["D_b"], None,
-                                   e["delta_bias_b"], softplus)  # fmt: skip
-    y_exact = (y_fwd + y_bwd.flip(-1)) * e["z"] * torch.sigmoid(e["z"])
+    y_exact = bidirectional_loops(exact, softplus)
     assert rel_error(y_fast, y_exact) < 1e-5
     assert [name for name, _ in launches] == [f"selective_scan_fwd_{kernel}_kernel"] * 2

@@ -126,6 +126,46 @@ def test_scan_against_loop(shape, short_chunks, launches):
     assert forward and all(kw["STATE_LOOP"] == (short_chunks == "stored") for kw in forward)
 
 
+BIDIRECTIONAL = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "u_b", "delta_b", "A_b", "B_b", "C_b", "D_b",
+                 "delta_bias_b")  # fmt: skip
+
+
+def bidirectional_inputs(batch, dim, length, n, softplus, seeds) -> dict:
+    """Float64 inputs of a bidirectional scan (the keys of BIDIRECTIONAL and ``initial_state``), the second
+    direction's from its own seed; without softplus the steps are positive, as discretised steps must be."""
+    forward, backward = (scan_inputs(batch, dim, length, n, 0, seed=seed) for seed in seeds)
+    if not softplus:
+        for inputs in (forward, backward):
+            inputs["delta"], inputs["delta_bias"] = inputs["delta"].abs(), inputs["delta_bias"].abs()
+    return {**forward, **{f"{k}_b": backward[k] for k in ("u", "delta", "A", "B", "C", "D", "delta_bias")}}
+
+
+def bidirectional_loops(e: dict, softplus: bool, initial_state=None) -> torch.Tensor:
+    """The loops' output: the forward scan plus the reversed inputs' scan flipped back, under one gate."""
+    y_fwd, _ = selective_scan_loop(e["u"], e["delta"], e["A"], e["B"], e["C"], e["D"], None, e["delta_bias"],
+                                   softplus, initial_state)  # fmt: skip
+    y_bwd, _ = selective_scan_loop(e["u_b"], e["delta_b"], e["A_b"], e["B_b"], e["C_b"], e["D_b"], None,
+                                   e["delta_bias_b"], softplus)  # fmt: skip
+    return (y_fwd + y_bwd.flip(-1)) * e["z"] * torch.sigmoid(e["z"])
+
+
+def check_bidirectional_against_loops(length: int, softplus: bool, seeds: tuple[int, int]) -> None:
+    """The fused scan's output and every gradient within 1e-5 of the float64 loops'."""
+    exact = {k: v.requires_grad_() for k, v in bidirectional_inputs(2, 4, length, 8, softplus, seeds).items()}
+    fast = {k: v.detach().float().to(DEVICE).requires_grad_() for k, v in exact.items()}
+    y_fast, _ = scan.selective_scan_bidirectional_triton(
+        *(fast[k] for k in BIDIRECTIONAL), delta_softplus=softplus, initial_state=fast["initial_state"],
+        return_final_state=True,
+    )  # fmt: skip
+    y_exact = bidirectional_loops(exact, softplus, exact["initial_state"])
+    (cotangent,) = output_cotangents([y_fast], [y_exact])
+    grads_fast = gradients(y_fast.double(), cotangent.to(DEVICE), list(fast.values()))
+    grads_exact = gradients(y_exact, cotangent, list(exact.values()))
+    assert rel_error(y_fast.cpu(), y_exact) < 1e-5
+    for name, a, b in zip(exact, grads_fast, grads_exact, strict=True):
+        assert rel_error(a.cpu(), b) < 1e-5, name
+
+
 @pytest.mark.parametrize(
     "length, softplus", [(40, False), (40, True), (80, True)], ids=["element-wise", "padded", "flipped-tiles"]
 )
@@ -135,32 +175,7 @@ def test_bidirectional_against_loops(length, softplus, launches):
     at a time in order, flipped in registers (a multiple of 16, or a length padded to one: the time-reversed inputs
     before their sequence, the others after it)."""
     assert scan._flips_output(True, length) == (length % 16 == 0)
-    forward = scan_inputs(2, 4, length, 8, 0, seed=1)
-    backward = scan_inputs(2, 4, length, 8, 0, seed=2)
-    if not softplus:  # steps discretised without softplus must be positive
-        for inputs in (forward, backward):
-            inputs["delta"], inputs["delta_bias"] = inputs["delta"].abs(), inputs["delta_bias"].abs()
-    exact = {**forward, **{f"{k}_b": backward[k] for k in ("u", "delta", "A", "B", "C", "D", "delta_bias")}}
-    exact = {k: v.requires_grad_() for k, v in exact.items()}
-    fast = {k: v.detach().float().to(DEVICE).requires_grad_() for k, v in exact.items()}
-    tensors = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "u_b", "delta_b", "A_b", "B_b", "C_b", "D_b",
-               "delta_bias_b")  # fmt: skip
-    y_fast, _ = scan.selective_scan_bidirectional_triton(
-        *(fast[k] for k in tensors), delta_softplus=softplus, initial_state=fast["initial_state"],
-        return_final_state=True,
-    )  # fmt: skip
-    e = exact
-    y_fwd, _ = selective_scan_loop(e["u"], e["delta"], e["A"], e["B"], e["C"], e["D"], None, e["delta_bias"],
-                                   softplus, e["initial_state"])  # fmt: skip
-    y_bwd, _ = selective_scan_loop(e["u_b"], e["delta_b"], e["A_b"], e["B_b"], e["C_b"], e["D_b"], None,
-                                   e["delta_bias_b"], softplus)  # fmt: skip
-    y_exact = (y_fwd + y_bwd.flip(-1)) * e["z"] * torch.sigmoid(e["z"])
-    (cotangent,) = output_cotangents([y_fast], [y_exact])
-    grads_fast = gradients(y_fast.double(), cotangent.to(DEVICE), list(fast.values()))
-    grads_exact = gradients(y_exact, cotangent, list(exact.values()))
-    assert rel_error(y_fast.cpu(), y_exact) < 1e-5
-    for name, a, b in zip(exact, grads_fast, grads_exact, strict=True):
-        assert rel_error(a.cpu(), b) < 1e-5, name
+    check_bidirectional_against_loops(length, softplus, seeds=(1, 2))
     reversed_launches = [(name, steps, kw) for name, steps, kw in launches if kw["REVERSE_OUT"]]
     assert len(reversed_launches) == 2  # the reversed direction's forward and backward
     padded = -(-length // 16) * 16 if softplus else length

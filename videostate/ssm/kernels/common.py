@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 LOG2E = tl.constexpr(1.4426950408889634)
 LN2 = tl.constexpr(0.6931471805599453)
@@ -32,6 +33,27 @@ def softplus(x):
     # Goldberg's log1p: exact to rounding even when 1 + e rounds to 1.
     log1p = tl.where(one_plus == 1.0, e, tl.log(one_plus) * e / (one_plus - 1.0))
     return tl.maximum(x, 0.0) + log1p
+
+
+@triton.jit
+def softplus_hw(x, FAST_MATH: tl.constexpr):
+    """``log(1 + exp(x))``, the identity above 20, for the forward kernels; ``FAST_MATH``: the hardware's base-2
+    logarithm (on the GPU: the interpreter has no libdevice)."""
+    one_plus = 1.0 + tl.exp2(x * LOG2E)
+    if FAST_MATH:
+        log = libdevice.fast_log2f(one_plus) * LN2
+    else:
+        log = tl.log(one_plus)
+    return tl.where(x > 20.0, x, log)
+
+
+@triton.jit
+def silu_hw(z, FAST_MATH: tl.constexpr):
+    """``z * sigmoid(z)`` for the forward kernels; ``FAST_MATH``: the hardware's approximate division."""
+    den = 1.0 + tl.exp2(-z * LOG2E)
+    if FAST_MATH:
+        return libdevice.fast_dividef(z, den)
+    return z / den
 
 
 @triton.jit

@@ -37,10 +37,9 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
 from .causal_conv import causal_conv1d_tokens, next_conv_state
-from .common import LN2, LOG2E
+from .common import LOG2E, silu_hw, softplus_hw
 from .selective_scan import runs_short_setting
 
 BLOCK_D = 32  # channels per program: one warp, a lane per channel
@@ -113,26 +112,6 @@ def _step_states(row, N: tl.constexpr, PACKED: tl.constexpr):
 
 
 @triton.jit
-def _softplus(x, FAST_MATH: tl.constexpr):
-    """``log(1 + exp(x))``, the identity above 20; ``FAST_MATH``: the hardware's base-2 logarithm."""
-    one_plus = 1.0 + tl.exp2(x * LOG2E)
-    if FAST_MATH:
-        log = libdevice.fast_log2f(one_plus) * LN2
-    else:
-        log = tl.log(one_plus)
-    return tl.where(x > 20.0, x, log)
-
-
-@triton.jit
-def _silu(z, FAST_MATH: tl.constexpr):
-    """``z * sigmoid(z)``; ``FAST_MATH``: the hardware's reciprocal."""
-    den = 1.0 + tl.exp2(-z * LOG2E)
-    if FAST_MATH:
-        return libdevice.fast_dividef(z, den)
-    return z / den
-
-
-@triton.jit
 def scan_tokens_kernel(
     u_ptr, dt_ptr, z_ptr, B_ptr, C_ptr, A_log_ptr, D_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr,
     dim, L,
@@ -164,7 +143,7 @@ def scan_tokens_kernel(
     for _ in range(L):
         u = tl.load(u_row, mask=d_mask, other=0.0).to(tl.float32)
         z = tl.load(z_row, mask=d_mask, other=0.0).to(tl.float32)
-        dt = _softplus(tl.load(dt_row, mask=d_mask, other=0.0).to(tl.float32) + bias, FAST_MATH)
+        dt = softplus_hw(tl.load(dt_row, mask=d_mask, other=0.0).to(tl.float32) + bias, FAST_MATH)
         Bs = _step_states(B_row, N, PACKED)
         Cs = _step_states(C_row, N, PACKED)
         dtu = dt * u
@@ -175,7 +154,7 @@ def scan_tokens_kernel(
             y += h * Cs[n]
             new = new + (h,)
         hs = new
-        tl.store(y_row, (y * _silu(z, FAST_MATH)).to(y_ptr.dtype.element_ty), mask=d_mask)
+        tl.store(y_row, (y * silu_hw(z, FAST_MATH)).to(y_ptr.dtype.element_ty), mask=d_mask)
         B_row += sB_l
         C_row += sC_l
         u_row += su_l

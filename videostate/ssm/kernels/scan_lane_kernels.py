@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
-from triton.language.extra import libdevice
 
-from .common import LN2, LOG2E
+from .common import LOG2E, silu_hw, softplus_hw
 
 STEPS = tl.constexpr(8)  # steps per block: a lane's 8 bfloat16 values of a row are one 128-bit word
 
@@ -61,26 +60,6 @@ def stack_steps(c):
     even = tl.reshape(tl.join(tl.join(c[0], c[4]), tl.join(c[2], c[6])), (R, 4))
     odd = tl.reshape(tl.join(tl.join(c[1], c[5]), tl.join(c[3], c[7])), (R, 4))
     return tl.reshape(tl.join(even, odd), (R, 8))
-
-
-@triton.jit
-def _softplus(x, FAST_MATH: tl.constexpr):
-    """``log(1 + exp(x))``, the identity above 20; ``FAST_MATH``: the hardware's base-2 logarithm."""
-    one_plus = 1.0 + tl.exp2(x * LOG2E)
-    if FAST_MATH:
-        log = libdevice.fast_log2f(one_plus) * LN2
-    else:
-        log = tl.log(one_plus)
-    return tl.where(x > 20.0, x, log)
-
-
-@triton.jit
-def _silu(z, FAST_MATH: tl.constexpr):
-    """``z * sigmoid(z)``; ``FAST_MATH``: the hardware's reciprocal."""
-    den = 1.0 + tl.exp2(-z * LOG2E)
-    if FAST_MATH:
-        return libdevice.fast_dividef(z, den)
-    return z / den
 
 
 @triton.jit
@@ -165,7 +144,7 @@ def selective_scan_fwd_lane_kernel(
         uf = u.to(tl.float32)
         dt = dt_raw.to(tl.float32) + bias
         if SOFTPLUS:
-            dt = _softplus(dt, FAST_MATH)
+            dt = softplus_hw(dt, FAST_MATH)
         dt = tl.where(t < L, dt, 0.0)  # steps past the end leave the state unchanged
         us = unstack_steps(uf)
         dts = unstack_steps(dt)
@@ -193,7 +172,7 @@ def selective_scan_fwd_lane_kernel(
         if ACCUMULATE:
             y += tl.load(y_rows + t_out, mask=valid_out, other=0.0).to(tl.float32)
         if HAS_Z:
-            y = y * _silu(z.to(tl.float32), FAST_MATH)
+            y = y * silu_hw(z.to(tl.float32), FAST_MATH)
         tl.store(y_rows + t_out, y.to(y_ptr.dtype.element_ty), mask=valid_out)
         u, dt_raw, z = u_next, dt_next, z_next
         t_out = t_out_next
