@@ -8,12 +8,13 @@ current one is solved, so that their latency hides behind it. B and C are read t
 tile per state in which every lane reads the same address.
 
 Each state update is ``h = exp2(delta A log2 e) h + delta u B`` and ``y += C h``: one exponential and four float
-operations, the fewest the recurrence allows, and no value is combined across lanes (ptxas for sm_90: about 115
-instructions a step for 16 states, against about 190 for the state kernel's scans). But a lane per channel gives
-the grid ``batch * dim`` lanes only, a few warps per SM, so the kernel relies on each warp's own parallelism: the
-launcher lets ptxas use up to ``LANE_MAX_REGISTERS`` registers so that it issues the loads early, and takes this
-kernel only when there are enough channels (``LANE_MIN_CHANNELS_PER_SM``; see the launcher for the figures). Long
-sequences of few channels take the state kernels (:mod:`.scan_state_kernels`), which split time.
+operations, the fewest the recurrence allows, and no value is combined across lanes. ptxas for sm_90: about 165
+instructions a step for 16 states with bfloat16 B and C; float32 copies of B and C laid out step by step, which need
+no widening, took 115 but were no faster on the H100. A lane per channel gives the grid ``batch * dim`` lanes only,
+a few warps per SM, so the kernel relies on each warp's own parallelism: the launcher lets ptxas use up to 200
+registers (``FORWARD_LANE``) so that it issues the loads early, and takes this kernel only with enough channels
+(``LANE_MIN_CHANNELS_PER_SM``; the launcher gives the figures). Long sequences of few channels take the state
+kernels (:mod:`.scan_state_kernels`), which split time.
 
 ``STORE_CKPT`` writes the state entering every ``CKPT_L`` steps (the backward's chunks). ``REVERSE_OUT`` reads
 ``z`` and writes the output at ``L - 1 - t`` (the backward direction of a bidirectional Mamba): a block's outputs
@@ -76,7 +77,8 @@ def _block_tiles(u_rows, dt_rows, z_rows, t, t_out, valid, valid_out, HAS_Z: tl.
 
 @triton.jit
 def _mirrored(x, REVERSE_OUT: tl.constexpr):
-    """A tile read at the output's steps, in the order of the block's steps: reversed with ``REVERSE_OUT``."""
+    """A block's tile between the order of its steps and that of its output's steps: reversed with ``REVERSE_OUT``
+    (its own inverse)."""
     if REVERSE_OUT:
         x = tl.flip(x, 1)
     return x
