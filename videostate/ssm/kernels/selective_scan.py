@@ -37,8 +37,8 @@ CONFIG = {"forward": dict(FORWARD_STATE), "backward": dict(BACKWARD_STATE)}
 # (``batch * dim``) per SM. H100, bf16, forward ms, state kernel / lane kernel, by channels per SM: (64, 384, 1569)
 # 186: 1.116 / 0.816; (32, 768, 1024) 186: 0.412 / 0.270; (8, 1536, 2048) 93: 0.437 / 0.419; (4, 1536, 4096) 47:
 # 0.531 / 0.776; (2, 1536, 2048) 23: 0.204 / 0.378. ``maxnreg``: with ptxas's own allocation (about 100 registers)
-# each step's B and C loads were issued just before their use and the few warps waited on them (8, 1536, 2048):
-# 0.433 ms, (64, 384, 1569): 0.826 ms); 160 / 200 / 255 registers: 0.473 / 0.419 / 0.433 and 0.879 / 0.816 / 0.826.
+# each step's B and C loads were issued just before their use and the few warps waited on them; (8, 1536, 2048) and
+# (64, 384, 1569) took 0.433 and 0.826 ms so, 0.473 / 0.419 / 0.433 and 0.879 / 0.816 / 0.826 ms with 160 / 200 / 255.
 FORWARD_LANE = {"kernel": "lane", "num_warps": 1, "maxnreg": 200}
 LANE_MIN_CHANNELS_PER_SM = 64
 # H100, bf16, forward with the states unrolled / in a loop (one-channel programs, so B*D of them per SM):
