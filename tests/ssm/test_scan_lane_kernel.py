@@ -24,6 +24,7 @@ from tests.ssm.test_scan_state_kernels import (
     gradients,
     rel_error,
     scan_inputs,
+    spy_launches,
 )
 
 pytestmark = list(MARKS)
@@ -58,22 +59,8 @@ def lane_forward(monkeypatch):
 @pytest.fixture
 def launches(monkeypatch):
     """Every launch of the forward kernels, as ``(kernel name, constexprs)``; the kernels still run."""
-    seen = []
-
-    class Spy:
-        def __init__(self, kernel):
-            self.kernel = kernel
-
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                seen.append((self.kernel.__name__, kwargs))
-                return self.kernel[grid](*args, **kwargs)
-
-            return launch
-
-    for name in ("selective_scan_fwd_lane_kernel", "selective_scan_fwd_state_kernel"):
-        monkeypatch.setattr(scan, name, Spy(getattr(scan, name)))
-    return seen
+    names = ("selective_scan_fwd_lane_kernel", "selective_scan_fwd_state_kernel")
+    return spy_launches(monkeypatch, names, lambda name, args, kwargs: (name, kwargs))
 
 
 def test_steps_split_and_stacked_in_order():

@@ -37,9 +37,9 @@ def short_chunks(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture
-def launches(monkeypatch):
-    """Every launch of the state kernels, as ``(kernel name, L, constexprs)``; the kernels still run."""
+def spy_launches(monkeypatch, names, entry) -> list:
+    """Every launch of the scan module's kernels ``names``, recorded as ``entry(kernel name, arguments,
+    constexprs)``; the kernels still run."""
     seen = []
 
     class Spy:
@@ -48,14 +48,22 @@ def launches(monkeypatch):
 
         def __getitem__(self, grid):
             def launch(*args, **kwargs):
-                seen.append((self.kernel.__name__, args[13], kwargs))  # args[13]: the kernels' L
+                seen.append(entry(self.kernel.__name__, args, kwargs))
                 return self.kernel[grid](*args, **kwargs)
 
             return launch
 
-    for name in ("selective_scan_fwd_state_kernel", "selective_scan_bwd_state_kernel"):
+    for name in names:
         monkeypatch.setattr(scan, name, Spy(getattr(scan, name)))
     return seen
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Every launch of the state kernels, as ``(kernel name, args[13], constexprs)``: ``args[13]`` is the forward
+    kernel's L."""
+    names = ("selective_scan_fwd_state_kernel", "selective_scan_bwd_state_kernel")
+    return spy_launches(monkeypatch, names, lambda name, args, kwargs: (name, args[13], kwargs))
 
 
 def test_checkpoint_buffer(short_chunks):
