@@ -21,6 +21,7 @@ from tests.ssm.test_scan_state_kernels import (
     bidirectional_inputs,
     bidirectional_loops,
     check_bidirectional_against_loops,
+    check_scan_against_loop,
     gradients,
     rel_error,
     scan_inputs,
@@ -80,16 +81,7 @@ def test_steps_split_and_stacked_in_order():
 def test_lane_scan_against_loop(shape, launches):
     """Odd lengths run over rows padded with steps that leave the state unchanged; the backward reads the states
     the lane kernel stored at its chunks' starts."""
-    exact = {k: v.requires_grad_() for k, v in scan_inputs(*shape, seed=4).items()}
-    fast = {k: v.detach().float().to(DEVICE).requires_grad_() for k, v in exact.items()}
-    out_fast = scan.selective_scan_triton(**fast, delta_softplus=True, return_final_state=True)
-    out_exact = selective_scan_loop(**exact, delta_softplus=True)
-    cotangents = output_cotangents(out_fast, out_exact)
-    grads_fast = gradients([o.double() for o in out_fast], [c.to(DEVICE) for c in cotangents], list(fast.values()))
-    grads_exact = gradients(list(out_exact), cotangents, list(exact.values()))
-    errors = {f"out{i}": rel_error(a.cpu(), b) for i, (a, b) in enumerate(zip(out_fast, out_exact, strict=True))}
-    errors.update({f"d{k}": rel_error(a.cpu(), b) for k, a, b in zip(NAMES, grads_fast, grads_exact, strict=True)})
-    assert max(errors.values()) < 1e-5, errors
+    check_scan_against_loop(shape, seed=4)
     assert [name for name, _ in launches] == ["selective_scan_fwd_lane_kernel"]
     assert launches[0][1]["STORE_CKPT"] and launches[0][1]["CKPT_L"] == CHUNK
 

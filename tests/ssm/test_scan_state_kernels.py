@@ -104,6 +104,21 @@ def scan_inputs(batch, dim, length, n, groups, seed):
     }
 
 
+def check_scan_against_loop(shape, seed: int) -> None:
+    """The Triton scan's output, final state and every gradient within 1e-5 of the float64 loop's, on
+    :func:`scan_inputs` of ``shape`` (batch, dim, L, N, groups)."""
+    exact = {k: v.requires_grad_() for k, v in scan_inputs(*shape, seed=seed).items()}
+    fast = {k: v.detach().float().to(DEVICE).requires_grad_() for k, v in exact.items()}
+    out_fast = scan.selective_scan_triton(**fast, delta_softplus=True, return_final_state=True)
+    out_exact = selective_scan_loop(**exact, delta_softplus=True)
+    cotangents = output_cotangents(out_fast, out_exact)
+    grads_fast = gradients([o.double() for o in out_fast], [c.to(DEVICE) for c in cotangents], list(fast.values()))
+    grads_exact = gradients(list(out_exact), cotangents, list(exact.values()))
+    errors = {f"out{i}": rel_error(a.cpu(), b) for i, (a, b) in enumerate(zip(out_fast, out_exact, strict=True))}
+    errors.update({f"d{k}": rel_error(a.cpu(), b) for k, a, b in zip(NAMES, grads_fast, grads_exact, strict=True)})
+    assert max(errors.values()) < 1e-5, errors
+
+
 def rel_error(actual, expected) -> float:
     return ((actual.double() - expected).norm() / expected.norm()).item()
 
@@ -120,16 +135,7 @@ def gradients(outputs, cotangents, leaves):
 def test_scan_against_loop(shape, short_chunks, launches):
     """L = 64 fills its rows exactly (the backward reads them with exact masks); the other lengths are read from
     rows padded to a multiple of 16. The forward walks the states in a loop where the setting says so."""
-    exact = {k: v.requires_grad_() for k, v in scan_inputs(*shape, seed=0).items()}
-    fast = {k: v.detach().float().to(DEVICE).requires_grad_() for k, v in exact.items()}
-    out_fast = scan.selective_scan_triton(**fast, delta_softplus=True, return_final_state=True)
-    out_exact = selective_scan_loop(**exact, delta_softplus=True)
-    cotangents = output_cotangents(out_fast, out_exact)
-    grads_fast = gradients([o.double() for o in out_fast], [c.to(DEVICE) for c in cotangents], list(fast.values()))
-    grads_exact = gradients(list(out_exact), cotangents, list(exact.values()))
-    errors = {f"out{i}": rel_error(a.cpu(), b) for i, (a, b) in enumerate(zip(out_fast, out_exact, strict=True))}
-    errors.update({f"d{k}": rel_error(a.cpu(), b) for k, a, b in zip(NAMES, grads_fast, grads_exact, strict=True)})
-    assert max(errors.values()) < 1e-5, errors
+    check_scan_against_loop(shape, seed=0)
     forward = [kw for name, _, kw in launches if name == "selective_scan_fwd_state_kernel"]
     assert forward and all(kw["STATE_LOOP"] == (short_chunks == "stored") for kw in forward)
 
