@@ -34,13 +34,15 @@ FORWARD_SHORT = {"kernel": "step", "split": 2, "num_warps": 1, "unroll": 4}
 CONFIG = {"forward": dict(FORWARD_STATE), "backward": dict(BACKWARD_STATE)}
 # Forward ``kernel="lane"`` (FORWARD_LANE, :mod:`.scan_lane_kernels`): a lane per channel with its N states, walking
 # time. On CUDA the state setting takes it instead when there are at least LANE_MIN_CHANNELS_PER_SM channels
-# (``batch * dim``) per SM. H100, bf16, forward ms, state kernel / lane kernel, by channels per SM: (64, 384, 1569)
-# 186: 1.116 / 0.816; (32, 768, 1024) 186: 0.412 / 0.270; (8, 1536, 2048) 93: 0.437 / 0.419; (4, 1536, 4096) 47:
-# 0.531 / 0.776; (2, 1536, 2048) 23: 0.204 / 0.378. ``maxnreg``: with ptxas's own allocation (about 100 registers)
+# (``batch * dim``) per SM. H100, bf16, forward ms, state kernel / lane kernel, by channels per SM (the benchmark's
+# ``forward_kernels``): (64, 384, 1569) 186: 1.109 / 0.818; (32, 768, 1024) 186: 0.409 / 0.304; (8, 1536, 2048) 93:
+# 0.435 / 0.430; (6, 1536, 2048) 70: 0.346 / 0.411; (4, 2048, 2048) 62: 0.302 / 0.406; (4, 1536, 4096) 47: 0.529 /
+# 0.797; (2, 1536, 2048) 23: 0.171 / 0.393. The two meet near 93, between the last shape the state kernel wins and
+# the first the lane kernel does not lose. ``maxnreg``: with ptxas's own allocation (about 100 registers)
 # each step's B and C loads were issued just before their use and the few warps waited on them; (8, 1536, 2048) and
 # (64, 384, 1569) took 0.433 and 0.826 ms so, 0.473 / 0.419 / 0.433 and 0.879 / 0.816 / 0.826 ms with 160 / 200 / 255.
 FORWARD_LANE = {"kernel": "lane", "num_warps": 1, "maxnreg": 200}
-LANE_MIN_CHANNELS_PER_SM = 64
+LANE_MIN_CHANNELS_PER_SM = 90
 # H100, bf16, forward with the states unrolled / in a loop (one-channel programs, so B*D of them per SM):
 # (2, 768, 6272) 12 per SM: 0.21 / 0.39 ms; (1, 1536, 4096) 12: 0.14 / 0.25; (4, 768, 2048) 23: 0.135 / 0.135;
 # (8, 1536, 2048) 93: 0.469 / 0.436; (32, 768, 1024) 186: 0.458 / 0.411; (64, 384, 1569) 186, padded to 1584:
