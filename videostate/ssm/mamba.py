@@ -383,9 +383,13 @@ class Mamba(nn.Module):
         )
         return y, None if state is None else MambaState(conv_state, ssm_state.to(state.ssm_state.dtype))
 
+    def _x_proj(self, x: torch.Tensor, params: Direction):
+        """``x (..., d_inner)`` -> the low-rank ``dt (..., dt_rank)``, B and C ``(..., d_state)``."""
+        return params.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+
     def _project(self, x: torch.Tensor, params: Direction):
         """``x (..., d_inner)`` -> delta ``(..., d_inner)`` (without bias), B and C ``(..., d_state)``."""
-        dt, B, C = params.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt, B, C = self._x_proj(x, params)
         return F.linear(dt, params.dt_proj.weight), B, C
 
     @staticmethod
@@ -408,7 +412,7 @@ class Mamba(nn.Module):
             x, conv_state = causal_conv1d(
                 x, conv_weight, params.conv1d.bias, "silu", conv_state=state.conv_state, backend=self.backend
             )
-        dt, B, C = params.x_proj(rearrange(x, "b d l -> b l d")).split([self.dt_rank, self.d_state, self.d_state], -1)
+        dt, B, C = self._x_proj(rearrange(x, "b d l -> b l d"), params)
         # Channel-major with the steps contiguous: the scan kernels read such rows as vectors and strided ones
         # step by step (H100, bf16, VideoMamba-Ti at batch 32 and 8 frames: a scan took 1.6 ms over strided rows).
         return (

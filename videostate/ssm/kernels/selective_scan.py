@@ -182,7 +182,8 @@ def scan_forward(
 
     With ``y`` given the result is written into it (``accumulate`` adds its current value before the
     gate); ``reverse_out`` reads ``z`` and writes ``y`` at ``L - 1 - t``. ``setting`` replaces the kernel
-    setting chosen from the length (CONFIG's, or FORWARD_SHORT for a sequence shorter than SHORT_LENGTH).
+    setting chosen from the length (CONFIG's, or FORWARD_SHORT for a sequence shorter than SHORT_LENGTH; the state
+    setting gives way to FORWARD_LANE where :func:`uses_lane` says so).
     ``checkpoints`` (from :func:`checkpoint_buffer`) receives the state entering each chunk.
     """
     batch, dim, length = u.shape
