@@ -3,11 +3,11 @@
 Selective scan at the issue's three shapes (bf16 u/delta/z/B/C, fp32 A/D/delta bias, N=16, z gate, D,
 delta bias and softplus): forward and backward times, achieved bytes/s against a device-to-device copy
 measured in the same run (the bandwidth floor), peak memory, and the ratio to mamba_ssm's published
-CUDA figures. Then the forward's two long-sequence kernels (state and lane) from few to many channels per
-SM (the figures behind the launcher's choice), the fused bidirectional scan against two one-direction calls
-plus flips, the causal convolution and the fused add + RMSNorm against the reference ops. ``--sweep`` first
-times a few launch settings of the scan kernels (forward kernel and its tiles, backward tiles) and uses the
-fastest. Writes ``benchmarks/results/ssm_kernels_<device>.json``.
+CUDA figures. Then the two long-sequence kernels (state and lane) of the forward and of the backward from few
+to many channels per SM (the figures behind the launcher's choices), the fused bidirectional scan against two
+one-direction calls plus flips, the causal convolution and the fused add + RMSNorm against the reference ops.
+``--sweep`` first times a few launch settings of the scan kernels (forward kernel and its tiles, backward tiles)
+and uses the fastest. Writes ``benchmarks/results/ssm_kernels_<device>.json``.
 
     python benchmarks/ssm_kernels.py --sweep
 """
@@ -47,9 +47,9 @@ FORWARD_CONFIGS = [
 BACKWARD_CONFIGS = [{"block_d": d, "block_l": l, "num_warps": w} for d, l, w in STATE_SETTINGS]
 # The issue's first two shapes, and the second at a length that is a multiple of 16 (which the lane kernel needs).
 BIDIRECTIONAL_SHAPES = [*SHAPES[:2], (64, 384, 1568)]
-# Shapes from few to many channels (batch * dim) per SM, for the forward's choice between its two kernels.
-KERNEL_CHOICE_SHAPES = [(2, 1536, 2048), (4, 1536, 4096), (4, 2048, 2048), (6, 1536, 2048), (8, 1536, 2048),
-                        (32, 768, 1024), (64, 384, 1569)]  # fmt: skip
+# Shapes from few to many channels (batch * dim) per SM, for the choice between the state and lane kernels.
+KERNEL_CHOICE_SHAPES = [(2, 768, 6272), (2, 1536, 2048), (4, 1536, 4096), (4, 2048, 2048), (6, 1536, 2048),
+                        (8, 1536, 2048), (32, 768, 1024), (64, 384, 1569)]  # fmt: skip
 
 
 def scan_inputs(batch, dim, length, device, *, seed=0):
@@ -176,6 +176,13 @@ def bench_scan(device, copy_bw) -> list[dict]:
         # a length that is not a multiple of 16 runs over padded rows, which the lane kernel reads as vectors
         padded = -(-length // 16) * 16
         row["forward_kernel"] = "lane" if scan_kernels.uses_lane(batch, dim, padded, device) else "state"
+        row["backward_kernel"] = (
+            "lane"
+            if scan_kernels.uses_lane(
+                batch, dim, padded, device, min_per_sm=scan_kernels.LANE_BACKWARD_MIN_CHANNELS_PER_SM
+            )
+            else "state"
+        )
         row["triton_forward_ms"] = cuda_ms(lambda i=inputs: scan_fn("triton")(**i))
         state = torch.randn(batch, dim, N, device=device)
         row["triton_forward_with_states_ms"] = cuda_ms(
@@ -255,26 +262,31 @@ def bench_bidirectional(device) -> list[dict]:
     return rows
 
 
-def bench_forward_kernels(device) -> list[dict]:
-    """The forward's state and lane kernels on each of KERNEL_CHOICE_SHAPES, and the one the launcher's rule
-    (LANE_MIN_CHANNELS_PER_SM) takes: the figures behind the rule."""
+def bench_kernel_choice(device, direction: str) -> list[dict]:
+    """The state and lane kernels of the ``direction`` ("forward" or "backward") on each of KERNEL_CHOICE_SHAPES,
+    and the one the launcher's rule (LANE_MIN_CHANNELS_PER_SM, LANE_BACKWARD_MIN_CHANNELS_PER_SM) takes: the figures
+    behind the rule."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    rule = scan_kernels.LANE_MIN_CHANNELS_PER_SM
+    name = "LANE_MIN_CHANNELS_PER_SM" if direction == "forward" else "LANE_BACKWARD_MIN_CHANNELS_PER_SM"
+    rule = getattr(scan_kernels, name)
     rows = []
     for shape in KERNEL_CHOICE_SHAPES:
         inputs = scan_inputs(*shape, device)
         row = {"shape": list(shape), "channels_per_sm": shape[0] * shape[1] / sms}
         row["rule_takes"] = "lane" if shape[0] * shape[1] >= rule * sms else "state"
-        try:
-            scan_kernels.LANE_MIN_CHANNELS_PER_SM = float("inf")
-            row["state_forward_ms"] = cuda_ms(lambda i=inputs: scan_fn("triton")(**i))
-            scan_kernels.LANE_MIN_CHANNELS_PER_SM = 0
-            row["lane_forward_ms"] = cuda_ms(lambda i=inputs: scan_fn("triton")(**i))
-        finally:
-            scan_kernels.LANE_MIN_CHANNELS_PER_SM = rule
+        for kernel, threshold in (("state", float("inf")), ("lane", 0)):
+            setattr(scan_kernels, name, threshold)
+            try:
+                if direction == "forward":
+                    row[f"{kernel}_forward_ms"] = cuda_ms(lambda i=inputs: scan_fn("triton")(**i))
+                else:
+                    row[f"{kernel}_backward_ms"] = timed_backward(scan_fn("triton"), inputs, SCAN_GRADS)
+            finally:
+                setattr(scan_kernels, name, rule)
         rows.append(row)
         print(row, flush=True)
         del inputs
+        torch.cuda.empty_cache()
     return rows
 
 
@@ -340,9 +352,14 @@ def main() -> None:
         **scan_kernels.FORWARD_LANE,
         "min_channels_per_sm": scan_kernels.LANE_MIN_CHANNELS_PER_SM,
     }
+    payload["scan_config"]["lane_backward"] = {
+        **scan_kernels.BACKWARD_LANE,
+        "min_channels_per_sm": scan_kernels.LANE_BACKWARD_MIN_CHANNELS_PER_SM,
+    }
     sections = {
         "selective_scan": lambda: bench_scan(device, copy_bw),
-        "forward_kernels": lambda: bench_forward_kernels(device),
+        "forward_kernels": lambda: bench_kernel_choice(device, "forward"),
+        "backward_kernels": lambda: bench_kernel_choice(device, "backward"),
         "bidirectional": lambda: bench_bidirectional(device),
         "causal_conv1d": lambda: bench_conv(device),
         "rms_norm": lambda: bench_norm(device),
@@ -367,11 +384,13 @@ def main() -> None:
             f"{tuple(r['shape'])} | {fwd} | {bwd} | {r['floor_ms']:.3f} | {100 * r['forward_fraction_of_copy_bw']:.0f}%"
             f" | {r['reference_forward_ms']:.2f} | {r.get('loop_forward_ms', '-')} | {peak:.2f}"
         )
-    for r in payload["forward_kernels"]:
-        print(
-            f"forward kernels {tuple(r['shape'])}, {r['channels_per_sm']:.0f} channels per SM: state"
-            f" {r['state_forward_ms']:.3f} ms, lane {r['lane_forward_ms']:.3f} ms; the rule takes {r['rule_takes']}"
-        )
+    for direction in ("forward", "backward"):
+        for r in payload[f"{direction}_kernels"]:
+            print(
+                f"{direction} kernels {tuple(r['shape'])}, {r['channels_per_sm']:.0f} channels per SM: state"
+                f" {r[f'state_{direction}_ms']:.3f} ms, lane {r[f'lane_{direction}_ms']:.3f} ms;"
+                f" the rule takes {r['rule_takes']}"
+            )
     for r in payload["bidirectional"]:
         print(
             f"bidirectional {tuple(r['shape'])}: fused fwd {r['fused_forward_ms']:.3f}"

@@ -13,7 +13,8 @@ import triton
 
 from ..selective_scan import selective_scan_reference
 from .common import any_float64, next_power_of_2
-from .scan_lane_kernels import selective_scan_fwd_lane_kernel
+from .scan_lane_backward_kernels import selective_scan_bwd_lane_kernel
+from .scan_lane_kernels import STEPS, selective_scan_fwd_lane_kernel
 from .scan_state_kernels import selective_scan_bwd_state_kernel, selective_scan_fwd_state_kernel
 from .scan_step_kernels import selective_scan_fwd_kernel
 
@@ -43,6 +44,22 @@ CONFIG = {"forward": dict(FORWARD_STATE), "backward": dict(BACKWARD_STATE)}
 # (64, 384, 1569) took 0.433 and 0.826 ms so, 0.473 / 0.419 / 0.433 and 0.879 / 0.816 / 0.826 ms with 160 / 200 / 255.
 FORWARD_LANE = {"kernel": "lane", "num_warps": 1, "maxnreg": 200}
 LANE_MIN_CHANNELS_PER_SM = 90
+# Backward ``kernel="lane"`` (BACKWARD_LANE, :mod:`.scan_lane_backward_kernels`): ``parts`` lanes per channel, each
+# program one warp. The state setting takes it when the forward stored its checkpoints, there are at most
+# LANE_MAX_STATES states and the forward's rule holds with LANE_BACKWARD_MIN_CHANNELS_PER_SM (:func:`uses_lane`, the
+# output gradient among the rows). H100, bf16, backward ms, state kernel / lane kernel by channels per SM (the
+# benchmark's ``backward_kernels``): (2, 768, 6272) 12: 1.00 / 1.75; (2, 1536, 2048) 23: 0.66 / 0.66; (4, 1536, 4096)
+# 47: 1.93 / 1.45; (4, 2048, 2048) 62: 1.23 / 0.77; (6, 1536, 2048) 70: 1.40 / 1.13; (8, 1536, 2048) 93: 1.80 / 1.20;
+# (32, 768, 1024) 186: 1.73 / 1.16; (64, 384, 1569) 186: 3.16 / 1.94. Parts: 1 / 2 / 4 / 8 lanes a channel took 2.03
+# / 1.44 / 1.20 / 1.49 ms on (8, 1536, 2048), 2.51 / 2.40 / 1.94 / 2.43 on (64, 384, 1569): more parts give more
+# warps to hide latency with, and repeat more of each step's work. Registers: ptxas may use ``maxnreg`` (255: 8 warps
+# an SM) unless the grid then needs a second wave and would fit in one with ``maxnreg_one_wave`` (168: 12 warps an
+# SM): (8, 1536, 2048), 11.6 warps an SM, 1.45 / 1.20 ms with 255 / 168; (6, 1536, 2048), 8.7: 1.32 / 1.13;
+# (4, 2048, 2048), 7.8: 0.77 / 0.95; (64, 384, 1569), 23.3: 1.94 / 2.01.
+BACKWARD_LANE = {"kernel": "lane", "num_warps": 1, "parts": 4, "maxnreg": 255, "maxnreg_one_wave": 168}
+LANE_MAX_STATES = 16
+LANE_BACKWARD_MIN_CHANNELS_PER_SM = 32
+REGISTERS_PER_SM = 65536
 # H100, bf16, forward with the states unrolled / in a loop (one-channel programs, so B*D of them per SM):
 # (2, 768, 6272) 12 per SM: 0.21 / 0.39 ms; (1, 1536, 4096) 12: 0.14 / 0.25; (4, 768, 2048) 23: 0.135 / 0.135;
 # (8, 1536, 2048) 93: 0.469 / 0.436; (32, 768, 1024) 186: 0.458 / 0.411; (64, 384, 1569) 186, padded to 1584:
@@ -249,16 +266,21 @@ def scan_forward(
     return y, final_state
 
 
-def uses_lane(batch: int, dim: int, length: int, device: torch.device, *rows: torch.Tensor | None) -> bool:
-    """Whether the forward takes the lane kernel: on CUDA, at least LANE_MIN_CHANNELS_PER_SM channels (``batch *
-    dim``) per SM, a length that is a multiple of 16 and ``rows`` (``u``, ``delta``, ``z``, B, C, the output) read
-    as vectors (:func:`vector_rows`). Element by element the lane kernel is slower than the state kernel (H100, bf16,
-    the fused bidirectional scan of (64, 384, 1569), whose rows are not padded: 5.06 against 2.54 ms; in rows
-    aligned by copies but over that odd length, whose step masks are not constant over vectors: 2.83 against 2.51
-    ms); over (64, 384, 1568) the fused scan takes 0.81 ms with it, 1.43 ms with the state kernel."""
+def uses_lane(
+    batch: int, dim: int, length: int, device: torch.device, *rows: torch.Tensor | None,
+    min_per_sm: int | None = None,
+) -> bool:  # fmt: skip
+    """Whether the forward takes the lane kernel: on CUDA, at least ``min_per_sm`` channels (``batch * dim``) per SM
+    (LANE_MIN_CHANNELS_PER_SM unless given), a length that is a multiple of 16 and ``rows`` (``u``, ``delta``,
+    ``z``, B, C, the output) read as vectors (:func:`vector_rows`). Element by element the lane kernel is slower than
+    the state kernel (H100, bf16, the fused bidirectional scan of (64, 384, 1569), whose rows are not padded: 5.06
+    against 2.54 ms; in rows aligned by copies but over that odd length, whose step masks are not constant over
+    vectors: 2.83 against 2.51 ms); over (64, 384, 1568) the fused scan takes 0.81 ms with it, 1.43 ms with the state
+    kernel."""
     if device.type != "cuda" or length % 16 or not all(t is None or vector_rows(t) for t in rows):
         return False
-    return batch * dim >= LANE_MIN_CHANNELS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    min_per_sm = LANE_MIN_CHANNELS_PER_SM if min_per_sm is None else min_per_sm
+    return batch * dim >= min_per_sm * torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _launch_lane(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, y, final_state, checkpoints, ckpt_l,
@@ -314,17 +336,52 @@ def scan_backward(
     ddelta = torch.empty(batch, dim, length, device=device, dtype=delta.dtype)
     if z is not None and dz is None:
         dz = torch.empty(batch, dim, length, device=device, dtype=z.dtype)
-    # Rows of dB and dC start at multiples of 16 elements, so the kernel's atomic adds are vectorised.
+    # Rows of dB and dC start at multiples of 16 elements, so the kernels' atomic adds are vectorised.
     padded = triton.cdiv(length, 16) * 16
-    dB = torch.zeros(batch, groups, n, padded, device=device, dtype=f32)[..., :length]
-    dC = torch.zeros(batch, groups, n, padded, device=device, dtype=f32)[..., :length]
+    dBC = torch.zeros(2, batch, groups, n, padded, device=device, dtype=f32)[..., :length]
     dA = torch.empty(batch, dim, n, device=device, dtype=f32)
-    # What the kernel carries between chunks, the gradient of the state entering each: at the end, that of h0.
+    # The gradient of the state entering each chunk, carried between them: at the end, that of h0.
     carried = torch.empty(batch, dim, n, device=device, dtype=f32)
     dD = torch.empty(batch, dim, device=device, dtype=f32)
     dbias = torch.empty(batch, dim, device=device, dtype=f32)
     h0 = None if initial_state is None else initial_state.to(f32).contiguous()
     d_final = None if d_final is None else d_final.to(f32).contiguous()
+    args = (u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, dy, d_final, checkpoints, carried,
+            du, ddelta, dz, dBC, dA, dD, dbias, accumulate_dz, reverse_out)  # fmt: skip
+    if has_checkpoints and uses_lane_backward(cfg, n, length, blocks["BLOCK_L"], u, delta, z, dy, B4, C4):
+        _launch_lane_backward(*args, blocks["BLOCK_L"], BACKWARD_LANE if cfg.get("kernel") != "lane" else cfg)
+    else:
+        _launch_state_backward(*args, has_checkpoints, blocks, cfg)
+    dB, dC = dBC[0], dBC[1]
+    if B.dim() == 3:
+        dB, dC = dB[:, 0], dC[:, 0]
+    return du, ddelta, dA.sum(0), dB, dC, dD.sum(0), dz, dbias.sum(0), None if h0 is None else carried
+
+
+def uses_lane_backward(cfg: dict, n: int, length: int, chunk: int, u, delta, z, dy, B4, C4) -> bool:
+    """Whether the backward takes the lane kernel, given that the forward stored its checkpoints: at most
+    LANE_MAX_STATES states, a length and chunk made of whole STEPS-step blocks, and either the setting says so
+    (``kernel="lane"``) or the state setting's rows meet the forward's rule with LANE_BACKWARD_MIN_CHANNELS_PER_SM
+    (:func:`uses_lane`)."""
+    if n > LANE_MAX_STATES or length % STEPS.value or chunk % STEPS.value:
+        return False
+    if cfg.get("kernel") == "lane":
+        return True
+    batch, dim, _ = u.shape
+    rows = (u, delta, z, dy, B4, C4)
+    return cfg.get("kernel", "state") == "state" and uses_lane(
+        batch, dim, length, u.device, *rows, min_per_sm=LANE_BACKWARD_MIN_CHANNELS_PER_SM
+    )
+
+
+def _launch_state_backward(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, dy, d_final, checkpoints,
+                           carried, du, ddelta, dz, dBC, dA, dD, dbias, accumulate_dz, reverse_out, has_checkpoints,
+                           blocks, cfg):  # fmt: skip
+    """The state kernel's backward (:mod:`.scan_state_kernels`) into the gradient buffers."""
+    batch, dim, length = u.shape
+    groups = B4.shape[1]
+    cpg, n = dim // groups, A.shape[1]
+    dB, dC = dBC[0], dBC[1]
     row_length = _row_length(length, u, delta, z, dy, B4, C4)
     grid = (batch, groups, triton.cdiv(cpg, blocks["BLOCK_D"]))
     selective_scan_bwd_state_kernel[grid](
@@ -332,17 +389,58 @@ def scan_backward(
         u if D is None else D, u if z is None else z, u if delta_bias is None else delta_bias,
         dA if h0 is None else h0, dy, dA if d_final is None else d_final, checkpoints, carried,
         du, ddelta, du if dz is None else dz, dB, dC, dA, dD, dbias,
-        dim, length, row_length, cpg, groups, n_chunks,
-        *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides3(z), *dy.stride(), padded,
+        dim, length, row_length, cpg, groups, checkpoints.shape[2],
+        *u.stride(), *delta.stride(), *A.stride(), *B4.stride(), *C4.stride(), *_strides3(z), *dy.stride(),
+        dB.stride(-2),
         N=n, **blocks,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         HAS_H0=h0 is not None, HAS_DHT=d_final is not None, HAS_CKPT=has_checkpoints, REVERSE_OUT=reverse_out,
         FLIP_OUT=_flips_output(reverse_out, length), ACCUMULATE_DZ=accumulate_dz, ROWS_PADDED=row_length != length,
         num_warps=cfg["num_warps"],
     )  # fmt: skip
-    if B.dim() == 3:
-        dB, dC = dB[:, 0], dC[:, 0]
-    return du, ddelta, dA.sum(0), dB, dC, dD.sum(0), dz, dbias.sum(0), None if h0 is None else carried
+
+
+def _launch_lane_backward(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, dy, d_final, checkpoints,
+                          carried, du, ddelta, dz, dBC, dA, dD, dbias, accumulate_dz, reverse_out, ckpt_l,
+                          cfg):  # fmt: skip
+    """The lane kernel's backward (:mod:`.scan_lane_backward_kernels`) into the gradient buffers, from the
+    ``checkpoints`` stored every ``ckpt_l`` steps."""
+    batch, dim, length = u.shape
+    groups = B4.shape[1]
+    cpg, n = dim // groups, A.shape[1]
+    parts = cfg["parts"]
+    slots = max(next_power_of_2(n), parts) // parts
+    grid = (batch, groups, triton.cdiv(cpg, 32 // parts))
+    scratch = torch.empty(grid[0] * grid[1] * grid[2] * (ckpt_l // STEPS.value) * slots * 32, device=u.device,
+                          dtype=torch.float32)  # fmt: skip
+    selective_scan_bwd_lane_kernel[grid](
+        u, delta, A, B4, C4,
+        u if D is None else D, u if z is None else z, u if delta_bias is None else delta_bias,
+        dy, dA if d_final is None else d_final, checkpoints, scratch, carried,
+        du, ddelta, du if dz is None else dz, dBC, dA, dD, dbias,
+        dim, length, cpg, groups, checkpoints.shape[2],
+        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *A.stride(),
+        B4.stride(0), B4.stride(1), B4.stride(2), C4.stride(0), C4.stride(1), C4.stride(2),
+        *_strides3(z)[:2], dy.stride(0), dy.stride(1), dBC.stride(0), dBC.stride(-2),
+        N=n, LOG_NS=slots.bit_length() - 1, LOG_PARTS=parts.bit_length() - 1, CKPT_L=ckpt_l,
+        HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
+        HAS_H0=h0 is not None, HAS_DHT=d_final is not None, REVERSE_OUT=reverse_out, ACCUMULATE_DZ=accumulate_dz,
+        FAST_MATH=u.device.type == "cuda",
+        num_warps=1, **_lane_backward_registers(cfg, grid[0] * grid[1] * grid[2], u.device),
+    )  # fmt: skip
+
+
+def _lane_backward_registers(cfg: dict, programs: int, device: torch.device) -> dict:
+    """ptxas's register limit for the lane backward's one-warp ``programs``: the setting's ``maxnreg``, or its
+    ``maxnreg_one_wave`` where the grid fits in one wave with that and not with ``maxnreg``; none without either."""
+    if cfg.get("maxnreg") is None or device.type != "cuda":
+        return {}
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    fewer = cfg.get("maxnreg_one_wave")
+    if fewer is not None and programs > sms * (REGISTERS_PER_SM // (32 * cfg["maxnreg"])):
+        if programs <= sms * (REGISTERS_PER_SM // (32 * fewer)):
+            return {"maxnreg": fewer}
+    return {"maxnreg": cfg["maxnreg"]}
 
 
 def _cast(grad, like):
@@ -357,34 +455,32 @@ class SelectiveScanFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         length = u.shape[-1]
         padded = _identity_padded(u, delta, z, B, C, delta_bias, delta_softplus)
-        if padded is not None:  # views of the padded rows are also the rows the backward reads
-            u, delta, z, B, C = (None if t is None else t[..., :length] for t in padded)
+        if padded is not None:  # the backward runs over the padded rows too
+            u, delta, z, B, C = padded
         elif any(ctx.needs_input_grad):  # the rows the backward reads, laid out for it once and kept for it
             u, delta, z, B, C = (_aligned_rows(t) for t in (u, delta, z, B, C))
         checkpoints = checkpoint_buffer(u, A.shape[1]) if any(ctx.needs_input_grad) else None
-        if padded is None:
-            y, final_state = scan_forward(
-                u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, checkpoints=checkpoints
-            )
-        else:
-            pu, pdelta, pz, pB, pC = padded
-            y, final_state = scan_forward(
-                pu, pdelta, A, pB, pC, D, pz, delta_bias, delta_softplus, initial_state, checkpoints=checkpoints
-            )
-            y = y[..., :length]
+        y, final_state = scan_forward(
+            u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, checkpoints=checkpoints
+        )
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, initial_state, checkpoints)
-        ctx.delta_softplus = delta_softplus
-        return y, final_state
+        ctx.delta_softplus, ctx.pad = delta_softplus, u.shape[-1] - length
+        return y[..., :length], final_state
 
     @staticmethod
     def backward(ctx, dy, d_final):
         u, delta, A, B, C, D, z, delta_bias, initial_state, checkpoints = ctx.saved_tensors
+        pad = ctx.pad
         if dy is None:
             dy = torch.zeros_like(u)
+        elif pad:
+            dy = F.pad(dy, (0, pad))
         du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = scan_backward(
             u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, initial_state, dy, d_final,
             checkpoints=checkpoints,
         )  # fmt: skip
+        if pad:  # the gradients of the sequence's own steps
+            du, ddelta, dB, dC, dz = (None if g is None else g[..., :-pad] for g in (du, ddelta, dB, dC, dz))
         return (
             du, ddelta, dA.to(A.dtype), dB.to(B.dtype), dC.to(C.dtype), _cast(dD, D), dz,
             _cast(dbias, delta_bias), _cast(dh0, initial_state), None,

@@ -1,0 +1,119 @@
+"""The selective scan's lane backward kernel (:mod:`videostate.ssm.kernels.scan_lane_backward_kernels`) against the
+plain loop.
+
+The forward runs the lane kernel with the backward's chunks 32 steps long, so that it stores the states entering
+several chunks; the backward runs the lane kernel (forced: on CUDA the launcher takes it only with enough channels per
+SM) with 1, 2 or 4 lanes per channel. Forward, final state and every gradient against
+:func:`tests.ssm.oracles.selective_scan_loop` in float64, differentiated by autograd: at 16 states (the butterfly's
+every exchange pairs), at 5 states (padded to 8: slots of states that do not exist) and at 4 (with four parts, one
+slot a lane and exchanges that only sum), over sequences of whole chunks, a short last chunk and channels that do not
+fill the last program. On CUDA these are ``gpu`` tests; with ``TRITON_INTERPRET=1`` and no GPU they run on CPU
+tensors through Triton's interpreter.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.kernel_targets import DEVICE, MARKS, RUNS, output_cotangents
+from tests.ssm.oracles import selective_scan_loop
+from tests.ssm.test_scan_state_kernels import (
+    check_bidirectional_against_loops,
+    check_scan_against_loop,
+    gradients,
+    rel_error,
+    scan_inputs,
+    spy_launches,
+)
+
+pytestmark = list(MARKS)
+if RUNS:
+    from videostate.ssm.kernels import selective_scan as scan
+
+NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
+CHUNK = 32
+BACKWARD_KERNELS = ("selective_scan_bwd_lane_kernel", "selective_scan_bwd_state_kernel")
+
+
+@pytest.fixture(autouse=True)
+def lane_forward(monkeypatch):
+    monkeypatch.setitem(scan.CONFIG, "forward", dict(scan.FORWARD_LANE))
+    monkeypatch.setitem(scan.CONFIG, "backward", dict(scan.BACKWARD_STATE, block_l=CHUNK))
+    monkeypatch.setattr(scan, "SHORT_LENGTH", 1)
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """Every launch of the backward kernels, as ``(kernel name, lanes per channel)``; the kernels still run."""
+    return spy_launches(monkeypatch, BACKWARD_KERNELS, lambda name, args, kwargs: (name, kwargs.get("LOG_PARTS")))
+
+
+def lane_backward(monkeypatch, parts: int) -> None:
+    setting = {"kernel": "lane", "num_warps": 1, "parts": parts}
+    monkeypatch.setitem(scan.CONFIG, "backward", dict(scan.BACKWARD_STATE, block_l=CHUNK, **setting))
+
+
+@pytest.mark.parametrize("parts", [1, 2, 4])
+@pytest.mark.parametrize(
+    "shape", [(1, 4, 64, 16, 0), (2, 6, 45, 5, 3), (1, 40, 72, 4, 0)], ids=["whole-chunks", "grouped-odd-N", "short"]
+)
+def test_lane_backward_against_loop(shape, parts, monkeypatch, launches):
+    """45 steps run over rows padded to 48 (two chunks, the last 16 steps), 72 over three (the last 8); 40 channels
+    leave the last program's lanes partly without a channel with one and two parts."""
+    lane_backward(monkeypatch, parts)
+    check_scan_against_loop(shape, seed=13)
+    assert launches == [("selective_scan_bwd_lane_kernel", parts.bit_length() - 1)]
+
+
+@pytest.mark.parametrize("length, softplus", [(40, False), (45, True)], ids=["whole-blocks", "padded"])
+def test_bidirectional_lane_backward(length, softplus, monkeypatch, launches):
+    """The reversed direction reads the output gradient and the gate at the mirrored steps and adds its gate gradient
+    to the one the forward direction wrote; 45 steps are padded to 48, the time-reversed inputs before their
+    sequence."""
+    lane_backward(monkeypatch, 2)
+    check_bidirectional_against_loops(length, softplus, seeds=(14, 15))
+    assert launches == [("selective_scan_bwd_lane_kernel", 1)] * 2
+
+
+def test_lane_backward_rule(monkeypatch, launches):
+    """The lane backward needs the forward's checkpoints (a forward by the step kernel stores none), at most
+    LANE_MAX_STATES states and whole blocks of steps; the state setting takes it on CUDA only, with enough
+    channels."""
+    rows = torch.empty(2, 3, 64, device=DEVICE)
+    forced = {"kernel": "lane", "parts": 2}
+    assert scan.uses_lane_backward(forced, 16, 64, CHUNK, *[rows] * 6)
+    assert not scan.uses_lane_backward(forced, scan.LANE_MAX_STATES + 1, 64, CHUNK, *[rows] * 6)
+    assert not scan.uses_lane_backward(forced, 16, 60, CHUNK, *[rows] * 6)
+    if DEVICE.type != "cuda":
+        assert not scan.uses_lane_backward(scan.BACKWARD_STATE, 16, 64, CHUNK, *[rows] * 6)
+    lane_backward(monkeypatch, 2)
+    monkeypatch.setitem(scan.CONFIG, "forward", dict(scan.FORWARD_STEP))
+    check_scan_against_loop((1, 4, 64, 16, 0), seed=16)
+    assert launches == [("selective_scan_bwd_state_kernel", None)]
+
+
+@pytest.mark.skipif(DEVICE.type != "cuda", reason="bfloat16 and the launcher's rule: on the GPU")
+def test_bfloat16_through_the_rule(monkeypatch, launches):
+    """bfloat16 u, delta, z, B and C with enough channels that the state setting takes the lane kernels both ways:
+    output, final state and gradients within 1e-2 of the float64 loop fed the same rounded values."""
+    monkeypatch.setitem(scan.CONFIG, "forward", dict(scan.FORWARD_STATE))
+    monkeypatch.setitem(scan.CONFIG, "backward", dict(scan.BACKWARD_STATE))
+    sms = torch.cuda.get_device_properties(DEVICE).multi_processor_count
+    halves = ("u", "delta", "B", "C", "z")
+    channels = max(scan.LANE_MIN_CHANNELS_PER_SM, scan.LANE_BACKWARD_MIN_CHANNELS_PER_SM) * sms
+    exact = scan_inputs(2, channels // 2, 300, 16, 0, seed=17)
+    exact = {k: (v.bfloat16().double() if k in halves else v).to(DEVICE).requires_grad_() for k, v in exact.items()}
+    fast = {
+        k: v.detach().to(torch.bfloat16 if k in halves else torch.float32).requires_grad_() for k, v in exact.items()
+    }
+    out_fast = scan.selective_scan_triton(**fast, delta_softplus=True, return_final_state=True)
+    out_exact = selective_scan_loop(**exact, delta_softplus=True)
+    cotangents = output_cotangents(out_fast, out_exact)
+    grads_fast = gradients([o.double() for o in out_fast], cotangents, list(fast.values()))
+    grads_exact = gradients(list(out_exact), cotangents, list(exact.values()))
+    errors = {f"out{i}": rel_error(a, b) for i, (a, b) in enumerate(zip(out_fast, out_exact, strict=True))}
+    errors.update({f"d{k}": rel_error(a, b) for k, a, b in zip(NAMES, grads_fast, grads_exact, strict=True)})
+    assert max(errors.values()) < 1e-2, errors
+    parts = scan.BACKWARD_LANE["parts"]
+    assert launches == [("selective_scan_bwd_lane_kernel", parts.bit_length() - 1)]

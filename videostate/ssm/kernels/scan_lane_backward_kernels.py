@@ -1,0 +1,315 @@
+"""The lane-per-channel Triton backward kernel of the Mamba-1 selective scan, the counterpart of
+:mod:`.scan_lane_kernels`' forward.
+
+A program is one warp: ``BLOCK_D = 32 / PARTS`` channels of one batch element and one group of B/C, each channel on
+``PARTS`` lanes that share its states, ``N / PARTS`` each (a lane's *slots*; the states are padded to a power of 2).
+Splitting the states gives the grid ``PARTS`` times more warps to hide latency with, at the cost of each lane's
+per-step work, which the parts repeat. The program walks the chunks of ``CKPT_L`` steps in reverse, each from the
+state the forward stored at its start, in two passes of ``STEPS``-step blocks:
+
+1. forward through the chunk with the lane's states in registers, writing the state entering each block to a scratch
+   buffer (``(programs, CKPT_L / STEPS, slots, 32)`` float32, the lanes of a slot side by side);
+2. backward through the chunk's blocks. Per state, the block's eight states are recomputed from the scratch and the
+   adjoint ``q_t = g_t C_t + exp(delta_{t+1} A) q_{t+1}`` is solved step by step in reverse, carried between blocks
+   and chunks in registers, as are the sums of dA. About a dozen float operations a state and step give the
+   gradients' per-channel parts; ``u``'s and ``delta``'s are sums over the states, accumulated in the lane and
+   then over the channel's parts.
+
+The gradients of B and C at a step are sums over the channels, over lanes. Their ``2 STEPS`` values per slot a block
+are reduced by a butterfly in which every exchange halves what is left: lanes swap half of their values with the
+lane ``m`` apart and keep the sum of the other half (:func:`_lanes_paired`), the first exchange pairing a state's dB
+with its dC, the next ones pairs of slots as soon as both are solved, so that few values stay live. At the end each
+lane holds the eight steps of one (tensor, state) row, added to memory as two vectors (:func:`_reduced_row`): about 4
+operations a value, where a reduction of every value across the lanes takes 10, and one atomic add per row and block
+rather than one per channel, state and step.
+
+``REVERSE_OUT`` reads ``z`` and the output gradient and writes the gate's gradient at ``L - 1 - t`` (the backward
+direction of a bidirectional Mamba), ``ACCUMULATE_DZ`` adds the gate gradient's current value: the two directions
+share one gate.
+"""
+
+# Triton kernels build tuples by concatenation: its compiler does not accept starred unpacking.
+# ruff: noqa: RUF005
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .common import LN2, LOG2E, sigmoid, softplus_hw
+from .scan_lane_kernels import STEPS, stack_steps, unstack_steps
+
+WARP = tl.constexpr(32)
+
+
+@triton.jit
+def _lanes_exchanged(x, m: tl.constexpr, FAST_MATH: tl.constexpr):
+    """``x (BLOCK_D, S)``, a lane's row, with each lane's row replaced by that of the lane ``m`` apart (``lane ^ m``).
+    On the GPU one shuffle a value (a program is one warp, lane ``i`` holding row ``i``); in the interpreter a
+    permutation of the rows."""
+    if FAST_MATH:
+        bits = tl.inline_asm_elementwise(
+            "shfl.sync.bfly.b32 $0, $1, $2, 31, -1;", "=r,r,r",
+            [x.to(tl.int32, bitcast=True), tl.full(x.shape, m, tl.int32)], dtype=tl.int32, is_pure=True, pack=1,
+        )  # fmt: skip
+        return bits.to(tl.float32, bitcast=True)
+    R: tl.constexpr = x.shape[0]
+    S: tl.constexpr = x.shape[1]
+    return tl.reshape(tl.flip(tl.reshape(x, (R // (2 * m), 2, m, S)), 1), (R, S))
+
+
+@triton.jit
+def _lanes_paired(lo, hi, lane, m: tl.constexpr, FAST_MATH: tl.constexpr):
+    """One butterfly exchange: lanes whose bit ``m`` is clear end with ``lo`` summed with the lane ``m`` apart, the
+    others with ``hi`` so summed; half of the values of ``lo`` and ``hi (BLOCK_D, S)`` are sent."""
+    up = (lane & m) != 0
+    return tl.where(up, hi, lo) + _lanes_exchanged(tl.where(up, lo, hi), m, FAST_MATH)
+
+
+@triton.jit
+def _lanes_summed(x, LOG_D: tl.constexpr, LOG_NS: tl.constexpr, FAST_MATH: tl.constexpr):
+    """``x`` after the butterfly's exchanges over ``1 + LOG_NS`` lane bits (:func:`_lanes_paired`), summed over the
+    channel bits below them (where there are fewer slots than the channels can pair)."""
+    for i in tl.static_range(LOG_D - 1 - LOG_NS):
+        x += _lanes_exchanged(x, (1 << (LOG_D - 2 - LOG_NS)) >> i, FAST_MATH)
+    return x
+
+
+@triton.jit
+def _parts_summed(x, LOG_D: tl.constexpr, FAST_MATH: tl.constexpr):
+    """``x (32, S)`` summed over the parts of each channel (lanes ``2 ** LOG_D`` apart)."""
+    for i in tl.static_range(5 - LOG_D):
+        x += _lanes_exchanged(x, (1 << LOG_D) << i, FAST_MATH)
+    return x
+
+
+@triton.jit
+def _reduced_row(lane, N: tl.constexpr, LOG_D: tl.constexpr, LOG_NS: tl.constexpr):
+    """Which row a lane holds after the butterfly (:func:`_lanes_paired`): the tensor (0 dB, 1 dC) from channel bit
+    ``BLOCK_D / 2``, the slot from the channel bits below it read from the top (slot bit ``i`` from ``BLOCK_D >> (2 +
+    i)``), and whether the lane adds it to memory (the lowest of the lanes that hold the same sum, and a state below
+    N)."""
+    ch = lane % (1 << LOG_D)
+    slot = tl.zeros(lane.shape, tl.int32)
+    for i in tl.static_range(LOG_NS):
+        slot += ((ch >> (LOG_D - 2 - i)) & 1) << i
+    state = (lane >> LOG_D) * (1 << LOG_NS) + slot
+    writes = ((ch & ((1 << (LOG_D - 1 - LOG_NS)) - 1)) == 0) & (state < N)
+    return (ch >> (LOG_D - 1)) & 1, state, writes
+
+
+@triton.jit
+def _block_inputs(u_rows, dt_rows, t, col_mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+                  FAST_MATH: tl.constexpr):  # fmt: skip
+    """A block's ``u``, raw ``delta`` (with the bias) and discretised ``delta``, float32 ``(BLOCK_D, STEPS)``."""
+    u = tl.load(u_rows + t, mask=col_mask, other=0.0).to(tl.float32)
+    dt_raw = tl.load(dt_rows + t, mask=col_mask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        dt_raw += bias
+    dt = dt_raw
+    if SOFTPLUS:
+        dt = softplus_hw(dt_raw, FAST_MATH)
+    return u, dt_raw, dt
+
+
+@triton.jit
+def _state_row(rows, state, stride):
+    """A slot's row of B or C at a block's steps (``rows (32, STEPS)``, the steps of state 0), zero where the
+    slot's state ``(n, real)`` is not real, as STEPS ``(32,)`` tiles."""
+    n, real = state
+    return unstack_steps(tl.load(rows + n[:, None] * stride, mask=real[:, None], other=0.0).to(tl.float32))
+
+
+@triton.jit
+def selective_scan_bwd_lane_kernel(
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dy_ptr, dhT_ptr, ckpt_ptr, sub_ptr, dh0_ptr,
+    du_ptr, ddt_ptr, dz_ptr, dBC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    dim, L, cpg, G, n_chunks,
+    su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g, sB_n, sC_b, sC_g, sC_n, sz_b, sz_d, sdy_b, sdy_d,
+    sdBC_t, sdBC_n,
+    N: tl.constexpr, LOG_NS: tl.constexpr, LOG_PARTS: tl.constexpr, CKPT_L: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE_DZ: tl.constexpr,
+    FAST_MATH: tl.constexpr,
+):  # fmt: skip
+    LOG_D: tl.constexpr = 5 - LOG_PARTS
+    BLOCK_D: tl.constexpr = WARP >> LOG_PARTS
+    NS: tl.constexpr = 1 << LOG_NS
+    b = tl.program_id(0).to(tl.int64)
+    g = tl.program_id(1)
+    program = (b * G + g) * tl.num_programs(2) + tl.program_id(2)
+    lane = tl.arange(0, WARP)
+    part = lane // BLOCK_D
+    dl = tl.program_id(2) * BLOCK_D + lane % BLOCK_D
+    d_mask = dl < cpg
+    d = g * cpg + dl
+    col = d[:, None]
+    col_mask = d_mask[:, None]
+    writer = col_mask & (part[:, None] == 0)  # the part that writes the channel's gradients
+    Dv = tl.zeros((WARP, 1), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + col, mask=col_mask, other=0.0).to(tl.float32)
+    bias = tl.zeros((WARP, 1), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + col, mask=col_mask, other=0.0).to(tl.float32)
+    state_rows = (b * dim + d) * N
+    states = ()  # the lane's states, one per slot, and where they are real
+    A2 = ()
+    w = ()  # per slot, exp(delta_{t+1} A) q_{t+1}: the gradient of the state before the step being solved
+    dA = ()
+    for i in tl.static_range(NS):
+        n = part * NS + i
+        real = d_mask & (n < N)
+        states = states + ((n, real),)
+        A2 = A2 + (tl.load(A_ptr + d * sA_d + n * sA_n, mask=real, other=0.0).to(tl.float32) * LOG2E,)
+        wn = tl.zeros((WARP,), tl.float32)
+        if HAS_DHT:
+            wn = tl.load(dhT_ptr + state_rows + n, mask=real, other=0.0)
+        w = w + (wn,)
+        dA = dA + (tl.zeros((WARP,), tl.float32),)
+    steps = tl.arange(0, STEPS)[None, :]
+    u_rows = u_ptr + b * su_b + col * su_d
+    dt_rows = dt_ptr + b * sdt_b + col * sdt_d
+    z_rows = z_ptr + b * sz_b + col * sz_d
+    dy_rows = dy_ptr + b * sdy_b + col * sdy_d
+    grad_rows = (b * dim + col) * L  # du, ddelta, dz: contiguous (batch, dim, L)
+    B_rows = B_ptr + b * sB_b + g * sB_g + steps
+    C_rows = C_ptr + b * sC_b + g * sC_g + steps
+    ckpt_rows = ckpt_ptr + ((b * dim + d) * n_chunks) * N
+    sub_rows = sub_ptr + program * (CKPT_L // STEPS) * NS * WARP + lane
+    tensor, state, writes = _reduced_row(lane[:, None], N, LOG_D, LOG_NS)
+    dBC_rows = dBC_ptr + tensor * sdBC_t + (b * G + g) * N * sdBC_n + state * sdBC_n
+    dD = tl.zeros((WARP, STEPS), tl.float32)
+    dbias = tl.zeros((WARP, STEPS), tl.float32)
+    for r_chunk in range(0, n_chunks):
+        c = n_chunks - 1 - r_chunk
+        blocks = (tl.minimum(L - c * CKPT_L, CKPT_L)) // STEPS
+        # pass 1: the state entering each block of the chunk, into the scratch rows
+        h = ()
+        for i in tl.static_range(NS):
+            h = h + (tl.load(ckpt_rows + c * N + states[i][0], mask=states[i][1], other=0.0),)
+        for j in range(0, blocks):
+            t = c * CKPT_L + j * STEPS
+            for i in tl.static_range(NS):
+                tl.store(sub_rows + (j * NS + i) * WARP, h[i])
+            u, _, dt = _block_inputs(u_rows, dt_rows, t + steps, col_mask, bias, HAS_BIAS, SOFTPLUS, FAST_MATH)
+            dts = unstack_steps(dt)
+            dtus = unstack_steps(dt * u)
+            advanced = ()
+            for i in tl.static_range(NS):
+                Bs = _state_row(B_rows + t, states[i], sB_n)
+                hi = h[i]
+                for k in tl.static_range(STEPS):
+                    hi = tl.exp2(dts[k] * A2[i]) * hi + dtus[k] * Bs[k]
+                advanced = advanced + (hi,)
+            h = advanced
+        tl.debug_barrier()  # the scratch rows, written and read by the same lanes, complete before pass 2
+        # pass 2: the chunk's blocks in reverse
+        for r_block in range(0, blocks):
+            j = blocks - 1 - r_block
+            t = c * CKPT_L + j * STEPS
+            t_out = t + steps
+            if REVERSE_OUT:
+                t_out = L - STEPS - t + steps
+            u, dt_raw, dt = _block_inputs(u_rows, dt_rows, t + steps, col_mask, bias, HAS_BIAS, SOFTPLUS, FAST_MATH)
+            dy = tl.load(dy_rows + t_out, mask=col_mask, other=0.0).to(tl.float32)
+            if REVERSE_OUT:
+                dy = tl.flip(dy, 1)
+            gy = dy
+            if HAS_Z:
+                zt = tl.load(z_rows + t_out, mask=col_mask, other=0.0).to(tl.float32)
+                if REVERSE_OUT:
+                    zt = tl.flip(zt, 1)
+                sig = sigmoid(zt)
+                gy = dy * zt * sig
+            dts = unstack_steps(dt)
+            dtus = unstack_steps(dt * u)
+            gys = unstack_steps(gy)
+            r = ()  # per step: sum_n q_n B_n
+            s = ()  # per step: sum_n q_n exp(delta A_n) h_{n, t-1} A_n log2 e
+            ys = ()  # per step: sum_n C_n h_n, the output before D and the gate
+            for _ in tl.static_range(STEPS):
+                r = r + (tl.zeros((WARP,), tl.float32),)
+                s = s + (tl.zeros((WARP,), tl.float32),)
+                ys = ys + (tl.zeros((WARP,), tl.float32),)
+            w_next = ()
+            dA_next = ()
+            for i in tl.static_range(NS):
+                Bs = _state_row(B_rows + t, states[i], sB_n)
+                Cs = _state_row(C_rows + t, states[i], sC_n)
+                hs = (tl.load(sub_rows + (j * NS + i) * WARP),)  # the state entering step k at hs[k]
+                decays = ()
+                ys_next = ()
+                for k in tl.static_range(STEPS):
+                    decay = tl.exp2(dts[k] * A2[i])
+                    hk = decay * hs[k] + dtus[k] * Bs[k]
+                    decays = decays + (decay,)
+                    hs = hs + (hk,)
+                    ys_next = ys_next + (ys[k] + hk * Cs[k],)
+                if HAS_Z:
+                    ys = ys_next
+                wi = w[i]
+                dAi = dA[i]
+                dBs = ()
+                dCs = ()
+                r_next = ()
+                s_next = ()
+                for k in tl.static_range(STEPS - 1, -1, -1):
+                    q = gys[k] * Cs[k] + wi
+                    dBs = (q * dtus[k],) + dBs
+                    dCs = (gys[k] * hs[k + 1],) + dCs
+                    r_next = (r[k] + q * Bs[k],) + r_next
+                    wi = decays[k] * q
+                    qd = wi * hs[k]
+                    s_next = (s[k] + qd * A2[i],) + s_next
+                    dAi += qd * dts[k]
+                r = r_next
+                s = s_next
+                w_next = w_next + (wi,)
+                dA_next = dA_next + (dAi,)
+                x = _lanes_paired(stack_steps(dBs), stack_steps(dCs), lane[:, None], BLOCK_D // 2, FAST_MATH)
+                # the butterfly over slots: pairs, then pairs of pairs, ... as soon as both are solved
+                if i % 2 == 0:
+                    level0 = x
+                else:
+                    x = _lanes_paired(level0, x, lane[:, None], BLOCK_D // 4, FAST_MATH)
+                    if i % 4 == 1:
+                        level1 = x
+                    else:
+                        x = _lanes_paired(level1, x, lane[:, None], BLOCK_D // 8, FAST_MATH)
+                        if i % 8 == 3:
+                            level2 = x
+                        else:
+                            x = _lanes_paired(level2, x, lane[:, None], BLOCK_D // 16, FAST_MATH)
+                            if i % 16 == 7:
+                                level3 = x
+                            else:
+                                x = _lanes_paired(level3, x, lane[:, None], BLOCK_D // 32, FAST_MATH)
+            w = w_next
+            dA = dA_next
+            dBC = _lanes_summed(x, LOG_D, LOG_NS, FAST_MATH)
+            tl.atomic_add(dBC_rows + t + steps, dBC, mask=writes, sem="relaxed")
+            r = _parts_summed(stack_steps(r), LOG_D, FAST_MATH)
+            ddt = u * r + _parts_summed(stack_steps(s), LOG_D, FAST_MATH) * LN2
+            if SOFTPLUS:
+                ddt = ddt * sigmoid(dt_raw)
+            du = dt * r + Dv * gy
+            tl.store(du_ptr + grad_rows + t + steps, du.to(du_ptr.dtype.element_ty), mask=writer)
+            tl.store(ddt_ptr + grad_rows + t + steps, ddt.to(ddt_ptr.dtype.element_ty), mask=writer)
+            dD += gy * u
+            dbias += ddt
+            if HAS_Z:
+                y = _parts_summed(stack_steps(ys), LOG_D, FAST_MATH) + Dv * u
+                dz = dy * y * sig * (1.0 + zt * (1.0 - sig))
+                if REVERSE_OUT:
+                    dz = tl.flip(dz, 1)
+                if ACCUMULATE_DZ:
+                    dz += tl.load(dz_ptr + grad_rows + t_out, mask=writer, other=0.0).to(tl.float32)
+                tl.store(dz_ptr + grad_rows + t_out, dz.to(dz_ptr.dtype.element_ty), mask=writer)
+    for i in tl.static_range(NS):
+        n, real = states[i]
+        tl.store(dA_ptr + state_rows + n, dA[i], mask=real)
+        if HAS_H0:
+            tl.store(dh0_ptr + state_rows + n, w[i], mask=real)
+    tl.store(dD_ptr + b * dim + d, tl.sum(dD, axis=1), mask=d_mask & (part == 0))
+    tl.store(dbias_ptr + b * dim + d, tl.sum(dbias, axis=1), mask=d_mask & (part == 0))
