@@ -1,5 +1,5 @@
-"""Selective scan on the GPU: launchers and autograd functions around :mod:`.scan_state_kernels` and
-:mod:`.scan_step_kernels`.
+"""Selective scan on the GPU: launchers and autograd functions around :mod:`.scan_state_kernels`,
+:mod:`.scan_lane_kernels`, :mod:`.scan_lane_backward_kernels` and :mod:`.scan_step_kernels`.
 
 Same call signatures as :func:`videostate.ssm.selective_scan.selective_scan_reference`. Float64
 inputs run the reference (the kernels keep their state and sums in float32).
