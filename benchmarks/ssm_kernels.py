@@ -175,14 +175,8 @@ def bench_scan(device, copy_bw) -> list[dict]:
         row = {"shape": list(shape)}
         # a length that is not a multiple of 16 runs over padded rows, which the lane kernel reads as vectors
         padded = -(-length // 16) * 16
-        row["forward_kernel"] = "lane" if scan_kernels.uses_lane(batch, dim, padded, device) else "state"
-        row["backward_kernel"] = (
-            "lane"
-            if scan_kernels.uses_lane(
-                batch, dim, padded, device, min_per_sm=scan_kernels.LANE_BACKWARD_MIN_CHANNELS_PER_SM
-            )
-            else "state"
-        )
+        row["kernel"] = "lane" if scan_kernels.uses_lane(batch, dim, padded, device) else "state"
+        row["lane_forward_parts"] = scan_kernels.lane_forward_parts(batch * dim, N, device)
         row["triton_forward_ms"] = cuda_ms(lambda i=inputs: scan_fn("triton")(**i))
         state = torch.randn(batch, dim, N, device=device)
         row["triton_forward_with_states_ms"] = cuda_ms(
@@ -264,16 +258,17 @@ def bench_bidirectional(device) -> list[dict]:
 
 def bench_kernel_choice(device, direction: str) -> list[dict]:
     """The state and lane kernels of the ``direction`` ("forward" or "backward") on each of KERNEL_CHOICE_SHAPES,
-    and the one the launcher's rule (LANE_MIN_CHANNELS_PER_SM, LANE_BACKWARD_MIN_CHANNELS_PER_SM) takes: the figures
-    behind the rule."""
+    and the one the launcher's rule (LANE_MIN_CHANNELS_PER_SM) takes: the figures behind the rule."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    name = "LANE_MIN_CHANNELS_PER_SM" if direction == "forward" else "LANE_BACKWARD_MIN_CHANNELS_PER_SM"
-    rule = getattr(scan_kernels, name)
+    name = "LANE_MIN_CHANNELS_PER_SM"
+    rule = scan_kernels.LANE_MIN_CHANNELS_PER_SM
     rows = []
     for shape in KERNEL_CHOICE_SHAPES:
         inputs = scan_inputs(*shape, device)
         row = {"shape": list(shape), "channels_per_sm": shape[0] * shape[1] / sms}
         row["rule_takes"] = "lane" if shape[0] * shape[1] >= rule * sms else "state"
+        if direction == "forward":
+            row["lane_parts"] = scan_kernels.lane_forward_parts(shape[0] * shape[1], N, device)
         for kernel, threshold in (("state", float("inf")), ("lane", 0)):
             setattr(scan_kernels, name, threshold)
             try:
@@ -349,12 +344,11 @@ def main() -> None:
         payload["sweep"] = sweep(device)
     payload["scan_config"] = copy.deepcopy(scan_kernels.CONFIG)
     payload["scan_config"]["lane"] = {
-        **scan_kernels.FORWARD_LANE,
+        "forward": scan_kernels.FORWARD_LANE,
+        "backward": scan_kernels.BACKWARD_LANE,
         "min_channels_per_sm": scan_kernels.LANE_MIN_CHANNELS_PER_SM,
-    }
-    payload["scan_config"]["lane_backward"] = {
-        **scan_kernels.BACKWARD_LANE,
-        "min_channels_per_sm": scan_kernels.LANE_BACKWARD_MIN_CHANNELS_PER_SM,
+        "forward_warps_per_sm": scan_kernels.LANE_FORWARD_WARPS_PER_SM,
+        "max_parts": scan_kernels.LANE_MAX_PARTS,
     }
     sections = {
         "selective_scan": lambda: bench_scan(device, copy_bw),

@@ -77,7 +77,6 @@ SCAN_FWD = {**SCAN, "ACCUMULATE": True}
 SCAN_BWD = {**SCAN, "HAS_DHT": True, "ACCUMULATE_DZ": True}
 SCAN_FWD_HALF = ("u", "dt", "B", "C", "z", "y")
 SCAN_BWD_HALF = ("u", "dt", "B", "C", "z", "dy", "du", "ddt", "dz")
-LANE_PARTS = selective_scan.BACKWARD_LANE["parts"]
 # Mamba-2 SSD as in the interpolation model: headdim 16, d_state 64, chunk_size 256; a sequence of 64 chunks.
 P, SSD_N, CHUNK = 16, 64, ssd.kernel_chunk(256)
 BLOCK_P, BLOCK_N = ssd._blocks(P, SSD_N)
@@ -114,13 +113,12 @@ CASES = [
         )
     ),
     Case(scan_lane_kernels.selective_scan_fwd_lane_kernel,
-         {**SCAN_FWD, "BLOCK_D": 32 * selective_scan.FORWARD_LANE["num_warps"],
+         {**SCAN_FWD, **selective_scan._lane_split(SCAN_N, 4),
           "CKPT_L": selective_scan.BACKWARD_STATE["block_l"], "STORE_CKPT": True, "FAST_MATH": True},
-         selective_scan.FORWARD_LANE["num_warps"], SCAN_FWD_HALF),
+         1, SCAN_FWD_HALF),
     Case(scan_lane_backward_kernels.selective_scan_bwd_lane_kernel,
-         {**SCAN_BWD, "LOG_PARTS": LANE_PARTS.bit_length() - 1,
-          "LOG_NS": (SCAN_N // LANE_PARTS).bit_length() - 1, "CKPT_L": selective_scan.BACKWARD_STATE["block_l"],
-          "FAST_MATH": True}, 1, SCAN_BWD_HALF),
+         {**SCAN_BWD, **selective_scan._lane_split(SCAN_N, selective_scan.BACKWARD_LANE["parts"]),
+          "CKPT_L": selective_scan.BACKWARD_STATE["block_l"], "FAST_MATH": True}, 1, SCAN_BWD_HALF),
     Case(ssd_kernels.chunk_state_kernel, {**SSD_CHUNK, "BLOCK_N": SPLIT_N, "FORWARD": False},
          ssd.CONFIG["num_warps"], ("X", "Y", "z")),
     Case(ssd_kernels.state_passing_fwd_kernel, {**STATE_PASSING, "HAS_H0": True}),

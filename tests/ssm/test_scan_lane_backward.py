@@ -101,8 +101,7 @@ def test_bfloat16_through_the_rule(monkeypatch, launches):
     monkeypatch.setitem(scan.CONFIG, "backward", dict(scan.BACKWARD_STATE))
     sms = torch.cuda.get_device_properties(DEVICE).multi_processor_count
     halves = ("u", "delta", "B", "C", "z")
-    channels = max(scan.LANE_MIN_CHANNELS_PER_SM, scan.LANE_BACKWARD_MIN_CHANNELS_PER_SM) * sms
-    exact = scan_inputs(2, channels // 2, 300, 16, 0, seed=17)
+    exact = scan_inputs(2, scan.LANE_MIN_CHANNELS_PER_SM * sms // 2, 300, 16, 0, seed=17)
     exact = {k: (v.bfloat16().double() if k in halves else v).to(DEVICE).requires_grad_() for k, v in exact.items()}
     fast = {
         k: v.detach().to(torch.bfloat16 if k in halves else torch.float32).requires_grad_() for k, v in exact.items()

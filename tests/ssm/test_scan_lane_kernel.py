@@ -73,14 +73,17 @@ def test_steps_split_and_stacked_in_order():
     assert torch.equal(cols, x.T) and torch.equal(back, x)
 
 
+@pytest.mark.parametrize("parts", [1, 2, 4])
 @pytest.mark.parametrize(
     "shape",
     [(2, 3, 1, 16, 0), (1, 4, 70, 16, 0), (2, 5, 64, 8, 0), (2, 6, 45, 5, 3)],
     ids=["L1", "three-chunks", "whole-blocks", "grouped-odd-N"],
 )
-def test_lane_scan_against_loop(shape, launches):
+def test_lane_scan_against_loop(shape, parts, monkeypatch, launches):
     """Odd lengths run over rows padded with steps that leave the state unchanged; the backward reads the states
-    the lane kernel stored at its chunks' starts."""
+    the lane kernel stored at its chunks' starts. With 2 or 4 lanes a channel each holds a share of its states (5
+    states padded to 8), and the output sums theirs."""
+    monkeypatch.setitem(scan.CONFIG, "forward", dict(scan.FORWARD_LANE, parts=parts))
     check_scan_against_loop(shape, seed=4)
     assert [name for name, _ in launches] == ["selective_scan_fwd_lane_kernel"]
     assert launches[0][1]["STORE_CKPT"] and launches[0][1]["CKPT_L"] == CHUNK
@@ -104,14 +107,16 @@ def test_stored_states_are_the_loops():
         assert rel_error(checkpoints[:, :, c].cpu(), expected) < 1e-5, c
 
 
+@pytest.mark.parametrize("parts", [1, 4])
 @pytest.mark.parametrize(
     "length, softplus", [(45, False), (45, True), (80, True)], ids=["part-block", "padded", "whole-blocks"]
 )
-def test_bidirectional_against_loops(length, softplus, launches):
+def test_bidirectional_against_loops(length, softplus, parts, monkeypatch, launches):
     """The reversed direction writes a block's outputs as the tile of its mirrored steps, reversed in registers; a
     length that is not whole blocks (not padded: a bias without softplus leaves no step to pad with) leaves the last
     block's mirrored steps partly before the sequence. With softplus that length is padded to 48: the time-reversed
     inputs before their sequence, the others after it."""
+    monkeypatch.setitem(scan.CONFIG, "forward", dict(scan.FORWARD_LANE, parts=parts))
     check_bidirectional_against_loops(length, softplus, seeds=(6, 7))
     assert [(name, kw["REVERSE_OUT"], kw["ACCUMULATE"]) for name, kw in launches] == [
         ("selective_scan_fwd_lane_kernel", True, False),
@@ -141,6 +146,20 @@ def test_lane_rule(monkeypatch, launches):
     inputs = {k: v.float().to(DEVICE) for k, v in scan_inputs(1, enough - 1, 64, 4, 0, seed=8).items()}
     scan.selective_scan_triton(**inputs, delta_softplus=True)
     assert [name for name, _ in launches] == ["selective_scan_fwd_lane_kernel", "selective_scan_fwd_state_kernel"]
+
+
+def test_lane_forward_parts():
+    """The forward splits each channel's states over the most lanes (a power of 2, at most LANE_MAX_PARTS and the
+    states padded) that keep the grid within LANE_FORWARD_WARPS_PER_SM warps per SM; one lane off CUDA."""
+    if DEVICE.type != "cuda":
+        assert scan.lane_forward_parts(10, 16, DEVICE) == 1
+        return
+    lanes = scan.LANE_FORWARD_WARPS_PER_SM * 32 * torch.cuda.get_device_properties(DEVICE).multi_processor_count
+    assert scan.lane_forward_parts(lanes // 4, 16, DEVICE) == 4
+    assert scan.lane_forward_parts(lanes // 4 + 1, 16, DEVICE) == 2
+    assert scan.lane_forward_parts(lanes, 16, DEVICE) == 1 == scan.lane_forward_parts(2 * lanes, 16, DEVICE)
+    assert scan.lane_forward_parts(1, 16, DEVICE) == scan.LANE_MAX_PARTS
+    assert scan.lane_forward_parts(1, 3, DEVICE) == 4
 
 
 def test_odd_length_without_padding(launches):

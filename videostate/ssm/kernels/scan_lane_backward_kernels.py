@@ -37,25 +37,16 @@ import triton
 import triton.language as tl
 
 from .common import LN2, LOG2E, sigmoid, softplus_hw
-from .scan_lane_kernels import STEPS, stack_steps, unstack_steps
-
-WARP = tl.constexpr(32)
-
-
-@triton.jit
-def _lanes_exchanged(x, m: tl.constexpr, FAST_MATH: tl.constexpr):
-    """``x (BLOCK_D, S)``, a lane's row, with each lane's row replaced by that of the lane ``m`` apart (``lane ^ m``).
-    On the GPU one shuffle a value (a program is one warp, lane ``i`` holding row ``i``); in the interpreter a
-    permutation of the rows."""
-    if FAST_MATH:
-        bits = tl.inline_asm_elementwise(
-            "shfl.sync.bfly.b32 $0, $1, $2, 31, -1;", "=r,r,r",
-            [x.to(tl.int32, bitcast=True), tl.full(x.shape, m, tl.int32)], dtype=tl.int32, is_pure=True, pack=1,
-        )  # fmt: skip
-        return bits.to(tl.float32, bitcast=True)
-    R: tl.constexpr = x.shape[0]
-    S: tl.constexpr = x.shape[1]
-    return tl.reshape(tl.flip(tl.reshape(x, (R // (2 * m), 2, m, S)), 1), (R, S))
+from .scan_lane_kernels import (
+    STEPS,
+    WARP,
+    lane_parts,
+    lanes_exchanged,
+    parts_summed,
+    slot_real,
+    stack_steps,
+    unstack_steps,
+)
 
 
 @triton.jit
@@ -63,7 +54,7 @@ def _lanes_paired(lo, hi, lane, m: tl.constexpr, FAST_MATH: tl.constexpr):
     """One butterfly exchange: lanes whose bit ``m`` is clear end with ``lo`` summed with the lane ``m`` apart, the
     others with ``hi`` so summed; half of the values of ``lo`` and ``hi (BLOCK_D, S)`` are sent."""
     up = (lane & m) != 0
-    return tl.where(up, hi, lo) + _lanes_exchanged(tl.where(up, lo, hi), m, FAST_MATH)
+    return tl.where(up, hi, lo) + lanes_exchanged(tl.where(up, lo, hi), m, FAST_MATH)
 
 
 @triton.jit
@@ -71,15 +62,7 @@ def _lanes_summed(x, LOG_D: tl.constexpr, LOG_NS: tl.constexpr, FAST_MATH: tl.co
     """``x`` after the butterfly's exchanges over ``1 + LOG_NS`` lane bits (:func:`_lanes_paired`), summed over the
     channel bits below them (where there are fewer slots than the channels can pair)."""
     for i in tl.static_range(LOG_D - 1 - LOG_NS):
-        x += _lanes_exchanged(x, (1 << (LOG_D - 2 - LOG_NS)) >> i, FAST_MATH)
-    return x
-
-
-@triton.jit
-def _parts_summed(x, LOG_D: tl.constexpr, FAST_MATH: tl.constexpr):
-    """``x (32, S)`` summed over the parts of each channel (lanes ``2 ** LOG_D`` apart)."""
-    for i in tl.static_range(5 - LOG_D):
-        x += _lanes_exchanged(x, (1 << LOG_D) << i, FAST_MATH)
+        x += lanes_exchanged(x, (1 << (LOG_D - 2 - LOG_NS)) >> i, FAST_MATH)
     return x
 
 
@@ -113,11 +96,10 @@ def _block_inputs(u_rows, dt_rows, t, col_mask, bias, HAS_BIAS: tl.constexpr, SO
 
 
 @triton.jit
-def _state_row(rows, state, stride):
-    """A slot's row of B or C at a block's steps (``rows (32, STEPS)``, the steps of state 0), zero where the
-    slot's state ``(n, real)`` is not real, as STEPS ``(32,)`` tiles."""
-    n, real = state
-    return unstack_steps(tl.load(rows + n[:, None] * stride, mask=real[:, None], other=0.0).to(tl.float32))
+def _state_row(rows, real):
+    """A slot's row of B or C at a block's steps (``rows (32, STEPS)``), zero where the slot's state is not ``real``
+    (``(32,)``), as STEPS ``(32,)`` tiles."""
+    return unstack_steps(tl.load(rows, mask=real[:, None], other=0.0).to(tl.float32))
 
 
 @triton.jit
@@ -139,8 +121,8 @@ def selective_scan_bwd_lane_kernel(
     g = tl.program_id(1)
     program = (b * G + g) * tl.num_programs(2) + tl.program_id(2)
     lane = tl.arange(0, WARP)
-    part = lane // BLOCK_D
-    dl = tl.program_id(2) * BLOCK_D + lane % BLOCK_D
+    part, ch = lane_parts(LOG_PARTS)
+    dl = tl.program_id(2) * BLOCK_D + ch
     d_mask = dl < cpg
     d = g * cpg + dl
     col = d[:, None]
@@ -152,19 +134,17 @@ def selective_scan_bwd_lane_kernel(
     bias = tl.zeros((WARP, 1), tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + col, mask=col_mask, other=0.0).to(tl.float32)
-    state_rows = (b * dim + d) * N
-    states = ()  # the lane's states, one per slot, and where they are real
+    first = part * NS  # the lane's first state; slot i holds state first + i
+    state_rows = (b * dim + d) * N + first
     A2 = ()
     w = ()  # per slot, exp(delta_{t+1} A) q_{t+1}: the gradient of the state before the step being solved
     dA = ()
     for i in tl.static_range(NS):
-        n = part * NS + i
-        real = d_mask & (n < N)
-        states = states + ((n, real),)
-        A2 = A2 + (tl.load(A_ptr + d * sA_d + n * sA_n, mask=real, other=0.0).to(tl.float32) * LOG2E,)
+        real = slot_real(part, i, d_mask, N, LOG_NS, LOG_PARTS)
+        A2 = A2 + (tl.load(A_ptr + d * sA_d + (first + i) * sA_n, mask=real, other=0.0).to(tl.float32) * LOG2E,)
         wn = tl.zeros((WARP,), tl.float32)
         if HAS_DHT:
-            wn = tl.load(dhT_ptr + state_rows + n, mask=real, other=0.0)
+            wn = tl.load(dhT_ptr + state_rows + i, mask=real, other=0.0)
         w = w + (wn,)
         dA = dA + (tl.zeros((WARP,), tl.float32),)
     steps = tl.arange(0, STEPS)[None, :]
@@ -173,9 +153,9 @@ def selective_scan_bwd_lane_kernel(
     z_rows = z_ptr + b * sz_b + col * sz_d
     dy_rows = dy_ptr + b * sdy_b + col * sdy_d
     grad_rows = (b * dim + col) * L  # du, ddelta, dz: contiguous (batch, dim, L)
-    B_rows = B_ptr + b * sB_b + g * sB_g + steps
-    C_rows = C_ptr + b * sC_b + g * sC_g + steps
-    ckpt_rows = ckpt_ptr + ((b * dim + d) * n_chunks) * N
+    B_rows = B_ptr + b * sB_b + g * sB_g + first[:, None] * sB_n + steps
+    C_rows = C_ptr + b * sC_b + g * sC_g + first[:, None] * sC_n + steps
+    ckpt_rows = ckpt_ptr + (b * dim + d) * n_chunks * N + first
     sub_rows = sub_ptr + program * (CKPT_L // STEPS) * NS * WARP + lane
     tensor, state, writes = _reduced_row(lane[:, None], N, LOG_D, LOG_NS)
     dBC_rows = dBC_ptr + tensor * sdBC_t + (b * G + g) * N * sdBC_n + state * sdBC_n
@@ -187,7 +167,8 @@ def selective_scan_bwd_lane_kernel(
         # pass 1: the state entering each block of the chunk, into the scratch rows
         h = ()
         for i in tl.static_range(NS):
-            h = h + (tl.load(ckpt_rows + c * N + states[i][0], mask=states[i][1], other=0.0),)
+            real = slot_real(part, i, d_mask, N, LOG_NS, LOG_PARTS)
+            h = h + (tl.load(ckpt_rows + c * N + i, mask=real, other=0.0),)
         for j in range(0, blocks):
             t = c * CKPT_L + j * STEPS
             for i in tl.static_range(NS):
@@ -197,7 +178,7 @@ def selective_scan_bwd_lane_kernel(
             dtus = unstack_steps(dt * u)
             advanced = ()
             for i in tl.static_range(NS):
-                Bs = _state_row(B_rows + t, states[i], sB_n)
+                Bs = _state_row(B_rows + i * sB_n + t, slot_real(part, i, d_mask, N, LOG_NS, LOG_PARTS))
                 hi = h[i]
                 for k in tl.static_range(STEPS):
                     hi = tl.exp2(dts[k] * A2[i]) * hi + dtus[k] * Bs[k]
@@ -235,8 +216,9 @@ def selective_scan_bwd_lane_kernel(
             w_next = ()
             dA_next = ()
             for i in tl.static_range(NS):
-                Bs = _state_row(B_rows + t, states[i], sB_n)
-                Cs = _state_row(C_rows + t, states[i], sC_n)
+                real = slot_real(part, i, d_mask, N, LOG_NS, LOG_PARTS)
+                Bs = _state_row(B_rows + i * sB_n + t, real)
+                Cs = _state_row(C_rows + i * sC_n + t, real)
                 hs = (tl.load(sub_rows + (j * NS + i) * WARP),)  # the state entering step k at hs[k]
                 decays = ()
                 ys_next = ()
@@ -289,8 +271,8 @@ def selective_scan_bwd_lane_kernel(
             dA = dA_next
             dBC = _lanes_summed(x, LOG_D, LOG_NS, FAST_MATH)
             tl.atomic_add(dBC_rows + t + steps, dBC, mask=writes, sem="relaxed")
-            r = _parts_summed(stack_steps(r), LOG_D, FAST_MATH)
-            ddt = u * r + _parts_summed(stack_steps(s), LOG_D, FAST_MATH) * LN2
+            r = parts_summed(stack_steps(r), LOG_D, FAST_MATH)
+            ddt = u * r + parts_summed(stack_steps(s), LOG_D, FAST_MATH) * LN2
             if SOFTPLUS:
                 ddt = ddt * sigmoid(dt_raw)
             du = dt * r + Dv * gy
@@ -299,7 +281,7 @@ def selective_scan_bwd_lane_kernel(
             dD += gy * u
             dbias += ddt
             if HAS_Z:
-                y = _parts_summed(stack_steps(ys), LOG_D, FAST_MATH) + Dv * u
+                y = parts_summed(stack_steps(ys), LOG_D, FAST_MATH) + Dv * u
                 dz = dy * y * sig * (1.0 + zt * (1.0 - sig))
                 if REVERSE_OUT:
                     dz = tl.flip(dz, 1)
@@ -307,9 +289,9 @@ def selective_scan_bwd_lane_kernel(
                     dz += tl.load(dz_ptr + grad_rows + t_out, mask=writer, other=0.0).to(tl.float32)
                 tl.store(dz_ptr + grad_rows + t_out, dz.to(dz_ptr.dtype.element_ty), mask=writer)
     for i in tl.static_range(NS):
-        n, real = states[i]
-        tl.store(dA_ptr + state_rows + n, dA[i], mask=real)
+        real = slot_real(part, i, d_mask, N, LOG_NS, LOG_PARTS)
+        tl.store(dA_ptr + state_rows + i, dA[i], mask=real)
         if HAS_H0:
-            tl.store(dh0_ptr + state_rows + n, w[i], mask=real)
+            tl.store(dh0_ptr + state_rows + i, w[i], mask=real)
     tl.store(dD_ptr + b * dim + d, tl.sum(dD, axis=1), mask=d_mask & (part == 0))
     tl.store(dbias_ptr + b * dim + d, tl.sum(dbias, axis=1), mask=d_mask & (part == 0))

@@ -33,6 +33,7 @@ import triton.language as tl
 from .common import LOG2E, silu_hw, softplus_hw
 
 STEPS = tl.constexpr(8)  # steps per block: a lane's 8 bfloat16 values of a row are one 128-bit word
+WARP = tl.constexpr(32)
 
 
 @triton.jit
@@ -85,45 +86,101 @@ def _mirrored(x, REVERSE_OUT: tl.constexpr):
 
 
 @triton.jit
+def lanes_exchanged(x, m: tl.constexpr, FAST_MATH: tl.constexpr):
+    """``x (32, S)``, a lane's row, with each lane's row replaced by that of the lane ``m`` apart (``lane ^ m``).
+    On the GPU one shuffle a value (a program is one warp, lane ``i`` holding row ``i``); in the interpreter a
+    permutation of the rows."""
+    if FAST_MATH:
+        bits = tl.inline_asm_elementwise(
+            "shfl.sync.bfly.b32 $0, $1, $2, 31, -1;", "=r,r,r",
+            [x.to(tl.int32, bitcast=True), tl.full(x.shape, m, tl.int32)], dtype=tl.int32, is_pure=True, pack=1,
+        )  # fmt: skip
+        return bits.to(tl.float32, bitcast=True)
+    R: tl.constexpr = x.shape[0]
+    S: tl.constexpr = x.shape[1]
+    return tl.reshape(tl.flip(tl.reshape(x, (R // (2 * m), 2, m, S)), 1), (R, S))
+
+
+@triton.jit
+def parts_summed(x, LOG_D: tl.constexpr, FAST_MATH: tl.constexpr):
+    """``x (32, S)`` summed over the parts of each channel (lanes ``2 ** LOG_D`` apart)."""
+    for i in tl.static_range(5 - LOG_D):
+        x += lanes_exchanged(x, (1 << LOG_D) << i, FAST_MATH)
+    return x
+
+
+@triton.jit
+def lane_parts(LOG_PARTS: tl.constexpr):
+    """Each of the program's 32 lanes' part (which share of its channel's states it holds; 0 for all with one part)
+    and channel within the program."""
+    lane = tl.arange(0, WARP)
+    if LOG_PARTS == 0:
+        return lane * 0, lane
+    return lane >> (5 - LOG_PARTS), lane & ((WARP >> LOG_PARTS) - 1)
+
+
+@triton.jit
+def slot_exists(part, i: tl.constexpr, N: tl.constexpr, LOG_NS: tl.constexpr, LOG_PARTS: tl.constexpr):
+    """Where slot ``i``'s state (``part * 2 ** LOG_NS + i``) is one of the ``N`` (they are padded to fill the
+    slots); a constant where none is padding."""
+    if N == (1 << (LOG_NS + LOG_PARTS)):
+        return tl.full(part.shape, 1, tl.int1)
+    return part * (1 << LOG_NS) + i < N
+
+
+@triton.jit
+def slot_real(part, i: tl.constexpr, d_mask, N: tl.constexpr, LOG_NS: tl.constexpr, LOG_PARTS: tl.constexpr):
+    """Where slot ``i``'s state exists (:func:`slot_exists`) on a lane that has a channel (``d_mask``)."""
+    return d_mask & slot_exists(part, i, N, LOG_NS, LOG_PARTS)
+
+
+@triton.jit
 def selective_scan_fwd_lane_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, ckpt_ptr,
     dim, L, cpg, n_chunks,
     su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sz_b, sz_d, sy_b, sy_d,
-    N: tl.constexpr, BLOCK_D: tl.constexpr, CKPT_L: tl.constexpr,
+    N: tl.constexpr, LOG_NS: tl.constexpr, LOG_PARTS: tl.constexpr, CKPT_L: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
     HAS_H0: tl.constexpr, STORE_CKPT: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE: tl.constexpr,
     FAST_MATH: tl.constexpr,
 ):  # fmt: skip
+    LOG_D: tl.constexpr = 5 - LOG_PARTS
+    BLOCK_D: tl.constexpr = WARP >> LOG_PARTS
+    NS: tl.constexpr = 1 << LOG_NS
     b = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
-    dl = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    part, ch = lane_parts(LOG_PARTS)
+    dl = tl.program_id(2) * BLOCK_D + ch
     d_mask = dl < cpg
     d = g * cpg + dl
     col = d[:, None]
     col_mask = d_mask[:, None]
-    Dv = tl.zeros((BLOCK_D,), tl.float32)
+    Dv = tl.zeros((WARP,), tl.float32)
     if HAS_D:
         Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-    bias = tl.zeros((BLOCK_D, 1), tl.float32)
+    bias = tl.zeros((WARP, 1), tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + col, mask=col_mask, other=0.0).to(tl.float32)
-    state_rows = (b * dim + d) * N
+    first = part * NS  # the lane's first state; slot i holds state first + i
+    state_rows = (b * dim + d) * N + first
     A2 = ()
     hs = ()
-    for n in tl.static_range(N):
-        A2 = A2 + (tl.load(A_ptr + d * sA_d + n * sA_n, mask=d_mask, other=0.0).to(tl.float32) * LOG2E,)
-        h = tl.zeros((BLOCK_D,), tl.float32)
+    for i in tl.static_range(NS):
+        real = slot_real(part, i, d_mask, N, LOG_NS, LOG_PARTS)
+        A2 = A2 + (tl.load(A_ptr + d * sA_d + (first + i) * sA_n, mask=real, other=0.0).to(tl.float32) * LOG2E,)
+        h = tl.zeros((WARP,), tl.float32)
         if HAS_H0:
-            h = tl.load(h0_ptr + state_rows + n, mask=d_mask, other=0.0)
+            h = tl.load(h0_ptr + state_rows + i, mask=real, other=0.0)
         hs = hs + (h,)
     steps = tl.arange(0, STEPS)[None, :]
     u_rows = u_ptr + b * su_b + col * su_d
     dt_rows = dt_ptr + b * sdt_b + col * sdt_d
     z_rows = z_ptr + b * sz_b + col * sz_d
     y_rows = y_ptr + b * sy_b + col * sy_d
-    B_rows = B_ptr + b * sB_b + g * sB_g + 0 * col
-    C_rows = C_ptr + b * sC_b + g * sC_g + 0 * col
-    ckpt_rows = ckpt_ptr + ((b * dim + d) * n_chunks) * N
+    B_rows = B_ptr + b * sB_b + g * sB_g + first[:, None] * sB_n
+    C_rows = C_ptr + b * sC_b + g * sC_g + first[:, None] * sC_n
+    ckpt_rows = ckpt_ptr + (b * dim + d) * n_chunks * N + first
+    writer = col_mask & (part[:, None] == 0)  # the part that writes the channel's output
 
     t_out = steps
     if REVERSE_OUT:
@@ -148,36 +205,38 @@ def selective_scan_fwd_lane_kernel(
         if SOFTPLUS:
             dt = softplus_hw(dt, FAST_MATH)
         dt = tl.where(t < L, dt, 0.0)  # steps past the end leave the state unchanged
-        us = unstack_steps(uf)
         dts = unstack_steps(dt)
         dtus = unstack_steps(dt * uf)
-        Bs = ()  # state n of step k at n * STEPS + k
+        Bs = ()  # slot i of step k at i * STEPS + k
         Cs = ()
-        for n in tl.static_range(N):
-            Bs = Bs + unstack_steps(tl.load(B_rows + n * sB_n + t * sB_l, mask=t < L, other=0.0).to(tl.float32))
-            Cs = Cs + unstack_steps(tl.load(C_rows + n * sC_n + t * sC_l, mask=t < L, other=0.0).to(tl.float32))
+        for i in tl.static_range(NS):
+            read = slot_exists(part, i, N, LOG_NS, LOG_PARTS)[:, None] & (t < L)
+            Bs = Bs + unstack_steps(tl.load(B_rows + i * sB_n + t * sB_l, mask=read, other=0.0).to(tl.float32))
+            Cs = Cs + unstack_steps(tl.load(C_rows + i * sC_n + t * sC_l, mask=read, other=0.0).to(tl.float32))
         ys = ()
         for k in tl.static_range(STEPS):
             if STORE_CKPT and k == 0:  # CKPT_L is a multiple of STEPS
                 if t0 % CKPT_L == 0:
-                    for n in tl.static_range(N):
-                        tl.store(ckpt_rows + (t0 // CKPT_L) * N + n, hs[n], mask=d_mask)
-            y = Dv * us[k]
+                    for i in tl.static_range(NS):
+                        stored = slot_real(part, i, d_mask, N, LOG_NS, LOG_PARTS)
+                        tl.store(ckpt_rows + (t0 // CKPT_L) * N + i, hs[i], mask=stored)
+            y = tl.zeros((WARP,), tl.float32)
             new = ()
-            for n in tl.static_range(N):
-                h = tl.exp2(dts[k] * A2[n]) * hs[n] + dtus[k] * Bs[n * STEPS + k]
-                y += h * Cs[n * STEPS + k]
+            for i in tl.static_range(NS):
+                h = tl.exp2(dts[k] * A2[i]) * hs[i] + dtus[k] * Bs[i * STEPS + k]
+                y += h * Cs[i * STEPS + k]
                 new = new + (h,)
             hs = new
             ys = ys + (y,)
-        y = _mirrored(stack_steps(ys), REVERSE_OUT)
+        y = parts_summed(stack_steps(ys), LOG_D, FAST_MATH) + Dv[:, None] * uf
+        y = _mirrored(y, REVERSE_OUT)
         if ACCUMULATE:
             y += tl.load(y_rows + t_out, mask=valid_out, other=0.0).to(tl.float32)
         if HAS_Z:
             y = y * silu_hw(z.to(tl.float32), FAST_MATH)
-        tl.store(y_rows + t_out, y.to(y_ptr.dtype.element_ty), mask=valid_out)
+        tl.store(y_rows + t_out, y.to(y_ptr.dtype.element_ty), mask=valid_out & writer)
         u, dt_raw, z = u_next, dt_next, z_next
         t_out = t_out_next
         valid_out = valid_out_next
-    for n in tl.static_range(N):
-        tl.store(hT_ptr + state_rows + n, hs[n], mask=d_mask)
+    for i in tl.static_range(NS):
+        tl.store(hT_ptr + state_rows + i, hs[i], mask=slot_real(part, i, d_mask, N, LOG_NS, LOG_PARTS))

@@ -33,32 +33,36 @@ BACKWARD_STATE = {"block_d": 1, "block_l": 256, "num_warps": 1}
 FORWARD_STEP = {"kernel": "step", "split": 4, "num_warps": 2, "unroll": 4}
 FORWARD_SHORT = {"kernel": "step", "split": 2, "num_warps": 1, "unroll": 4}
 CONFIG = {"forward": dict(FORWARD_STATE), "backward": dict(BACKWARD_STATE)}
-# Forward ``kernel="lane"`` (FORWARD_LANE, :mod:`.scan_lane_kernels`): a lane per channel with its N states, walking
-# time. On CUDA the state setting takes it instead when there are at least LANE_MIN_CHANNELS_PER_SM channels
-# (``batch * dim``) per SM. H100, bf16, forward ms, state kernel / lane kernel, by channels per SM (the benchmark's
-# ``forward_kernels``): (64, 384, 1569) 186: 1.109 / 0.818; (32, 768, 1024) 186: 0.409 / 0.304; (8, 1536, 2048) 93:
-# 0.435 / 0.430; (6, 1536, 2048) 70: 0.346 / 0.411; (4, 2048, 2048) 62: 0.302 / 0.406; (4, 1536, 4096) 47: 0.529 /
-# 0.797; (2, 1536, 2048) 23: 0.171 / 0.393. The two meet near 93, between the last shape the state kernel wins and
-# the first the lane kernel does not lose. ``maxnreg``: with ptxas's own allocation (about 100 registers)
-# each step's B and C loads were issued just before their use and the few warps waited on them; (8, 1536, 2048) and
-# (64, 384, 1569) took 0.433 and 0.826 ms so, 0.473 / 0.419 / 0.433 and 0.879 / 0.816 / 0.826 ms with 160 / 200 / 255.
-FORWARD_LANE = {"kernel": "lane", "num_warps": 1, "maxnreg": 200}
-LANE_MIN_CHANNELS_PER_SM = 90
-# Backward ``kernel="lane"`` (BACKWARD_LANE, :mod:`.scan_lane_backward_kernels`): ``parts`` lanes per channel, each
-# program one warp. The state setting takes it when the forward stored its checkpoints, there are at most
-# LANE_MAX_STATES states and the forward's rule holds with LANE_BACKWARD_MIN_CHANNELS_PER_SM (:func:`uses_lane`, the
-# output gradient among the rows). H100, bf16, backward ms, state kernel / lane kernel by channels per SM (the
-# benchmark's ``backward_kernels``): (2, 768, 6272) 12: 1.00 / 1.75; (2, 1536, 2048) 23: 0.66 / 0.66; (4, 1536, 4096)
-# 47: 1.93 / 1.45; (4, 2048, 2048) 62: 1.23 / 0.77; (6, 1536, 2048) 70: 1.40 / 1.13; (8, 1536, 2048) 93: 1.80 / 1.20;
-# (32, 768, 1024) 186: 1.73 / 1.16; (64, 384, 1569) 186: 3.16 / 1.94. Parts: 1 / 2 / 4 / 8 lanes a channel took 2.03
-# / 1.44 / 1.20 / 1.49 ms on (8, 1536, 2048), 2.51 / 2.40 / 1.94 / 2.43 on (64, 384, 1569): more parts give more
-# warps to hide latency with, and repeat more of each step's work. Registers: ptxas may use ``maxnreg`` (255: 8 warps
-# an SM) unless the grid then needs a second wave and would fit in one with ``maxnreg_one_wave`` (168: 12 warps an
-# SM): (8, 1536, 2048), 11.6 warps an SM, 1.45 / 1.20 ms with 255 / 168; (6, 1536, 2048), 8.7: 1.32 / 1.13;
+# Forward ``kernel="lane"`` (FORWARD_LANE, :mod:`.scan_lane_kernels`) and backward ``kernel="lane"`` (BACKWARD_LANE,
+# :mod:`.scan_lane_backward_kernels`): each channel on ``parts`` lanes that split its states, a program one warp. On
+# CUDA the state settings take them instead where there are at least LANE_MIN_CHANNELS_PER_SM channels (``batch *
+# dim``) per SM and, for the backward, the forward stored its checkpoints and there are at most LANE_MAX_STATES
+# states (:func:`uses_lane`, :func:`uses_lane_backward`). H100, bf16, ms, state kernel / lane kernel by channels per
+# SM (the benchmark's ``forward_kernels`` and ``backward_kernels``; the forward's parts by its rule below):
+# forward (2, 768, 6272) 12: 0.41 / 0.49; (2, 1536, 2048) 23: 0.39 / 0.39; (4, 2048, 2048) 62: 0.38 / 0.31;
+# (6, 1536, 2048) 70: 0.34 / 0.31; (8, 1536, 2048) 93: 0.44 / 0.31; (32, 768, 1024) 186: 0.41 / 0.24;
+# (64, 384, 1568) 186: 0.72 / 0.36; backward (2, 768, 6272) 12: 1.00 / 1.75; (2, 1536, 2048) 23: 0.66 / 0.66;
+# (4, 1536, 4096) 47: 1.93 / 1.45; (4, 2048, 2048) 62: 1.23 / 0.77; (6, 1536, 2048) 70: 1.40 / 1.13; (8, 1536, 2048)
+# 93: 1.80 / 1.20; (32, 768, 1024) 186: 1.73 / 1.16; (64, 384, 1569) 186: 3.16 / 1.94.
+# Parts give the grid more warps to hide latency with, and repeat more of each step's own work. The forward takes
+# the most, up to LANE_MAX_PARTS, that keep the grid within LANE_FORWARD_WARPS_PER_SM warps per SM
+# (:func:`lane_forward_parts`); forward ms with 1 / 2 / 4 / 8 parts: (8, 1536, 2048) 0.43 / 0.63 / 0.31 / 0.46;
+# (64, 384, 1568) 0.41 / 0.36 / 0.46 / 0.65; (32, 768, 1024) 0.27 / 0.24 / 0.31 / 0.43; (4, 2048, 2048) 0.41 / 0.38 /
+# 0.36 / 0.31; (6, 1536, 2048) 0.42 / 0.34 / 0.31 / 0.38. The backward always takes 4: 1 / 2 / 4 / 8 took 2.03 /
+# 1.44 / 1.20 / 1.49 ms on (8, 1536, 2048), 2.51 / 2.40 / 1.94 / 2.43 on (64, 384, 1569), and 8 lost to 4 on every
+# other shape above. Registers: the forward's ``maxnreg``: with ptxas's own allocation (about 100 registers) each
+# step's B and C loads were issued just before their use and the few warps waited on them (one part: (8, 1536, 2048)
+# and (64, 384, 1569) took 0.433 and 0.826 ms so, 0.473 / 0.419 / 0.433 and 0.879 / 0.816 / 0.826 ms with 160 / 200
+# / 255; four parts: 0.339 / 0.313 ms with 168 / 200 on the first). The backward may use ``maxnreg`` (255: 8 warps an
+# SM) unless the grid then needs a second wave and would fit in one with ``maxnreg_one_wave`` (168: 12 warps an SM):
+# (8, 1536, 2048), 11.6 warps an SM, 1.45 / 1.20 ms with 255 / 168; (6, 1536, 2048), 8.7: 1.32 / 1.13;
 # (4, 2048, 2048), 7.8: 0.77 / 0.95; (64, 384, 1569), 23.3: 1.94 / 2.01.
+FORWARD_LANE = {"kernel": "lane", "num_warps": 1, "maxnreg": 200}
 BACKWARD_LANE = {"kernel": "lane", "num_warps": 1, "parts": 4, "maxnreg": 255, "maxnreg_one_wave": 168}
+LANE_MIN_CHANNELS_PER_SM = 32
 LANE_MAX_STATES = 16
-LANE_BACKWARD_MIN_CHANNELS_PER_SM = 32
+LANE_MAX_PARTS = 8
+LANE_FORWARD_WARPS_PER_SM = 16
 REGISTERS_PER_SM = 65536
 # H100, bf16, forward with the states unrolled / in a loop (one-channel programs, so B*D of them per SM):
 # (2, 768, 6272) 12 per SM: 0.21 / 0.39 ms; (1, 1536, 4096) 12: 0.14 / 0.25; (4, 768, 2048) 23: 0.135 / 0.135;
@@ -266,21 +270,30 @@ def scan_forward(
     return y, final_state
 
 
-def uses_lane(
-    batch: int, dim: int, length: int, device: torch.device, *rows: torch.Tensor | None,
-    min_per_sm: int | None = None,
-) -> bool:  # fmt: skip
-    """Whether the forward takes the lane kernel: on CUDA, at least ``min_per_sm`` channels (``batch * dim``) per SM
-    (LANE_MIN_CHANNELS_PER_SM unless given), a length that is a multiple of 16 and ``rows`` (``u``, ``delta``,
-    ``z``, B, C, the output) read as vectors (:func:`vector_rows`). Element by element the lane kernel is slower than
+def uses_lane(batch: int, dim: int, length: int, device: torch.device, *rows: torch.Tensor | None) -> bool:
+    """Whether the state setting gives way to a lane kernel: on CUDA, at least LANE_MIN_CHANNELS_PER_SM channels
+    (``batch * dim``) per SM, a length that is a multiple of 16 and ``rows`` (``u``, ``delta``, ``z``, B, C, the
+    output, or its gradient) read as vectors (:func:`vector_rows`). Element by element the lane kernel is slower than
     the state kernel (H100, bf16, the fused bidirectional scan of (64, 384, 1569), whose rows are not padded: 5.06
     against 2.54 ms; in rows aligned by copies but over that odd length, whose step masks are not constant over
     vectors: 2.83 against 2.51 ms); over (64, 384, 1568) the fused scan takes 0.81 ms with it, 1.43 ms with the state
     kernel."""
     if device.type != "cuda" or length % 16 or not all(t is None or vector_rows(t) for t in rows):
         return False
-    min_per_sm = LANE_MIN_CHANNELS_PER_SM if min_per_sm is None else min_per_sm
-    return batch * dim >= min_per_sm * torch.cuda.get_device_properties(device).multi_processor_count
+    return batch * dim >= LANE_MIN_CHANNELS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def lane_forward_parts(channels: int, n: int, device: torch.device) -> int:
+    """How many lanes the lane forward gives each of ``channels`` channels of ``n`` states: the largest power of 2 up
+    to LANE_MAX_PARTS and ``n`` padded to a power of 2 whose lanes stay within LANE_FORWARD_WARPS_PER_SM warps per
+    SM (at least 1); 1 off CUDA."""
+    if device.type != "cuda":
+        return 1
+    lanes = LANE_FORWARD_WARPS_PER_SM * 32 * torch.cuda.get_device_properties(device).multi_processor_count
+    parts = 1
+    while parts * 2 <= min(LANE_MAX_PARTS, next_power_of_2(n)) and channels * parts * 2 <= lanes:
+        parts *= 2
+    return parts
 
 
 def _launch_lane(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, y, final_state, checkpoints, ckpt_l,
@@ -290,21 +303,31 @@ def _launch_lane(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, y, f
     batch, dim, length = u.shape
     groups = B4.shape[1]
     cpg, n = dim // groups, A.shape[1]
-    block_d = 32 * cfg["num_warps"]
+    parts = cfg.get("parts") or lane_forward_parts(batch * dim, n, u.device)
+    split = _lane_split(n, parts)
     registers = {} if cfg.get("maxnreg") is None else {"maxnreg": cfg["maxnreg"]}
-    selective_scan_fwd_lane_kernel[(batch, groups, triton.cdiv(cpg, block_d))](
+    selective_scan_fwd_lane_kernel[(batch, groups, triton.cdiv(cpg, 32 // parts))](
         u, delta, A, B4, C4,
         u if D is None else D, u if z is None else z, u if delta_bias is None else delta_bias,
         final_state if h0 is None else h0, y, final_state, final_state if checkpoints is None else checkpoints,
         dim, length, cpg, triton.cdiv(length, ckpt_l),
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *A.stride(), *B4.stride(), *C4.stride(),
         *_strides3(z)[:2], y.stride(0), y.stride(1),
-        N=n, BLOCK_D=block_d, CKPT_L=ckpt_l,
+        N=n, **split, CKPT_L=ckpt_l,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         HAS_H0=h0 is not None, STORE_CKPT=checkpoints is not None, REVERSE_OUT=reverse_out, ACCUMULATE=accumulate,
         FAST_MATH=u.device.type == "cuda",
-        num_warps=cfg["num_warps"], **registers,
+        num_warps=1, **registers,
     )  # fmt: skip
+
+
+def _lane_split(n: int, parts: int) -> dict:
+    """The lane kernels' split of a channel's ``n`` states over ``parts`` lanes (a power of 2 up to 32): the states
+    padded to a power of 2 and at least ``parts``, as log2 of the slots a lane holds and of the parts."""
+    if parts not in (1, 2, 4, 8, 16, 32):
+        raise ValueError(f"parts must be a power of 2 from 1 to 32; got {parts}")
+    slots = max(next_power_of_2(n), parts) // parts
+    return {"LOG_NS": slots.bit_length() - 1, "LOG_PARTS": parts.bit_length() - 1}
 
 
 def scan_backward(
@@ -361,17 +384,13 @@ def scan_backward(
 def uses_lane_backward(cfg: dict, n: int, length: int, chunk: int, u, delta, z, dy, B4, C4) -> bool:
     """Whether the backward takes the lane kernel, given that the forward stored its checkpoints: at most
     LANE_MAX_STATES states, a length and chunk made of whole STEPS-step blocks, and either the setting says so
-    (``kernel="lane"``) or the state setting's rows meet the forward's rule with LANE_BACKWARD_MIN_CHANNELS_PER_SM
-    (:func:`uses_lane`)."""
+    (``kernel="lane"``) or it is the state setting and :func:`uses_lane` holds."""
     if n > LANE_MAX_STATES or length % STEPS.value or chunk % STEPS.value:
         return False
     if cfg.get("kernel") == "lane":
         return True
     batch, dim, _ = u.shape
-    rows = (u, delta, z, dy, B4, C4)
-    return cfg.get("kernel", "state") == "state" and uses_lane(
-        batch, dim, length, u.device, *rows, min_per_sm=LANE_BACKWARD_MIN_CHANNELS_PER_SM
-    )
+    return cfg.get("kernel", "state") == "state" and uses_lane(batch, dim, length, u.device, u, delta, z, dy, B4, C4)
 
 
 def _launch_state_backward(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, dy, d_final, checkpoints,
@@ -408,11 +427,10 @@ def _launch_lane_backward(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus,
     batch, dim, length = u.shape
     groups = B4.shape[1]
     cpg, n = dim // groups, A.shape[1]
-    parts = cfg["parts"]
-    slots = max(next_power_of_2(n), parts) // parts
-    grid = (batch, groups, triton.cdiv(cpg, 32 // parts))
-    scratch = torch.empty(grid[0] * grid[1] * grid[2] * (ckpt_l // STEPS.value) * slots * 32, device=u.device,
-                          dtype=torch.float32)  # fmt: skip
+    split = _lane_split(n, cfg["parts"])
+    grid = (batch, groups, triton.cdiv(cpg, 32 // cfg["parts"]))
+    scratch = torch.empty(grid[0] * grid[1] * grid[2] * (ckpt_l // STEPS.value) * (32 << split["LOG_NS"]),
+                          device=u.device, dtype=torch.float32)  # fmt: skip
     selective_scan_bwd_lane_kernel[grid](
         u, delta, A, B4, C4,
         u if D is None else D, u if z is None else z, u if delta_bias is None else delta_bias,
@@ -422,7 +440,7 @@ def _launch_lane_backward(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *A.stride(),
         B4.stride(0), B4.stride(1), B4.stride(2), C4.stride(0), C4.stride(1), C4.stride(2),
         *_strides3(z)[:2], dy.stride(0), dy.stride(1), dBC.stride(0), dBC.stride(-2),
-        N=n, LOG_NS=slots.bit_length() - 1, LOG_PARTS=parts.bit_length() - 1, CKPT_L=ckpt_l,
+        N=n, **split, CKPT_L=ckpt_l,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
         HAS_H0=h0 is not None, HAS_DHT=d_final is not None, REVERSE_OUT=reverse_out, ACCUMULATE_DZ=accumulate_dz,
         FAST_MATH=u.device.type == "cuda",
