@@ -1,20 +1,24 @@
-"""The lane-per-channel Triton forward kernel of the Mamba-1 selective scan over ``(batch, dim, L)``.
+"""The lane-per-channel Triton forward kernel of the Mamba-1 selective scan over ``(batch, dim, L)``, and the helpers
+it shares with the lane backward (:mod:`.scan_lane_backward_kernels`).
 
-A lane owns one channel and holds all its N states in registers; a program is ``BLOCK_D`` channels of one batch
-element and one group of B/C, and walks time ``STEPS`` steps at a time. A block's channel values (``u``,
-``delta``, ``z``) are read and its output written as ``(BLOCK_D, STEPS)`` tiles, a lane's steps of a row one
+A program is one warp: ``BLOCK_D = 32 / 2 ** LOG_PARTS`` channels of one batch element and one group of B/C, each
+channel on ``2 ** LOG_PARTS`` lanes (its *parts*) that split its states, ``2 ** LOG_NS`` each (a lane's *slots*; the
+states are padded to fill them), in registers. It walks time ``STEPS`` steps at a time. A block's channel values
+(``u``, ``delta``, ``z``) are read and its output written as ``(32, STEPS)`` tiles, a lane's steps of a row one
 vector, and split into steps in registers (:func:`unstack_steps`); the next block's tiles are read before the
-current one is solved, so that their latency hides behind it. B and C are read the same way, a ``(BLOCK_D, STEPS)``
-tile per state in which every lane reads the same address.
+current one is solved, so that their latency hides behind it. B and C are read the same way, a ``(32, STEPS)`` tile
+per slot in which the lanes of a part read the same address.
 
 Each state update is ``h = exp2(delta A log2 e) h + delta u B`` and ``y += C h``: one exponential and four float
-operations, the fewest the recurrence allows, and no value is combined across lanes. ptxas for sm_90: about 165
-instructions a step for 16 states with bfloat16 B and C; float32 copies of B and C laid out step by step, which need
-no widening, took 115 but were no faster on the H100. A lane per channel gives the grid ``batch * dim`` lanes only,
-a few warps per SM, so the kernel relies on each warp's own parallelism: the launcher lets ptxas use up to 200
-registers (``FORWARD_LANE``) so that it issues the loads early, and takes this kernel only with enough channels
-(``LANE_MIN_CHANNELS_PER_SM``; the launcher gives the figures). Long sequences of few channels take the state
-kernels (:mod:`.scan_state_kernels`), which split time.
+operations, the fewest the recurrence allows; a block's output is then summed over the channel's parts by shuffles
+(:func:`parts_summed`) and written by its first part. ptxas for sm_90: about 165 instructions a step for 16 states
+on one lane, with bfloat16 B and C; float32 copies of B and C laid out step by step, which need no widening, took
+115 but were no faster on the H100. One lane per channel gives the grid ``batch * dim`` lanes only, a few warps per
+SM, so the kernel relies on each warp's own parallelism: the launcher lets ptxas use up to 200 registers
+(``FORWARD_LANE``) so that it issues the loads early, splits the states over more lanes where that keeps the grid
+within a bound of warps per SM (:func:`.selective_scan.lane_forward_parts`), and takes this kernel only with enough
+channels (``LANE_MIN_CHANNELS_PER_SM``; the launcher gives the figures). Long sequences of few channels take the
+state kernels (:mod:`.scan_state_kernels`), which split time.
 
 ``STORE_CKPT`` writes the state entering every ``CKPT_L`` steps (the backward's chunks). ``REVERSE_OUT`` reads
 ``z`` and writes the output at ``L - 1 - t`` (the backward direction of a bidirectional Mamba): a block's outputs
