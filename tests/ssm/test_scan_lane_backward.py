@@ -94,9 +94,12 @@ def test_lane_backward_rule(monkeypatch, launches):
 
 
 @pytest.mark.skipif(DEVICE.type != "cuda", reason="bfloat16 and the launcher's rule: on the GPU")
-def test_bfloat16_through_the_rule(monkeypatch, launches):
-    """bfloat16 u, delta, z, B and C with enough channels that the state setting takes the lane kernels both ways:
-    output, final state and gradients within 1e-2 of the float64 loop fed the same rounded values."""
+def test_bfloat16_through_the_rule(monkeypatch):
+    """bfloat16 u, delta, z, B and C with enough channels that the state settings take the lane kernels both ways,
+    the forward with the parts its rule gives: output, final state and gradients within 1e-2 of the float64 loop fed
+    the same rounded values."""
+    names = ("selective_scan_fwd_lane_kernel", "selective_scan_fwd_state_kernel", *BACKWARD_KERNELS)
+    launches = spy_launches(monkeypatch, names, lambda name, args, kwargs: (name, kwargs.get("LOG_PARTS")))
     monkeypatch.setitem(scan.CONFIG, "forward", dict(scan.FORWARD_STATE))
     monkeypatch.setitem(scan.CONFIG, "backward", dict(scan.BACKWARD_STATE))
     sms = torch.cuda.get_device_properties(DEVICE).multi_processor_count
@@ -114,5 +117,8 @@ def test_bfloat16_through_the_rule(monkeypatch, launches):
     errors = {f"out{i}": rel_error(a, b) for i, (a, b) in enumerate(zip(out_fast, out_exact, strict=True))}
     errors.update({f"d{k}": rel_error(a, b) for k, a, b in zip(NAMES, grads_fast, grads_exact, strict=True)})
     assert max(errors.values()) < 1e-2, errors
-    parts = scan.BACKWARD_LANE["parts"]
-    assert launches == [("selective_scan_bwd_lane_kernel", parts.bit_length() - 1)]
+    forward_parts = scan.lane_forward_parts(2 * (scan.LANE_MIN_CHANNELS_PER_SM * sms // 2), 16, DEVICE)
+    assert launches == [
+        ("selective_scan_fwd_lane_kernel", forward_parts.bit_length() - 1),
+        ("selective_scan_bwd_lane_kernel", scan.BACKWARD_LANE["parts"].bit_length() - 1),
+    ]

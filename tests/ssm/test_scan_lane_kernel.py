@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernel_targets import DEVICE, MARKS, RUNS, output_cotangents
+from tests.kernel_targets import DEVICE, MARKS, RUNS
 from tests.ssm.oracles import selective_scan_loop
 from tests.ssm.test_scan_state_kernels import (
     BIDIRECTIONAL,
@@ -22,7 +22,6 @@ from tests.ssm.test_scan_state_kernels import (
     bidirectional_loops,
     check_bidirectional_against_loops,
     check_scan_against_loop,
-    gradients,
     rel_error,
     scan_inputs,
     spy_launches,
@@ -46,7 +45,6 @@ if RUNS:
         tl.store(back_ptr + rows[:, None] * 8 + tl.arange(0, 8)[None, :], scan_lane_kernels.stack_steps(cols))
 
 
-NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state")
 CHUNK = 32  # the backward's chunk length here: the forward stores the state entering each
 
 
@@ -171,30 +169,6 @@ def test_odd_length_without_padding(launches):
     y, final_state = scan.selective_scan_triton(**fast, delta_softplus=False, return_final_state=True)
     y_exact, final_exact = selective_scan_loop(**exact, delta_softplus=False)
     assert rel_error(y.cpu(), y_exact) < 1e-5 and rel_error(final_state.cpu(), final_exact) < 1e-5
-    assert [name for name, _ in launches] == ["selective_scan_fwd_lane_kernel"]
-
-
-@pytest.mark.skipif(DEVICE.type != "cuda", reason="bfloat16 and the launcher's rule: on the GPU")
-def test_bfloat16_through_the_rule(monkeypatch, launches):
-    """bfloat16 u, delta, z, B and C with enough channels that the state setting takes the lane kernel: output,
-    final state and gradients within 1e-2 of the float64 loop fed the same rounded values."""
-    monkeypatch.setitem(scan.CONFIG, "forward", dict(scan.FORWARD_STATE))
-    monkeypatch.setitem(scan.CONFIG, "backward", dict(scan.BACKWARD_STATE))
-    sms = torch.cuda.get_device_properties(DEVICE).multi_processor_count
-    halves = ("u", "delta", "B", "C", "z")
-    exact = scan_inputs(2, scan.LANE_MIN_CHANNELS_PER_SM * sms // 2, 300, 16, 0, seed=10)
-    exact = {k: (v.bfloat16().double() if k in halves else v).to(DEVICE).requires_grad_() for k, v in exact.items()}
-    fast = {
-        k: v.detach().to(torch.bfloat16 if k in halves else torch.float32).requires_grad_() for k, v in exact.items()
-    }
-    out_fast = scan.selective_scan_triton(**fast, delta_softplus=True, return_final_state=True)
-    out_exact = selective_scan_loop(**exact, delta_softplus=True)
-    cotangents = output_cotangents(out_fast, out_exact)
-    grads_fast = gradients([o.double() for o in out_fast], cotangents, list(fast.values()))
-    grads_exact = gradients(list(out_exact), cotangents, list(exact.values()))
-    errors = {f"out{i}": rel_error(a, b) for i, (a, b) in enumerate(zip(out_fast, out_exact, strict=True))}
-    errors.update({f"d{k}": rel_error(a, b) for k, a, b in zip(NAMES, grads_fast, grads_exact, strict=True)})
-    assert max(errors.values()) < 1e-2, errors
     assert [name for name, _ in launches] == ["selective_scan_fwd_lane_kernel"]
 
 

@@ -1,9 +1,9 @@
 """The lane-per-channel Triton backward kernel of the Mamba-1 selective scan, the counterpart of
 :mod:`.scan_lane_kernels`' forward.
 
-A program is one warp: ``BLOCK_D = 32 / PARTS`` channels of one batch element and one group of B/C, each channel on
-``PARTS`` lanes that share its states, ``N / PARTS`` each (a lane's *slots*; the states are padded to a power of 2).
-Splitting the states gives the grid ``PARTS`` times more warps to hide latency with, at the cost of each lane's
+A program is one warp, laid out as the forward's: ``BLOCK_D = 32 / 2 ** LOG_PARTS`` channels of one batch element and
+one group of B/C, each channel on ``2 ** LOG_PARTS`` lanes (its *parts*) that split its states, ``2 ** LOG_NS`` each
+(a lane's *slots*). Splitting the states gives the grid more warps to hide latency with, at the cost of each lane's
 per-step work, which the parts repeat. The program walks the chunks of ``CKPT_L`` steps in reverse, each from the
 state the forward stored at its start, in two passes of ``STEPS``-step blocks:
 
@@ -36,13 +36,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .common import LN2, LOG2E, sigmoid, softplus_hw
+from .common import LN2, sigmoid, softplus_hw
 from .scan_lane_kernels import (
     STEPS,
     WARP,
-    lane_parts,
     lanes_exchanged,
     parts_summed,
+    program_channels,
+    slot_columns,
     slot_real,
     stack_steps,
     unstack_steps,
@@ -52,7 +53,7 @@ from .scan_lane_kernels import (
 @triton.jit
 def _lanes_paired(lo, hi, lane, m: tl.constexpr, FAST_MATH: tl.constexpr):
     """One butterfly exchange: lanes whose bit ``m`` is clear end with ``lo`` summed with the lane ``m`` apart, the
-    others with ``hi`` so summed; half of the values of ``lo`` and ``hi (BLOCK_D, S)`` are sent."""
+    others with ``hi`` so summed; half of the values of ``lo`` and ``hi (32, S)`` are sent."""
     up = (lane & m) != 0
     return tl.where(up, hi, lo) + lanes_exchanged(tl.where(up, lo, hi), m, FAST_MATH)
 
@@ -84,7 +85,7 @@ def _reduced_row(lane, N: tl.constexpr, LOG_D: tl.constexpr, LOG_NS: tl.constexp
 @triton.jit
 def _block_inputs(u_rows, dt_rows, t, col_mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                   FAST_MATH: tl.constexpr):  # fmt: skip
-    """A block's ``u``, raw ``delta`` (with the bias) and discretised ``delta``, float32 ``(BLOCK_D, STEPS)``."""
+    """A block's ``u``, raw ``delta`` (with the bias) and discretised ``delta``, float32 ``(32, STEPS)``."""
     u = tl.load(u_rows + t, mask=col_mask, other=0.0).to(tl.float32)
     dt_raw = tl.load(dt_rows + t, mask=col_mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -121,31 +122,16 @@ def selective_scan_bwd_lane_kernel(
     g = tl.program_id(1)
     program = (b * G + g) * tl.num_programs(2) + tl.program_id(2)
     lane = tl.arange(0, WARP)
-    part, ch = lane_parts(LOG_PARTS)
-    dl = tl.program_id(2) * BLOCK_D + ch
-    d_mask = dl < cpg
-    d = g * cpg + dl
+    part, d, d_mask, Dv, bias = program_channels(D_ptr, bias_ptr, cpg, LOG_PARTS, HAS_D, HAS_BIAS)
     col = d[:, None]
     col_mask = d_mask[:, None]
     writer = col_mask & (part[:, None] == 0)  # the part that writes the channel's gradients
-    Dv = tl.zeros((WARP, 1), tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + col, mask=col_mask, other=0.0).to(tl.float32)
-    bias = tl.zeros((WARP, 1), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + col, mask=col_mask, other=0.0).to(tl.float32)
     first = part * NS  # the lane's first state; slot i holds state first + i
     state_rows = (b * dim + d) * N + first
-    A2 = ()
-    w = ()  # per slot, exp(delta_{t+1} A) q_{t+1}: the gradient of the state before the step being solved
+    # per slot, w = exp(delta_{t+1} A) q_{t+1}: the gradient of the state before the step being solved
+    A2, w = slot_columns(A_ptr, dhT_ptr, d, d_mask, part, state_rows, sA_d, sA_n, N, LOG_NS, LOG_PARTS, HAS_DHT)
     dA = ()
-    for i in tl.static_range(NS):
-        real = slot_real(part, i, d_mask, N, LOG_NS, LOG_PARTS)
-        A2 = A2 + (tl.load(A_ptr + d * sA_d + (first + i) * sA_n, mask=real, other=0.0).to(tl.float32) * LOG2E,)
-        wn = tl.zeros((WARP,), tl.float32)
-        if HAS_DHT:
-            wn = tl.load(dhT_ptr + state_rows + i, mask=real, other=0.0)
-        w = w + (wn,)
+    for _slot in tl.static_range(NS):
         dA = dA + (tl.zeros((WARP,), tl.float32),)
     steps = tl.arange(0, STEPS)[None, :]
     u_rows = u_ptr + b * su_b + col * su_d
@@ -209,7 +195,7 @@ def selective_scan_bwd_lane_kernel(
             r = ()  # per step: sum_n q_n B_n
             s = ()  # per step: sum_n q_n exp(delta A_n) h_{n, t-1} A_n log2 e
             ys = ()  # per step: sum_n C_n h_n, the output before D and the gate
-            for _ in tl.static_range(STEPS):
+            for _step in tl.static_range(STEPS):
                 r = r + (tl.zeros((WARP,), tl.float32),)
                 s = s + (tl.zeros((WARP,), tl.float32),)
                 ys = ys + (tl.zeros((WARP,), tl.float32),)

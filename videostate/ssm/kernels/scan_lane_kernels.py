@@ -139,6 +139,42 @@ def slot_real(part, i: tl.constexpr, d_mask, N: tl.constexpr, LOG_NS: tl.constex
 
 
 @triton.jit
+def program_channels(D_ptr, bias_ptr, cpg, LOG_PARTS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """A lane program's channels (group ``program_id(1)``, block ``program_id(2)``): each lane's part, its channel
+    ``d`` and whether there is one (``d_mask``), and that channel's ``D`` and delta bias as ``(32, 1)`` float32
+    columns (zero without them)."""
+    part, ch = lane_parts(LOG_PARTS)
+    dl = tl.program_id(2) * (WARP >> LOG_PARTS) + ch
+    d_mask = dl < cpg
+    d = tl.program_id(1) * cpg + dl
+    Dv = tl.zeros((WARP, 1), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d[:, None], mask=d_mask[:, None], other=0.0).to(tl.float32)
+    bias = tl.zeros((WARP, 1), tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d[:, None], mask=d_mask[:, None], other=0.0).to(tl.float32)
+    return part, d, d_mask, Dv, bias
+
+
+@triton.jit
+def slot_columns(A_ptr, h_ptr, d, d_mask, part, state_rows, sA_d, sA_n, N: tl.constexpr, LOG_NS: tl.constexpr,
+                 LOG_PARTS: tl.constexpr, HAS_H: tl.constexpr):  # fmt: skip
+    """Per slot of the lane (tuples of ``(32,)`` tiles): ``A`` scaled to base 2, and the value of ``h_ptr`` (a
+    ``(batch, dim, N)`` tensor, the slot's at ``state_rows + i``) or zero without ``HAS_H``."""
+    A2 = ()
+    h = ()
+    for i in tl.static_range(1 << LOG_NS):
+        real = slot_real(part, i, d_mask, N, LOG_NS, LOG_PARTS)
+        n = part * (1 << LOG_NS) + i
+        A2 = A2 + (tl.load(A_ptr + d * sA_d + n * sA_n, mask=real, other=0.0).to(tl.float32) * LOG2E,)
+        hi = tl.zeros((WARP,), tl.float32)
+        if HAS_H:
+            hi = tl.load(h_ptr + state_rows + i, mask=real, other=0.0)
+        h = h + (hi,)
+    return A2, h
+
+
+@triton.jit
 def selective_scan_fwd_lane_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, ckpt_ptr,
     dim, L, cpg, n_chunks,
@@ -149,33 +185,15 @@ def selective_scan_fwd_lane_kernel(
     FAST_MATH: tl.constexpr,
 ):  # fmt: skip
     LOG_D: tl.constexpr = 5 - LOG_PARTS
-    BLOCK_D: tl.constexpr = WARP >> LOG_PARTS
     NS: tl.constexpr = 1 << LOG_NS
     b = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
-    part, ch = lane_parts(LOG_PARTS)
-    dl = tl.program_id(2) * BLOCK_D + ch
-    d_mask = dl < cpg
-    d = g * cpg + dl
+    part, d, d_mask, Dv, bias = program_channels(D_ptr, bias_ptr, cpg, LOG_PARTS, HAS_D, HAS_BIAS)
     col = d[:, None]
     col_mask = d_mask[:, None]
-    Dv = tl.zeros((WARP,), tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-    bias = tl.zeros((WARP, 1), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + col, mask=col_mask, other=0.0).to(tl.float32)
     first = part * NS  # the lane's first state; slot i holds state first + i
     state_rows = (b * dim + d) * N + first
-    A2 = ()
-    hs = ()
-    for i in tl.static_range(NS):
-        real = slot_real(part, i, d_mask, N, LOG_NS, LOG_PARTS)
-        A2 = A2 + (tl.load(A_ptr + d * sA_d + (first + i) * sA_n, mask=real, other=0.0).to(tl.float32) * LOG2E,)
-        h = tl.zeros((WARP,), tl.float32)
-        if HAS_H0:
-            h = tl.load(h0_ptr + state_rows + i, mask=real, other=0.0)
-        hs = hs + (h,)
+    A2, hs = slot_columns(A_ptr, h0_ptr, d, d_mask, part, state_rows, sA_d, sA_n, N, LOG_NS, LOG_PARTS, HAS_H0)
     steps = tl.arange(0, STEPS)[None, :]
     u_rows = u_ptr + b * su_b + col * su_d
     dt_rows = dt_ptr + b * sdt_b + col * sdt_d
@@ -232,7 +250,7 @@ def selective_scan_fwd_lane_kernel(
                 new = new + (h,)
             hs = new
             ys = ys + (y,)
-        y = parts_summed(stack_steps(ys), LOG_D, FAST_MATH) + Dv[:, None] * uf
+        y = parts_summed(stack_steps(ys), LOG_D, FAST_MATH) + Dv * uf
         y = _mirrored(y, REVERSE_OUT)
         if ACCUMULATE:
             y += tl.load(y_rows + t_out, mask=valid_out, other=0.0).to(tl.float32)

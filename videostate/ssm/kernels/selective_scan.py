@@ -322,10 +322,11 @@ def _launch_lane(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, y, f
 
 
 def _lane_split(n: int, parts: int) -> dict:
-    """The lane kernels' split of a channel's ``n`` states over ``parts`` lanes (a power of 2 up to 32): the states
-    padded to a power of 2 and at least ``parts``, as log2 of the slots a lane holds and of the parts."""
-    if parts not in (1, 2, 4, 8, 16, 32):
-        raise ValueError(f"parts must be a power of 2 from 1 to 32; got {parts}")
+    """The lane kernels' split of a channel's ``n`` states over ``parts`` lanes (a power of 2 up to 16: the backward's
+    butterfly pairs at least two channels a warp): the states padded to a power of 2 and at least ``parts``, as log2
+    of the slots a lane holds and of the parts."""
+    if parts not in (1, 2, 4, 8, 16):
+        raise ValueError(f"parts must be a power of 2 from 1 to 16; got {parts}")
     slots = max(next_power_of_2(n), parts) // parts
     return {"LOG_NS": slots.bit_length() - 1, "LOG_PARTS": parts.bit_length() - 1}
 
