@@ -50,7 +50,7 @@ def launches(monkeypatch):
 
 
 def lane_backward(monkeypatch, parts: int) -> None:
-    setting = {"kernel": "lane", "num_warps": 1, "parts": parts}
+    setting = {"kernel": "lane", "parts": parts}
     monkeypatch.setitem(scan.CONFIG, "backward", dict(scan.BACKWARD_STATE, block_l=CHUNK, **setting))
 
 

@@ -57,8 +57,8 @@ CONFIG = {"forward": dict(FORWARD_STATE), "backward": dict(BACKWARD_STATE)}
 # SM) unless the grid then needs a second wave and would fit in one with ``maxnreg_one_wave`` (168: 12 warps an SM):
 # (8, 1536, 2048), 11.6 warps an SM, 1.45 / 1.20 ms with 255 / 168; (6, 1536, 2048), 8.7: 1.32 / 1.13;
 # (4, 2048, 2048), 7.8: 0.77 / 0.95; (64, 384, 1569), 23.3: 1.94 / 2.01.
-FORWARD_LANE = {"kernel": "lane", "num_warps": 1, "maxnreg": 200}
-BACKWARD_LANE = {"kernel": "lane", "num_warps": 1, "parts": 4, "maxnreg": 255, "maxnreg_one_wave": 168}
+FORWARD_LANE = {"kernel": "lane", "maxnreg": 200}
+BACKWARD_LANE = {"kernel": "lane", "parts": 4, "maxnreg": 255, "maxnreg_one_wave": 168}
 LANE_MIN_CHANNELS_PER_SM = 32
 LANE_MAX_STATES = 16
 LANE_MAX_PARTS = 8
