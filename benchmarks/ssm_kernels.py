@@ -130,7 +130,18 @@ def sweep(device) -> dict:
     """Time the launch settings on every shape; keep the one with the least summed ratio to the peer.
 
     Each configuration's output and gradients are compared with those of the default configuration
-    (the one the tests run) on a small shape; a configuration that disagrees is not chosen."""
+    (the one the tests run) on a small shape; a configuration that disagrees is not chosen. The lane kernels are held
+    off meanwhile, so that the settings themselves are compared; afterwards the launcher's rule applies as usual."""
+    rule = scan_kernels.LANE_MIN_CHANNELS_PER_SM
+    scan_kernels.LANE_MIN_CHANNELS_PER_SM = float("inf")
+    try:
+        return sweep_settings(device)
+    finally:
+        scan_kernels.LANE_MIN_CHANNELS_PER_SM = rule
+
+
+def sweep_settings(device) -> dict:
+    """:func:`sweep`'s timings, with whatever kernels the launcher now takes."""
     report = {}
     check_inputs = scan_inputs(2, 96, 1000, device, seed=3)
     expected = scan_outputs(check_inputs)
