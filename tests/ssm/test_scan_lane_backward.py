@@ -20,6 +20,7 @@ from tests.kernel_targets import DEVICE, MARKS, RUNS, output_cotangents
 from tests.ssm.oracles import selective_scan_loop
 from tests.ssm.test_scan_state_kernels import (
     check_bidirectional_against_loops,
+    check_output_and_gradients,
     check_scan_against_loop,
     gradients,
     rel_error,
@@ -76,14 +77,8 @@ def test_lane_backward_without_options(parts, monkeypatch, launches):
     exact["delta"] = exact["delta"].abs()
     exact = {k: v.requires_grad_() for k, v in exact.items()}
     fast = {k: v.detach().float().to(DEVICE).requires_grad_() for k, v in exact.items()}
-    y_fast = scan.selective_scan_triton(**fast)
     y_exact, _ = selective_scan_loop(**exact)
-    (cotangent,) = output_cotangents([y_fast], [y_exact])
-    grads_fast = gradients(y_fast.double(), cotangent.to(DEVICE), list(fast.values()))
-    grads_exact = gradients(y_exact, cotangent, list(exact.values()))
-    assert rel_error(y_fast.cpu(), y_exact) < 1e-5
-    for name, a, b in zip(exact, grads_fast, grads_exact, strict=True):
-        assert rel_error(a.cpu(), b) < 1e-5, name
+    check_output_and_gradients(scan.selective_scan_triton(**fast), y_exact, fast, exact)
     assert launches == [("selective_scan_bwd_lane_kernel", parts.bit_length() - 1)]
 
 
