@@ -4,6 +4,9 @@ Offline: clips/s and peak memory of Ti/S/M on ``(batch, 3, T, size, size)`` clip
 the measured time to the bandwidth floor: the bytes each layer must move (its weights once, the
 hidden and float32 residual streams in and out) divided by the measured copy bandwidth.
 
+Training: clips/s and peak memory of one optimiser step (forward, backward and AdamW) on ``(train_batch, 3, 8,
+size, size)`` clips, float32 weights under bfloat16 autocast on CUDA, where the scan's backward kernels run.
+
 Streaming: per-chunk latency of 1-frame chunks carrying the state (``clamp_temporal_pos=True``, so a
 stream may outlast the temporal table), and the memory held after 10 chunks and after the last one,
 which must be the same. Writes ``benchmarks/results/videomamba_<device>.json``.
@@ -25,9 +28,17 @@ from videostate.backbones.videomamba import SIZES, VideoMambaEncoder
 from videostate.ssm import backends, fused_disabled
 
 DEFAULTS = {
-    "cuda": {"dtype": "bfloat16", "frames": [8, 16, 32, 64], "img_size": 224, "batch": 32, "chunks": 1000},
-    "cpu": {"dtype": "float32", "frames": [2, 4], "img_size": 64, "batch": 1, "chunks": 30},
+    "cuda": {
+        "dtype": "bfloat16",
+        "frames": [8, 16, 32, 64],
+        "img_size": 224,
+        "batch": 32,
+        "train_batch": 16,
+        "chunks": 200,
+    },
+    "cpu": {"dtype": "float32", "frames": [2, 4], "img_size": 64, "batch": 1, "train_batch": 1, "chunks": 30},
 }
+TRAIN_FRAMES = 8
 
 
 def build(size: str, frames: int, img_size: int, device, dtype, **kwargs) -> VideoMambaEncoder:
@@ -72,6 +83,36 @@ def offline_case(size, frames, args, device, dtype, bandwidth) -> dict:
         "peak_bytes": measure_peak_bytes(lambda: model(x), device, {"x": x}),
         "floor_bytes": floor,
         "time_over_bandwidth_floor": seconds / (floor / bandwidth),
+    }
+
+
+def training_case(size, args, device, dtype) -> dict:
+    """One optimiser step: float32 weights, the clip in ``dtype``, the forward under autocast to ``dtype`` (none
+    for float32); the loss is the mean square of the encoder's outputs."""
+    model = build(size, TRAIN_FRAMES, args.img_size, device, torch.float32).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = torch.randn(args.train_batch, 3, TRAIN_FRAMES, args.img_size, args.img_size, device=device, dtype=dtype)
+
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            outputs = model(x)
+        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+        loss = sum(out.float().square().mean() for out in outputs)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    seconds = measure_time(step, device, args.repeats)
+    return {
+        "size": size,
+        "frames": TRAIN_FRAMES,
+        "img_size": args.img_size,
+        "batch": args.train_batch,
+        "weights": "float32",
+        "autocast": args.dtype if dtype != torch.float32 else None,
+        "clips_per_s": args.train_batch / seconds,
+        "seconds_per_step": seconds,
+        "peak_bytes": measure_peak_bytes(step, device, {"x": x}),
     }
 
 
@@ -151,6 +192,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, nargs="+", help="offline clip lengths")
     parser.add_argument("--img-size", type=int)
     parser.add_argument("--batch", type=int)
+    parser.add_argument("--train-batch", type=int, help="clips of a training step")
     parser.add_argument("--chunks", type=int, help="1-frame chunks streamed (at least 10)")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
@@ -183,6 +225,15 @@ def main() -> None:
                 f"{row['peak_bytes'] / 2**20:9.1f} MiB, {row['time_over_bandwidth_floor']:6.1f}x the bandwidth floor",
                 flush=True,
             )
+    training = []
+    for size in args.sizes:
+        row = training_case(size, args, device, dtype)
+        training.append(row)
+        print(
+            f"{size:>6} training: {row['clips_per_s']:9.1f} clips/s ({TRAIN_FRAMES} frames, batch {row['batch']}), "
+            f"peak {row['peak_bytes'] / 2**20:9.1f} MiB",
+            flush=True,
+        )
     streaming = []
     for size in args.sizes:
         row = streaming_case(size, args, device, dtype)
@@ -202,7 +253,8 @@ def main() -> None:
         load_average=os.getloadavg(),
     )
     path = write_result(
-        f"videomamba_{device.type}.json", {"environment": environment, "offline": offline, "streaming": streaming}
+        f"videomamba_{device.type}.json",
+        {"environment": environment, "offline": offline, "training": training, "streaming": streaming},
     )
     print(f"wrote {path.relative_to(path.parents[2])}")
 

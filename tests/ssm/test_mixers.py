@@ -132,6 +132,35 @@ def test_mamba_gated_scan_is_the_layer_before_its_output_projection(cfg):
     torch.testing.assert_close(next_state.conv_state, expected_state.conv_state, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("cfg", [*MAMBA_CASES, dict(bimamba=True, bias=True)])
+def test_mamba_padded_sequence_gives_the_unpadded_values(cfg, monkeypatch):
+    """Where the scan kernels would pad a sequence, the layer pads its input itself with steps that leave the state
+    unchanged (the reversed direction's before its sequence). Forced here on the reference scan: output, next
+    states and every gradient equal those of the unpadded layer, offline and from a carried state."""
+    x = sequence()
+    cotangent = torch.randn(2, 19, 12, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    results = []
+    for pad in (0, 5):
+        monkeypatch.setattr(Mamba, "_identity_pad", lambda self, length, device, pad=pad: pad)
+        m = make_mamba(**cfg)
+        state = m.init_state(2)
+        state.ssm_state.normal_(generator=torch.Generator().manual_seed(5))
+        state.conv_state.normal_(generator=torch.Generator().manual_seed(6))
+        offline = m(x)
+        (offline * cotangent).sum().backward()
+        carried, next_state = m(x, state)
+        results.append((offline, carried, next_state, [p.grad for p in m.parameters()]))
+    (offline, carried, next_state, grads), (offline_p, carried_p, next_state_p, grads_p) = results
+    if "bias" not in cfg:
+        torch.testing.assert_close(offline, mamba_oracle(make_mamba(**cfg), x), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(offline_p, offline, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(carried_p, carried, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(next_state_p.ssm_state, next_state.ssm_state, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(next_state_p.conv_state, next_state.conv_state, rtol=1e-10, atol=1e-10)
+    for g_p, g in zip(grads_p, grads, strict=True):
+        torch.testing.assert_close(g_p, g, rtol=1e-10, atol=1e-10)
+
+
 def test_bimamba_uses_the_backward_parameters_with_fast_path_off():
     m = make_mamba(bimamba=True)
     m.use_fast_path = False

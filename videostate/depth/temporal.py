@@ -25,6 +25,7 @@ from torch import nn
 from videostate.ssm import Mamba, MambaState, StreamState
 from videostate.ssm import layer_norm as norm
 from videostate.ssm.dispatch import inference_kernel
+from videostate.ssm.mamba import linear_tokens
 
 
 def temporal_tokenize(feat: torch.Tensor) -> torch.Tensor:
@@ -182,7 +183,7 @@ class MambaBlock(nn.Module):
         tail = self._tail_kernels(x)
         if tail is not None:
             return self._fused_tail(tail, y, x), None, next_state
-        x, h = self.norm2.add_and_norm(x, self.mamba.out_proj(y))
+        x, h = self.norm2.add_and_norm(x, linear_tokens(y, self.mamba.out_proj))
         kernels = self._ffn_kernels(x, h)
         if kernels is not None:
             return self._fused_ffn(kernels, x, h), None, next_state

@@ -85,6 +85,17 @@ def _activate(y: torch.Tensor, activation: str | None) -> torch.Tensor:
     return F.silu(y) if activation in ("silu", "swish") else y
 
 
+def next_conv_state(x, conv_state, width):
+    """The last ``width`` inputs of ``cat(conv_state, x)``, in the state's dtype (x's without a state)."""
+    length = x.shape[-1]
+    dtype = x.dtype if conv_state is None else conv_state.dtype
+    if length >= width:
+        return x[..., length - width :].to(dtype)
+    if conv_state is None:
+        conv_state = x.new_zeros(*x.shape[:-1], width)
+    return torch.cat([conv_state[..., length:], x.to(dtype)], dim=-1)
+
+
 def causal_conv1d_reference(x, weight, bias, activation, conv_state):
     """Plain-PyTorch causal convolution; returns ``(y, next_conv_state)``."""
     batch, dim, _ = x.shape

@@ -85,6 +85,12 @@ def kernel_module(name: str):
 
 def resolve(op: str, backend: str, device: torch.device) -> Callable:
     """The implementation of ``op`` to run on ``device`` for the requested ``backend``."""
+    name = resolve_backend(op, backend, device)
+    return _REGISTRY[op][name].fn
+
+
+def resolve_backend(op: str, backend: str, device: torch.device) -> str:
+    """The name of the backend that runs ``op`` on ``device`` for the requested ``backend``."""
     if device.type == "cuda" or backend not in ("auto", "reference"):
         load_fast_backends()
     impls = _REGISTRY.get(op)
@@ -94,11 +100,10 @@ def resolve(op: str, backend: str, device: torch.device) -> Callable:
         if device.type == "cuda" and not fused_disabled():
             for name, impl in impls.items():
                 if name != "reference" and impl.available(device):
-                    return impl.fn
-        return impls["reference"].fn
+                    return name
+        return "reference"
     if backend not in impls:
         raise ValueError(f"backend for {op} must be 'auto' or one of {backends(op)}; got {backend!r}")
-    impl = impls[backend]
-    if not impl.available(device):
+    if not impls[backend].available(device):
         raise ValueError(f"backend {backend!r} for {op} cannot run on device {device}")
-    return impl.fn
+    return backend

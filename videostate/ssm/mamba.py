@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import nn
 
-from .causal_conv import causal_conv1d, causal_conv1d_update
-from .dispatch import inference_kernel, register, resolve
+from .causal_conv import causal_conv1d, causal_conv1d_update, next_conv_state
+from .dispatch import inference_kernel, kernel_module, register, resolve, resolve_backend
 from .selective_scan import (
     check_selective_scan_inputs,
+    no_step_delta,
     selective_scan,
     selective_scan_reference,
     selective_state_update,
@@ -202,6 +203,28 @@ def selective_scan_bidirectional_reference(
 register("selective_scan_bidirectional", "reference", selective_scan_bidirectional_reference)
 
 
+def linear_channels(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """``linear`` over the features of ``x (batch, L, in)``, channel-major: ``(batch, out, L)``, a view of one
+    product laid out ``(out, batch * L)``, so that every (batch, channel) row has its steps contiguous."""
+    rows = rearrange(x, "b l i -> (b l) i")
+    if linear.bias is None:
+        out = torch.mm(linear.weight, rows.mT)
+    else:
+        out = torch.addmm(linear.bias[:, None], linear.weight, rows.mT)
+    return rearrange(out, "o (b l) -> b o l", b=x.shape[0])
+
+
+def linear_tokens(x: torch.Tensor, linear: nn.Linear) -> torch.Tensor:
+    """``linear(x)`` for ``x (batch, L, in)``, also read in place when it is a view of channel-major rows (its
+    features strided), which ``F.linear`` would first copy token-major."""
+    if x.dim() != 3 or x.stride(-1) == 1:
+        return linear(x)
+    weight = linear.weight.mT.expand(x.shape[0], -1, -1)
+    if linear.bias is None:
+        return torch.bmm(x, weight)
+    return torch.baddbmm(linear.bias.expand(x.shape[0], x.shape[1], -1), x, weight)
+
+
 class Mamba(nn.Module):
     """Mamba-1 mixer: ``(batch, L, d_model) -> (batch, L, d_model)``.
 
@@ -299,7 +322,7 @@ class Mamba(nn.Module):
         """``hidden_states (batch, L, d_model)`` -> ``(batch, L, d_model)``, plus ``next_state`` when
         ``state`` is given."""
         y, next_state = self.gated_scan(hidden_states, state)
-        out = self.out_proj(y)
+        out = linear_tokens(y, self.out_proj)
         return out if state is None else (out, next_state)
 
     def gated_scan(
@@ -311,17 +334,36 @@ class Mamba(nn.Module):
         check_tensor("hidden_states", hidden_states, (None, None, self.d_model), layout="(batch, L, d_model)")
         if state is not None:
             self._check_state(state, hidden_states.shape[0])
-        xz = self.in_proj(hidden_states)
-        tokens = self._scan_tokens(xz, state)
+        tokens = self._scan_tokens(hidden_states, state)
         if tokens is not None:
             return tokens
-        x, z = rearrange(xz, "b l d -> b d l").chunk(2, dim=1)
-        z = z.contiguous()  # the gate's steps contiguous too (see _scan_inputs)
+        length = hidden_states.shape[1]
+        pad = self._identity_pad(length, hidden_states.device)
+        xz = self._in_proj_channels(F.pad(hidden_states, (0, 0, 0, pad)) if pad else hidden_states)
+        if pad and self.in_proj.bias is not None:
+            xz[..., length:] = 0  # the padded steps' x is zero, as the reversed direction's convolution reads it
+        x, z = xz.chunk(2, dim=1)
         if self.bimamba:
-            y, next_state = self._bidirectional_scan(x, z, state)
+            y, next_state = self._bidirectional_scan(x, z, state, pad)
         else:
-            y, next_state = self._scan(x, z, self.direction(backward=False), state)
-        return rearrange(y, "b d l -> b l d"), None if state is None else next_state
+            y, next_state = self._scan(x, z, self.direction(backward=False), state, pad)
+        return rearrange(y[..., :length], "b d l -> b l d"), None if state is None else next_state
+
+    def _in_proj_channels(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """``in_proj`` made channel-major: ``hidden_states (batch, L, d_model)`` -> ``xz (batch, 2 d_inner, L)``, so
+        that ``x`` and the gate ``z`` reach the convolution and the scan with their steps contiguous, without the
+        layout copy of the token-major product (:func:`linear_channels`)."""
+        return linear_channels(hidden_states, self.in_proj)
+
+    def _identity_pad(self, length: int, device: torch.device) -> int:
+        """How many steps that leave the state unchanged the scan kernels would append to a sequence of ``length``
+        (:func:`videostate.ssm.kernels.selective_scan.identity_pad`); 0 where the reference scan runs. The layer
+        then pads its input itself, so that every tensor it makes for the scan has whole rows of the padded length
+        and the kernels copy none of them."""
+        op = "selective_scan_bidirectional" if self.bimamba else "selective_scan"
+        if resolve_backend(op, self.backend, device) == "reference":
+            return 0
+        return kernel_module("selective_scan").identity_pad(length)
 
     def step(self, hidden_states: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         """One token: ``(batch, d_model)`` or ``(batch, 1, d_model)`` -> same shape, and the next state."""
@@ -353,20 +395,21 @@ class Mamba(nn.Module):
             backend=self.backend,
         )
         if self.bimamba:  # the backward direction over a one-token chunk
-            y_b, _ = self._scan(x[..., None], z[..., None], self.direction(backward=True), None)
+            y_b, _ = self._scan(x[..., None], z[..., None], self.direction(backward=True), None, 0)
             y = y + y_b[..., 0]
         out = self.out_proj(y)
         return (out[:, None] if squeeze else out), MambaState(conv_state, ssm_state)
 
-    def _scan_tokens(self, xz: torch.Tensor, state: MambaState | None):
-        """Inference of short sequences on CUDA (:mod:`videostate.ssm.kernels.mamba_tokens`): ``xz (batch, L,
-        2 d_inner)`` -> ``(y (batch, L, d_inner), next_state)``, the values of the channel-major path without its
-        layout copies; ``None`` where it does not apply (gradients, the CPU, long sequences, ``bimamba``)."""
+    def _scan_tokens(self, hidden_states: torch.Tensor, state: MambaState | None):
+        """Inference of short sequences on CUDA (:mod:`videostate.ssm.kernels.mamba_tokens`): ``hidden_states
+        (batch, L, d_model)`` -> ``(y (batch, L, d_inner), next_state)``, the values of the channel-major path without
+        its layout copies; ``None`` where it does not apply (gradients, the CPU, long sequences, ``bimamba``)."""
         if self.bimamba or not self.use_fast_path:
             return None
-        kernels = inference_kernel("mamba_tokens", xz)
-        if kernels is None or not kernels.applies(xz.shape[1]):
+        kernels = inference_kernel("mamba_tokens", hidden_states)
+        if kernels is None or not kernels.applies(hidden_states.shape[1]):
             return None
+        xz = self.in_proj(hidden_states)
         params = self.direction(backward=False)
         y, conv_state, ssm_state = kernels.mamba_scan_tokens(
             xz,
@@ -401,31 +444,44 @@ class Mamba(nn.Module):
             at_least_float32(params.dt_proj.bias),
         )
 
-    def _scan_inputs(self, x, params: Direction, state: MambaState | None):
+    def _scan_inputs(self, x, params: Direction, state: MambaState | None, pad: int, reverse: bool = False):
         """Convolution and projections of one direction: ``x (batch, d_inner, L)`` -> ``u, delta
-        (batch, d_inner, L)``, ``B, C (batch, d_state, L)`` and the next conv state (with ``state``)."""
+        (batch, d_inner, L)``, ``B, C (batch, d_state, L)`` and the next conv state (with ``state``).
+
+        The last ``pad`` steps of ``x`` (the first ones with ``reverse``, for the time-reversed input) are padding:
+        their ``delta`` is set to leave the state unchanged, and the conv state is the one after the sequence."""
         conv_weight = rearrange(params.conv1d.weight, "d 1 w -> d w")
         conv_state = None
         if state is None:
-            x = causal_conv1d(x, conv_weight, params.conv1d.bias, "silu", backend=self.backend)
+            u = causal_conv1d(x, conv_weight, params.conv1d.bias, "silu", backend=self.backend)
         else:
-            x, conv_state = causal_conv1d(
+            u, conv_state = causal_conv1d(
                 x, conv_weight, params.conv1d.bias, "silu", conv_state=state.conv_state, backend=self.backend
             )
-        dt, B, C = self._x_proj(rearrange(x, "b d l -> b l d"), params)
-        # Channel-major with the steps contiguous: the scan kernels read such rows as vectors and strided ones
-        # step by step (H100, bf16, VideoMamba-Ti at batch 32 and 8 frames: a scan took 1.6 ms over strided rows).
-        return (
-            x,
-            params.dt_proj.weight @ rearrange(dt, "b l r -> b r l"),
-            rearrange(B, "b l n -> b n l").contiguous(),
-            rearrange(C, "b l n -> b n l").contiguous(),
-            conv_state,
-        )
+            if pad:
+                conv_state = next_conv_state(x[..., :-pad], state.conv_state, self.d_conv)
+        delta, B, C = self._project_channels(u, params)
+        if pad:
+            delta[..., slice(None, pad) if reverse else slice(-pad, None)] = no_step_delta(delta.dtype)
+        return u, delta, B, C, conv_state
 
-    def _scan(self, x, z, params: Direction, state: MambaState | None):
+    def _project_channels(self, u: torch.Tensor, params: Direction):
+        """``u (batch, d_inner, L)`` -> ``delta (batch, d_inner, L)`` (without bias), ``B, C (batch, d_state, L)``.
+
+        The products are made channel-major, so every row the scan reads has its steps contiguous without a copy
+        (the scan kernels read such rows as vectors and strided ones step by step). H100, bf16, VideoMamba-Ti at
+        batch 32 and 8 frames: with token-major products, layout copies and the launcher's padded copies, a pass ran
+        19 copy kernels a layer, 28 of its 51 ms of kernels; with the layer's own padding (:meth:`gated_scan`) and
+        channel-major products, one (the padded input), and 23 ms of kernels."""
+        batch = u.shape[0]
+        dt, B, C = torch.bmm(params.x_proj.weight.expand(batch, -1, -1), u).split(
+            [self.dt_rank, self.d_state, self.d_state], dim=1
+        )
+        return torch.bmm(params.dt_proj.weight.expand(batch, -1, -1), dt), B, C
+
+    def _scan(self, x, z, params: Direction, state: MambaState | None, pad: int):
         """Convolution and selective scan of one direction: ``x, z (batch, d_inner, L)``."""
-        u, delta, B, C, conv_state = self._scan_inputs(x, params, state)
+        u, delta, B, C, conv_state = self._scan_inputs(x, params, state, pad)
         A, D, dt_bias = self._scan_params(params)
         out = selective_scan(
             u,
@@ -443,12 +499,12 @@ class Mamba(nn.Module):
         )
         return self._with_state(out, conv_state, state)
 
-    def _bidirectional_scan(self, x, z, state: MambaState | None):
+    def _bidirectional_scan(self, x, z, state: MambaState | None, pad: int):
         """Both directions, gated by one ``silu(z)``; the backward one runs over the time-reversed chunk
         from a zero state (its inputs stay in reversed order: the scan reads them so)."""
         forward, backward = self.direction(backward=False), self.direction(backward=True)
-        u, delta, B, C, conv_state = self._scan_inputs(x, forward, state)
-        u_b, delta_b, B_b, C_b, _ = self._scan_inputs(x.flip(-1), backward, None)
+        u, delta, B, C, conv_state = self._scan_inputs(x, forward, state, pad)
+        u_b, delta_b, B_b, C_b, _ = self._scan_inputs(x.flip(-1), backward, None, pad, reverse=True)
         A, D, dt_bias = self._scan_params(forward)
         A_b, D_b, dt_bias_b = self._scan_params(backward)
         out = selective_scan_bidirectional(

@@ -121,6 +121,13 @@ def selective_state_update(
     return fn(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus)
 
 
+def no_step_delta(dtype: torch.dtype) -> float:
+    """A ``delta`` whose step leaves the state unchanged under ``delta_softplus``: ``softplus(delta + bias)`` is 0
+    for any bias, so the step's decay is 1 and its input 0. Half the dtype's largest negative value: finite, it
+    keeps a backward over such steps free of ``inf - inf``."""
+    return -0.5 * torch.finfo(dtype).max
+
+
 def check_selective_scan_inputs(u, delta, A, B, C, D, z, delta_bias, initial_state) -> None:
     check_tensor("u", u, (None, None, None), layout="(batch, dim, L)")
     batch, dim, length = u.shape

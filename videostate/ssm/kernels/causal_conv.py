@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import triton
 
-from ..causal_conv import causal_conv1d_reference, causal_conv1d_update_reference
+from ..causal_conv import causal_conv1d_reference, causal_conv1d_update_reference, next_conv_state
 from .common import any_float64, next_power_of_2
 from .conv_kernels import (
     causal_conv1d_bwd_kernel,
@@ -97,17 +97,6 @@ class CausalConv1dFunction(torch.autograd.Function):
         dbias = None if bias is None else dbias.sum((0, 1)).to(bias.dtype)
         dstate = None if dstate is None else dstate.to(conv_state.dtype)
         return dx, dw, dbias, dstate, None
-
-
-def next_conv_state(x, conv_state, width):
-    """The last ``width`` inputs of ``cat(conv_state, x)``, in the state's dtype (x's without a state)."""
-    length = x.shape[-1]
-    dtype = x.dtype if conv_state is None else conv_state.dtype
-    if length >= width:
-        return x[..., length - width :].to(dtype)
-    if conv_state is None:
-        conv_state = x.new_zeros(*x.shape[:-1], width)
-    return torch.cat([conv_state[..., length:], x.to(dtype)], dim=-1)
 
 
 def causal_conv1d_triton(x, weight, bias, activation, conv_state):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from ..selective_scan import selective_scan_reference
+from ..selective_scan import no_step_delta, selective_scan_reference
 from .common import any_float64, next_power_of_2
 from .scan_lane_backward_kernels import selective_scan_bwd_lane_kernel
 from .scan_lane_kernels import STEPS, selective_scan_fwd_lane_kernel
@@ -135,30 +135,31 @@ def _row_length(length: int, *rows: torch.Tensor | None) -> int:
     return length
 
 
-def _identity_pad(length: int, rows: tuple, has_bias: bool, delta_softplus: bool) -> int:
+def identity_pad(length: int) -> int:
     """How many steps that leave the state unchanged bring ``length`` to a multiple of 16, for a forward over the
     padded length: its final state is the one at step ``L``, its output up to ``L`` the same, and with a length a
     multiple of 16 the state kernel's loads and stores are vectorised (H100, bf16, (64, 384, 1569): 1.20 ms with the
     copies, 1.31 ms over the odd length) and the lane kernel applies (:func:`uses_lane`). 0 where this does not
-    apply: lengths already a multiple of 16, sequences the step kernel runs, ``rows`` that are not contiguous, or no
-    ``delta`` value that discretises to 0 (a bias without softplus)."""
-    if (
-        length % 16 == 0
-        or CONFIG["forward"].get("kernel") not in ("state", "lane")
-        or runs_short_setting(length)
-        or any(t is not None and t.stride(-1) != 1 for t in rows)
-        or (has_bias and not delta_softplus)
-    ):
+    apply: lengths already a multiple of 16 and sequences the step kernel runs. A caller that makes the scan's
+    inputs can make them padded (:meth:`videostate.ssm.Mamba.gated_scan`); otherwise the launcher pads copies."""
+    if length % 16 == 0 or CONFIG["forward"].get("kernel") not in ("state", "lane") or runs_short_setting(length):
         return 0
     return triton.cdiv(length, 16) * 16 - length
 
 
+def _identity_pad(length: int, rows: tuple, has_bias: bool, delta_softplus: bool) -> int:
+    """:func:`identity_pad` for copies of ``rows``: 0 also where they are not contiguous or no ``delta`` value
+    discretises to 0 (a bias without softplus)."""
+    if any(t is not None and t.stride(-1) != 1 for t in rows) or (has_bias and not delta_softplus):
+        return 0
+    return identity_pad(length)
+
+
 def _identity_steps(rows: tuple, delta: torch.Tensor, pad: int, delta_softplus: bool, *, front: bool) -> tuple:
     """Copies of ``rows`` (``(..., L)`` tensors or ``None``, ``delta`` among them) with ``pad`` steps that leave the
-    state unchanged after the sequence, or before it with ``front``: ``delta`` that discretises to 0 and zero
-    elsewhere. Under softplus that ``delta`` is half the dtype's largest negative value: its softplus is 0 for any
-    bias, and, finite, it keeps a backward over the padded steps free of ``inf - inf``."""
-    no_step = -0.5 * torch.finfo(delta.dtype).max if delta_softplus else 0.0
+    state unchanged after the sequence, or before it with ``front``: ``delta`` that discretises to 0
+    (:func:`~videostate.ssm.selective_scan.no_step_delta` under softplus) and zero elsewhere."""
+    no_step = no_step_delta(delta.dtype) if delta_softplus else 0.0
     widths = (pad, 0) if front else (0, pad)
     return tuple(None if t is None else F.pad(t, widths, value=no_step if t is delta else 0.0) for t in rows)
 
