@@ -66,7 +66,7 @@ def causal_conv_loop(x, weight, bias=None, activation=None, history=None):
     """y_t = sum_k w_k x_{t - width + 1 + k} (+ bias), zero (or ``history``) before the start."""
     batch, dim, length = x.shape
     width = weight.shape[1]
-    past = torch.zeros(batch, dim, width, dtype=x.dtype) if history is None else history
+    past = torch.zeros(batch, dim, width, dtype=x.dtype, device=x.device) if history is None else history
     padded = torch.cat([past, x], dim=-1)
     ys = []
     for t in range(length):

@@ -86,3 +86,13 @@ def test_gradcheck():
 def test_bad_inputs_raise_clear_errors(args, kwargs, message):
     with pytest.raises(ValueError, match=message):
         causal_conv1d(*args, **kwargs)
+
+
+def test_reverse_convolves_the_flipped_sequence_from_a_zero_state():
+    x, weight, bias, state = make_inputs(seed=4)
+    y, next_state = causal_conv1d(x, weight, bias, "silu", return_final_state=True, reverse=True)
+    y_ref, next_ref = causal_conv_loop(x.flip(-1), weight, bias, "silu")
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(next_state, next_ref)
+    with pytest.raises(ValueError, match="reversed convolution starts from a zero state"):
+        causal_conv1d(x, weight, bias, conv_state=state, reverse=True)

@@ -24,6 +24,7 @@ def causal_conv1d(
     conv_state: torch.Tensor | None = None,
     return_final_state: bool = False,
     *,
+    reverse: bool = False,
     backend: str = "auto",
 ):
     """Causal depthwise convolution of ``x (batch, dim, L)`` with ``weight (dim, width)``.
@@ -32,6 +33,8 @@ def causal_conv1d(
         bias: ``(dim,)``. activation: ``None``, ``"silu"`` or ``"swish"``.
         conv_state: ``(batch, dim, width)``, the inputs preceding ``x``; zero when omitted.
         return_final_state: also return the next state (always returned when ``conv_state`` is given).
+        reverse: convolve the time-reversed sequence, ``causal_conv1d(x.flip(-1))`` (its output in that reversed
+            order), which the GPU kernels read in place without forming the flip; from a zero state only.
 
     Returns:
         ``y (batch, dim, L)`` in ``x``'s dtype, or ``(y, next_conv_state (batch, dim, width))``.
@@ -45,9 +48,11 @@ def causal_conv1d(
     _check_common(bias, activation, dim)
     if conv_state is not None:
         check_tensor("conv_state", conv_state, (batch, dim, width), layout="(batch, dim, width)")
+        if reverse:
+            raise ValueError("a reversed convolution starts from a zero state; got a conv_state")
     check_same_device(x=x, weight=weight, bias=bias, conv_state=conv_state)
     fn = resolve("causal_conv1d", backend, x.device)
-    y, next_state = fn(x, weight, bias, activation, conv_state)
+    y, next_state = fn(x, weight, bias, activation, conv_state, reverse)
     return (y, next_state) if conv_state is not None or return_final_state else y
 
 
@@ -96,8 +101,10 @@ def next_conv_state(x, conv_state, width):
     return torch.cat([conv_state[..., length:], x.to(dtype)], dim=-1)
 
 
-def causal_conv1d_reference(x, weight, bias, activation, conv_state):
-    """Plain-PyTorch causal convolution; returns ``(y, next_conv_state)``."""
+def causal_conv1d_reference(x, weight, bias, activation, conv_state, reverse=False):
+    """Plain-PyTorch causal convolution (of ``x.flip(-1)`` with ``reverse``); returns ``(y, next_conv_state)``."""
+    if reverse:
+        x = x.flip(-1)
     batch, dim, _ = x.shape
     width = weight.shape[1]
     dtype = compute_dtype(x.dtype)

@@ -446,14 +446,15 @@ class Mamba(nn.Module):
 
     def _scan_inputs(self, x, params: Direction, state: MambaState | None, pad: int, reverse: bool = False):
         """Convolution and projections of one direction: ``x (batch, d_inner, L)`` -> ``u, delta
-        (batch, d_inner, L)``, ``B, C (batch, d_state, L)`` and the next conv state (with ``state``).
+        (batch, d_inner, L)``, ``B, C (batch, d_state, L)`` and the next conv state (with ``state``); with
+        ``reverse``, those of the time-reversed ``x``, in that order (the convolution reads ``x`` reversed in place).
 
-        The last ``pad`` steps of ``x`` (the first ones with ``reverse``, for the time-reversed input) are padding:
-        their ``delta`` is set to leave the state unchanged, and the conv state is the one after the sequence."""
+        The last ``pad`` steps of ``x`` are padding: their ``delta`` (the first ``pad`` with ``reverse``) is set to
+        leave the state unchanged, and the conv state is the one after the sequence."""
         conv_weight = rearrange(params.conv1d.weight, "d 1 w -> d w")
         conv_state = None
         if state is None:
-            u = causal_conv1d(x, conv_weight, params.conv1d.bias, "silu", backend=self.backend)
+            u = causal_conv1d(x, conv_weight, params.conv1d.bias, "silu", reverse=reverse, backend=self.backend)
         else:
             u, conv_state = causal_conv1d(
                 x, conv_weight, params.conv1d.bias, "silu", conv_state=state.conv_state, backend=self.backend
@@ -504,7 +505,7 @@ class Mamba(nn.Module):
         from a zero state (its inputs stay in reversed order: the scan reads them so)."""
         forward, backward = self.direction(backward=False), self.direction(backward=True)
         u, delta, B, C, conv_state = self._scan_inputs(x, forward, state, pad)
-        u_b, delta_b, B_b, C_b, _ = self._scan_inputs(x.flip(-1), backward, None, pad, reverse=True)
+        u_b, delta_b, B_b, C_b, _ = self._scan_inputs(x, backward, None, pad, reverse=True)
         A, D, dt_bias = self._scan_params(forward)
         A_b, D_b, dt_bias_b = self._scan_params(backward)
         out = selective_scan_bidirectional(

@@ -54,23 +54,35 @@ def _state_args(conv_state, fallback):
     return (fallback, 0, 0, 0) if conv_state is None else (conv_state, *conv_state.stride())
 
 
+def _time_reversed(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """``t (batch, dim, L)`` as the kernels read ``t.flip(-1)`` in place: a view starting at its last step, and its
+    strides with the step's negated."""
+    return t[..., -1:], (t.stride(0), t.stride(1), -t.stride(2))
+
+
+def _rows(t: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """``t`` and its strides as the kernels address it: in time-reversed order with ``reverse``."""
+    return _time_reversed(t) if reverse else (t, tuple(t.stride()))
+
+
 class CausalConv1dFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, conv_state, silu):
+    def forward(ctx, x, weight, bias, conv_state, silu, reverse):
         batch, dim, length = x.shape
         width = weight.shape[1]
         y = torch.empty(batch, dim, length, device=x.device, dtype=x.dtype)
         state, *state_strides = _state_args(conv_state, x)
+        x_rows, x_strides = _rows(x, reverse)
         n_tiles = triton.cdiv(length, CONFIG["block_l"])
         causal_conv1d_fwd_kernel[launch_grid(batch, dim, n_tiles, CONFIG["block_d"])](
-            x, weight, x if bias is None else bias, state, y, dim, length, n_tiles,
-            *x.stride(), *weight.stride(), *state_strides, *y.stride(),
+            x_rows, weight, x if bias is None else bias, state, y, dim, length, n_tiles,
+            *x_strides, *weight.stride(), *state_strides, *y.stride(),
             W=width, BLOCK_D=CONFIG["block_d"], BLOCK_L=CONFIG["block_l"],
             HAS_BIAS=bias is not None, HAS_STATE=conv_state is not None, SILU=silu,
             num_warps=CONFIG["num_warps"],
         )  # fmt: skip
         ctx.save_for_backward(x, weight, bias, conv_state)
-        ctx.silu = silu
+        ctx.silu, ctx.reverse = silu, reverse
         return y
 
     @staticmethod
@@ -85,10 +97,11 @@ class CausalConv1dFunction(torch.autograd.Function):
         dw = torch.empty(batch, n_tiles, dim, width, device=x.device, dtype=f32)
         dbias = torch.empty(batch, n_tiles, dim, device=x.device, dtype=f32)
         state, *state_strides = _state_args(conv_state, x)
+        (x_rows, x_strides), (dx_rows, dx_strides) = _rows(x, ctx.reverse), _rows(dx, ctx.reverse)
         causal_conv1d_bwd_kernel[launch_grid(batch, dim, n_tiles, CONFIG["block_d"])](
-            x, weight, x if bias is None else bias, state, dy, dx, dx if dstate is None else dstate, dw, dbias,
-            dim, length, n_tiles,
-            *x.stride(), *weight.stride(), *state_strides, *dy.stride(),
+            x_rows, weight, x if bias is None else bias, state, dy, dx_rows, dx if dstate is None else dstate, dw,
+            dbias, dim, length, n_tiles,
+            *x_strides, *weight.stride(), *state_strides, *dy.stride(), *dx_strides,
             W=width, BLOCK_D=CONFIG["block_d"], BLOCK_L=CONFIG["block_l"],
             HAS_BIAS=bias is not None, HAS_STATE=conv_state is not None, SILU=ctx.silu,
             num_warps=CONFIG["num_warps"],
@@ -96,15 +109,16 @@ class CausalConv1dFunction(torch.autograd.Function):
         dw = dw.sum((0, 1)).to(weight.dtype)
         dbias = None if bias is None else dbias.sum((0, 1)).to(bias.dtype)
         dstate = None if dstate is None else dstate.to(conv_state.dtype)
-        return dx, dw, dbias, dstate, None
+        return dx, dw, dbias, dstate, None, None
 
 
-def causal_conv1d_triton(x, weight, bias, activation, conv_state):
+def causal_conv1d_triton(x, weight, bias, activation, conv_state, reverse=False):
     """Triton causal convolution (see :func:`videostate.ssm.causal_conv.causal_conv1d`); ``(y, next_state)``."""
     if any_float64(x, weight, bias, conv_state):
-        return causal_conv1d_reference(x, weight, bias, activation, conv_state)
-    y = CausalConv1dFunction.apply(x, weight, bias, conv_state, _silu(activation))
-    return y, next_conv_state(x, conv_state, weight.shape[1])
+        return causal_conv1d_reference(x, weight, bias, activation, conv_state, reverse)
+    y = CausalConv1dFunction.apply(x, weight, bias, conv_state, _silu(activation), reverse)
+    width = weight.shape[1]
+    return y, next_conv_state(x[..., :width].flip(-1) if reverse else x, conv_state, width)
 
 
 def causal_conv1d_tokens(x, weight, bias, conv_state=None):

@@ -74,7 +74,7 @@ def causal_conv1d_fwd_kernel(
 def causal_conv1d_bwd_kernel(
     x_ptr, w_ptr, bias_ptr, state_ptr, dy_ptr, dx_ptr, dstate_ptr, dw_ptr, dbias_ptr,
     dim, L, n_tiles,
-    sx_b, sx_d, sx_l, sw_d, sw_w, ss_b, ss_d, ss_w, sdy_b, sdy_d, sdy_l,
+    sx_b, sx_d, sx_l, sw_d, sw_w, ss_b, ss_d, ss_w, sdy_b, sdy_d, sdy_l, sdx_b, sdx_d, sdx_l,
     W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, SILU: tl.constexpr,
 ):  # fmt: skip
@@ -108,7 +108,7 @@ def causal_conv1d_bwd_kernel(
             for k in tl.static_range(W):
                 xin = _load_xin(x_rows, state_rows, s - (W - 1 - k), d_mask, L, sx_l, ss_w, W, HAS_STATE)
                 tl.store(dw_ptr + partial * W + k, tl.sum(grad * xin, axis=1), mask=d_mask)
-    dx_offsets = b * dim * L + d[:, None] * L + s[None, :]
+    dx_offsets = b * sdx_b + d[:, None] * sdx_d + s[None, :] * sdx_l
     tl.store(dx_ptr + dx_offsets, dx.to(dx_ptr.dtype.element_ty), mask=d_mask[:, None] & ((s >= 0) & (s < L))[None, :])
     if HAS_STATE:
         state_offsets = b * dim * W + d[:, None] * W + (s + W)[None, :]
