@@ -170,3 +170,22 @@ def test_without_temporal_blocks_the_student_is_the_teacher_frame_by_frame(teach
     depth, states = model.step(clip[:, 0], model.init_states(1))
     torch.testing.assert_close(depth, expected[:, 0], rtol=1e-12, atol=1e-12)
     assert states.frame_index.tolist() == [1] and states.scales == []
+
+
+def test_offline_position_encodings_are_computed_once(teacher_dir):
+    """An offline pass keeps each scale's encoding of frames 0 .. N - 1 (equal to the formula) and reuses it; a clip
+    of another length gets its own."""
+    from videostate.depth.temporal import temporal_position_encoding
+
+    model = make_model(teacher_dir)
+    clip = torch.rand(1, 4, 3, 28, 28, dtype=torch.float64)
+    first = model(clip)
+    kept = dict(model._offline_encodings)
+    assert sorted(key[1] for key in kept) == sorted(set(model.channels))
+    for (frames, channels, max_period, dtype, _), pe in kept.items():
+        expected = temporal_position_encoding(torch.arange(frames)[None], channels, max_period).to(dtype)
+        torch.testing.assert_close(pe, expected, rtol=0, atol=0)
+    torch.testing.assert_close(model(clip), first, rtol=0, atol=0)
+    assert all(model._offline_encodings[key] is pe for key, pe in kept.items())
+    torch.testing.assert_close(model(clip[:, :3]), first[:, :3], rtol=1e-12, atol=1e-12)
+    assert len(model._offline_encodings) == 2 * len(kept)

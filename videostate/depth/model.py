@@ -239,6 +239,7 @@ class VideoMambaDepth(nn.Module):
         )
         self.temporal_out = nn.ModuleList(TemporalReadout(c) for c in temporal_channels)
         self.decoder = teacher.build_decoder()
+        self._offline_encodings: dict[tuple, torch.Tensor] = {}
         param = next(teacher.parameters())
         self.to(device=param.device, dtype=param.dtype)
 
@@ -313,11 +314,14 @@ class VideoMambaDepth(nn.Module):
             residuals = list(feats) if add_features else [torch.zeros_like(f) for f in feats]
             return residuals, VideoMambaDepthState(states.frame_index + frames, []) if carry else None
         steps = torch.arange(frames, device=feats[0].device)
-        positions = states.frame_index[:, None] + steps if carry else steps[None]
+        positions = states.frame_index[:, None] + steps if carry else None
         residuals, new_scales = [], []
         for i, f in enumerate(feats):
             h, w = f.shape[-2:]
-            pe = temporal_position_encoding(positions, f.shape[2], self.config.max_period).to(f)
+            if carry:
+                pe = temporal_position_encoding(positions, f.shape[2], self.config.max_period).to(f)
+            else:
+                pe = self._offline_encoding(frames, f)
             tokens = self.premix[i].tokens(f, pe)
             if carry:
                 y, scale_state = self.temporal[i](tokens, self._scale_state(states, i, batch, h * w, tokens))
@@ -326,6 +330,19 @@ class VideoMambaDepth(nn.Module):
                 y = self.temporal[i].offline(tokens)
             residuals.append(self.temporal_out[i].frames(y, h, w, batch, f if add_features else None))
         return residuals, VideoMambaDepthState(states.frame_index + frames, new_scales) if carry else None
+
+    def _offline_encoding(self, frames: int, feat: torch.Tensor) -> torch.Tensor:
+        """The position encoding of frames ``0 .. frames - 1`` at ``feat``'s channels, dtype and device, ``(1, frames,
+        C)``: computed once and kept, so an offline pass (and the graph a fast clip replays) runs no kernels for it.
+        One made while a CUDA graph is being captured lives in the graph's memory and is not kept."""
+        key = (frames, feat.shape[2], self.config.max_period, feat.dtype, feat.device)
+        pe = self._offline_encodings.get(key)
+        if pe is None:
+            positions = torch.arange(frames, device=feat.device)[None]
+            pe = temporal_position_encoding(positions, feat.shape[2], self.config.max_period).to(feat)
+            if not (feat.is_cuda and torch.cuda.is_current_stream_capturing()):
+                self._offline_encodings[key] = pe
+        return pe
 
     def decode(self, feats: list[torch.Tensor], image_size: tuple[int, int]) -> torch.Tensor:
         """Per-frame DPT decoding of ``(B, N, C_i, h_i, w_i)`` maps -> ``depth (B, N, 1, H, W)`` at ``image_size``."""
