@@ -165,3 +165,45 @@ def test_fast_path_on_and_off_give_the_same_model(monkeypatch):
     for a, b, c in zip(got, expected, disabled, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(c, b, rtol=1e-5, atol=1e-5)
+
+
+def test_fast_forward_off_cuda_runs_the_model():
+    model = randomize(VisionMamba(**TINY, num_classes=5)).eval()
+    fast = model.fast()
+    x = video(2, 4, dtype=torch.float32)
+    with torch.no_grad():
+        expected = model(x)
+    torch.testing.assert_close(fast(x), expected, rtol=0, atol=0)
+    assert not fast.cuda_graph  # the recorded path is tested on the GPU
+    model.train()
+    with pytest.raises(ValueError, match=r"call model\.eval"):
+        fast(x)
+
+
+def as_tuple(out):
+    return out if isinstance(out, tuple) else (out,)
+
+
+@pytest.mark.gpu
+def test_fast_forward_replays_the_offline_pass_from_a_cuda_graph():
+    """The encoder's (tokens, pooled) and the classifier's logits from the graph equal the eager pass's, on two clips
+    of one shape (fresh tensors each) and one of another (a new graph); a cast model asks for a new fast path."""
+    torch.manual_seed(0)
+    for model in (VideoMambaEncoder(**TINY), VisionMamba(**TINY, num_classes=5)):
+        model = randomize(model).cuda().eval()
+        fast = model.fast()
+        clips = [video(2, 4, dtype=torch.float32).cuda() + i for i in range(2)] + [
+            video(3, 4, dtype=torch.float32).cuda()
+        ]
+        outputs = []
+        for clip in clips:
+            with torch.no_grad():
+                expected = as_tuple(model(clip))
+            got = as_tuple(fast(clip))
+            for a, b in zip(got, expected, strict=True):
+                torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+            outputs.append(got[0])
+        assert fast.cuda_graph and outputs[0].data_ptr() != outputs[1].data_ptr()
+        model.half()
+        with pytest.raises(RuntimeError, match=r"model\.fast\(\)"):
+            fast(clips[2])  # the recorded shape, its graph reading the weights where they were

@@ -38,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..ssm import Mamba, StackState
+from ..ssm.cuda_graph import GraphedForward
 from .videomamba_checkpoint import LoadReport, load_checkpoint
 from .videomamba_config import POOL_TYPES, VideoMambaConfig
 from .videomamba_layers import DropPath, PatchEmbed, VideoMambaBlock, add_norm, make_norm
@@ -235,6 +236,12 @@ class VideoMambaTrunk(nn.Module):
         ):
             got = f"{len(ssm_state.layers)} layers" if isinstance(ssm_state, StackState) else type(ssm_state).__name__
             raise ValueError(f"ssm_state must come from init_state(): {len(self.layers)} layers; got {got}")
+
+    def fast(self) -> GraphedForward:
+        """``fast(x)``: the values of ``model(x)`` for inference over whole clips (no state), replayed from a CUDA
+        graph recorded once per clip shape (:class:`~videostate.ssm.cuda_graph.GraphedForward`; off CUDA the model
+        runs eagerly). Moving or casting the model afterwards needs a new one."""
+        return GraphedForward(self, self, "model.fast()")
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write ``config.json`` (class, constructor arguments, dtype) and ``model.safetensors``."""
