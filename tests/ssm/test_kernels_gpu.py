@@ -357,17 +357,12 @@ def test_auto_dispatch_picks_triton_on_cuda(monkeypatch):
         assert "triton" in dispatch.backends(op)
 
 
-@pytest.mark.parametrize("bimamba", [False, True], ids=["mamba", "bimamba"])
-def test_mamba_fast_path_equals_reference(bimamba):
-    torch.manual_seed(6)
-    model = Mamba(64, d_state=16, bimamba=bimamba).to(CUDA)
-    reference = Mamba(64, d_state=16, bimamba=bimamba, use_fast_path=False).to(CUDA)
-    reference.load_state_dict(model.state_dict())
-    x = torch.randn(2, 91, 64, device=CUDA)
+def check_mamba_against_reference(model, reference, x):
+    """``model`` (float32, the kernels) against ``reference`` (float64, the reference ops, the same weights) at ``x``,
+    outputs poisoned before the run: output, input gradient and every parameter's gradient within 1e-5."""
     x_fast, x_ref = x.clone().requires_grad_(True), x.double().requires_grad_(True)
     poison_allocator()
-    y = model(x_fast)
-    y_ref = reference.double()(x_ref)
+    y, y_ref = model(x_fast), reference(x_ref)
     assert rel_error(y, y_ref) < 1e-5
     cotangent = torch.randn_like(y_ref)
     y.backward(cotangent.float())
@@ -375,6 +370,15 @@ def test_mamba_fast_path_equals_reference(bimamba):
     assert rel_error(x_fast.grad, x_ref.grad) < 1e-5
     for (name, p), p_ref in zip(model.named_parameters(), reference.parameters(), strict=True):
         assert rel_error(p.grad, p_ref.grad) < 1e-5, name
+
+
+@pytest.mark.parametrize("bimamba", [False, True], ids=["mamba", "bimamba"])
+def test_mamba_fast_path_equals_reference(bimamba):
+    torch.manual_seed(6)
+    model = Mamba(64, d_state=16, bimamba=bimamba).to(CUDA)
+    reference = Mamba(64, d_state=16, bimamba=bimamba, use_fast_path=False).to(CUDA)
+    reference.load_state_dict(model.state_dict())
+    check_mamba_against_reference(model, reference.double(), torch.randn(2, 91, 64, device=CUDA))
 
 
 def test_mamba_stream_equals_offline_on_kernels():
@@ -411,15 +415,7 @@ def test_mamba_pads_its_own_scan_inputs(bimamba, monkeypatch):
     reference = Mamba(32, d_state=16, bimamba=bimamba, use_fast_path=False).to(CUDA).double()
     reference.load_state_dict(model.state_dict())
     x = torch.randn(2, 150, 32, device=CUDA)
-    x_fast, x_ref = x.clone().requires_grad_(True), x.double().requires_grad_(True)
-    y, y_ref = model(x_fast), reference(x_ref)
-    assert rel_error(y, y_ref) < 1e-5
-    cotangent = torch.randn_like(y_ref)
-    y.backward(cotangent.float())
-    y_ref.backward(cotangent)
-    assert rel_error(x_fast.grad, x_ref.grad) < 1e-5
-    for (name, p), p_ref in zip(model.named_parameters(), reference.parameters(), strict=True):
-        assert rel_error(p.grad, p_ref.grad) < 1e-5, name
+    check_mamba_against_reference(model, reference, x)
     with torch.no_grad():
         state, pieces = model.init_state(2), []
         for part in x.split([70, 80], dim=1):
