@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tests.kernel_targets import output_cotangents
+from tests.ssm.test_mamba_kernels_path import check_mamba_against_reference
 from videostate.ssm import dispatch
 from videostate.ssm.causal_conv import causal_conv1d, causal_conv1d_update
 from videostate.ssm.mamba import Mamba, selective_scan_bidirectional
@@ -357,28 +358,15 @@ def test_auto_dispatch_picks_triton_on_cuda(monkeypatch):
         assert "triton" in dispatch.backends(op)
 
 
-def check_mamba_against_reference(model, reference, x):
-    """``model`` (float32, the kernels) against ``reference`` (float64, the reference ops, the same weights) at ``x``,
-    outputs poisoned before the run: output, input gradient and every parameter's gradient within 1e-5."""
-    x_fast, x_ref = x.clone().requires_grad_(True), x.double().requires_grad_(True)
-    poison_allocator()
-    y, y_ref = model(x_fast), reference(x_ref)
-    assert rel_error(y, y_ref) < 1e-5
-    cotangent = torch.randn_like(y_ref)
-    y.backward(cotangent.float())
-    y_ref.backward(cotangent)
-    assert rel_error(x_fast.grad, x_ref.grad) < 1e-5
-    for (name, p), p_ref in zip(model.named_parameters(), reference.parameters(), strict=True):
-        assert rel_error(p.grad, p_ref.grad) < 1e-5, name
-
-
 @pytest.mark.parametrize("bimamba", [False, True], ids=["mamba", "bimamba"])
 def test_mamba_fast_path_equals_reference(bimamba):
     torch.manual_seed(6)
     model = Mamba(64, d_state=16, bimamba=bimamba).to(CUDA)
     reference = Mamba(64, d_state=16, bimamba=bimamba, use_fast_path=False).to(CUDA)
     reference.load_state_dict(model.state_dict())
-    check_mamba_against_reference(model, reference.double(), torch.randn(2, 91, 64, device=CUDA))
+    x = torch.randn(2, 91, 64, device=CUDA)
+    poison_allocator()
+    check_mamba_against_reference(model, reference.double(), x)
 
 
 def test_mamba_stream_equals_offline_on_kernels():
@@ -397,34 +385,3 @@ def test_mamba_stream_equals_offline_on_kernels():
             steps.append(step)
     assert rel_error(torch.cat(pieces, dim=1), offline) < 1e-5
     assert rel_error(torch.stack(steps, dim=1), offline) < 1e-5
-
-
-@pytest.mark.parametrize("bimamba", [False, True], ids=["mamba", "bimamba"])
-def test_mamba_pads_its_own_scan_inputs(bimamba, monkeypatch):
-    """At a length the kernels pad (150: 10 steps to 160), the layer hands the scan rows of the padded length, so
-    the launcher copies none; offline, streamed in chunks of 70 and 80 (the forward direction), and its gradients
-    equal the float64 reference."""
-    from videostate.ssm.kernels import selective_scan as launcher
-
-    def no_copies(*args, **kwargs):
-        raise AssertionError("the launcher padded copies of the scan's inputs")
-
-    monkeypatch.setattr(launcher, "_identity_steps", no_copies)
-    torch.manual_seed(8)
-    model = Mamba(32, d_state=16, bimamba=bimamba).to(CUDA)
-    reference = Mamba(32, d_state=16, bimamba=bimamba, use_fast_path=False).to(CUDA).double()
-    reference.load_state_dict(model.state_dict())
-    x = torch.randn(2, 150, 32, device=CUDA)
-    check_mamba_against_reference(model, reference, x)
-    with torch.no_grad():
-        state, pieces = model.init_state(2), []
-        for part in x.split([70, 80], dim=1):
-            piece, state = model(part, state=state)
-            pieces.append(piece)
-        ref_state, ref_pieces = reference.init_state(2), []
-        for part in x.double().split([70, 80], dim=1):
-            piece, ref_state = reference(part, state=ref_state)
-            ref_pieces.append(piece)
-    assert rel_error(torch.cat(pieces, dim=1), torch.cat(ref_pieces, dim=1)) < 1e-5
-    assert rel_error(state.ssm_state, ref_state.ssm_state) < 1e-5
-    assert rel_error(state.conv_state, ref_state.conv_state) < 1e-5
