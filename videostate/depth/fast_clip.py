@@ -28,7 +28,6 @@ class DepthFastClip(GraphedForward):
 
     def __init__(self, model: VideoMambaDepth):
         super().__init__(model, model, "model.fast_clip()")
-        self.model = model
 
     def __call__(self, rgb_clip: torch.Tensor) -> torch.Tensor:
         check_rgb("rgb_clip", rgb_clip, frames=True)

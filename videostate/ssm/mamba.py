@@ -341,7 +341,8 @@ class Mamba(nn.Module):
             return tokens
         length = hidden_states.shape[1]
         pad = self._identity_pad(length, hidden_states.device)
-        xz = self._in_proj_channels(F.pad(hidden_states, (0, 0, 0, pad)) if pad else hidden_states)
+        # channel-major, so that x and the gate z reach the convolution and the scan with their steps contiguous
+        xz = linear_channels(F.pad(hidden_states, (0, 0, 0, pad)) if pad else hidden_states, self.in_proj)
         if pad and self.in_proj.bias is not None:
             xz[..., length:] = 0  # the padded steps' x is zero, as the reversed direction's convolution reads it
         x, z = xz.chunk(2, dim=1)
@@ -350,12 +351,6 @@ class Mamba(nn.Module):
         else:
             y, next_state = self._scan(x, z, self.direction(backward=False), state, pad)
         return rearrange(y[..., :length], "b d l -> b l d"), None if state is None else next_state
-
-    def _in_proj_channels(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        """``in_proj`` made channel-major: ``hidden_states (batch, L, d_model)`` -> ``xz (batch, 2 d_inner, L)``, so
-        that ``x`` and the gate ``z`` reach the convolution and the scan with their steps contiguous, without the
-        layout copy of the token-major product (:func:`linear_channels`)."""
-        return linear_channels(hidden_states, self.in_proj)
 
     def _identity_pad(self, length: int, device: torch.device) -> int:
         """How many steps that leave the state unchanged the scan kernels would append to a sequence of ``length``
