@@ -8,7 +8,8 @@ Training: clips/s and peak memory of one optimiser step (forward, backward and A
 size, size)`` clips, float32 weights under bfloat16 autocast on CUDA, where the scan's backward kernels run.
 
 Streaming: per-chunk latency of 1-frame chunks carrying the state (``clamp_temporal_pos=True``, so a
-stream may outlast the temporal table), and the memory held after 10 chunks and after the last one,
+stream may outlast the temporal table), eager and on CUDA also replayed from CUDA graphs (``model.fast_step()``),
+and the memory held after 10 chunks and after the last one,
 which must be the same. Writes ``benchmarks/results/videomamba_<device>.json``.
 
     python benchmarks/videomamba.py --device cuda      # H100: bf16, Ti/S/M x 8/16/32/64 frames, 224 px
@@ -137,18 +138,22 @@ def streaming_case(size, args, device, dtype) -> dict:
                 on_chunk(i + 1)
         return state
 
-    stream(3)  # warm-up
-    latencies = []
-    state = model.init_state(args.batch, device=device, dtype=dtype)
-    for i in range(args.chunks):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        *_, state = model(chunk, ssm_state=state, temporal_pos_offset=i)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        latencies.append(time.perf_counter() - start)
-    latencies.sort()
+    def latencies(step) -> list[float]:
+        """Sorted seconds per chunk of a stream of ``args.chunks`` chunks, after 3 warm-up chunks."""
+        times = []
+        state = model.init_state(args.batch, device=device, dtype=dtype)
+        for i in range(args.chunks + 3):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            *_, state = step(chunk, state, i)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+        return sorted(times[3:])
+
+    eager = latencies(lambda x, state, i: model(x, ssm_state=state, temporal_pos_offset=i))
+    fast = latencies(model.fast_step()) if device.type == "cuda" else None
 
     held = {}
     if device.type == "cuda":
@@ -174,15 +179,23 @@ def streaming_case(size, args, device, dtype) -> dict:
         with tracker:
             stream(args.chunks, record)
         peak = tracker.peak
-    state_bytes = sum(t.numel() * t.element_size() for t in state.tensors().values())
+    state_bytes = sum(t.numel() * t.element_size() for t in model.init_state(args.batch).tensors().values())
     return {
         "size": size,
         "img_size": args.img_size,
         "batch": args.batch,
         "chunk_frames": 1,
         "chunks": args.chunks,
-        "latency_ms_median": 1e3 * latencies[len(latencies) // 2],
-        "latency_ms_p90": 1e3 * latencies[int(0.9 * (len(latencies) - 1))],
+        "latency_ms_median": 1e3 * eager[len(eager) // 2],
+        "latency_ms_p90": 1e3 * eager[int(0.9 * (len(eager) - 1))],
+        **(
+            {
+                "fast_step_latency_ms_median": 1e3 * fast[len(fast) // 2],
+                "fast_step_latency_ms_p90": 1e3 * fast[int(0.9 * (len(fast) - 1))],
+            }
+            if fast
+            else {}
+        ),
         "state_bytes": state_bytes,
         "held_bytes_after_10_chunks": held.get(10),
         "held_bytes_after_last_chunk": held.get(args.chunks),
@@ -250,7 +263,13 @@ def main() -> None:
         streaming.append(row)
         print(
             f"{size:>6} stream: {row['latency_ms_median']:.2f} ms per 1-frame chunk (p90 "
-            f"{row['latency_ms_p90']:.2f}), held {row['held_bytes_after_10_chunks']} B after 10 chunks, "
+            f"{row['latency_ms_p90']:.2f})"
+            + (
+                f", {row['fast_step_latency_ms_median']:.2f} from CUDA graphs (p90 {row['fast_step_latency_ms_p90']:.2f})"
+                if "fast_step_latency_ms_median" in row
+                else ""
+            )
+            + f", held {row['held_bytes_after_10_chunks']} B after 10 chunks, "
             f"{row['held_bytes_after_last_chunk']} B after {row['chunks']}",
             flush=True,
         )

@@ -22,7 +22,8 @@ equals offline. The backward direction of ``bimamba=True`` reads the future: at 
 summarises tokens ``i..L-1``, which a stream has not seen yet. It therefore runs over each chunk alone
 (from a zero state); a single chunk holding the whole clip equals offline, smaller chunks give a
 model that looks ahead only to the end of its chunk. Positions past the temporal table are an error,
-or reuse its last entry with ``clamp_temporal_pos=True``.
+or reuse its last entry with ``clamp_temporal_pos=True``. For inference on CUDA, the encoder's
+``fast_step()`` replays each chunk from a CUDA graph, and ``fast()`` a whole clip.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ..ssm import Mamba, StackState
 from ..ssm.cuda_graph import GraphedForward
 from .videomamba_checkpoint import LoadReport, load_checkpoint
 from .videomamba_config import POOL_TYPES, VideoMambaConfig
+from .videomamba_fast_step import VideoMambaFastStep
 from .videomamba_layers import DropPath, PatchEmbed, VideoMambaBlock, add_norm, make_norm
 
 __all__ = [
@@ -163,11 +165,18 @@ class VideoMambaTrunk(nn.Module):
     def embed(self, x: torch.Tensor, temporal_pos_offset: int = 0) -> torch.Tensor:
         """``x (B, C, T, H, W)`` -> tokens ``(B, [1 +] (T / k) * num_patches, D)``, the cls token first
         when ``temporal_pos_offset == 0``."""
+        frames = x.shape[2] // self.patch_embed.tubelet_size
+        temporal_rows = self._temporal_positions(temporal_pos_offset, frames)
+        return self.embed_with_rows(x, temporal_rows, with_cls=temporal_pos_offset == 0)
+
+    def embed_with_rows(self, x: torch.Tensor, temporal_rows: torch.Tensor, with_cls: bool) -> torch.Tensor:
+        """:meth:`embed` with the chunk's temporal embeddings given, ``temporal_rows (1, T / k, D)``, and the cls
+        token first when ``with_cls``."""
         x = rearrange(self.patch_embed(x), "b d t h w -> b t (h w) d")
         x = x + self.pos_embed[:, None, 1:]
-        x = x + self._temporal_positions(temporal_pos_offset, x.shape[1])[:, :, None]
+        x = x + temporal_rows[:, :, None]
         x = rearrange(x, "b t n d -> b (t n) d")
-        if temporal_pos_offset == 0:
+        if with_cls:
             cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
             x = torch.cat((cls, x), dim=1)
         return self.pos_drop(x)
@@ -176,7 +185,12 @@ class VideoMambaTrunk(nn.Module):
         """Every token after the final norm: ``x (B, C, T, H, W)`` -> ``(B, [1 +] (T / k) * num_patches, D)``
         (the cls token first on the first chunk), plus ``next_state`` when ``ssm_state`` is given."""
         self._check_input(x, ssm_state, temporal_pos_offset)
-        hidden, residual, next_states = self.embed(x, temporal_pos_offset), None, []
+        return self.mix_tokens(self.embed(x, temporal_pos_offset), ssm_state)
+
+    def mix_tokens(self, hidden: torch.Tensor, ssm_state: StackState | None = None):
+        """The blocks and the final add + norm: tokens ``(B, L, D)`` -> ``(B, L, D)``, plus ``next_state`` when
+        ``ssm_state`` is given."""
+        residual, next_states = None, []
         for i, layer in enumerate(self.layers):
             use_checkpoint = self.use_checkpoint and i < self.checkpoint_num
             if ssm_state is None:
@@ -202,15 +216,21 @@ class VideoMambaTrunk(nn.Module):
         table = self.temporal_pos_embedding
         if offset + frames <= table.shape[1]:
             return table[:, offset : offset + frames]
-        if not self.clamp_temporal_pos:
+        self.check_temporal_range(offset, frames)
+        index = torch.arange(offset, offset + frames, device=table.device).clamp(max=table.shape[1] - 1)
+        return table[:, index]
+
+    def check_temporal_range(self, offset: int, frames: int) -> None:
+        """Positions ``offset .. offset + frames - 1`` past the temporal table are an error unless
+        ``clamp_temporal_pos``."""
+        table = self.temporal_pos_embedding
+        if offset + frames > table.shape[1] and not self.clamp_temporal_pos:
             raise ValueError(
                 f"temporal positions {offset}..{offset + frames - 1} (temporal_pos_offset={offset}, "
                 f"{frames} tubelets) run past the temporal_pos_embedding table of {table.shape[1]} "
                 "entries (num_frames // kernel_size); build with a larger num_frames (checkpoints are "
                 "interpolated on load) or set clamp_temporal_pos=True to reuse the last entry"
             )
-        index = torch.arange(offset, offset + frames, device=table.device).clamp(max=table.shape[1] - 1)
-        return table[:, index]
 
     def _check_input(self, x, ssm_state, temporal_pos_offset) -> None:
         height, width = self.patch_embed.img_size
@@ -434,23 +454,37 @@ class VideoMambaEncoder(VideoMambaTrunk):
         temporal_pos_offset: int = 0,
         keep_temporal: bool | None = None,
     ):
-        keep_temporal = self.keep_temporal if keep_temporal is None else keep_temporal
+        self.check_readout(temporal_pos_offset)
+        out = self.forward_tokens(x, ssm_state, temporal_pos_offset)
+        x_vis, next_state = (out, None) if ssm_state is None else out
+        outputs = self.readout(x_vis, temporal_pos_offset == 0, keep_temporal)
+        if ssm_state is not None:
+            outputs = (*outputs, next_state)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    def fast_step(self) -> VideoMambaFastStep:
+        """:meth:`forward` on a stream, replayed from CUDA graphs for inference: ``fast = model.fast_step()`` once,
+        then ``*outputs, state = fast(x_chunk, state, temporal_pos_offset=k)`` per chunk (see
+        :class:`~videostate.backbones.videomamba_fast_step.VideoMambaFastStep`)."""
+        return VideoMambaFastStep(self)
+
+    def check_readout(self, temporal_pos_offset: int) -> None:
+        """Only the first chunk carries the cls token that ``pool_type`` 'cls' and 'cls+avg' read."""
         if self.add_pool_norm and self.pool_type != "avg" and temporal_pos_offset != 0:
             raise ValueError(
                 f"pool_type={self.pool_type!r} reads the cls token, which only the first chunk "
                 f"(temporal_pos_offset=0) carries; got temporal_pos_offset={temporal_pos_offset}. Pool "
                 "later chunks with pool_type='avg' (keep_temporal=True for one feature per frame)"
             )
-        out = self.forward_tokens(x, ssm_state, temporal_pos_offset)
-        x_vis, next_state = (out, None) if ssm_state is None else out
-        if self.add_pool_norm:
-            x_pool, x_vis = self._pool(x_vis, temporal_pos_offset == 0, keep_temporal)
-            outputs = (x_vis, x_pool)
-        else:
-            outputs = (x_vis,)
-        if ssm_state is not None:
-            outputs = (*outputs, next_state)
-        return outputs[0] if len(outputs) == 1 else outputs
+
+    def readout(self, tokens: torch.Tensor, has_cls: bool, keep_temporal: bool | None = None) -> tuple:
+        """The outputs of :meth:`forward` from the tokens after the final norm, ``(B, [1 +] L, D)``: ``(x_vis,
+        x_pool)`` with ``add_pool_norm``, else ``(tokens,)``."""
+        if not self.add_pool_norm:
+            return (tokens,)
+        keep_temporal = self.keep_temporal if keep_temporal is None else keep_temporal
+        x_pool, x_vis = self._pool(tokens, has_cls, keep_temporal)
+        return x_vis, x_pool
 
     def _pool(self, tokens: torch.Tensor, has_cls: bool, keep_temporal: bool):
         """Returns ``(x_pool, patch tokens)``."""

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..ssm.cuda_graph import WeightGuard, record
+from ..ssm.cuda_graph import WeightGuard, copy_state_into, record
 from .model import VideoMambaDepthState
 from .streaming import state_change_terms
 from .teacher import check_rgb
@@ -208,15 +208,9 @@ class DepthFastStep:
         self._copy_states(states)
 
     def _copy_states(self, states: VideoMambaDepthState) -> None:
-        own, new = self._states.tensors(), states.tensors()
-        expected = {k: (tuple(t.shape), t.dtype, t.device) for k, t in own.items()}
-        got = {k: (tuple(t.shape), t.dtype, t.device) for k, t in new.items()}
-        if got != expected:
-            wrong = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
-            details = ", ".join(f"{k}: expected {expected.get(k)}, got {got.get(k)}" for k in wrong[:4])
-            raise ValueError(
-                f"states do not match this fast step's frame size and dtypes ({details}); a stream keeps one frame "
-                "size: start a new one with model.init_states"
-            )
-        for k, t in own.items():
-            t.copy_(new[k])
+        copy_state_into(
+            self._states,
+            states,
+            "states do not match this fast step's frame size and dtypes; a stream keeps one frame size: start a new "
+            "one with model.init_states",
+        )

@@ -13,6 +13,8 @@ from typing import TypeVar
 
 import torch
 
+from .state import StreamState
+
 # Untimed runs before recording, on a side stream: cuBLAS/cuDNN handles, workspaces, Triton compilation and
 # the attention kernels' lazy set-up happen there, never inside a graph.
 WARMUP_RUNS = 2
@@ -35,6 +37,20 @@ def record(run: Callable[[], T], device: torch.device, pool=None) -> tuple[torch
         with torch.cuda.graph(graph, pool=pool):
             outputs = run()
     return graph, outputs
+
+
+def copy_state_into(buffers: StreamState, state: StreamState, mismatch: str) -> None:
+    """Copy every tensor of ``state`` into the same-named buffer of ``buffers``; a tensor of another shape, dtype or
+    device (or a missing or extra one) is a ``ValueError`` that lists the first few and ends with ``mismatch``."""
+    own, new = buffers.tensors(), state.tensors()
+    expected = {k: (tuple(t.shape), t.dtype, t.device) for k, t in own.items()}
+    got = {k: (tuple(t.shape), t.dtype, t.device) for k, t in new.items()}
+    if got != expected:
+        wrong = sorted(k for k in expected.keys() | got.keys() if expected.get(k) != got.get(k))
+        details = ", ".join(f"{k}: expected {expected.get(k)}, got {got.get(k)}" for k in wrong[:4])
+        raise ValueError(f"{mismatch} ({details})")
+    for k, t in own.items():
+        t.copy_(new[k])
 
 
 class WeightGuard:
