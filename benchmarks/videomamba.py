@@ -265,7 +265,8 @@ def main() -> None:
             f"{size:>6} stream: {row['latency_ms_median']:.2f} ms per 1-frame chunk (p90 "
             f"{row['latency_ms_p90']:.2f})"
             + (
-                f", {row['fast_step_latency_ms_median']:.2f} from CUDA graphs (p90 {row['fast_step_latency_ms_p90']:.2f})"
+                f", {row['fast_step_latency_ms_median']:.2f} from CUDA graphs "
+                f"(p90 {row['fast_step_latency_ms_p90']:.2f})"
                 if "fast_step_latency_ms_median" in row
                 else ""
             )
