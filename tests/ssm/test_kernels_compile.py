@@ -30,6 +30,7 @@ from videostate.ssm import kernels  # noqa: E402
 from videostate.ssm.kernels import (  # noqa: E402
     block_tail,
     causal_conv,
+    conv_epilogue,
     conv_kernels,
     depthwise_tokens,
     layer_norm,
@@ -176,6 +177,10 @@ CASES = [
             "BLOCK_H": mlp.BLOCK_H, "HAS_RES": True, "SILU": silu, "PRECISION": "tf32"},
            half=("x", "w1", "w2"))
       for silu in (False, True)),
+    *(Case(conv_epilogue.conv_epilogue_kernel,
+           {"BLOCK_R": 64, "BLOCK_C": 64, "RESIDUALS": 2, "RELU": True, "RELU_COPY": not project, "PROJECT": project},
+           4, ("y", "bias", "res1", "res2", "out", "relu_out", "proj", "proj_bias"))
+      for project in (False, True)),
     *(Case(block_tail.block_tail_kernel,
            {"C": channels, "D_INNER": 2 * channels, "HIDDEN": 2 * channels, "BLOCK_C": channels,
             "BLOCK_K": block_tail.BLOCK_K, "BLOCK_M": block_tail.BLOCK_M,

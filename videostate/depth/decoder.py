@@ -3,6 +3,10 @@
 Submodule names follow transformers' ``DepthAnythingNeck`` (``convs``, ``fusion_stage``) and
 ``DepthAnythingDepthEstimationHead`` (``head``), so the teacher's weights load strictly with
 :meth:`DPTDecoder.load_from_depth_anything` and the decoder then reproduces the teacher exactly.
+
+For inference on CUDA the decoder runs channels-last, each convolution without its bias, and the bias, ReLU and
+residual adds after it in one pass (:mod:`videostate.ssm.kernels.conv_epilogue`); every module's ``fused`` method
+is that path. The values are the layer-by-layer ones up to rounding: one rounding per pass instead of one per op.
 """
 
 from __future__ import annotations
@@ -10,6 +14,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..ssm.dispatch import inference_kernel
+
+
+def conv_without_bias(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x)`` before its bias is added (channels-last when ``x`` is)."""
+    return F.conv2d(x, conv.weight, None, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 class PreActResidual(nn.Module):
@@ -22,6 +33,13 @@ class PreActResidual(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.convolution2(F.relu(self.convolution1(F.relu(x))))
+
+    def fused(self, kernels, x: torch.Tensor, relu_x: torch.Tensor, extra: tuple[torch.Tensor, ...] = (), **kw):
+        """``forward(x) + sum(extra)`` from channels-last ``x`` and ``relu_x = relu(x)``, in two convolutions and two
+        epilogues; ``kw`` (``relu_copy=True``) goes to the last epilogue."""
+        hidden = kernels.conv_epilogue(conv_without_bias(self.convolution1, relu_x), self.convolution1.bias, relu=True)
+        out = conv_without_bias(self.convolution2, hidden)
+        return kernels.conv_epilogue(out, self.convolution2.bias, (x, *extra), **kw)
 
 
 class FusionLayer(nn.Module):
@@ -45,6 +63,20 @@ class FusionLayer(nn.Module):
         x = F.interpolate(x, **resize, mode="bilinear", align_corners=True)
         return self.projection(x)
 
+    def fused(self, kernels, x: torch.Tensor, skip: torch.Tensor | None, size: tuple[int, int] | None) -> torch.Tensor:
+        """:meth:`forward` on channels-last maps: the skip's residual unit adds ``x`` in its last epilogue, which
+        also writes the ReLU the next unit reads."""
+        if skip is not None:
+            if skip.shape != x.shape:
+                skip = F.interpolate(skip, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            x, relu_x = self.residual_layer1.fused(kernels, skip, F.relu(skip), (x,), relu_copy=True)
+        else:
+            relu_x = F.relu(x)
+        x = self.residual_layer2.fused(kernels, x, relu_x)
+        resize = {"scale_factor": 2} if size is None else {"size": size}
+        x = F.interpolate(x, **resize, mode="bilinear", align_corners=True)
+        return kernels.conv_epilogue(conv_without_bias(self.projection, x), self.projection.bias)
+
 
 class FusionStage(nn.Module):
     def __init__(self, channels: int, num_layers: int):
@@ -58,6 +90,19 @@ class FusionStage(nn.Module):
         for i, (feature, layer) in enumerate(zip(coarse_to_fine, self.layers, strict=True)):
             size = tuple(coarse_to_fine[i + 1].shape[-2:]) if i + 1 < len(coarse_to_fine) else None
             fused = layer(feature, None, size) if fused is None else layer(fused, feature, size)
+        return fused
+
+    def fused(self, kernels, features: list[torch.Tensor]) -> torch.Tensor:
+        """:meth:`forward` on channels-last maps."""
+        coarse_to_fine = features[::-1]
+        fused = None
+        for i, (feature, layer) in enumerate(zip(coarse_to_fine, self.layers, strict=True)):
+            size = tuple(coarse_to_fine[i + 1].shape[-2:]) if i + 1 < len(coarse_to_fine) else None
+            fused = (
+                layer.fused(kernels, feature, None, size)
+                if fused is None
+                else layer.fused(kernels, fused, feature, size)
+            )
         return fused
 
 
@@ -79,6 +124,14 @@ class DepthHead(nn.Module):
         """Depth, or with ``activate=False`` the head's output before the final activation (see :meth:`activate`)."""
         x = F.interpolate(self.conv1(x), size=size, mode="bilinear", align_corners=True)
         x = self.conv3(F.relu(self.conv2(x)))
+        return self.activate(x) if activate else x
+
+    def fused(self, kernels, x: torch.Tensor, size: tuple[int, int], activate: bool = True) -> torch.Tensor:
+        """:meth:`forward` from a channels-last map; ``conv3`` (to one channel) is a dot in ``conv2``'s epilogue."""
+        x = kernels.conv_epilogue(conv_without_bias(self.conv1, x), self.conv1.bias)
+        x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+        project = (self.conv3.weight.reshape(-1), self.conv3.bias)
+        x = kernels.conv_epilogue(conv_without_bias(self.conv2, x), self.conv2.bias, relu=True, project=project)
         return self.activate(x) if activate else x
 
     def activate(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,8 +179,24 @@ class DPTDecoder(nn.Module):
         for i, (f, c) in enumerate(zip(features, self.in_channels, strict=True)):
             if f.dim() != 4 or f.shape[1] != c:
                 raise ValueError(f"feature {i} must have shape (batch, {c}, H, W); got {tuple(f.shape)}")
+        kernels = self._epilogue_kernels(features)
+        if kernels is not None:
+            return self.fused(kernels, features, size, activate)
         fused = self.fusion_stage([conv(f) for conv, f in zip(self.convs, features, strict=True)])
         return self.head(fused, size, activate)
+
+    def fused(self, kernels, features: list[torch.Tensor], size: tuple[int, int], activate: bool = True):
+        """:meth:`forward` on channels-last maps with the epilogue ``kernels`` (the inference path on CUDA)."""
+        maps = [conv(kernels.channels_last(f)) for conv, f in zip(self.convs, features, strict=True)]
+        return self.head.fused(kernels, self.fusion_stage.fused(kernels, maps), size, activate)
+
+    def _epilogue_kernels(self, features: list[torch.Tensor]):
+        """:mod:`videostate.ssm.kernels.conv_epilogue` for inference on CUDA without autocast (the maps and weights
+        of one dtype), else ``None``."""
+        weight = self.head.conv3.weight
+        if torch.is_autocast_enabled(weight.device.type) or any(f.dtype != weight.dtype for f in features):
+            return None
+        return inference_kernel("conv_epilogue", weight, *features)
 
     def load_from_depth_anything(self, model: nn.Module) -> None:
         """Copy the neck convolutions, fusion stage and head of a ``DepthAnythingForDepthEstimation``
