@@ -1,5 +1,6 @@
-"""The decoder's convolution epilogue (:mod:`videostate.ssm.kernels.conv_epilogue`) against its written formula in
-float64, and the DPT decoder's channels-last path built on it against the layer-by-layer decoder.
+"""The decoder's convolution epilogue and bilinear resize (:mod:`videostate.ssm.kernels.conv_epilogue`) against
+their written formula and PyTorch's resize in float64, and the DPT decoder's channels-last path built on them against
+the layer-by-layer decoder.
 
 On CUDA these are ``gpu`` tests; with ``TRITON_INTERPRET=1`` and no GPU they run on CPU tensors through Triton's
 interpreter.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.kernel_targets import DEVICE, KERNEL_DTYPES, MARKS, RUNS
 from videostate.depth.decoder import DPTDecoder
@@ -72,6 +74,37 @@ def test_epilogue_checks_its_inputs():
         conv_epilogue.conv_epilogue(cl, torch.randn(8, device=DEVICE), project=(torch.randn(4), torch.randn(1)))
 
 
+# (batch, C, H, W) -> size: twice the size (the fusion stage), odd sizes (the head), rows and columns of one pixel,
+# more channels than a program takes, a shrink.
+RESIZES = [((2, 48, 5, 7), (10, 14)), ((1, 32, 4, 6), (13, 17)), ((1, 16, 1, 3), (4, 5)), ((1, 200, 3, 2), (5, 1)),
+           ((1, 8, 9, 9), (4, 6))]  # fmt: skip
+
+
+@pytest.mark.parametrize(("shape", "size"), RESIZES, ids=str)
+@pytest.mark.parametrize("dtype", KERNEL_DTYPES, ids=str)
+def test_resize_matches_pytorch(shape, size, dtype):
+    g = torch.Generator().manual_seed(1)
+    (x,) = maps(shape, dtype, g, 1)
+    bias = torch.randn(shape[1], generator=g, dtype=torch.float64).to(DEVICE, dtype)
+    got = conv_epilogue.resize_bilinear(x, size, bias)
+    expected = F.interpolate(x.double(), size=size, mode="bilinear", align_corners=True) + bias.double()[:, None, None]
+    assert got.shape == expected.shape and got.dtype == dtype
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    error = ((got.double() - expected).abs().max() / expected.abs().max()).item()
+    assert error < TOLERANCE[dtype]
+
+
+def test_resize_checks_its_inputs():
+    x = torch.randn(1, 8, 3, 3, device=DEVICE)
+    with pytest.raises(ValueError, match="channels-last"):
+        conv_epilogue.resize_bilinear(x, (6, 6), torch.randn(8, device=DEVICE))
+    cl = x.contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match=r"bias must have shape \(8,\)"):
+        conv_epilogue.resize_bilinear(cl, (6, 6), torch.randn(3, device=DEVICE))
+    with pytest.raises(ValueError, match="size must be positive"):
+        conv_epilogue.resize_bilinear(cl, (0, 6), torch.randn(8, device=DEVICE))
+
+
 @pytest.mark.parametrize("activate", [True, False])
 def test_channels_last_decoder_equals_the_layer_by_layer_one(activate, monkeypatch):
     """Depth Anything's four maps (4x, 2x, 1x and half the patch grid of 3x5, channels not powers of two) through
@@ -91,3 +124,29 @@ def test_channels_last_decoder_equals_the_layer_by_layer_one(activate, monkeypat
             expected = decoder(features, (42, 70), activate).detach()
     assert got.shape == expected.shape == (2, 1, 42, 70)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", [d for d in KERNEL_DTYPES if d != torch.float32], ids=str)
+def test_channels_last_decoder_is_as_accurate_as_the_layer_by_layer_one(dtype, monkeypatch):
+    """In half precision both paths round, at different places: against the float64 decoder the fused path's error
+    is no larger than 1.25 times the layer-by-layer path's."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    torch.manual_seed(1)
+    decoder = DPTDecoder([16, 32, 64, 64], fusion_hidden_size=32, head_hidden_size=16).double()
+    with torch.no_grad():
+        for p in decoder.parameters():
+            p.copy_(torch.randn_like(p) * 0.05)
+    features = [torch.randn(2, c, h, w, dtype=torch.float64) for c, h, w in [(16, 24, 32), (32, 12, 16), (64, 6, 8),
+                                                                                (64, 3, 4)]]  # fmt: skip
+    with torch.no_grad():
+        exact = decoder(features, (84, 112), activate=False)
+        half = decoder.to(DEVICE, dtype)
+        inputs = [f.to(DEVICE, dtype) for f in features]
+        fused = half.fused(conv_epilogue, inputs, (84, 112), activate=False).double().cpu()
+        with torch.enable_grad():
+            layered = half(inputs, (84, 112), activate=False).detach().double().cpu()
+    fused_error, layered_error = (
+        (out - exact).abs().max().item() / exact.abs().max().item() for out in (fused, layered)
+    )
+    assert fused_error <= 1.25 * layered_error, (fused_error, layered_error)
+    assert 1e-5 < layered_error < 2e-2

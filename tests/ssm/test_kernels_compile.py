@@ -56,7 +56,8 @@ pytestmark = [
 ]
 
 HOPPER = GPUTarget("cuda", 90, 32)
-FLOAT_SCALARS = frozenset({"eps", "scale", "dt_min", "dt_max"})  # the kernels' float arguments; other scalars: i32
+# the kernels' float arguments; other scalars: i32
+FLOAT_SCALARS = frozenset({"eps", "scale", "dt_min", "dt_max", "scale_h", "scale_w"})
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,8 @@ CASES = [
            {"BLOCK_R": 64, "BLOCK_C": 64, "RESIDUALS": 2, "RELU": True, "RELU_COPY": not project, "PROJECT": project},
            4, ("y", "bias", "res1", "res2", "out", "relu_out", "proj", "proj_bias"))
       for project in (False, True)),
+    Case(conv_epilogue.resize_bilinear_kernel, {"BLOCK_P": 32, "BLOCK_C": conv_epilogue.RESIZE_BLOCK_C}, 4,
+         ("x", "bias", "out")),
     *(Case(block_tail.block_tail_kernel,
            {"C": channels, "D_INNER": 2 * channels, "HIDDEN": 2 * channels, "BLOCK_C": channels,
             "BLOCK_K": block_tail.BLOCK_K, "BLOCK_M": block_tail.BLOCK_M,

@@ -65,7 +65,7 @@ class FusionLayer(nn.Module):
 
     def fused(self, kernels, x: torch.Tensor, skip: torch.Tensor | None, size: tuple[int, int] | None) -> torch.Tensor:
         """:meth:`forward` on channels-last maps: the skip's residual unit adds ``x`` in its last epilogue, which
-        also writes the ReLU the next unit reads."""
+        also writes the ReLU the next unit reads; the resize adds the projection's bias."""
         if skip is not None:
             if skip.shape != x.shape:
                 skip = F.interpolate(skip, size=x.shape[-2:], mode="bilinear", align_corners=False)
@@ -73,9 +73,10 @@ class FusionLayer(nn.Module):
         else:
             relu_x = F.relu(x)
         x = self.residual_layer2.fused(kernels, x, relu_x)
-        resize = {"scale_factor": 2} if size is None else {"size": size}
-        x = F.interpolate(x, **resize, mode="bilinear", align_corners=True)
-        return kernels.conv_epilogue(conv_without_bias(self.projection, x), self.projection.bias)
+        size = (2 * x.shape[-2], 2 * x.shape[-1]) if size is None else size
+        # The projection before the resize, on a quarter of the pixels: both are linear, the resize's weights sum
+        # to one, so they commute, the projection's bias included.
+        return kernels.resize_bilinear(conv_without_bias(self.projection, x), size, self.projection.bias)
 
 
 class FusionStage(nn.Module):
@@ -127,9 +128,9 @@ class DepthHead(nn.Module):
         return self.activate(x) if activate else x
 
     def fused(self, kernels, x: torch.Tensor, size: tuple[int, int], activate: bool = True) -> torch.Tensor:
-        """:meth:`forward` from a channels-last map; ``conv3`` (to one channel) is a dot in ``conv2``'s epilogue."""
-        x = kernels.conv_epilogue(conv_without_bias(self.conv1, x), self.conv1.bias)
-        x = F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+        """:meth:`forward` from a channels-last map: the resize adds ``conv1``'s bias, and ``conv3`` (to one channel)
+        is a dot in ``conv2``'s epilogue."""
+        x = kernels.resize_bilinear(conv_without_bias(self.conv1, x), size, self.conv1.bias)
         project = (self.conv3.weight.reshape(-1), self.conv3.bias)
         x = kernels.conv_epilogue(conv_without_bias(self.conv2, x), self.conv2.bias, relu=True, project=project)
         return self.activate(x) if activate else x

@@ -10,7 +10,13 @@ Here the decoder runs channels-last, its convolutions without bias, and :func:`c
 once as rows of ``C`` channels: it adds the bias and up to two residual maps in float32, applies a ReLU, and writes
 the result (and on request the result's ReLU, the next residual unit's input, as a second output), rounding once;
 or, with ``project``, the dot of each row with a ``(C,)`` vector plus a scalar bias: the head's last 1x1
-convolution to one channel, so its ``C``-channel input never reaches memory. Forward only.
+convolution to one channel, so its ``C``-channel input never reaches memory.
+
+:func:`resize_bilinear` is the decoder's bilinear resize (``align_corners=True``) of channels-last maps, with a
+bias added: PyTorch's channels-last resize took 4.8 of the 8.8 ms left of the decoder above. A program blends
+``BLOCK_P`` output pixels' four source rows of ``BLOCK_C`` channels in float32, with PyTorch's source positions and
+weights. The resize is linear with weights that sum to one, so a 1x1 convolution and its bias commute with it: the
+decoder projects before resizing (a quarter of the pixels) and adds the projection's bias here. Forward only.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import triton.language as tl
 from .common import next_power_of_2
 
 ROW_ELEMENTS = 4096  # rows x channels a program reads: 64 rows of 64 channels
+RESIZE_BLOCK_C = 128  # the resize's channels per program
 
 
 @triton.jit
@@ -52,6 +59,40 @@ def conv_epilogue_kernel(
         tl.store(out_ptr + offsets, value.to(out_ptr.dtype.element_ty), mask=mask)
         if RELU_COPY:
             tl.store(relu_out_ptr + offsets, tl.maximum(value, 0.0).to(relu_out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def resize_bilinear_kernel(
+    x_ptr, bias_ptr, out_ptr,
+    pixels, C, H, W, H_out, W_out, scale_h, scale_w,
+    BLOCK_P: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    p = tl.program_id(0).to(tl.int64) * BLOCK_P + tl.arange(0, BLOCK_P)
+    c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    c_mask = c < C
+    mask = (p < pixels)[:, None] & c_mask[None, :]
+    ox = p % W_out
+    oy = (p // W_out) % H_out
+    n = p // (W_out * H_out)
+    sy = scale_h * oy.to(tl.float32)  # PyTorch's source position for align_corners=True
+    sx = scale_w * ox.to(tl.float32)
+    y0 = sy.to(tl.int64)
+    x0 = sx.to(tl.int64)
+    dy = sy - y0.to(tl.float32)
+    dx = sx - x0.to(tl.float32)
+    y1 = tl.where(y0 < H - 1, y0 + 1, y0)
+    x1 = tl.where(x0 < W - 1, x0 + 1, x0)
+    image = n * H
+    cols = c[None, :]
+    x00 = tl.load(x_ptr + ((image + y0) * W + x0)[:, None] * C + cols, mask=mask, other=0.0).to(tl.float32)
+    x01 = tl.load(x_ptr + ((image + y0) * W + x1)[:, None] * C + cols, mask=mask, other=0.0).to(tl.float32)
+    x10 = tl.load(x_ptr + ((image + y1) * W + x0)[:, None] * C + cols, mask=mask, other=0.0).to(tl.float32)
+    x11 = tl.load(x_ptr + ((image + y1) * W + x1)[:, None] * C + cols, mask=mask, other=0.0).to(tl.float32)
+    wx = dx[:, None]
+    wy = dy[:, None]
+    value = (1.0 - wy) * ((1.0 - wx) * x00 + wx * x01) + wy * ((1.0 - wx) * x10 + wx * x11)
+    value += tl.load(bias_ptr + c, mask=c_mask, other=0.0).to(tl.float32)[None, :]
+    tl.store(out_ptr + p[:, None] * C + cols, value.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
@@ -109,3 +150,27 @@ def conv_epilogue(
         PROJECT=project is not None,
     )  # fmt: skip
     return (out, relu_out) if relu_copy else out
+
+
+def resize_bilinear(x: torch.Tensor, size: tuple[int, int], bias: torch.Tensor) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="bilinear", align_corners=True) + bias`` of a channels-last map ``x (batch, C,
+    H, W)`` and ``bias (C,)``: the channels-last ``(batch, C, *size)`` map in ``x``'s dtype."""
+    if x.dim() != 4 or not x.is_contiguous(memory_format=torch.channels_last):
+        raise ValueError(f"x must be a channels-last (batch, C, H, W) map; got shape {tuple(x.shape)}, {x.stride()}")
+    batch, channels, height, width = x.shape
+    if tuple(bias.shape) != (channels,):
+        raise ValueError(f"bias must have shape ({channels},); got {tuple(bias.shape)}")
+    h_out, w_out = size
+    if h_out < 1 or w_out < 1:
+        raise ValueError(f"size must be positive; got {tuple(size)}")
+    out = torch.empty(batch, channels, h_out, w_out, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    scale_h = (height - 1) / (h_out - 1) if h_out > 1 else 0.0
+    scale_w = (width - 1) / (w_out - 1) if w_out > 1 else 0.0
+    block_c = min(RESIZE_BLOCK_C, next_power_of_2(channels))
+    block_p = ROW_ELEMENTS // block_c
+    pixels = batch * h_out * w_out
+    resize_bilinear_kernel[(triton.cdiv(pixels, block_p), triton.cdiv(channels, block_c))](
+        x, bias, out, pixels, channels, height, width, h_out, w_out, scale_h, scale_w,
+        BLOCK_P=block_p, BLOCK_C=block_c,
+    )  # fmt: skip
+    return out
