@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..ssm import StackState
-from ..ssm.cuda_graph import WeightGuard, copy_state_into, record
+from ..ssm.cuda_graph import GraphSet, WeightGuard, copy_state_into
 
 if TYPE_CHECKING:
     from .videomamba import VideoMambaEncoder
@@ -47,9 +47,7 @@ class VideoMambaFastStep:
         self._offset: torch.Tensor | None = None
         self._state: StackState | None = None
         self._chunks: dict[tuple, torch.Tensor] = {}
-        self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
-        self._outputs: dict[tuple, tuple] = {}
-        self._pool = None
+        self._graphs = GraphSet()
 
     @property
     def cuda_graph(self) -> bool:
@@ -124,11 +122,7 @@ class VideoMambaFastStep:
         if key not in self._graphs:
             self._chunks[key] = x.clone()
             saved = self._state.clone()  # the warm-up runs advance the state buffers; undone below
-            graph, outputs = record(lambda: self._run(key, self._chunks[key]), x.device, self._pool)
-            if self._pool is None:
-                self._pool = graph.pool()
-            self._graphs[key], self._outputs[key] = graph, outputs
-            copy_state_into(self._state, saved, "")
+            self._graphs.record(key, lambda: self._run(key, self._chunks[key]), x.device)
+            copy_state_into(self._state, saved, "the saved state")
         self._chunks[key].copy_(x)
-        self._graphs[key].replay()
-        return self._outputs[key]
+        return self._graphs.replay(key)

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..ssm.cuda_graph import WeightGuard, copy_state_into, record
+from ..ssm.cuda_graph import GraphSet, WeightGuard, copy_state_into
 from .model import VideoMambaDepthState
 from .streaming import state_change_terms
 from .teacher import check_rgb
@@ -54,9 +54,7 @@ class DepthFastStep:
         self._features: list[torch.Tensor] = []
         self._states: VideoMambaDepthState | None = None
         self._image_size: tuple[int, int] = (0, 0)
-        self._graphs: dict[str, torch.cuda.CUDAGraph] = {}
-        self._outputs: dict[str, tuple] = {}
-        self._pool = None
+        self._graphs = GraphSet()
 
     @property
     def cuda_graph(self) -> bool:
@@ -167,19 +165,14 @@ class DepthFastStep:
             return out
         if kind not in self._graphs:
             self._capture(kind)
-        self._graphs[kind].replay()
-        return self._outputs[kind]
+        return self._graphs.replay(kind)
 
     def _capture(self, kind: str) -> None:
         """Warm up on a side stream, then record ``kind``; the warm-up's writes to the state buffers are undone."""
         saved = self._states.clone()
-        graph, out = record(lambda: self._run(kind), self._rgb.device, self._pool)
-        if self._pool is None:
-            self._pool = graph.pool()
+        out = self._graphs.record(kind, lambda: self._run(kind), self._rgb.device)
         if kind == "encode":  # the graph's outputs become the static features the step graphs read
             self._features = list(out)
-        self._graphs[kind] = graph
-        self._outputs[kind] = out
         self._copy_states(saved)
 
     # ------------------------------------------------------------------------------------------ inputs

@@ -39,9 +39,43 @@ def record(run: Callable[[], T], device: torch.device, pool=None) -> tuple[torch
     return graph, outputs
 
 
+class GraphSet:
+    """CUDA graphs recorded on demand under keys, sharing one memory pool. Each keeps the outputs its recording
+    returned, which every replay overwrites. A graph's outputs may lie where a graph recorded before it keeps its
+    intermediate tensors: take (copy) them before replaying an earlier one. Buffers allocated outside the graphs, and
+    the outputs of earlier graphs, which stay allocated, are never overwritten by a later graph."""
+
+    def __init__(self):
+        self._graphs: dict = {}
+        self._outputs: dict = {}
+        self._pool = None
+
+    def __bool__(self) -> bool:
+        return bool(self._graphs)
+
+    def __len__(self) -> int:
+        return len(self._graphs)
+
+    def __contains__(self, key) -> bool:
+        return key in self._graphs
+
+    def record(self, key, run: Callable[[], T], device: torch.device) -> T:
+        """Record ``run`` (:func:`record`) as the graph of ``key``; returns its static outputs."""
+        graph, outputs = record(run, device, self._pool)
+        if self._pool is None:
+            self._pool = graph.pool()
+        self._graphs[key], self._outputs[key] = graph, outputs
+        return outputs
+
+    def replay(self, key):
+        """Replay the graph of ``key``; returns its static outputs."""
+        self._graphs[key].replay()
+        return self._outputs[key]
+
+
 def copy_state_into(buffers: StreamState, state: StreamState, mismatch: str) -> None:
-    """Copy every tensor of ``state`` into the same-named buffer of ``buffers``; a tensor of another shape, dtype or
-    device (or a missing or extra one) is a ``ValueError`` that lists the first few and ends with ``mismatch``."""
+    """Copy every tensor of ``state`` into the same-named buffer of ``buffers``. A tensor of another shape, dtype or
+    device (or a missing or extra one) is a ``ValueError``: ``mismatch``, then the first few differences."""
     own, new = buffers.tensors(), state.tensors()
     expected = {k: (tuple(t.shape), t.dtype, t.device) for k, t in own.items()}
     got = {k: (tuple(t.shape), t.dtype, t.device) for k, t in new.items()}
