@@ -170,6 +170,10 @@ class DPTDecoder(nn.Module):
         self.convs = nn.ModuleList(nn.Conv2d(c, fusion_hidden_size, 3, padding=1, bias=False) for c in in_channels)
         self.fusion_stage = FusionStage(fusion_hidden_size, len(in_channels))
         self.head = DepthHead(fusion_hidden_size, head_hidden_size, depth_estimation_type, max_depth)
+        # Channels-last weights: cuDNN then runs its NHWC kernels on the layer-by-layer path too (H100, bf16, 32
+        # frames of DA2-L at 518x518: 1.56 -> 1.40 ms/frame), and the inference path converts no weight. Moves and
+        # casts keep the layout; loading copies values into it.
+        self.to(memory_format=torch.channels_last)
 
     def forward(self, features: list[torch.Tensor], size: tuple[int, int], activate: bool = True) -> torch.Tensor:
         """``features``: fine-to-coarse maps ``(batch, C_i, H_i, W_i)``; ``size``: the network input size
