@@ -81,6 +81,24 @@ def test_relative_state_change_formula():
     assert relative_state_change(new, some_state(0.0)) == math.inf
 
 
+@pytest.mark.parametrize("conv_dtype", [torch.bfloat16, torch.float32, torch.float64])
+def test_relative_state_change_of_random_states_in_mixed_dtypes(conv_dtype):
+    """A model's states: conv states in the model's dtype, scan states in float32 (or float64), against the float64
+    formula ``sqrt(sum |new - old|^2 / sum |old|^2)`` over every tensor."""
+    g = torch.Generator().manual_seed(3)
+    ssm_dtype = torch.promote_types(conv_dtype, torch.float32)
+
+    def state(scale):
+        conv = (scale * torch.randn(7, 24, 4, generator=g, dtype=torch.float64)).to(conv_dtype)
+        return MambaState(conv, (scale * torch.randn(7, 24, 16, generator=g, dtype=torch.float64)).to(ssm_dtype))
+
+    old, step = state(1.0), state(0.1)
+    new = MambaState(old.conv_state + step.conv_state, old.ssm_state + step.ssm_state)
+    pairs = [(n.double(), o.double()) for n, o in ((new.conv_state, old.conv_state), (new.ssm_state, old.ssm_state))]
+    expected = math.sqrt(sum((n - o).square().sum() for n, o in pairs) / sum(o.square().sum() for _, o in pairs))
+    assert relative_state_change(new, old) == pytest.approx(expected, rel=1e-6)
+
+
 def make_model(teacher_dir):
     torch.manual_seed(0)
     model = VideoMambaDepth(load_tiny_teacher(teacher_dir), VideoMambaDepthConfig(num_blocks=(1, 1, 1, 1), d_state=4))
