@@ -45,6 +45,7 @@ from videostate.ssm.kernels import (  # noqa: E402
     selective_scan,
     ssd,
     ssd_kernels,
+    state_change,
     state_update,
     token_readout,
     window_attention,
@@ -182,6 +183,7 @@ CASES = [
            {"BLOCK_R": 64, "BLOCK_C": 64, "RESIDUALS": 2, "RELU": True, "RELU_COPY": not project, "PROJECT": project},
            4, ("y", "bias", "res1", "res2", "out", "relu_out", "proj", "proj_bias"))
       for project in (False, True)),
+    Case(state_change.state_change_kernel, {"BLOCK": state_change.BLOCK}, 4, ("new", "old")),
     Case(conv_epilogue.resize_bilinear_kernel, {"BLOCK_P": 32, "BLOCK_C": conv_epilogue.RESIZE_BLOCK_C}, 4,
          ("x", "bias", "out")),
     *(Case(block_tail.block_tail_kernel,

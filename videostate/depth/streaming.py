@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch.linalg import vector_norm
 
 from videostate.ssm import StreamState
+from videostate.ssm.dispatch import inference_kernel
 from videostate.ssm.validation import at_least_float32
 
 from .losses import scale_and_shift
@@ -82,12 +83,16 @@ def state_change_terms(new: StreamState, old: StreamState) -> torch.Tensor | Non
     device (no host synchronisation); ``None`` when the states do not have the same tensors (before the first
     frame).
 
-    Each tensor's norms are float32 reductions (float64 for float64 states), summed in float64: the states are large
-    (343 MB for DA2-S at 518x518), and float64 copies of them took 3.9 ms a frame on an H100, more than the step."""
+    Each tensor's sums are float32 reductions (float64 for float64 states), summed in float64: the states are large
+    (343 MB for DA2-S at 518x518), and float64 copies of them took 3.9 ms a frame on an H100, more than the step. For
+    inference on CUDA one Triton pass reads each pair (:mod:`videostate.ssm.kernels.state_change`)."""
     a, b = new.tensors(), old.tensors()
     if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
         return None
     names = [k for k in a if a[k].is_floating_point()]
+    kernels = inference_kernel("state_change", *(t for k in names for t in (a[k], b[k])))
+    if kernels is not None:
+        return sum(kernels.state_change_sums(a[k], b[k]) for k in names)
     diff = sum(vector_norm(at_least_float32(a[k]) - at_least_float32(b[k])).double().square() for k in names)
     norm = sum(vector_norm(at_least_float32(b[k])).double().square() for k in names)
     return torch.stack([diff, norm])
