@@ -125,6 +125,14 @@ def training_case(size, args, device, dtype) -> dict:
     }
 
 
+def latency_summary(prefix: str, seconds: list[float]) -> dict:
+    """Median and 90th percentile in ms of sorted ``seconds``, keyed ``<prefix>_ms_median`` / ``<prefix>_ms_p90``."""
+    return {
+        f"{prefix}_ms_median": 1e3 * seconds[len(seconds) // 2],
+        f"{prefix}_ms_p90": 1e3 * seconds[int(0.9 * (len(seconds) - 1))],
+    }
+
+
 @torch.no_grad()
 def streaming_case(size, args, device, dtype) -> dict:
     model = build(size, 8, args.img_size, device, dtype, pool_type="avg", clamp_temporal_pos=True)
@@ -186,16 +194,8 @@ def streaming_case(size, args, device, dtype) -> dict:
         "batch": args.batch,
         "chunk_frames": 1,
         "chunks": args.chunks,
-        "latency_ms_median": 1e3 * eager[len(eager) // 2],
-        "latency_ms_p90": 1e3 * eager[int(0.9 * (len(eager) - 1))],
-        **(
-            {
-                "fast_step_latency_ms_median": 1e3 * fast[len(fast) // 2],
-                "fast_step_latency_ms_p90": 1e3 * fast[int(0.9 * (len(fast) - 1))],
-            }
-            if fast
-            else {}
-        ),
+        **latency_summary("latency", eager),
+        **(latency_summary("fast_step_latency", fast) if fast else {}),
         "state_bytes": state_bytes,
         "held_bytes_after_10_chunks": held.get(10),
         "held_bytes_after_last_chunk": held.get(args.chunks),

@@ -88,8 +88,6 @@ class VideoMambaFastStep:
         outputs = self._replay(key, x)
         return (*(out.clone() for out in outputs), self._state)
 
-    step = __call__
-
     def _setup(self, x: torch.Tensor, state: StackState) -> None:
         """Static buffers: the chunk's first temporal position and the state, shaped as the first one given."""
         devices = {t.device for t in state.tensors().values()}
