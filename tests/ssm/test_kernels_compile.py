@@ -115,10 +115,14 @@ CASES = [
                selective_scan.BACKWARD_STATE, SCAN_BWD_HALF) for has_ckpt in (True, False)),
         )
     ),
-    Case(scan_lane_kernels.selective_scan_fwd_lane_kernel,
-         {**SCAN_FWD, **selective_scan._lane_split(SCAN_N, 4),
-          "CKPT_L": selective_scan.BACKWARD_STATE["block_l"], "STORE_CKPT": True, "FAST_MATH": True},
-         1, SCAN_FWD_HALF),
+    *(
+        Case(scan_lane_kernels.selective_scan_fwd_lane_kernel,
+             {**SCAN_FWD, **selective_scan._lane_split(SCAN_N, parts),
+              "CKPT_L": selective_scan.BACKWARD_STATE["block_l"], "STORE_CKPT": True, "REVERSE_OUT": parts > 1,
+              "FAST_MATH": True},
+             1, SCAN_FWD_HALF)
+        for parts in (1, 2, 4, 8)  # each lane's own steps: 8, 4, 2, 1
+    ),
     Case(scan_lane_backward_kernels.selective_scan_bwd_lane_kernel,
          {**SCAN_BWD, **selective_scan._lane_split(SCAN_N, selective_scan.BACKWARD_LANE["parts"]),
           "CKPT_L": selective_scan.BACKWARD_STATE["block_l"], "FAST_MATH": True}, 1, SCAN_BWD_HALF),

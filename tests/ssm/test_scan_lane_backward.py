@@ -3,7 +3,7 @@ plain loop.
 
 The forward runs the lane kernel with the backward's chunks 32 steps long, so that it stores the states entering
 several chunks; the backward runs the lane kernel (forced: on CUDA the launcher takes it only with enough channels per
-SM) with 1, 2 or 4 lanes per channel. Forward, final state and every gradient against
+SM) with 1, 2, 4 or 8 lanes per channel. Forward, final state and every gradient against
 :func:`tests.ssm.oracles.selective_scan_loop` in float64, differentiated by autograd: at 16 states (the butterfly's
 every exchange pairs), at 5 states (padded to 8: slots of states that do not exist) and at 4 (with four parts, one
 slot a lane and exchanges that only sum), over sequences of whole chunks, a short last chunk and channels that do not
@@ -55,7 +55,7 @@ def lane_backward(monkeypatch, parts: int) -> None:
     monkeypatch.setitem(scan.CONFIG, "backward", dict(scan.BACKWARD_STATE, block_l=CHUNK, **setting))
 
 
-@pytest.mark.parametrize("parts", [1, 2, 4])
+@pytest.mark.parametrize("parts", [1, 2, 4, 8])
 @pytest.mark.parametrize(
     "shape", [(1, 4, 64, 16, 0), (2, 6, 45, 5, 3), (1, 40, 72, 4, 0)], ids=["whole-chunks", "grouped-odd-N", "short"]
 )
@@ -82,14 +82,15 @@ def test_lane_backward_without_options(parts, monkeypatch, launches):
     assert launches == [("selective_scan_bwd_lane_kernel", parts.bit_length() - 1)]
 
 
+@pytest.mark.parametrize("parts", [2, 4, 8])
 @pytest.mark.parametrize("length, softplus", [(40, False), (45, True)], ids=["whole-blocks", "padded"])
-def test_bidirectional_lane_backward(length, softplus, monkeypatch, launches):
+def test_bidirectional_lane_backward(length, softplus, parts, monkeypatch, launches):
     """The reversed direction reads the output gradient and the gate at the mirrored steps and adds its gate gradient
     to the one the forward direction wrote; 45 steps are padded to 48, the time-reversed inputs before their
-    sequence."""
-    lane_backward(monkeypatch, 2)
+    sequence. Each lane reads and writes its own 4, 2 or 1 steps of a block."""
+    lane_backward(monkeypatch, parts)
     check_bidirectional_against_loops(length, softplus, seeds=(14, 15))
-    assert launches == [("selective_scan_bwd_lane_kernel", 1)] * 2
+    assert launches == [("selective_scan_bwd_lane_kernel", parts.bit_length() - 1)] * 2
 
 
 def test_lane_backward_rule(monkeypatch, launches):
@@ -138,3 +139,17 @@ def test_bfloat16_through_the_rule(monkeypatch):
         ("selective_scan_fwd_lane_kernel", forward_parts.bit_length() - 1),
         ("selective_scan_bwd_lane_kernel", scan.BACKWARD_LANE["parts"].bit_length() - 1),
     ]
+
+
+def test_lane_backward_registers(monkeypatch):
+    """On CUDA the backward's register limit is the setting's ``maxnreg`` unless ``maxnreg_fewer_waves`` runs the
+    grid of one-warp programs in fewer waves (132 SMs: 8 warps an SM with 255 registers, 12 with 168)."""
+    hopper = type("Properties", (), {"multi_processor_count": 132})
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: hopper)
+    cuda = torch.device("cuda")
+    setting = {"maxnreg": 255, "maxnreg_fewer_waves": 168}
+    cases = {1000: 255, 1056: 255, 1057: 168, 1536: 168, 1584: 168, 2112: 255, 3072: 168}
+    assert {n: scan._lane_backward_registers(setting, n, cuda)["maxnreg"] for n in cases} == cases
+    assert scan._lane_backward_registers({"maxnreg": 255}, 1536, cuda) == {"maxnreg": 255}
+    assert scan._lane_backward_registers({}, 1536, cuda) == {}
+    assert scan._lane_backward_registers(setting, 1536, torch.device("cpu")) == {}

@@ -71,7 +71,7 @@ def test_steps_split_and_stacked_in_order():
     assert torch.equal(cols, x.T) and torch.equal(back, x)
 
 
-@pytest.mark.parametrize("parts", [1, 2, 4])
+@pytest.mark.parametrize("parts", [1, 2, 4, 8])
 @pytest.mark.parametrize(
     "shape",
     [(2, 3, 1, 16, 0), (1, 4, 70, 16, 0), (2, 5, 64, 8, 0), (2, 6, 45, 5, 3)],
@@ -105,7 +105,7 @@ def test_stored_states_are_the_loops():
         assert rel_error(checkpoints[:, :, c].cpu(), expected) < 1e-5, c
 
 
-@pytest.mark.parametrize("parts", [1, 4])
+@pytest.mark.parametrize("parts", [1, 4, 8])
 @pytest.mark.parametrize(
     "length, softplus", [(45, False), (45, True), (80, True)], ids=["part-block", "padded", "whole-blocks"]
 )

@@ -3,9 +3,12 @@
 
 A program is one warp, laid out as the forward's: ``BLOCK_D = 32 / 2 ** LOG_PARTS`` channels of one batch element and
 one group of B/C, each channel on ``2 ** LOG_PARTS`` lanes (its *parts*) that split its states, ``2 ** LOG_NS`` each
-(a lane's *slots*). Splitting the states gives the grid more warps to hide latency with, at the cost of each lane's
-per-step work, which the parts repeat. The program walks the chunks of ``CKPT_L`` steps in reverse, each from the
-state the forward stored at its start, in two passes of ``STEPS``-step blocks:
+(a lane's *slots*). Splitting the states gives the grid more warps to hide latency with. As in the forward, each part
+computes the channel's own per-step values (softplus, gate, the gradients of ``u``, ``delta`` and ``z``) at its own
+steps of a block only (:func:`.scan_lane_kernels.own_steps`); every part receives the block's discretised ``delta``,
+``delta u`` and gated output gradient by shuffles, and the per-step sums over the states reach the owner by a
+butterfly. The program walks the chunks of ``CKPT_L`` steps in reverse, each from the state the forward stored at
+its start, in two passes of ``STEPS``-step blocks:
 
 1. forward through the chunk with the lane's states in registers, writing the state entering each block to a scratch
    buffer (``(programs, CKPT_L / STEPS, slots, 32)`` float32, the lanes of a slot side by side);
@@ -13,7 +16,7 @@ state the forward stored at its start, in two passes of ``STEPS``-step blocks:
    adjoint ``q_t = g_t C_t + exp(delta_{t+1} A) q_{t+1}`` is solved step by step in reverse, carried between blocks
    and chunks in registers, as are the sums of dA. About a dozen float operations a state and step give the
    gradients' per-channel parts; ``u``'s and ``delta``'s are sums over the states, accumulated in the lane and
-   then over the channel's parts.
+   then over the channel's parts at the owner's steps.
 
 The gradients of B and C at a step are sums over the channels, over lanes. Their ``2 STEPS`` values per slot a block
 are reduced by a butterfly in which every exchange halves what is left: lanes swap half of their values with the
@@ -41,6 +44,11 @@ from .scan_lane_kernels import (
     STEPS,
     WARP,
     lanes_exchanged,
+    mirrored,
+    own_outputs,
+    own_steps,
+    parts_gathered,
+    parts_scattered,
     parts_summed,
     program_channels,
     slot_columns,
@@ -85,7 +93,8 @@ def _reduced_row(lane, N: tl.constexpr, LOG_D: tl.constexpr, LOG_NS: tl.constexp
 @triton.jit
 def _block_inputs(u_rows, dt_rows, t, col_mask, bias, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
                   FAST_MATH: tl.constexpr):  # fmt: skip
-    """A block's ``u``, raw ``delta`` (with the bias) and discretised ``delta``, float32 ``(32, STEPS)``."""
+    """A lane's ``u``, raw ``delta`` (with the bias) and discretised ``delta`` at its own steps ``t`` of a block,
+    float32 ``(32, OWN)``."""
     u = tl.load(u_rows + t, mask=col_mask, other=0.0).to(tl.float32)
     dt_raw = tl.load(dt_rows + t, mask=col_mask, other=0.0).to(tl.float32)
     if HAS_BIAS:
@@ -125,7 +134,6 @@ def selective_scan_bwd_lane_kernel(
     part, d, d_mask, Dv, bias = program_channels(D_ptr, bias_ptr, cpg, LOG_PARTS, HAS_D, HAS_BIAS)
     col = d[:, None]
     col_mask = d_mask[:, None]
-    writer = col_mask & (part[:, None] == 0)  # the part that writes the channel's gradients
     first = part * NS  # the lane's first state; slot i holds state first + i
     state_rows = (b * dim + d) * N + first
     # per slot, w = exp(delta_{t+1} A) q_{t+1}: the gradient of the state before the step being solved
@@ -145,8 +153,9 @@ def selective_scan_bwd_lane_kernel(
     sub_rows = sub_ptr + program * (CKPT_L // STEPS) * NS * WARP + lane
     tensor, state, writes = _reduced_row(lane[:, None], N, LOG_D, LOG_NS)
     dBC_rows = dBC_ptr + tensor * sdBC_t + (b * G + g) * N * sdBC_n + state * sdBC_n
-    dD = tl.zeros((WARP, STEPS), tl.float32)
-    dbias = tl.zeros((WARP, STEPS), tl.float32)
+    own = own_steps(part, LOG_PARTS)  # the steps of a block whose per-channel gradients the lane computes
+    dD = tl.zeros(own.shape, tl.float32)
+    dbias = tl.zeros(own.shape, tl.float32)
     for r_chunk in range(0, n_chunks):
         c = n_chunks - 1 - r_chunk
         blocks = (tl.minimum(L - c * CKPT_L, CKPT_L)) // STEPS
@@ -159,9 +168,9 @@ def selective_scan_bwd_lane_kernel(
             t = c * CKPT_L + j * STEPS
             for i in tl.static_range(NS):
                 tl.store(sub_rows + (j * NS + i) * WARP, h[i])
-            u, _, dt = _block_inputs(u_rows, dt_rows, t + steps, col_mask, bias, HAS_BIAS, SOFTPLUS, FAST_MATH)
-            dts = unstack_steps(dt)
-            dtus = unstack_steps(dt * u)
+            u, _, dt = _block_inputs(u_rows, dt_rows, t + own, col_mask, bias, HAS_BIAS, SOFTPLUS, FAST_MATH)
+            dts = parts_gathered(dt, LOG_PARTS, FAST_MATH)
+            dtus = parts_gathered(dt * u, LOG_PARTS, FAST_MATH)
             advanced = ()
             for i in tl.static_range(NS):
                 Bs = _state_row(B_rows + i * sB_n + t, slot_real(part, i, d_mask, N, LOG_NS, LOG_PARTS))
@@ -175,23 +184,17 @@ def selective_scan_bwd_lane_kernel(
         for r_block in range(0, blocks):
             j = blocks - 1 - r_block
             t = c * CKPT_L + j * STEPS
-            t_out = t + steps
-            if REVERSE_OUT:
-                t_out = L - STEPS - t + steps
-            u, dt_raw, dt = _block_inputs(u_rows, dt_rows, t + steps, col_mask, bias, HAS_BIAS, SOFTPLUS, FAST_MATH)
-            dy = tl.load(dy_rows + t_out, mask=col_mask, other=0.0).to(tl.float32)
-            if REVERSE_OUT:
-                dy = tl.flip(dy, 1)
+            t_out = own_outputs(t + own, L, REVERSE_OUT)
+            u, dt_raw, dt = _block_inputs(u_rows, dt_rows, t + own, col_mask, bias, HAS_BIAS, SOFTPLUS, FAST_MATH)
+            dy = mirrored(tl.load(dy_rows + t_out, mask=col_mask, other=0.0).to(tl.float32), REVERSE_OUT)
             gy = dy
             if HAS_Z:
-                zt = tl.load(z_rows + t_out, mask=col_mask, other=0.0).to(tl.float32)
-                if REVERSE_OUT:
-                    zt = tl.flip(zt, 1)
+                zt = mirrored(tl.load(z_rows + t_out, mask=col_mask, other=0.0).to(tl.float32), REVERSE_OUT)
                 sig = sigmoid(zt)
                 gy = dy * zt * sig
-            dts = unstack_steps(dt)
-            dtus = unstack_steps(dt * u)
-            gys = unstack_steps(gy)
+            dts = parts_gathered(dt, LOG_PARTS, FAST_MATH)
+            dtus = parts_gathered(dt * u, LOG_PARTS, FAST_MATH)
+            gys = parts_gathered(gy, LOG_PARTS, FAST_MATH)
             r = ()  # per step: sum_n q_n B_n
             s = ()  # per step: sum_n q_n exp(delta A_n) h_{n, t-1} A_n log2 e
             ys = ()  # per step: sum_n C_n h_n, the output before D and the gate
@@ -257,27 +260,27 @@ def selective_scan_bwd_lane_kernel(
             dA = dA_next
             dBC = _lanes_summed(x, LOG_D, LOG_NS, FAST_MATH)
             tl.atomic_add(dBC_rows + t + steps, dBC, mask=writes, sem="relaxed")
-            r = parts_summed(stack_steps(r), LOG_D, FAST_MATH)
-            ddt = u * r + parts_summed(stack_steps(s), LOG_D, FAST_MATH) * LN2
+            r = parts_scattered(r, part, LOG_PARTS, FAST_MATH)
+            ddt = u * r + parts_scattered(s, part, LOG_PARTS, FAST_MATH) * LN2
             if SOFTPLUS:
                 ddt = ddt * sigmoid(dt_raw)
             du = dt * r + Dv * gy
-            tl.store(du_ptr + grad_rows + t + steps, du.to(du_ptr.dtype.element_ty), mask=writer)
-            tl.store(ddt_ptr + grad_rows + t + steps, ddt.to(ddt_ptr.dtype.element_ty), mask=writer)
+            tl.store(du_ptr + grad_rows + t + own, du.to(du_ptr.dtype.element_ty), mask=col_mask)
+            tl.store(ddt_ptr + grad_rows + t + own, ddt.to(ddt_ptr.dtype.element_ty), mask=col_mask)
             dD += gy * u
             dbias += ddt
             if HAS_Z:
-                y = parts_summed(stack_steps(ys), LOG_D, FAST_MATH) + Dv * u
-                dz = dy * y * sig * (1.0 + zt * (1.0 - sig))
-                if REVERSE_OUT:
-                    dz = tl.flip(dz, 1)
+                y = parts_scattered(ys, part, LOG_PARTS, FAST_MATH) + Dv * u
+                dz = mirrored(dy * y * sig * (1.0 + zt * (1.0 - sig)), REVERSE_OUT)
                 if ACCUMULATE_DZ:
-                    dz += tl.load(dz_ptr + grad_rows + t_out, mask=writer, other=0.0).to(tl.float32)
-                tl.store(dz_ptr + grad_rows + t_out, dz.to(dz_ptr.dtype.element_ty), mask=writer)
+                    dz += tl.load(dz_ptr + grad_rows + t_out, mask=col_mask, other=0.0).to(tl.float32)
+                tl.store(dz_ptr + grad_rows + t_out, dz.to(dz_ptr.dtype.element_ty), mask=col_mask)
     for i in tl.static_range(NS):
         real = slot_real(part, i, d_mask, N, LOG_NS, LOG_PARTS)
         tl.store(dA_ptr + state_rows + i, dA[i], mask=real)
         if HAS_H0:
             tl.store(dh0_ptr + state_rows + i, w[i], mask=real)
-    tl.store(dD_ptr + b * dim + d, tl.sum(dD, axis=1), mask=d_mask & (part == 0))
-    tl.store(dbias_ptr + b * dim + d, tl.sum(dbias, axis=1), mask=d_mask & (part == 0))
+    dD = tl.sum(parts_summed(tl.sum(dD, axis=1)[:, None], LOG_D, FAST_MATH), axis=1)
+    dbias = tl.sum(parts_summed(tl.sum(dbias, axis=1)[:, None], LOG_D, FAST_MATH), axis=1)
+    tl.store(dD_ptr + b * dim + d, dD, mask=d_mask & (part == 0))
+    tl.store(dbias_ptr + b * dim + d, dbias, mask=d_mask & (part == 0))

@@ -3,27 +3,31 @@ it shares with the lane backward (:mod:`.scan_lane_backward_kernels`).
 
 A program is one warp: ``BLOCK_D = 32 / 2 ** LOG_PARTS`` channels of one batch element and one group of B/C, each
 channel on ``2 ** LOG_PARTS`` lanes (its *parts*) that split its states, ``2 ** LOG_NS`` each (a lane's *slots*; the
-states are padded to fill them), in registers. It walks time ``STEPS`` steps at a time. A block's channel values
-(``u``, ``delta``, ``z``) are read and its output written as ``(32, STEPS)`` tiles, a lane's steps of a row one
-vector, and split into steps in registers (:func:`unstack_steps`); the next block's tiles are read before the
-current one is solved, so that their latency hides behind it. B and C are read the same way, a ``(32, STEPS)`` tile
-per slot in which the lanes of a part read the same address.
+states are padded to fill them), in registers. It walks time ``STEPS`` steps at a time. B and C are read as a
+``(32, STEPS)`` tile per slot, a lane's steps of a row one vector, in which the lanes of a part read the same address,
+and split into steps in registers (:func:`unstack_steps`).
+
+The channel's own per-step values are computed once, not by each part: each part owns ``STEPS / parts`` steps of a
+block (:func:`own_steps`). It reads ``u``, ``delta`` and ``z`` and writes the output there, and computes the softplus
+and the gate there; the discretised ``delta`` and ``delta u`` of all the block's steps reach every part by indexed
+shuffles (:func:`parts_gathered`), and the parts' shares of the output are summed at the owner's steps by a butterfly
+that halves the steps at each exchange (:func:`parts_scattered`). The next block's tiles are read before the current
+one is solved, so that their latency hides behind it.
 
 Each state update is ``h = exp2(delta A log2 e) h + delta u B`` and ``y += C h``: one exponential and four float
-operations, the fewest the recurrence allows; a block's output is then summed over the channel's parts by shuffles
-(:func:`parts_summed`) and written by its first part. ptxas for sm_90: about 165 instructions a step for 16 states
-on one lane, with bfloat16 B and C; float32 copies of B and C laid out step by step, which need no widening, took
-115 but were no faster on the H100. One lane per channel gives the grid ``batch * dim`` lanes only, a few warps per
-SM, so the kernel relies on each warp's own parallelism: the launcher lets ptxas use up to 200 registers
-(``FORWARD_LANE``) so that it issues the loads early, splits the states over more lanes where that keeps the grid
-within a bound of warps per SM (:func:`.selective_scan.lane_forward_parts`), and takes this kernel only with enough
-channels (``LANE_MIN_CHANNELS_PER_SM``; the launcher gives the figures). Long sequences of few channels take the
-state kernels (:mod:`.scan_state_kernels`), which split time.
+operations, the fewest the recurrence allows. With four parts, the softplus and gate computed by each part at all
+eight steps of a block took (8, 1536, 2048) 0.31 ms on the H100; at its own steps only, 0.24 ms. One lane per channel
+gives the grid ``batch * dim`` lanes only, a few warps per SM, so the kernel relies on each warp's own parallelism:
+the launcher lets ptxas use up to 200 registers (``FORWARD_LANE``) so that it issues the loads early, splits the
+states over more lanes where that keeps the grid within a bound of warps per SM
+(:func:`.selective_scan.lane_forward_parts`), and takes this kernel only with enough channels
+(``LANE_MIN_CHANNELS_PER_SM``; the launcher gives the figures). Long sequences of few channels take the state
+kernels (:mod:`.scan_state_kernels`), which split time.
 
 ``STORE_CKPT`` writes the state entering every ``CKPT_L`` steps (the backward's chunks). ``REVERSE_OUT`` reads
-``z`` and writes the output at ``L - 1 - t`` (the backward direction of a bidirectional Mamba): a block's outputs
-are the tile of its mirrored steps, reversed in registers. ``ACCUMULATE`` adds the value already in the output
-before the gate.
+``z`` and writes the output at ``L - 1 - t`` (the backward direction of a bidirectional Mamba): a lane's outputs
+are the tile of its own steps' mirrored steps, reversed in registers (:func:`own_outputs`, :func:`mirrored`).
+``ACCUMULATE`` adds the value already in the output before the gate.
 """
 
 # Triton kernels build tuples by concatenation: its compiler does not accept starred unpacking.
@@ -69,6 +73,38 @@ def stack_steps(c):
 
 
 @triton.jit
+def own_columns(x):
+    """The columns of ``x (R, W)``, ``W`` one of 1, 2, 4 and 8, as a tuple of ``W`` ``(R,)`` tiles in order."""
+    W: tl.constexpr = x.shape[1]
+    if W == 1:
+        cols = (tl.reshape(x, (x.shape[0],)),)
+    elif W == 2:
+        cols = tl.split(x)
+    elif W == 4:
+        even, odd = _halves(x)
+        c0, c2 = tl.split(even)
+        c1, c3 = tl.split(odd)
+        cols = (c0, c1, c2, c3)
+    else:
+        cols = unstack_steps(x)
+    return cols
+
+
+@triton.jit
+def own_stacked(c, W: tl.constexpr):
+    """``W`` ``(R,)`` tiles as the columns of one ``(R, W)`` tile (the inverse of :func:`own_columns`)."""
+    if W == 1:
+        x = c[0][:, None]
+    elif W == 2:
+        x = tl.join(c[0], c[1])
+    elif W == 4:
+        x = tl.reshape(tl.join(tl.join(c[0], c[2]), tl.join(c[1], c[3])), (c[0].shape[0], 4))
+    else:
+        x = stack_steps(c)
+    return x
+
+
+@triton.jit
 def _block_tiles(u_rows, dt_rows, z_rows, t, t_out, valid, valid_out, HAS_Z: tl.constexpr):
     """A block's ``u``, raw ``delta`` and ``z`` tiles ``(BLOCK_D, STEPS)`` in their own dtypes (``z`` at the output's
     steps ``t_out``)."""
@@ -81,10 +117,10 @@ def _block_tiles(u_rows, dt_rows, z_rows, t, t_out, valid, valid_out, HAS_Z: tl.
 
 
 @triton.jit
-def _mirrored(x, REVERSE_OUT: tl.constexpr):
+def mirrored(x, REVERSE_OUT: tl.constexpr):
     """A block's tile between the order of its steps and that of its output's steps: reversed with ``REVERSE_OUT``
     (its own inverse)."""
-    if REVERSE_OUT:
+    if REVERSE_OUT and x.shape[1] > 1:
         x = tl.flip(x, 1)
     return x
 
@@ -99,10 +135,12 @@ def lanes_exchanged(x, m: tl.constexpr, FAST_MATH: tl.constexpr):
             "shfl.sync.bfly.b32 $0, $1, $2, 31, -1;", "=r,r,r",
             [x.to(tl.int32, bitcast=True), tl.full(x.shape, m, tl.int32)], dtype=tl.int32, is_pure=True, pack=1,
         )  # fmt: skip
-        return bits.to(tl.float32, bitcast=True)
-    R: tl.constexpr = x.shape[0]
-    S: tl.constexpr = x.shape[1]
-    return tl.reshape(tl.flip(tl.reshape(x, (R // (2 * m), 2, m, S)), 1), (R, S))
+        exchanged = bits.to(tl.float32, bitcast=True)
+    else:
+        R: tl.constexpr = x.shape[0]
+        S: tl.constexpr = x.shape[1]
+        exchanged = tl.reshape(tl.flip(tl.reshape(x, (R // (2 * m), 2, m, S)), 1), (R, S))
+    return exchanged
 
 
 @triton.jit
@@ -111,6 +149,88 @@ def parts_summed(x, LOG_D: tl.constexpr, FAST_MATH: tl.constexpr):
     for i in tl.static_range(5 - LOG_D):
         x += lanes_exchanged(x, (1 << LOG_D) << i, FAST_MATH)
     return x
+
+
+@triton.jit
+def lane_exchanged(x, m: tl.constexpr, FAST_MATH: tl.constexpr):
+    """:func:`lanes_exchanged` of a ``(32,)`` tile, a value a lane."""
+    if FAST_MATH:
+        exchanged = lanes_exchanged(x, m, FAST_MATH)
+    else:
+        exchanged = tl.reshape(tl.flip(tl.reshape(x, (WARP // (2 * m), 2, m)), 1), (WARP,))
+    return exchanged
+
+
+@triton.jit
+def part_broadcast(x, q: tl.constexpr, LOG_PARTS: tl.constexpr, FAST_MATH: tl.constexpr):
+    """``x (32,)``, a value a lane, with every lane's value replaced by that of its channel's part ``q``. On the GPU
+    one indexed shuffle; in the interpreter a selection of rows."""
+    LOG_D: tl.constexpr = 5 - LOG_PARTS
+    if FAST_MATH:
+        source = (q << LOG_D) | (tl.arange(0, WARP) & ((1 << LOG_D) - 1))
+        bits = tl.inline_asm_elementwise(
+            "shfl.sync.idx.b32 $0, $1, $2, 31, -1;", "=r,r,r",
+            [x.to(tl.int32, bitcast=True), source], dtype=tl.int32, is_pure=True, pack=1,
+        )  # fmt: skip
+        broadcast = bits.to(tl.float32, bitcast=True)
+    else:
+        rows = tl.reshape(x, (1 << LOG_PARTS, 1 << LOG_D))
+        row = tl.sum(tl.where(tl.arange(0, 1 << LOG_PARTS)[:, None] == q, rows, 0.0), axis=0)
+        broadcast = tl.reshape(tl.broadcast_to(row[None, :], (1 << LOG_PARTS, 1 << LOG_D)), (WARP,))
+    return broadcast
+
+
+@triton.jit
+def parts_gathered(x, LOG_PARTS: tl.constexpr, FAST_MATH: tl.constexpr):
+    """A block's channel values from its parts' own steps: ``x (32, STEPS / parts)``, each lane's values at its own
+    steps (:func:`own_steps`), as a tuple of ``STEPS`` ``(32,)`` tiles, step ``k`` from the part that owns it."""
+    OWN: tl.constexpr = STEPS >> LOG_PARTS
+    cols = own_columns(x)
+    if LOG_PARTS == 0:
+        gathered = cols
+    else:
+        gathered = ()
+        for q in tl.static_range(1 << LOG_PARTS):  # step q * OWN + j is column j of part q
+            for j in tl.static_range(OWN):
+                gathered = gathered + (part_broadcast(cols[j], q, LOG_PARTS, FAST_MATH),)
+    return gathered
+
+
+@triton.jit
+def parts_scattered(ys, part, LOG_PARTS: tl.constexpr, FAST_MATH: tl.constexpr):
+    """``ys``, a tuple of ``STEPS`` ``(32,)`` tiles a lane's share of each step's sum, summed over the channel's parts
+    at each lane's own steps (:func:`own_steps`) as a ``(32, STEPS / parts)`` tile: a butterfly from the highest part
+    bit, each exchange sending the half of the steps the partner owns."""
+    for i in tl.static_range(LOG_PARTS):  # part bit LOG_PARTS - 1 - i, lane bit 4 - i
+        upper = ((part >> (LOG_PARTS - 1 - i)) & 1) != 0
+        kept = ()
+        for j in tl.static_range(STEPS >> (i + 1)):
+            lo = ys[j]
+            hi = ys[j + (STEPS >> (i + 1))]
+            sent = lane_exchanged(tl.where(upper, lo, hi), 1 << (4 - i), FAST_MATH)
+            kept = kept + (tl.where(upper, hi, lo) + sent,)
+        ys = kept
+    return own_stacked(ys, STEPS >> LOG_PARTS)
+
+
+@triton.jit
+def own_outputs(t_own, L, REVERSE_OUT: tl.constexpr):
+    """Where a lane's own steps ``t_own (32, OWN)`` (:func:`own_steps`) have their outputs: the same steps, or with
+    ``REVERSE_OUT`` their mirrored steps ``L - 1 - t`` in ascending order, i.e. the own steps' reversed
+    (:func:`mirrored`)."""
+    t_out = t_own
+    if REVERSE_OUT:
+        OWN: tl.constexpr = t_own.shape[1]
+        t_out = L - OWN - t_own + 2 * tl.arange(0, OWN)[None, :]
+    return t_out
+
+
+@triton.jit
+def own_steps(part, LOG_PARTS: tl.constexpr):
+    """A lane's own steps of a block, ``(32, STEPS / parts)``: part ``p`` owns steps ``p * STEPS / parts`` on. The
+    channel's parts compute its elementwise values (softplus, gate, output) at their own steps only."""
+    OWN: tl.constexpr = STEPS >> LOG_PARTS
+    return part[:, None] * OWN + tl.arange(0, OWN)[None, :]
 
 
 @triton.jit
@@ -184,7 +304,6 @@ def selective_scan_fwd_lane_kernel(
     HAS_H0: tl.constexpr, STORE_CKPT: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE: tl.constexpr,
     FAST_MATH: tl.constexpr,
 ):  # fmt: skip
-    LOG_D: tl.constexpr = 5 - LOG_PARTS
     NS: tl.constexpr = 1 << LOG_NS
     b = tl.program_id(0).to(tl.int64)
     g = tl.program_id(1)
@@ -202,18 +321,17 @@ def selective_scan_fwd_lane_kernel(
     B_rows = B_ptr + b * sB_b + g * sB_g + first[:, None] * sB_n
     C_rows = C_ptr + b * sC_b + g * sC_g + first[:, None] * sC_n
     ckpt_rows = ckpt_ptr + (b * dim + d) * n_chunks * N + first
-    writer = col_mask & (part[:, None] == 0)  # the part that writes the channel's output
 
-    t_out = steps
-    if REVERSE_OUT:
-        t_out = L - STEPS + steps
-    valid = col_mask & (steps < L)
+    own = own_steps(part, LOG_PARTS)
+    t_out = own_outputs(own, L, REVERSE_OUT)
+    valid = col_mask & (own < L)
     valid_out = col_mask & (t_out >= 0) & (t_out < L)
-    u, dt_raw, z = _block_tiles(u_rows, dt_rows, z_rows, steps, t_out, valid, valid_out, HAS_Z)
+    u, dt_raw, z = _block_tiles(u_rows, dt_rows, z_rows, own, t_out, valid, valid_out, HAS_Z)
     for t0 in range(0, L, STEPS):
         # the next block's tiles are read before this one is solved
         t = t0 + steps
-        t_next = t + STEPS
+        t_own = t0 + own
+        t_next = t_own + STEPS
         t_out_next = t_out + STEPS
         if REVERSE_OUT:
             t_out_next = t_out - STEPS
@@ -226,9 +344,9 @@ def selective_scan_fwd_lane_kernel(
         dt = dt_raw.to(tl.float32) + bias
         if SOFTPLUS:
             dt = softplus_hw(dt, FAST_MATH)
-        dt = tl.where(t < L, dt, 0.0)  # steps past the end leave the state unchanged
-        dts = unstack_steps(dt)
-        dtus = unstack_steps(dt * uf)
+        dt = tl.where(t_own < L, dt, 0.0)  # steps past the end leave the state unchanged
+        dts = parts_gathered(dt, LOG_PARTS, FAST_MATH)
+        dtus = parts_gathered(dt * uf, LOG_PARTS, FAST_MATH)
         Bs = ()  # slot i of step k at i * STEPS + k
         Cs = ()
         for i in tl.static_range(NS):
@@ -250,13 +368,13 @@ def selective_scan_fwd_lane_kernel(
                 new = new + (h,)
             hs = new
             ys = ys + (y,)
-        y = parts_summed(stack_steps(ys), LOG_D, FAST_MATH) + Dv * uf
-        y = _mirrored(y, REVERSE_OUT)
+        y = parts_scattered(ys, part, LOG_PARTS, FAST_MATH) + Dv * uf
+        y = mirrored(y, REVERSE_OUT)
         if ACCUMULATE:
             y += tl.load(y_rows + t_out, mask=valid_out, other=0.0).to(tl.float32)
         if HAS_Z:
             y = y * silu_hw(z.to(tl.float32), FAST_MATH)
-        tl.store(y_rows + t_out, y.to(y_ptr.dtype.element_ty), mask=valid_out & writer)
+        tl.store(y_rows + t_out, y.to(y_ptr.dtype.element_ty), mask=valid_out)
         u, dt_raw, z = u_next, dt_next, z_next
         t_out = t_out_next
         valid_out = valid_out_next

@@ -44,21 +44,21 @@ CONFIG = {"forward": dict(FORWARD_STATE), "backward": dict(BACKWARD_STATE)}
 # (64, 384, 1568) 186: 0.72 / 0.36; backward (2, 768, 6272) 12: 1.00 / 1.75; (2, 1536, 2048) 23: 0.66 / 0.66;
 # (4, 1536, 4096) 47: 1.93 / 1.45; (4, 2048, 2048) 62: 1.23 / 0.77; (6, 1536, 2048) 70: 1.40 / 1.13; (8, 1536, 2048)
 # 93: 1.80 / 1.20; (32, 768, 1024) 186: 1.73 / 1.16; (64, 384, 1569) 186: 3.16 / 1.94.
-# Parts give the grid more warps to hide latency with, and repeat more of each step's own work. The forward takes
-# the most, up to LANE_MAX_PARTS, that keep the grid within LANE_FORWARD_WARPS_PER_SM warps per SM
-# (:func:`lane_forward_parts`); forward ms with 1 / 2 / 4 / 8 parts: (8, 1536, 2048) 0.43 / 0.63 / 0.31 / 0.46;
-# (64, 384, 1568) 0.41 / 0.36 / 0.46 / 0.65; (32, 768, 1024) 0.27 / 0.24 / 0.31 / 0.43; (4, 2048, 2048) 0.41 / 0.38 /
-# 0.36 / 0.31; (6, 1536, 2048) 0.42 / 0.34 / 0.31 / 0.38. The backward always takes 4: 1 / 2 / 4 / 8 took 2.03 /
-# 1.44 / 1.20 / 1.49 ms on (8, 1536, 2048), 2.51 / 2.40 / 1.94 / 2.43 on (64, 384, 1569), and 8 lost to 4 on every
-# other shape above. Registers: the forward's ``maxnreg``: with ptxas's own allocation (about 100 registers) each
-# step's B and C loads were issued just before their use and the few warps waited on them (one part: (8, 1536, 2048)
-# and (64, 384, 1569) took 0.433 and 0.826 ms so, 0.473 / 0.419 / 0.433 and 0.879 / 0.816 / 0.826 ms with 160 / 200
-# / 255; four parts: 0.339 / 0.313 ms with 168 / 200 on the first). The backward may use ``maxnreg`` (255: 8 warps an
-# SM) unless the grid then needs a second wave and would fit in one with ``maxnreg_one_wave`` (168: 12 warps an SM):
-# (8, 1536, 2048), 11.6 warps an SM, 1.45 / 1.20 ms with 255 / 168; (6, 1536, 2048), 8.7: 1.32 / 1.13;
-# (4, 2048, 2048), 7.8: 0.77 / 0.95; (64, 384, 1569), 23.3: 1.94 / 2.01.
+# Parts give the grid more warps to hide latency with; the per-step values of a channel (softplus, gate, output and,
+# in the backward, the gradients of u, delta and z) are computed once, each part at its own STEPS / parts steps of a
+# block and exchanged by shuffles. The forward takes the most parts, up to LANE_MAX_PARTS, that keep the grid within
+# LANE_FORWARD_WARPS_PER_SM warps per SM (:func:`lane_forward_parts`); forward ms with 1 / 2 / 4 / 8 parts:
+# (8, 1536, 2048) 0.42 / 0.29 / 0.24 / 0.27; (64, 384, 1569) 0.81 / 0.73 / 0.78 / 0.80; (4, 1536, 2048) 0.39 / 0.24
+# / 0.19 / 0.16; (2, 768, 6272) 1.17 / 0.70 / 0.49 / 0.38. The backward always takes 4: 2 / 4 / 8 took 1.14 / 0.93 /
+# 1.14 ms on (8, 1536, 2048) and 2.14 / 1.78 / 2.02 on (64, 384, 1569). Registers: the forward's ``maxnreg``: with
+# ptxas's own allocation (about 100 registers) each step's B and C loads were issued just before their use and the
+# few warps waited on them (one part: (8, 1536, 2048) took 0.435 / 0.436 / 0.418 ms with ptxas's own, 168 and 200;
+# four parts: 0.236 with each). The backward takes ``maxnreg`` (255: 8 warps an SM) unless the grid then runs in
+# more waves than with ``maxnreg_fewer_waves`` (168: 12 warps an SM): (8, 1536, 2048), 11.6 warps an SM, 0.93 ms with
+# 168 (1.45 / 1.20 ms with 255 / 168 before the parts shared their per-step values); (4, 2048, 2048), 7.8: 0.77 /
+# 0.95 then; (64, 384, 1569), 23.3: 1.78 / 1.66 ms.
 FORWARD_LANE = {"kernel": "lane", "maxnreg": 200}
-BACKWARD_LANE = {"kernel": "lane", "parts": 4, "maxnreg": 255, "maxnreg_one_wave": 168}
+BACKWARD_LANE = {"kernel": "lane", "parts": 4, "maxnreg": 255, "maxnreg_fewer_waves": 168}
 LANE_MIN_CHANNELS_PER_SM = 32
 LANE_MAX_STATES = 16
 LANE_MAX_PARTS = 8
@@ -323,11 +323,11 @@ def _launch_lane(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, y, f
 
 
 def _lane_split(n: int, parts: int) -> dict:
-    """The lane kernels' split of a channel's ``n`` states over ``parts`` lanes (a power of 2 up to 16: the backward's
-    butterfly pairs at least two channels a warp): the states padded to a power of 2 and at least ``parts``, as log2
-    of the slots a lane holds and of the parts."""
-    if parts not in (1, 2, 4, 8, 16):
-        raise ValueError(f"parts must be a power of 2 from 1 to 16; got {parts}")
+    """The lane kernels' split of a channel's ``n`` states over ``parts`` lanes (a power of 2 up to STEPS: each lane
+    also computes the channel's per-step values at ``STEPS / parts`` steps of a block): the states padded to a power
+    of 2 and at least ``parts``, as log2 of the slots a lane holds and of the parts."""
+    if parts not in (1, 2, 4, 8):
+        raise ValueError(f"parts must be a power of 2 from 1 to 8; got {parts}")
     slots = max(next_power_of_2(n), parts) // parts
     return {"LOG_NS": slots.bit_length() - 1, "LOG_PARTS": parts.bit_length() - 1}
 
@@ -452,14 +452,17 @@ def _launch_lane_backward(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus,
 
 def _lane_backward_registers(cfg: dict, programs: int, device: torch.device) -> dict:
     """ptxas's register limit for the lane backward's one-warp ``programs``: the setting's ``maxnreg``, or its
-    ``maxnreg_one_wave`` where the grid fits in one wave with that and not with ``maxnreg``; none without either."""
+    ``maxnreg_fewer_waves`` where the grid then runs in fewer waves of warps; none without ``maxnreg``."""
     if cfg.get("maxnreg") is None or device.type != "cuda":
         return {}
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    fewer = cfg.get("maxnreg_one_wave")
-    if fewer is not None and programs > sms * (REGISTERS_PER_SM // (32 * cfg["maxnreg"])):
-        if programs <= sms * (REGISTERS_PER_SM // (32 * fewer)):
-            return {"maxnreg": fewer}
+
+    def waves(registers: int) -> int:
+        return -(-programs // (sms * (REGISTERS_PER_SM // (32 * registers))))
+
+    fewer = cfg.get("maxnreg_fewer_waves")
+    if fewer is not None and waves(fewer) < waves(cfg["maxnreg"]):
+        return {"maxnreg": fewer}
     return {"maxnreg": cfg["maxnreg"]}
 
 
