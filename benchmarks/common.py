@@ -176,6 +176,23 @@ def cuda_ms(fn: Callable[[], object], rep: int = 200) -> float:
     return statistics.median(begin.elapsed_time(end) for begin, end in events)
 
 
+def kernel_ms(fn: Callable[[], object], reps: int = 20) -> float:
+    """Milliseconds of GPU time per call of ``fn``: the summed durations of the kernels and memory operations it runs
+    on the device (torch.profiler), after warm-up. Unlike :func:`cuda_ms` it leaves out the host's work between
+    them, which bounds the wall time of a call whose kernels take less time than launching them."""
+    fn()
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(reps):
+            fn()
+        torch.cuda.synchronize()
+    device_events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    if not device_events:
+        raise RuntimeError("the profiler recorded no device work for the call")
+    return sum(e.time_range.elapsed_us() for e in device_events) / reps / 1e3
+
+
 def copy_bandwidth(device) -> float:
     """Bytes/s of a large device-to-device copy, counting bytes read plus bytes written."""
     src = torch.randn(1 << 28, device=device)

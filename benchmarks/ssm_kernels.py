@@ -3,9 +3,12 @@
 Selective scan at the issue's three shapes (bf16 u/delta/z/B/C, fp32 A/D/delta bias, N=16, z gate, D,
 delta bias and softplus): forward and backward times, achieved bytes/s against a device-to-device copy
 measured in the same run (the bandwidth floor), peak memory, and the ratio to mamba_ssm's published
-CUDA figures. Then the two long-sequence kernels (state and lane) of the forward and of the backward from few
-to many channels per SM (the figures behind the launcher's choices), the fused bidirectional scan against two
-one-direction calls plus flips, the causal convolution and the fused add + RMSNorm against the reference ops.
+CUDA kernel figures. Each time is taken twice: the GPU time of the call's kernels (``*_kernel_ms``, from the
+profiler: the figure the ratios and bytes/s use) and the wall time of the call (``*_ms``, CUDA events around each
+call), which also holds the host's launch work where that takes longer than the kernels. Then the two
+long-sequence kernels (state and lane) of the forward and of the backward from few to many channels per SM (the
+figures behind the launcher's choices), the fused bidirectional scan against two one-direction calls plus flips,
+the causal convolution and the fused add + RMSNorm against the reference ops.
 ``--sweep`` first times a few launch settings of the scan kernels (forward kernel and its tiles, backward tiles)
 and uses the fastest. Writes ``benchmarks/results/ssm_kernels_<device>.json``.
 
@@ -22,7 +25,7 @@ import re
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import copy_bandwidth, cuda_ms, describe_device, write_result
+from benchmarks.common import copy_bandwidth, cuda_ms, describe_device, kernel_ms, write_result
 from videostate.ssm.causal_conv import causal_conv1d
 from videostate.ssm.kernels import selective_scan as scan_kernels
 from videostate.ssm.mamba import selective_scan_bidirectional
@@ -89,14 +92,14 @@ def sequential_loop(u, delta, A, B, C, D, z, delta_bias):
     return (y * F.silu(z)).to(torch.bfloat16)
 
 
-def timed_backward(fn, inputs: dict, grad_names) -> float:
-    """Median time of the backward pass alone (the graph is kept between repetitions)."""
+def timed_backward(fn, inputs: dict, grad_names, timer=cuda_ms) -> float:
+    """Time of the backward pass alone by ``timer`` (the graph is kept between repetitions)."""
     leaves = {k: v.detach().requires_grad_(k in grad_names) for k, v in inputs.items()}
     out = fn(**leaves)
     out = out[0] if isinstance(out, tuple) else out
     cotangent = torch.randn_like(out)
     targets = [leaves[k] for k in grad_names]
-    return cuda_ms(lambda: torch.autograd.grad(out, targets, cotangent, retain_graph=True))
+    return timer(lambda: torch.autograd.grad(out, targets, cotangent, retain_graph=True))
 
 
 SCAN_GRADS = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
@@ -194,6 +197,8 @@ def bench_scan(device, copy_bw) -> list[dict]:
             lambda i=inputs, s=state: scan_fn("triton", initial_state=s, return_final_state=True)(**i)
         )
         row["triton_backward_ms"] = timed_backward(scan_fn("triton"), inputs, SCAN_GRADS)
+        row["triton_forward_kernel_ms"] = kernel_ms(lambda i=inputs: scan_fn("triton")(**i))
+        row["triton_backward_kernel_ms"] = timed_backward(scan_fn("triton"), inputs, SCAN_GRADS, timer=kernel_ms)
         row["reference_forward_ms"] = cuda_ms(lambda i=inputs: scan_fn("reference")(**i), rep=100)
         try:
             row["reference_backward_ms"] = timed_backward(scan_fn("reference"), inputs, SCAN_GRADS)
@@ -205,12 +210,14 @@ def bench_scan(device, copy_bw) -> list[dict]:
                 row["loop_forward_ms"] = cuda_ms(lambda i=inputs: sequential_loop(**i), rep=1)
         row["bytes"] = scan_bytes(*shape)
         row["floor_ms"] = row["bytes"] / copy_bw * 1e3
-        row["forward_bytes_per_s"] = row["bytes"] / (row["triton_forward_ms"] * 1e-3)
+        row["forward_bytes_per_s"] = row["bytes"] / (row["triton_forward_kernel_ms"] * 1e-3)
         row["forward_fraction_of_copy_bw"] = row["forward_bytes_per_s"] / copy_bw
         row["peer_forward_ms"] = PEER_MS[shape]["forward"]
         row["peer_backward_ms"] = PEER_MS[shape]["backward"]
-        row["speedup_forward_vs_peer"] = row["peer_forward_ms"] / row["triton_forward_ms"]
-        row["speedup_backward_vs_peer"] = row["peer_backward_ms"] / row["triton_backward_ms"]
+        row["speedup_forward_vs_peer"] = row["peer_forward_ms"] / row["triton_forward_kernel_ms"]
+        row["speedup_backward_vs_peer"] = row["peer_backward_ms"] / row["triton_backward_kernel_ms"]
+        row["speedup_forward_call_vs_peer"] = row["peer_forward_ms"] / row["triton_forward_ms"]
+        row["speedup_backward_call_vs_peer"] = row["peer_backward_ms"] / row["triton_backward_ms"]
         row["speedup_forward_vs_reference"] = row["reference_forward_ms"] / row["triton_forward_ms"]
         leaves = {k: v.detach().requires_grad_(k in SCAN_GRADS) for k, v in inputs.items()}
 
@@ -258,8 +265,13 @@ def bench_bidirectional(device) -> list[dict]:
         row["two_calls_forward_ms"] = cuda_ms(lambda i=inputs: two_calls_with_flips(**i))
         row["fused_backward_ms"] = timed_backward(fused, inputs, grads)
         row["two_calls_backward_ms"] = timed_backward(two_calls_with_flips, inputs, grads)
-        row["speedup_forward"] = row["two_calls_forward_ms"] / row["fused_forward_ms"]
-        row["speedup_backward"] = row["two_calls_backward_ms"] / row["fused_backward_ms"]
+        row["fused_forward_kernel_ms"] = kernel_ms(lambda i=inputs: fused(**i))
+        row["two_calls_forward_kernel_ms"] = kernel_ms(lambda i=inputs: two_calls_with_flips(**i))
+        row["fused_backward_kernel_ms"] = timed_backward(fused, inputs, grads, timer=kernel_ms)
+        row["two_calls_backward_kernel_ms"] = timed_backward(two_calls_with_flips, inputs, grads, timer=kernel_ms)
+        for direction in ("forward", "backward"):
+            row[f"speedup_{direction}"] = row[f"two_calls_{direction}_kernel_ms"] / row[f"fused_{direction}_kernel_ms"]
+            row[f"speedup_{direction}_call"] = row[f"two_calls_{direction}_ms"] / row[f"fused_{direction}_ms"]
         rows.append(row)
         print(row, flush=True)
         del inputs
@@ -269,7 +281,7 @@ def bench_bidirectional(device) -> list[dict]:
 
 def bench_kernel_choice(device, direction: str) -> list[dict]:
     """The state and lane kernels of the ``direction`` ("forward" or "backward") on each of KERNEL_CHOICE_SHAPES,
-    and the one the launcher's rule (LANE_MIN_CHANNELS_PER_SM) takes: the figures behind the rule."""
+    and the one the launcher's rule (LANE_MIN_CHANNELS_PER_SM) takes: the figures behind the rule (GPU time)."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     name = "LANE_MIN_CHANNELS_PER_SM"
     rule = scan_kernels.LANE_MIN_CHANNELS_PER_SM
@@ -284,9 +296,9 @@ def bench_kernel_choice(device, direction: str) -> list[dict]:
             setattr(scan_kernels, name, threshold)
             try:
                 if direction == "forward":
-                    row[f"{kernel}_forward_ms"] = cuda_ms(lambda i=inputs: scan_fn("triton")(**i))
+                    row[f"{kernel}_forward_ms"] = kernel_ms(lambda i=inputs: scan_fn("triton")(**i))
                 else:
-                    row[f"{kernel}_backward_ms"] = timed_backward(scan_fn("triton"), inputs, SCAN_GRADS)
+                    row[f"{kernel}_backward_ms"] = timed_backward(scan_fn("triton"), inputs, SCAN_GRADS, kernel_ms)
             finally:
                 setattr(scan_kernels, name, rule)
         rows.append(row)
@@ -380,10 +392,14 @@ def main() -> None:
     path = write_result(f"ssm_kernels_{slug}.json", payload)
 
     print(f"\ncopy bandwidth {copy_bw / 1e12:.2f} TB/s; scan config {payload['scan_config']}")
-    print("shape | fwd ms (peer, x) | bwd ms (peer, x) | floor ms | fwd % copy bw | ref fwd ms | loop ms | peak/BDLN4")
+    print(
+        "shape | fwd kernel ms (peer, x) | bwd kernel ms (peer, x) | fwd / bwd call ms | floor ms | fwd % copy bw"
+        " | ref fwd ms | loop ms | peak/BDLN4"
+    )
     for r in payload["selective_scan"]:
-        fwd = f"{r['triton_forward_ms']:.3f} ({r['peer_forward_ms']}, {r['speedup_forward_vs_peer']:.2f}x)"
-        bwd = f"{r['triton_backward_ms']:.3f} ({r['peer_backward_ms']}, {r['speedup_backward_vs_peer']:.2f}x)"
+        fwd = f"{r['triton_forward_kernel_ms']:.3f} ({r['peer_forward_ms']}, {r['speedup_forward_vs_peer']:.2f}x)"
+        bwd = f"{r['triton_backward_kernel_ms']:.3f} ({r['peer_backward_ms']}, {r['speedup_backward_vs_peer']:.2f}x)"
+        fwd += f" | {r['triton_forward_ms']:.3f} / {r['triton_backward_ms']:.3f}"
         peak = r["triton_peak_extra_bytes_fwd_bwd"] / r["bytes_of_one_BDLN_float32"]
         print(
             f"{tuple(r['shape'])} | {fwd} | {bwd} | {r['floor_ms']:.3f} | {100 * r['forward_fraction_of_copy_bw']:.0f}%"
@@ -398,9 +414,11 @@ def main() -> None:
             )
     for r in payload["bidirectional"]:
         print(
-            f"bidirectional {tuple(r['shape'])}: fused fwd {r['fused_forward_ms']:.3f}"
-            f" vs {r['two_calls_forward_ms']:.3f} ({r['speedup_forward']:.2f}x),"
-            f" bwd {r['fused_backward_ms']:.3f} vs {r['two_calls_backward_ms']:.3f} ({r['speedup_backward']:.2f}x)"
+            f"bidirectional {tuple(r['shape'])}, kernel ms: fused fwd {r['fused_forward_kernel_ms']:.3f}"
+            f" vs {r['two_calls_forward_kernel_ms']:.3f} ({r['speedup_forward']:.2f}x),"
+            f" bwd {r['fused_backward_kernel_ms']:.3f} vs {r['two_calls_backward_kernel_ms']:.3f}"
+            f" ({r['speedup_backward']:.2f}x); as calls {r['speedup_forward_call']:.2f}x"
+            f" / {r['speedup_backward_call']:.2f}x"
         )
     for name in ("causal_conv1d", "rms_norm"):
         for r in payload[name]:
