@@ -214,23 +214,23 @@ def parts_scattered(ys, part, LOG_PARTS: tl.constexpr, FAST_MATH: tl.constexpr):
 
 
 @triton.jit
-def own_outputs(t_own, L, REVERSE_OUT: tl.constexpr):
-    """Where a lane's own steps ``t_own (32, OWN)`` (:func:`own_steps`) have their outputs: the same steps, or with
-    ``REVERSE_OUT`` their mirrored steps ``L - 1 - t`` in ascending order, i.e. the own steps' reversed
-    (:func:`mirrored`)."""
-    t_out = t_own
+def own_outputs(first, L, OWN: tl.constexpr, REVERSE_OUT: tl.constexpr):
+    """Where a lane's own steps ``first + j`` (``j < OWN``; ``first (32, 1)`` its first own step of a block, see
+    :func:`own_steps`) have their outputs, ``(32, OWN)``: the same steps, or with ``REVERSE_OUT`` their mirrored
+    steps ``L - 1 - t`` in ascending order, i.e. the own steps' reversed (:func:`mirrored`). A column plus a range,
+    so that Triton reads and writes them as vectors."""
+    base = first
     if REVERSE_OUT:
-        OWN: tl.constexpr = t_own.shape[1]
-        t_out = L - OWN - t_own + 2 * tl.arange(0, OWN)[None, :]
-    return t_out
+        base = L - OWN - first
+    return base + tl.arange(0, OWN)[None, :]
 
 
 @triton.jit
 def own_steps(part, LOG_PARTS: tl.constexpr):
-    """A lane's own steps of a block, ``(32, STEPS / parts)``: part ``p`` owns steps ``p * STEPS / parts`` on. The
-    channel's parts compute its elementwise values (softplus, gate, output) at their own steps only."""
-    OWN: tl.constexpr = STEPS >> LOG_PARTS
-    return part[:, None] * OWN + tl.arange(0, OWN)[None, :]
+    """A lane's first own step of a block, ``(32, 1)``: part ``p`` owns the ``STEPS / parts`` steps from
+    ``p * STEPS / parts``. The channel's parts compute its per-step values (softplus, gate, output) at their own
+    steps only."""
+    return (part * (STEPS >> LOG_PARTS))[:, None]
 
 
 @triton.jit
@@ -322,8 +322,10 @@ def selective_scan_fwd_lane_kernel(
     C_rows = C_ptr + b * sC_b + g * sC_g + first[:, None] * sC_n
     ckpt_rows = ckpt_ptr + (b * dim + d) * n_chunks * N + first
 
-    own = own_steps(part, LOG_PARTS)
-    t_out = own_outputs(own, L, REVERSE_OUT)
+    OWN: tl.constexpr = STEPS >> LOG_PARTS
+    first = own_steps(part, LOG_PARTS)
+    own = first + tl.arange(0, OWN)[None, :]
+    t_out = own_outputs(first, L, OWN, REVERSE_OUT)
     valid = col_mask & (own < L)
     valid_out = col_mask & (t_out >= 0) & (t_out < L)
     u, dt_raw, z = _block_tiles(u_rows, dt_rows, z_rows, own, t_out, valid, valid_out, HAS_Z)
