@@ -40,11 +40,11 @@ CONFIG = {"forward": dict(FORWARD_STATE), "backward": dict(BACKWARD_STATE)}
 # states (:func:`uses_lane`, :func:`uses_lane_backward`). H100, bf16, GPU ms, state kernel / lane kernel by channels
 # per SM (the benchmark's ``forward_kernels`` and ``backward_kernels``; the forward's parts by its rule below):
 # forward (2, 768, 6272) 12: 0.21 / 0.37; (2, 1536, 2048) 23: 0.12 / 0.13; (4, 1536, 4096) 47: 0.53 / 0.32;
-# (4, 2048, 2048) 62: 0.30 / 0.20; (6, 1536, 2048) 70: 0.34 / 0.23; (8, 1536, 2048) 93: 0.43 / 0.23;
-# (32, 768, 1024) 186: 0.41 / 0.21; (64, 384, 1569) 186: 1.10 / 0.71; backward (2, 768, 6272) 12: 0.96 / 1.52;
-# (2, 1536, 2048) 23: 0.62 / 0.51; (4, 1536, 4096) 47: 1.91 / 1.21; (4, 2048, 2048) 62: 1.22 / 0.65; (6, 1536, 2048)
-# 70: 1.38 / 0.86; (8, 1536, 2048) 93: 1.78 / 0.92; (32, 768, 1024) 186: 1.71 / 0.94; (64, 384, 1569) 186: 3.12 /
-# 1.64.
+# (4, 2048, 2048) 62: 0.30 / 0.20; (6, 1536, 2048) 70: 0.34 / 0.24; (8, 1536, 2048) 93: 0.44 / 0.24;
+# (32, 768, 1024) 186: 0.41 / 0.22; (64, 384, 1569) 186: 1.10 / 0.72; backward (2, 768, 6272) 12: 0.97 / 1.52;
+# (2, 1536, 2048) 23: 0.63 / 0.51; (4, 1536, 4096) 47: 1.92 / 1.23; (4, 2048, 2048) 62: 1.23 / 0.65; (6, 1536, 2048)
+# 70: 1.39 / 0.87; (8, 1536, 2048) 93: 1.79 / 0.92; (32, 768, 1024) 186: 1.72 / 0.94; (64, 384, 1569) 186: 3.14 /
+# 1.65.
 # Parts give the grid more warps to hide latency with; the per-step values of a channel (softplus, gate, output and,
 # in the backward, the gradients of u, delta and z) are computed once, each part at its own STEPS / parts steps of a
 # block and exchanged by shuffles. The forward takes the most parts, up to LANE_MAX_PARTS, that keep the grid within
