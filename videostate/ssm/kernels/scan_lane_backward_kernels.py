@@ -154,8 +154,8 @@ def selective_scan_bwd_lane_kernel(
     tensor, state, writes = _reduced_row(lane[:, None], N, LOG_D, LOG_NS)
     dBC_rows = dBC_ptr + tensor * sdBC_t + (b * G + g) * N * sdBC_n + state * sdBC_n
     OWN: tl.constexpr = STEPS >> LOG_PARTS
-    first = own_steps(part, LOG_PARTS)  # the steps of a block whose per-channel gradients the lane computes
-    own = first + tl.arange(0, OWN)[None, :]
+    own_first = own_steps(part, LOG_PARTS)  # the steps of a block whose per-channel gradients the lane computes
+    own = own_first + tl.arange(0, OWN)[None, :]
     dD = tl.zeros(own.shape, tl.float32)
     dbias = tl.zeros(own.shape, tl.float32)
     for r_chunk in range(0, n_chunks):
@@ -186,7 +186,7 @@ def selective_scan_bwd_lane_kernel(
         for r_block in range(0, blocks):
             j = blocks - 1 - r_block
             t = c * CKPT_L + j * STEPS
-            t_out = own_outputs(t + first, L, OWN, REVERSE_OUT)
+            t_out = own_outputs(t + own_first, L, OWN, REVERSE_OUT)
             u, dt_raw, dt = _block_inputs(u_rows, dt_rows, t + own, col_mask, bias, HAS_BIAS, SOFTPLUS, FAST_MATH)
             dy = mirrored(tl.load(dy_rows + t_out, mask=col_mask, other=0.0).to(tl.float32), REVERSE_OUT)
             gy = dy

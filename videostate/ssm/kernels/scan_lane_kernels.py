@@ -106,8 +106,8 @@ def own_stacked(c, W: tl.constexpr):
 
 @triton.jit
 def _block_tiles(u_rows, dt_rows, z_rows, t, t_out, valid, valid_out, HAS_Z: tl.constexpr):
-    """A block's ``u``, raw ``delta`` and ``z`` tiles ``(BLOCK_D, STEPS)`` in their own dtypes (``z`` at the output's
-    steps ``t_out``)."""
+    """A lane's ``u``, raw ``delta`` and ``z`` at its own steps ``t`` of a block, ``(32, OWN)`` tiles in their own
+    dtypes (``z`` at the output's steps ``t_out``)."""
     u = tl.load(u_rows + t, mask=valid, other=0.0)
     dt = tl.load(dt_rows + t, mask=valid, other=0.0)
     z = u
@@ -323,9 +323,9 @@ def selective_scan_fwd_lane_kernel(
     ckpt_rows = ckpt_ptr + (b * dim + d) * n_chunks * N + first
 
     OWN: tl.constexpr = STEPS >> LOG_PARTS
-    first = own_steps(part, LOG_PARTS)
-    own = first + tl.arange(0, OWN)[None, :]
-    t_out = own_outputs(first, L, OWN, REVERSE_OUT)
+    own_first = own_steps(part, LOG_PARTS)
+    own = own_first + tl.arange(0, OWN)[None, :]
+    t_out = own_outputs(own_first, L, OWN, REVERSE_OUT)
     valid = col_mask & (own < L)
     valid_out = col_mask & (t_out >= 0) & (t_out < L)
     u, dt_raw, z = _block_tiles(u_rows, dt_rows, z_rows, own, t_out, valid, valid_out, HAS_Z)
