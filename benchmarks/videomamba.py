@@ -5,7 +5,8 @@ CUDA graph, ``model.fast()``), and the ratio of the measured time to the bandwid
 move (its weights once, the hidden and float32 residual streams in and out) divided by the measured copy bandwidth.
 
 Training: clips/s and peak memory of one optimiser step (forward, backward and AdamW) on ``(train_batch, 3, 8,
-size, size)`` clips, float32 weights under bfloat16 autocast on CUDA, where the scan's backward kernels run.
+size, size)`` clips, float32 weights under bfloat16 autocast on CUDA, where the scan's backward kernels run; on CUDA
+also with the forward and backward replayed from CUDA graphs (``model.fast_train()``).
 
 Streaming: per-chunk latency of 1-frame chunks carrying the state (``clamp_temporal_pos=True``, so a
 stream may outlast the temporal table), eager and on CUDA also replayed from CUDA graphs (``model.fast_step()``),
@@ -97,21 +98,34 @@ def offline_case(size, frames, args, device, dtype, bandwidth) -> dict:
 
 def training_case(size, args, device, dtype) -> dict:
     """One optimiser step: float32 weights, the clip in ``dtype``, the forward under autocast to ``dtype`` (none
-    for float32); the loss is the mean square of the encoder's outputs."""
+    for float32); the loss is the mean square of the encoder's outputs. On CUDA also with the forward and backward
+    replayed from CUDA graphs (``model.fast_train()``), the loss and the optimiser eager; its peak includes the
+    graphs' recording."""
     model = build(size, TRAIN_FRAMES, args.img_size, device, torch.float32).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randn(args.train_batch, 3, TRAIN_FRAMES, args.img_size, args.img_size, device=device, dtype=dtype)
 
-    def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            outputs = model(x)
-        outputs = outputs if isinstance(outputs, tuple) else (outputs,)
-        loss = sum(out.float().square().mean() for out in outputs)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    def step_of(forward):
+        def step():
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                outputs = forward(x)
+            outputs = outputs if isinstance(outputs, tuple) else (outputs,)
+            loss = sum(out.float().square().mean() for out in outputs)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
 
+        return step
+
+    step = step_of(model)
     seconds = measure_time(step, device, args.repeats)
+    fast = {}
+    if device.type == "cuda":
+        fast_step = step_of(model.fast_train())
+        fast_peak = measure_peak_bytes(fast_step, device, {"x": x})
+        fast_seconds = measure_time(fast_step, device, args.repeats)
+        fast = {"fast_clips_per_s": args.train_batch / fast_seconds, "fast_seconds_per_step": fast_seconds,
+                "fast_peak_bytes": fast_peak}  # fmt: skip
     return {
         "size": size,
         "frames": TRAIN_FRAMES,
@@ -122,6 +136,7 @@ def training_case(size, args, device, dtype) -> dict:
         "clips_per_s": args.train_batch / seconds,
         "seconds_per_step": seconds,
         "peak_bytes": measure_peak_bytes(step, device, {"x": x}),
+        **fast,
     }
 
 
@@ -253,8 +268,9 @@ def main() -> None:
         row = training_case(size, args, device, dtype)
         training.append(row)
         print(
-            f"{size:>6} training: {row['clips_per_s']:9.1f} clips/s ({TRAIN_FRAMES} frames, batch {row['batch']}), "
-            f"peak {row['peak_bytes'] / 2**20:9.1f} MiB",
+            f"{size:>6} training: {row['clips_per_s']:9.1f} clips/s ({TRAIN_FRAMES} frames, batch {row['batch']})"
+            + (f" ({row['fast_clips_per_s']:.1f} from CUDA graphs)" if "fast_clips_per_s" in row else "")
+            + f", peak {row['peak_bytes'] / 2**20:9.1f} MiB",
             flush=True,
         )
     streaming = []

@@ -91,7 +91,8 @@ STATE_PASSING = {"CHUNK": CHUNK, "TILE": STATE_TILE, "BLOCK": STATE_BLOCK}
 # interpolation model's second stage: 64 channels, 4 heads, windows of 8, an MLP 4x as wide.
 WIDTH, HIDDEN, CHANNELS, HEADS, WINDOW = 4, 128, 64, 4, 8
 CONV = {"W": WIDTH, "BLOCK_D": causal_conv.CONFIG["block_d"], "BLOCK_L": causal_conv.CONFIG["block_l"],
-        "HAS_BIAS": True, "HAS_STATE": True, "SILU": True}  # fmt: skip
+        "HAS_BIAS": True, "HAS_STATE": True, "SILU": True, "REVERSE": False}  # fmt: skip
+CONV_REVERSED = {**CONV, "HAS_STATE": False, "REVERSE": True}
 NORM = {"HAS_RES": True, "HAS_Z": True, "GATE_AFTER": False, "HAS_BIAS": True}
 NORM_LAUNCH = norm._launch_shape(1 << 20, 1, HIDDEN)  # the backward's; its "meta" are the forward's too
 LAYER_NORM = layer_norm.launch_shape(1 << 20, CHANNELS)
@@ -145,7 +146,16 @@ CASES = [
             "HAS_BIAS": True, "HAS_STATE": True},
            causal_conv.TOKENS_WARPS, ("x", "w", "bias", "state", "y"))
       for width in (2, causal_conv.TOKENS_WIDTH)),
-    Case(conv_kernels.causal_conv1d_bwd_kernel, CONV, causal_conv.CONFIG["num_warps"], ("x", "state", "dy", "dx")),
+    Case(conv_kernels.causal_conv1d_fwd_kernel, CONV_REVERSED, causal_conv.CONFIG["num_warps"], ("x", "y")),
+    *(Case(conv_kernels.causal_conv1d_bwd_gate_kernel,
+           {**conv, "BLOCK_D": causal_conv.BACKWARD["block_d"], "BLOCK_L": causal_conv.BACKWARD["block_l"]},
+           causal_conv.BACKWARD["num_warps"], ("x", "state", "dy"))
+      for conv in (CONV, CONV_REVERSED)),
+    *(Case(conv_kernels.causal_conv1d_bwd_input_kernel,
+           {"W": WIDTH, "BLOCK_D": causal_conv.BACKWARD["block_d"], "BLOCK_L": causal_conv.BACKWARD["block_l"],
+            "BLOCK_W": WIDTH, "HAS_STATE": not reverse, "REVERSE": reverse},
+           causal_conv.BACKWARD["num_warps"], ("dx",))
+      for reverse in (False, True)),
     Case(conv_kernels.causal_conv1d_update_kernel,
          {"W": WIDTH, "BLOCK_D": 64, "BLOCK_W": WIDTH, "HAS_BIAS": True, "SILU": True},
          half=("x", "state", "y", "next")),

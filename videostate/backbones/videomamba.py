@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..ssm import Mamba, StackState
-from ..ssm.cuda_graph import GraphedForward
+from ..ssm.cuda_graph import GraphedForward, GraphedTraining
 from .videomamba_checkpoint import LoadReport, load_checkpoint
 from .videomamba_config import POOL_TYPES, VideoMambaConfig
 from .videomamba_fast_step import VideoMambaFastStep
@@ -262,6 +262,13 @@ class VideoMambaTrunk(nn.Module):
         graph recorded once per clip shape (:class:`~videostate.ssm.cuda_graph.GraphedForward`; off CUDA the model
         runs eagerly). Moving or casting the model afterwards needs a new one."""
         return GraphedForward(self, self, "model.fast()")
+
+    def fast_train(self) -> GraphedTraining:
+        """``train(x)``: ``model(x)`` for training over whole clips, its forward and backward replayed from CUDA
+        graphs recorded once per clip shape (:class:`~videostate.ssm.cuda_graph.GraphedTraining`; off CUDA the model
+        runs eagerly): ``loss_fn(train(x)).backward()`` and the optimiser's step as usual. Moving or casting the model
+        afterwards needs a new one."""
+        return GraphedTraining(self, "model.fast_train()")
 
     def save_pretrained(self, path: str | os.PathLike) -> None:
         """Write ``config.json`` (class, constructor arguments, dtype) and ``model.safetensors``."""

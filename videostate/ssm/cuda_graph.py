@@ -162,3 +162,81 @@ class GraphedForward:
         self._weights = WeightGuard(self.module, self._remake)
         self._graph, self._output = record(lambda: self._forward(self._input), x.device)
         self._signature = signature
+
+
+class GraphedTraining:
+    """``train(x)``: ``module(x)`` for training, its forward and its backward replayed from CUDA graphs.
+
+    Use it in place of the module in a training step: ``out = train(x)``, a loss from ``out``,
+    ``loss.backward()`` and the optimiser's step as usual. The gradients reach the parameters' ``.grad`` as after
+    an eager pass; the loss, the optimiser and anything else outside the module run eagerly. On CUDA the first input
+    of a shape, dtype and device (and autocast setting, training mode, parameters requiring gradients) records the
+    pass with :func:`torch.cuda.make_graphed_callables` over a static copy of the input; another one records anew
+    and frees the previous graphs' memory. Recording runs the pass and its backward a few times without touching
+    ``.grad`` or the weights. Without CUDA or with gradients off the module runs eagerly: :attr:`cuda_graph` says
+    which. The outputs (a tensor or a tuple of them) are fresh tensors.
+
+    Autocast applies as it was when the pass was recorded (its weight cache switched off while recording, as the
+    graphs require). The weights may change in place (an optimiser, ``load_state_dict``); moving or casting the
+    module after a graph was recorded is an error naming ``remake``, the call that makes a new one. Random ops
+    (stochastic depth) draw new values at every replay.
+    """
+
+    def __init__(self, module: torch.nn.Module, remake: str):
+        self.module = module
+        self._remake = remake
+        self._signature: tuple | None = None
+        self._graphed: Callable | None = None
+        self._params: tuple[torch.nn.Parameter, ...] = ()
+        self._weights: WeightGuard | None = None
+
+    @property
+    def cuda_graph(self) -> bool:
+        """Whether calls replay recorded CUDA graphs (False before the first CUDA input and off CUDA)."""
+        return self._graphed is not None
+
+    def __call__(self, x: torch.Tensor):
+        if x.device.type != "cuda" or not torch.is_grad_enabled():
+            return self.module(x)
+        signature = (
+            tuple(x.shape), x.dtype, x.device, x.requires_grad, self.module.training,
+            torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"),
+            tuple(p.requires_grad for p in self.module.parameters()),
+        )  # fmt: skip
+        if signature != self._signature:
+            self._record(x, signature)
+        self._weights.check()
+        out = self._graphed(*FreshGradients.apply(x, *self._params))
+        return tuple(t.clone() for t in out) if isinstance(out, tuple) else out.clone()
+
+    def _record(self, x: torch.Tensor, signature: tuple) -> None:
+        self._signature = self._graphed = None  # the old graphs' memory goes first
+        self._params = tuple(self.module.parameters())
+        self._weights = WeightGuard(self.module, self._remake)
+        static_input = x.detach().clone().requires_grad_(x.requires_grad)
+
+        def run(inputs: torch.Tensor, *params: torch.nn.Parameter):
+            return self.module(inputs)
+
+        autocast = {"enabled": torch.is_autocast_enabled("cuda"), "dtype": torch.get_autocast_dtype("cuda")}
+        with torch.cuda.device(x.device), torch.autocast("cuda", **autocast, cache_enabled=False):
+            # the parameters enter as inputs, so that the backward graph computes their gradients
+            self._graphed = torch.cuda.make_graphed_callables(
+                run, (static_input, *self._params), num_warmup_iters=WARMUP_RUNS, allow_unused_input=True
+            )
+        self._signature = signature
+
+
+class FreshGradients(torch.autograd.Function):
+    """The identity on its inputs, whose backward hands on copies of their gradients. The backward graph of
+    :func:`torch.cuda.make_graphed_callables` returns its static buffers; ``.grad`` would take them over and the next
+    replay overwrite them (gradients accumulated over two backward passes would be twice the second's)."""
+
+    @staticmethod
+    def forward(ctx, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        ctx.set_materialize_grads(False)
+        return tuple(t.view_as(t) for t in tensors)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        return tuple(None if g is None else g.clone() for g in grads)

@@ -14,13 +14,16 @@ import triton
 from ..causal_conv import causal_conv1d_reference, causal_conv1d_update_reference, next_conv_state
 from .common import any_float64, next_power_of_2
 from .conv_kernels import (
-    causal_conv1d_bwd_kernel,
+    causal_conv1d_bwd_gate_kernel,
+    causal_conv1d_bwd_input_kernel,
     causal_conv1d_fwd_kernel,
     causal_conv1d_tokens_kernel,
     causal_conv1d_update_kernel,
 )
 
 CONFIG = {"block_d": 16, "block_l": 128, "num_warps": 4}
+# The backward's two passes (causal_conv1d_bwd_gate_kernel, causal_conv1d_bwd_input_kernel).
+BACKWARD = {"block_d": 16, "block_l": 128, "num_warps": 4}
 # Elements of a token-major tile (:func:`causal_conv1d_tokens`): a 32-step sequence and 128 channels. H100, bf16, the
 # depth model's token-major convolutions (32 frames; 96 to 768 channels): DA2-S's six 0.68 -> 0.61 ms, DA2-L's finest
 # 0.75 -> 0.64 ms, against the 2048 of CONFIG's tile; the best of eight tilings (16 to 256 channels, 1 to 4 warps).
@@ -54,17 +57,6 @@ def _state_args(conv_state, fallback):
     return (fallback, 0, 0, 0) if conv_state is None else (conv_state, *conv_state.stride())
 
 
-def _time_reversed(t: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """``t (batch, dim, L)`` as the kernels read ``t.flip(-1)`` in place: a view starting at its last step, and its
-    strides with the step's negated."""
-    return t[..., -1:], (t.stride(0), t.stride(1), -t.stride(2))
-
-
-def _rows(t: torch.Tensor, reverse: bool) -> tuple[torch.Tensor, tuple[int, int, int]]:
-    """``t`` and its strides as the kernels address it: in time-reversed order with ``reverse``."""
-    return _time_reversed(t) if reverse else (t, tuple(t.stride()))
-
-
 class CausalConv1dFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, conv_state, silu, reverse):
@@ -72,13 +64,12 @@ class CausalConv1dFunction(torch.autograd.Function):
         width = weight.shape[1]
         y = torch.empty(batch, dim, length, device=x.device, dtype=x.dtype)
         state, *state_strides = _state_args(conv_state, x)
-        x_rows, x_strides = _rows(x, reverse)
         n_tiles = triton.cdiv(length, CONFIG["block_l"])
         causal_conv1d_fwd_kernel[launch_grid(batch, dim, n_tiles, CONFIG["block_d"])](
-            x_rows, weight, x if bias is None else bias, state, y, dim, length, n_tiles,
-            *x_strides, *weight.stride(), *state_strides, *y.stride(),
+            x, weight, x if bias is None else bias, state, y, dim, length, n_tiles,
+            *x.stride(), *weight.stride(), *state_strides, *y.stride(),
             W=width, BLOCK_D=CONFIG["block_d"], BLOCK_L=CONFIG["block_l"],
-            HAS_BIAS=bias is not None, HAS_STATE=conv_state is not None, SILU=silu,
+            HAS_BIAS=bias is not None, HAS_STATE=conv_state is not None, SILU=silu, REVERSE=reverse,
             num_warps=CONFIG["num_warps"],
         )  # fmt: skip
         ctx.save_for_backward(x, weight, bias, conv_state)
@@ -91,20 +82,25 @@ class CausalConv1dFunction(torch.autograd.Function):
         batch, dim, length = x.shape
         width = weight.shape[1]
         f32 = torch.float32
-        n_tiles = triton.cdiv(length + width, CONFIG["block_l"])
+        block_d, block_l = BACKWARD["block_d"], BACKWARD["block_l"]
+        n_tiles = triton.cdiv(length, block_l)
+        grid = launch_grid(batch, dim, n_tiles, block_d)
         dx = torch.empty(batch, dim, length, device=x.device, dtype=x.dtype)
         dstate = None if conv_state is None else torch.empty(batch, dim, width, device=x.device, dtype=f32)
         dw = torch.empty(batch, n_tiles, dim, width, device=x.device, dtype=f32)
         dbias = torch.empty(batch, n_tiles, dim, device=x.device, dtype=f32)
+        g = torch.empty(batch, dim, length, device=x.device, dtype=f32)  # the gradient at the pre-activation
         state, *state_strides = _state_args(conv_state, x)
-        (x_rows, x_strides), (dx_rows, dx_strides) = _rows(x, ctx.reverse), _rows(dx, ctx.reverse)
-        causal_conv1d_bwd_kernel[launch_grid(batch, dim, n_tiles, CONFIG["block_d"])](
-            x_rows, weight, x if bias is None else bias, state, dy, dx_rows, dx if dstate is None else dstate, dw,
-            dbias, dim, length, n_tiles,
-            *x_strides, *weight.stride(), *state_strides, *dy.stride(), *dx_strides,
-            W=width, BLOCK_D=CONFIG["block_d"], BLOCK_L=CONFIG["block_l"],
-            HAS_BIAS=bias is not None, HAS_STATE=conv_state is not None, SILU=ctx.silu,
-            num_warps=CONFIG["num_warps"],
+        flags = {"W": width, "BLOCK_D": block_d, "BLOCK_L": block_l, "HAS_STATE": conv_state is not None,
+                 "REVERSE": ctx.reverse, "num_warps": BACKWARD["num_warps"]}  # fmt: skip
+        causal_conv1d_bwd_gate_kernel[grid](
+            x, weight, x if bias is None else bias, state, dy, g, dw, dbias, dim, length, n_tiles,
+            *x.stride(), *weight.stride(), *state_strides, *dy.stride(),
+            HAS_BIAS=bias is not None, SILU=ctx.silu, **flags,
+        )  # fmt: skip
+        causal_conv1d_bwd_input_kernel[grid](
+            weight, g, dx, dx if dstate is None else dstate, dim, length, n_tiles, *weight.stride(), *dx.stride(),
+            BLOCK_W=next_power_of_2(width), **flags,
         )  # fmt: skip
         dw = dw.sum((0, 1)).to(weight.dtype)
         dbias = None if bias is None else dbias.sum((0, 1)).to(bias.dtype)
@@ -148,7 +144,7 @@ def causal_conv1d_tokens(x, weight, bias, conv_state=None):
         x_cm, weight, x if bias is None else bias, state, y_cm, dim, length, n_tiles,
         *x_cm.stride(), *weight.stride(), *state_strides, *y_cm.stride(),
         W=width, BLOCK_D=block_d, BLOCK_L=block_l,
-        HAS_BIAS=bias is not None, HAS_STATE=conv_state is not None, SILU=True,
+        HAS_BIAS=bias is not None, HAS_STATE=conv_state is not None, SILU=True, REVERSE=False,
         num_warps=CONFIG["num_warps"],
     )  # fmt: skip
     return y

@@ -5,10 +5,15 @@ The convolution reads the extended input ``xin = cat(conv_state, x)``: position 
 w[k] * xin[t - (W - 1 - k)])``. One program owns a ``(BLOCK_D, BLOCK_L)`` tile; the ``W`` shifted
 reads of a tile hit the cache.
 
-The backward kernel computes the gradient of every extended position ``s`` in ``[-W, L)`` (negative
-positions are the gradient of ``conv_state``), recomputing the pre-activation at the ``W``
-positions each ``s`` feeds, so nothing but the output gradient is read besides the inputs. Per-tile
-sums for the weight and bias gradients are written out and summed by the caller.
+``REVERSE`` convolves the time-reversed sequence (from a zero state) without forming the flip: a tile covers
+positions of ``x`` in its own order, each tap reads ``W - 1 - k`` steps after the output's position instead of before
+it, and the outputs, which lie in reversed order, are stored (and their gradients loaded) as an ascending run flipped
+in registers, so every access stays in storage order (vectorised where aligned).
+
+The backward takes two passes. The first computes the gradient at every output's pre-activation, ``g = dy *
+silu'(pre)`` (recomputing ``pre``), and per-tile sums for the weight and bias gradients, which the caller sums. The
+second forms the input gradient at every extended position ``s`` in ``[-W, L)`` (negative positions are the gradient
+of ``conv_state``) from the ``W`` values of ``g`` that ``s`` feeds.
 
 Grid: axis 0 runs over ``(batch, tile of L)`` pairs, batch-major (it takes up to ``2**31 - 1`` programs;
 axes 1 and 2 only ``65535``: a 4K frame pair's interleaved scan is 16.7M steps, 130560 tiles of 128), axis
@@ -36,13 +41,45 @@ def _load_xin(x_rows, state_rows, s, d_mask, L, sx_l, ss_w, W: tl.constexpr, HAS
 
 
 @triton.jit
+def _tap(k: tl.constexpr, W: tl.constexpr, REVERSE: tl.constexpr):
+    """Where tap ``k`` reads ``x`` relative to the position of its output: ``W - 1 - k`` steps before it, or with
+    ``REVERSE`` (the convolution of the time-reversed sequence, in the sequence's own order) as many after it."""
+    if REVERSE:
+        return W - 1 - k
+    else:
+        return -(W - 1 - k)
+
+
+@triton.jit
 def _pre_activation(x_rows, state_rows, w_rows, bias, p, d_mask, L, sx_l, ss_w, sw_w,
-                    W: tl.constexpr, HAS_STATE: tl.constexpr):  # fmt: skip
+                    W: tl.constexpr, HAS_STATE: tl.constexpr, REVERSE: tl.constexpr):  # fmt: skip
     acc = tl.zeros((bias.shape[0], p.shape[0]), tl.float32) + bias[:, None]
     for k in tl.static_range(W):
         w_k = tl.load(w_rows + k * sw_w, mask=d_mask, other=0.0).to(tl.float32)
-        acc += w_k[:, None] * _load_xin(x_rows, state_rows, p - (W - 1 - k), d_mask, L, sx_l, ss_w, W, HAS_STATE)
+        xin = _load_xin(x_rows, state_rows, p + _tap(k, W, REVERSE), d_mask, L, sx_l, ss_w, W, HAS_STATE)
+        acc += w_k[:, None] * xin
     return acc
+
+
+@triton.jit
+def _output_steps(t0, L, BLOCK_L: tl.constexpr, REVERSE: tl.constexpr):
+    """Where the outputs of positions ``t0 + arange(BLOCK_L)`` lie, and which exist: those positions, or with
+    ``REVERSE`` (outputs in time-reversed order) ``L - 1 - t`` for the tile flipped, i.e. ascending again."""
+    if REVERSE:
+        steps = L - t0 - BLOCK_L + tl.arange(0, BLOCK_L)
+        return steps, steps >= 0
+    else:
+        steps = t0 + tl.arange(0, BLOCK_L)
+        return steps, steps < L
+
+
+@triton.jit
+def _in_order(values, REVERSE: tl.constexpr):
+    """A tile of outputs (or their gradients) between the order of positions and that of :func:`_output_steps`."""
+    if REVERSE:
+        return tl.flip(values, 1)
+    else:
+        return values
 
 
 @triton.jit
@@ -51,10 +88,11 @@ def causal_conv1d_fwd_kernel(
     dim, L, n_tiles,
     sx_b, sx_d, sx_l, sw_d, sw_w, ss_b, ss_d, ss_w, sy_b, sy_d, sy_l,
     W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, SILU: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, SILU: tl.constexpr, REVERSE: tl.constexpr,
 ):  # fmt: skip
     b = (tl.program_id(0) // n_tiles).to(tl.int64)
-    t = (tl.program_id(0) % n_tiles).to(tl.int64) * BLOCK_L + tl.arange(0, BLOCK_L)
+    t0 = (tl.program_id(0) % n_tiles).to(tl.int64) * BLOCK_L
+    t = t0 + tl.arange(0, BLOCK_L)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = d < dim
     d = d.to(tl.int64)
@@ -63,56 +101,96 @@ def causal_conv1d_fwd_kernel(
         bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
     x_rows = x_ptr + b * sx_b + d[:, None] * sx_d
     state_rows = state_ptr + b * ss_b + d[:, None] * ss_d
-    pre = _pre_activation(x_rows, state_rows, w_ptr + d * sw_d, bias, t, d_mask, L, sx_l, ss_w, sw_w, W, HAS_STATE)
+    pre = _pre_activation(
+        x_rows, state_rows, w_ptr + d * sw_d, bias, t, d_mask, L, sx_l, ss_w, sw_w, W, HAS_STATE, REVERSE
+    )
     if SILU:
         pre = pre * sigmoid(pre)
-    mask = d_mask[:, None] & (t < L)[None, :]
-    tl.store(y_ptr + b * sy_b + d[:, None] * sy_d + t[None, :] * sy_l, pre.to(y_ptr.dtype.element_ty), mask=mask)
+    steps, exists = _output_steps(t0, L, BLOCK_L, REVERSE)
+    y_offsets = b * sy_b + d[:, None] * sy_d + steps[None, :] * sy_l
+    out = _in_order(pre, REVERSE).to(y_ptr.dtype.element_ty)
+    tl.store(y_ptr + y_offsets, out, mask=d_mask[:, None] & exists[None, :])
 
 
 @triton.jit
-def causal_conv1d_bwd_kernel(
-    x_ptr, w_ptr, bias_ptr, state_ptr, dy_ptr, dx_ptr, dstate_ptr, dw_ptr, dbias_ptr,
+def causal_conv1d_bwd_gate_kernel(
+    x_ptr, w_ptr, bias_ptr, state_ptr, dy_ptr, g_ptr, dw_ptr, dbias_ptr,
     dim, L, n_tiles,
-    sx_b, sx_d, sx_l, sw_d, sw_w, ss_b, ss_d, ss_w, sdy_b, sdy_d, sdy_l, sdx_b, sdx_d, sdx_l,
+    sx_b, sx_d, sx_l, sw_d, sw_w, ss_b, ss_d, ss_w, sdy_b, sdy_d, sdy_l,
     W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
-    HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, SILU: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, SILU: tl.constexpr, REVERSE: tl.constexpr,
 ):  # fmt: skip
+    """The backward's first pass over a tile of output positions: the gradient at the pre-activation, ``g = dy *
+    silu'(pre)`` (``dy`` without ``SILU``), written to ``g_ptr`` (a contiguous ``(batch, dim, L)`` float32 buffer
+    in the order of positions), and the tile's sums of ``g`` and of ``g`` times each tap's input, the bias and
+    weight gradients."""
     b = (tl.program_id(0) // n_tiles).to(tl.int64)
     tile = (tl.program_id(0) % n_tiles).to(tl.int64)
-    s = tile * BLOCK_L + tl.arange(0, BLOCK_L) - W  # extended positions [-W, L)
+    t = tile * BLOCK_L + tl.arange(0, BLOCK_L)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     d_mask = d < dim
     d = d.to(tl.int64)
-    bias = tl.zeros((BLOCK_D,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
     x_rows = x_ptr + b * sx_b + d[:, None] * sx_d
     state_rows = state_ptr + b * ss_b + d[:, None] * ss_d
     w_rows = w_ptr + d * sw_d
-    dy_rows = dy_ptr + b * sdy_b + d[:, None] * sdy_d
+    steps, exists = _output_steps(tile * BLOCK_L, L, BLOCK_L, REVERSE)
+    dy_offsets = b * sdy_b + d[:, None] * sdy_d + steps[None, :] * sdy_l
+    g = _in_order(tl.load(dy_ptr + dy_offsets, mask=d_mask[:, None] & exists[None, :], other=0.0), REVERSE)
+    g = g.to(tl.float32)
+    if SILU:
+        bias = tl.zeros((BLOCK_D,), tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+        pre = _pre_activation(x_rows, state_rows, w_rows, bias, t, d_mask, L, sx_l, ss_w, sw_w, W, HAS_STATE, REVERSE)
+        sig = sigmoid(pre)
+        g = g * sig * (1.0 + pre * (1.0 - sig))
+    tl.store(g_ptr + (b * dim + d[:, None]) * L + t[None, :], g, mask=d_mask[:, None] & (t < L)[None, :])
     partial = (b * n_tiles + tile) * dim + d  # row of the per-tile weight and bias sums
-    dx = tl.zeros((BLOCK_D, BLOCK_L), tl.float32)
-    for j in tl.static_range(W):
-        p = s + j  # output position that s feeds through weight W - 1 - j
-        valid = d_mask[:, None] & ((p >= 0) & (p < L))[None, :]
-        grad = tl.load(dy_rows + p[None, :] * sdy_l, mask=valid, other=0.0).to(tl.float32)
-        if SILU:
-            pre = _pre_activation(x_rows, state_rows, w_rows, bias, p, d_mask, L, sx_l, ss_w, sw_w, W, HAS_STATE)
-            sig = sigmoid(pre)
-            grad = grad * sig * (1.0 + pre * (1.0 - sig))
-        w_j = tl.load(w_rows + (W - 1 - j) * sw_w, mask=d_mask, other=0.0).to(tl.float32)
-        dx += w_j[:, None] * grad
-        if j == 0:
-            tl.store(dbias_ptr + partial, tl.sum(grad, axis=1), mask=d_mask)
-            for k in tl.static_range(W):
-                xin = _load_xin(x_rows, state_rows, s - (W - 1 - k), d_mask, L, sx_l, ss_w, W, HAS_STATE)
-                tl.store(dw_ptr + partial * W + k, tl.sum(grad * xin, axis=1), mask=d_mask)
+    tl.store(dbias_ptr + partial, tl.sum(g, axis=1), mask=d_mask)
+    for k in tl.static_range(W):
+        xin = _load_xin(x_rows, state_rows, t + _tap(k, W, REVERSE), d_mask, L, sx_l, ss_w, W, HAS_STATE)
+        tl.store(dw_ptr + partial * W + k, tl.sum(g * xin, axis=1), mask=d_mask)
+
+
+@triton.jit
+def _input_gradient(g_rows, w_rows, s, d_mask, L, sw_w, W: tl.constexpr, REVERSE: tl.constexpr):
+    """``sum_k w[k] * g[s - tap(k)]`` over the positions ``s`` that feed outputs (float32)."""
+    dx = tl.zeros((d_mask.shape[0], s.shape[0]), tl.float32)
+    for k in tl.static_range(W):
+        fed = s - _tap(k, W, REVERSE)  # the output that reads s through tap k
+        g_fed = tl.load(g_rows + fed[None, :], mask=d_mask[:, None] & ((fed >= 0) & (fed < L))[None, :], other=0.0)
+        dx += tl.load(w_rows + k * sw_w, mask=d_mask, other=0.0).to(tl.float32)[:, None] * g_fed
+    return dx
+
+
+@triton.jit
+def causal_conv1d_bwd_input_kernel(
+    w_ptr, g_ptr, dx_ptr, dstate_ptr,
+    dim, L, n_tiles,
+    sw_d, sw_w, sdx_b, sdx_d, sdx_l,
+    W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_W: tl.constexpr,
+    HAS_STATE: tl.constexpr, REVERSE: tl.constexpr,
+):  # fmt: skip
+    """The backward's second pass: the input gradient over a tile of positions in ``[0, L)``, from the ``W`` values
+    of ``g`` (the first pass's buffer) that each feeds; with ``HAS_STATE`` the first tile of each row also writes
+    the carried state's gradient, the same sum at the positions ``[-W, 0)``."""
+    b = (tl.program_id(0) // n_tiles).to(tl.int64)
+    tile = (tl.program_id(0) % n_tiles).to(tl.int64)
+    s = tile * BLOCK_L + tl.arange(0, BLOCK_L)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    d_mask = d < dim
+    d = d.to(tl.int64)
+    g_rows = g_ptr + (b * dim + d[:, None]) * L
+    w_rows = w_ptr + d * sw_d
+    dx = _input_gradient(g_rows, w_rows, s, d_mask, L, sw_w, W, REVERSE)
     dx_offsets = b * sdx_b + d[:, None] * sdx_d + s[None, :] * sdx_l
-    tl.store(dx_ptr + dx_offsets, dx.to(dx_ptr.dtype.element_ty), mask=d_mask[:, None] & ((s >= 0) & (s < L))[None, :])
+    tl.store(dx_ptr + dx_offsets, dx.to(dx_ptr.dtype.element_ty), mask=d_mask[:, None] & (s < L)[None, :])
     if HAS_STATE:
-        state_offsets = b * dim * W + d[:, None] * W + (s + W)[None, :]
-        tl.store(dstate_ptr + state_offsets, dx, mask=d_mask[:, None] & (s < 0)[None, :])
+        if tile == 0:
+            back = tl.arange(0, BLOCK_W) - W  # the positions [-W, 0) of the carried inputs (and unused ones)
+            dstate = _input_gradient(g_rows, w_rows, back, d_mask, L, sw_w, W, REVERSE)
+            state_offsets = (b * dim + d[:, None]) * W + (back + W)[None, :]
+            tl.store(dstate_ptr + state_offsets, dstate, mask=d_mask[:, None] & (back < 0)[None, :])
 
 
 @triton.jit
