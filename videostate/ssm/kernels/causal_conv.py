@@ -25,11 +25,11 @@ from .conv_kernels import (
 # causal_conv1d_bwd_input_kernel). H100, bf16, VideoMamba-M's convolutions in training, (16, 1152, 1584) with SiLU,
 # GPU us forward / reversed direction: forward 57 / 72 with CONFIG, the best of eight tiles (2-32 channels, 128-512
 # steps, 2-8 warps); 57 / 249 when the reversed direction walked x backwards with a negative stride (scalar loads and
-# stores). Backward kernels 266 / 303 (gate pass 151 / 190, input pass 92 / 90, the weight and bias sums 23), against
-# about 447 / 1673 for the single pass it replaced, which recomputed the pre-activation at each of the W outputs an
-# input feeds (its backward calls took 559 / 1785 us, which include 112 us of accumulating the input's gradient into
-# a strided leaf). Calls with 8 / 16 channels per tile: forward direction 371 / 379, reversed 386 / 416 us (that
-# accumulation included); 256 or 512 steps, 2 or 8 warps were slower.
+# stores). Backward kernels with 16 channels per tile 266 / 303 (gate pass 151 / 190, input pass 92 / 90, the weight
+# and bias sums 23), against about 447 / 1673 for the single pass it replaced, which recomputed the pre-activation at
+# each of the W outputs an input feeds (its backward calls took 559 / 1785 us, which include 112 us of accumulating the
+# input's gradient into a strided leaf). Calls with 8 / 16 channels per tile: forward direction 371 / 379, reversed
+# 386 / 416 us (that accumulation included); 256 or 512 steps, 2 or 8 warps were slower.
 CONFIG = {"block_d": 16, "block_l": 128, "num_warps": 4}
 BACKWARD = {"block_d": 8, "block_l": 128, "num_warps": 4}
 # Elements of a token-major tile (:func:`causal_conv1d_tokens`): a 32-step sequence and 128 channels. H100, bf16, the

@@ -83,6 +83,24 @@ def _in_order(values, REVERSE: tl.constexpr):
 
 
 @triton.jit
+def _tile(n_tiles, dim, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The program's tile: its batch row and tile of L (axis 0), its positions ``(BLOCK_L,)`` and channels
+    ``(BLOCK_D,)`` (int64) and the channels' mask."""
+    b = (tl.program_id(0) // n_tiles).to(tl.int64)
+    tile = (tl.program_id(0) % n_tiles).to(tl.int64)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    return b, tile, tile * BLOCK_L + tl.arange(0, BLOCK_L), d.to(tl.int64), d < dim
+
+
+@triton.jit
+def _bias(bias_ptr, d, d_mask, HAS_BIAS: tl.constexpr):
+    bias = tl.zeros(d.shape, tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    return bias
+
+
+@triton.jit
 def causal_conv1d_fwd_kernel(
     x_ptr, w_ptr, bias_ptr, state_ptr, y_ptr,
     dim, L, n_tiles,
@@ -90,23 +108,16 @@ def causal_conv1d_fwd_kernel(
     W: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_L: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_STATE: tl.constexpr, SILU: tl.constexpr, REVERSE: tl.constexpr,
 ):  # fmt: skip
-    b = (tl.program_id(0) // n_tiles).to(tl.int64)
-    t0 = (tl.program_id(0) % n_tiles).to(tl.int64) * BLOCK_L
-    t = t0 + tl.arange(0, BLOCK_L)
-    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_mask = d < dim
-    d = d.to(tl.int64)
-    bias = tl.zeros((BLOCK_D,), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    b, tile, t, d, d_mask = _tile(n_tiles, dim, BLOCK_D, BLOCK_L)
     x_rows = x_ptr + b * sx_b + d[:, None] * sx_d
     state_rows = state_ptr + b * ss_b + d[:, None] * ss_d
+    bias = _bias(bias_ptr, d, d_mask, HAS_BIAS)
     pre = _pre_activation(
         x_rows, state_rows, w_ptr + d * sw_d, bias, t, d_mask, L, sx_l, ss_w, sw_w, W, HAS_STATE, REVERSE
     )
     if SILU:
         pre = pre * sigmoid(pre)
-    steps, exists = _output_steps(t0, L, BLOCK_L, REVERSE)
+    steps, exists = _output_steps(tile * BLOCK_L, L, BLOCK_L, REVERSE)
     y_offsets = b * sy_b + d[:, None] * sy_d + steps[None, :] * sy_l
     out = _in_order(pre, REVERSE).to(y_ptr.dtype.element_ty)
     tl.store(y_ptr + y_offsets, out, mask=d_mask[:, None] & exists[None, :])
@@ -124,12 +135,7 @@ def causal_conv1d_bwd_gate_kernel(
     silu'(pre)`` (``dy`` without ``SILU``), written to ``g_ptr`` (a contiguous ``(batch, dim, L)`` float32 buffer
     in the order of positions), and the tile's sums of ``g`` and of ``g`` times each tap's input, the bias and
     weight gradients."""
-    b = (tl.program_id(0) // n_tiles).to(tl.int64)
-    tile = (tl.program_id(0) % n_tiles).to(tl.int64)
-    t = tile * BLOCK_L + tl.arange(0, BLOCK_L)
-    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_mask = d < dim
-    d = d.to(tl.int64)
+    b, tile, t, d, d_mask = _tile(n_tiles, dim, BLOCK_D, BLOCK_L)
     x_rows = x_ptr + b * sx_b + d[:, None] * sx_d
     state_rows = state_ptr + b * ss_b + d[:, None] * ss_d
     w_rows = w_ptr + d * sw_d
@@ -138,9 +144,7 @@ def causal_conv1d_bwd_gate_kernel(
     g = _in_order(tl.load(dy_ptr + dy_offsets, mask=d_mask[:, None] & exists[None, :], other=0.0), REVERSE)
     g = g.to(tl.float32)
     if SILU:
-        bias = tl.zeros((BLOCK_D,), tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+        bias = _bias(bias_ptr, d, d_mask, HAS_BIAS)
         pre = _pre_activation(x_rows, state_rows, w_rows, bias, t, d_mask, L, sx_l, ss_w, sw_w, W, HAS_STATE, REVERSE)
         sig = sigmoid(pre)
         g = g * sig * (1.0 + pre * (1.0 - sig))
@@ -174,12 +178,7 @@ def causal_conv1d_bwd_input_kernel(
     """The backward's second pass: the input gradient over a tile of positions in ``[0, L)``, from the ``W`` values
     of ``g`` (the first pass's buffer) that each feeds; with ``HAS_STATE`` the first tile of each row also writes
     the carried state's gradient, the same sum at the positions ``[-W, 0)``."""
-    b = (tl.program_id(0) // n_tiles).to(tl.int64)
-    tile = (tl.program_id(0) % n_tiles).to(tl.int64)
-    s = tile * BLOCK_L + tl.arange(0, BLOCK_L)
-    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    d_mask = d < dim
-    d = d.to(tl.int64)
+    b, tile, s, d, d_mask = _tile(n_tiles, dim, BLOCK_D, BLOCK_L)
     g_rows = g_ptr + (b * dim + d[:, None]) * L
     w_rows = w_ptr + d * sw_d
     dx = _input_gradient(g_rows, w_rows, s, d_mask, L, sw_w, W, REVERSE)
