@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from tests.backbones.helpers import TINY, randomize, video
-from videostate.backbones.videomamba import VideoMambaEncoder
+from videostate.backbones.videomamba import VideoMambaEncoder, VisionMamba
+
+# without stochastic depth (the classifier's default rate is 0.1), so that two passes draw nothing at random
+MODELS = pytest.mark.parametrize(
+    "make",
+    [VideoMambaEncoder, lambda **kw: VisionMamba(num_classes=5, **{"drop_path_rate": 0.0, **kw})],
+    ids=["encoder", "classifier"],
+)
 
 
 def as_tuple(out):
@@ -21,18 +28,21 @@ def loss_of(outputs):
                for out in as_tuple(outputs))  # fmt: skip
 
 
-def twins(device, dtype=torch.float32, **kwargs):
-    model = randomize(VideoMambaEncoder(**TINY, **kwargs)).to(device, dtype).train()
+def twins(device, dtype=torch.float32, make=VideoMambaEncoder, **kwargs):
+    model = randomize(make(**TINY, **kwargs)).to(device, dtype).train()
     return model, copy.deepcopy(model)
 
 
 def assert_same_grads(model, reference, tol):
+    """Each gradient equal up to ``tol`` of its largest element: sums in atomic adds (the scan's B and C gradients)
+    and cuDNN's weight gradients may add in another order from run to run."""
     for (name, got), want in zip(model.named_parameters(), reference.parameters(), strict=True):
-        torch.testing.assert_close(got.grad, want.grad, rtol=tol, atol=tol, msg=name)
+        torch.testing.assert_close(got.grad, want.grad, rtol=tol, atol=tol * want.grad.abs().max(), msg=name)
 
 
-def test_fast_train_off_cuda_runs_the_model():
-    model, reference = twins("cpu", torch.float64)
+@MODELS
+def test_fast_train_off_cuda_runs_the_model(make):
+    model, reference = twins("cpu", torch.float64, make)
     train = model.fast_train()
     x = video(2, 4)
     got, want = train(x), reference(x)
@@ -45,12 +55,14 @@ def test_fast_train_off_cuda_runs_the_model():
 
 
 @pytest.mark.gpu
-def test_fast_train_gradients_equal_the_eager_ones(monkeypatch):
-    """Two clips' gradients accumulated in ``.grad``, then a clip of another shape (a new recording): outputs and
-    gradients equal the eager model's (float32, TF32 off)."""
+@MODELS
+def test_fast_train_gradients_equal_the_eager_ones(make, monkeypatch):
+    """Two clips' gradients accumulated in ``.grad``, then a clip of another shape (a new recording): outputs (the
+    encoder's tokens and pooled features, the classifier's logits) and gradients equal the eager model's (float32,
+    TF32 off)."""
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    model, reference = twins("cuda")
+    model, reference = twins("cuda", make=make)
     train = model.fast_train()
     clips = [video(2, 4, seed=s, dtype=torch.float32).cuda() for s in (1, 2)]
     for clip in clips:
@@ -93,7 +105,7 @@ def test_fast_train_optimiser_steps_follow_the_eager_ones():
 def test_fast_train_draws_new_random_values_at_every_replay():
     model, _ = twins("cuda", drop_path_rate=0.5)
     train = model.fast_train()
-    clip = video(4, 4, dtype=torch.float32).cuda()
+    clip = video(16, 4, dtype=torch.float32).cuda()  # 16 clips: equal masks twice by chance with p = 2 ** -16
     first, second = as_tuple(train(clip))[0], as_tuple(train(clip))[0]
     assert train.cuda_graph and not torch.equal(first, second)
 
