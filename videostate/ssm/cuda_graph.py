@@ -87,6 +87,11 @@ def copy_state_into(buffers: StreamState, state: StreamState, mismatch: str) -> 
         t.copy_(new[k])
 
 
+def fresh(outputs):
+    """Copies of a graph's static outputs (a tensor or a tuple of them), which its next replay overwrites."""
+    return tuple(out.clone() for out in outputs) if isinstance(outputs, tuple) else outputs.clone()
+
+
 class WeightGuard:
     """Remembers where a module's weights live; :meth:`check` raises once they were moved or cast.
 
@@ -152,9 +157,7 @@ class GraphedForward:
         self._weights.check()
         self._input.copy_(x)
         self._graph.replay()
-        if isinstance(self._output, tuple):
-            return tuple(out.clone() for out in self._output)
-        return self._output.clone()
+        return fresh(self._output)
 
     def _record(self, x: torch.Tensor, signature: tuple) -> None:
         self._signature = self._graph = self._input = self._output = None  # the old graph's memory goes first
@@ -198,18 +201,17 @@ class GraphedTraining:
     def __call__(self, x: torch.Tensor):
         if x.device.type != "cuda" or not torch.is_grad_enabled():
             return self.module(x)
+        autocast = {"enabled": torch.is_autocast_enabled("cuda"), "dtype": torch.get_autocast_dtype("cuda")}
         signature = (
-            tuple(x.shape), x.dtype, x.device, x.requires_grad, self.module.training,
-            torch.is_autocast_enabled("cuda"), torch.get_autocast_dtype("cuda"),
+            tuple(x.shape), x.dtype, x.device, x.requires_grad, self.module.training, tuple(autocast.values()),
             tuple(p.requires_grad for p in self.module.parameters()),
         )  # fmt: skip
         if signature != self._signature:
-            self._record(x, signature)
+            self._record(x, signature, autocast)
         self._weights.check()
-        out = self._graphed(*FreshGradients.apply(x, *self._params))
-        return tuple(t.clone() for t in out) if isinstance(out, tuple) else out.clone()
+        return fresh(self._graphed(*FreshGradients.apply(x, *self._params)))
 
-    def _record(self, x: torch.Tensor, signature: tuple) -> None:
+    def _record(self, x: torch.Tensor, signature: tuple, autocast: dict) -> None:
         self._signature = self._graphed = None  # the old graphs' memory goes first
         self._params = tuple(self.module.parameters())
         self._weights = WeightGuard(self.module, self._remake)
@@ -218,7 +220,6 @@ class GraphedTraining:
         def run(inputs: torch.Tensor, *params: torch.nn.Parameter):
             return self.module(inputs)
 
-        autocast = {"enabled": torch.is_autocast_enabled("cuda"), "dtype": torch.get_autocast_dtype("cuda")}
         with torch.cuda.device(x.device), torch.autocast("cuda", **autocast, cache_enabled=False):
             # the parameters enter as inputs, so that the backward graph computes their gradients
             self._graphed = torch.cuda.make_graphed_callables(

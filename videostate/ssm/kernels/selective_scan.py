@@ -459,7 +459,7 @@ def _lane_backward_registers(cfg: dict, programs: int, device: torch.device) -> 
     sms = torch.cuda.get_device_properties(device).multi_processor_count
 
     def waves(registers: int) -> int:
-        return -(-programs // (sms * (REGISTERS_PER_SM // (32 * registers))))
+        return triton.cdiv(programs, sms * (REGISTERS_PER_SM // (32 * registers)))
 
     fewer = cfg.get("maxnreg_fewer_waves")
     if fewer is not None and waves(fewer) < waves(cfg["maxnreg"]):
