@@ -5,10 +5,11 @@ delta bias and softplus): forward and backward times, achieved bytes/s against a
 measured in the same run (the bandwidth floor), peak memory, and the ratio to mamba_ssm's published
 CUDA kernel figures. Each time is taken twice: the GPU time of the call's kernels (``*_kernel_ms``, from the
 profiler: the figure the ratios and bytes/s use) and the wall time of the call (``*_ms``, CUDA events around each
-call), which also holds the host's launch work where that takes longer than the kernels. Then the two
-long-sequence kernels (state and lane) of the forward and of the backward from few to many channels per SM (the
-figures behind the launcher's choices), the fused bidirectional scan against two one-direction calls plus flips,
-the causal convolution and the fused add + RMSNorm against the reference ops.
+call), which also holds the host's launch work where that takes longer than the kernels. Then the long-sequence
+kernels (the state kernel, the lane kernel over whole sequences and the lane kernels in time-parallel segments) of
+the forward and of the backward from few to many channels per SM (the figures behind the launcher's choices),
+the fused bidirectional scan against two one-direction calls plus flips, the causal convolution and the fused
+add + RMSNorm against the reference ops.
 ``--sweep`` first times a few launch settings of the scan kernels (forward kernel and its tiles, backward tiles)
 and uses the fastest. Writes ``benchmarks/results/ssm_kernels_<device>.json``.
 
@@ -18,6 +19,7 @@ and uses the fastest. Writes ``benchmarks/results/ssm_kernels_<device>.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import importlib.metadata
 import re
@@ -50,9 +52,11 @@ FORWARD_CONFIGS = [
 BACKWARD_CONFIGS = [{"block_d": d, "block_l": l, "num_warps": w} for d, l, w in STATE_SETTINGS]
 # The issue's first two shapes, and the second at a length that is a multiple of 16 (which the lane kernel needs).
 BIDIRECTIONAL_SHAPES = [*SHAPES[:2], (64, 384, 1568)]
-# Shapes from few to many channels (batch * dim) per SM, for the choice between the state and lane kernels.
-KERNEL_CHOICE_SHAPES = [(2, 768, 6272), (2, 1536, 2048), (4, 1536, 4096), (4, 2048, 2048), (6, 1536, 2048),
-                        (8, 1536, 2048), (32, 768, 1024), (64, 384, 1569)]  # fmt: skip
+# Shapes from few to many channels (batch * dim) per SM, short and long, for the choice between the kernels.
+KERNEL_CHOICE_SHAPES = [(1, 384, 12544), (1, 768, 12544), (1, 1152, 12544), (1, 384, 1584), (1, 768, 512),
+                        (2, 768, 1024), (2, 768, 6272), (1, 1152, 3136), (2, 1536, 2048), (4, 768, 3136),
+                        (4, 1536, 4096), (4, 2048, 2048), (6, 1536, 2048), (8, 1536, 2048), (32, 768, 1024),
+                        (64, 384, 1569)]  # fmt: skip
 
 
 def scan_inputs(batch, dim, length, device, *, seed=0):
@@ -189,7 +193,8 @@ def bench_scan(device, copy_bw) -> list[dict]:
         row = {"shape": list(shape)}
         # a length that is not a multiple of 16 runs over padded rows, which the lane kernel reads as vectors
         padded = -(-length // 16) * 16
-        row["kernel"] = "lane" if scan_kernels.uses_lane(batch, dim, padded, device) else "state"
+        row["kernel"] = kernel_taken(batch, dim, padded, device, scan_kernels.FORWARD_LANE)
+        row["backward_kernel"] = kernel_taken(batch, dim, padded, device, scan_kernels.BACKWARD_LANE)
         row["lane_forward_parts"] = scan_kernels.lane_forward_parts(batch * dim, N, device)
         row["triton_forward_ms"] = cuda_ms(lambda i=inputs: scan_fn("triton")(**i))
         state = torch.randn(batch, dim, N, device=device)
@@ -279,28 +284,55 @@ def bench_bidirectional(device) -> list[dict]:
     return rows
 
 
+@contextlib.contextmanager
+def kernel_forced(kernel: str):
+    """The launcher's rule forced to one kernel: ``"state"``, ``"lane"`` (whole sequences) or ``"segments"`` (the lane
+    kernels in time-parallel segments of the lane settings' channels per SM, from two chunks on)."""
+    lanes = (scan_kernels.FORWARD_LANE, scan_kernels.BACKWARD_LANE)
+    saved = scan_kernels.LANE_MIN_CHANNELS_PER_SM, [dict(lane) for lane in lanes]
+    scan_kernels.LANE_MIN_CHANNELS_PER_SM = 0 if kernel == "lane" else float("inf")
+    for lane in lanes:
+        if kernel == "state":
+            lane["segment_channels_per_sm"] = 0
+        lane["segment_min_chunks"] = 2
+    try:
+        yield
+    finally:
+        scan_kernels.LANE_MIN_CHANNELS_PER_SM = saved[0]
+        for lane, setting in zip(lanes, saved[1], strict=True):
+            lane.clear()
+            lane.update(setting)
+
+
+def kernel_taken(batch: int, dim: int, length: int, device, lane: dict) -> str:
+    """Which kernel the launcher's rule takes for a sequence of rows read as vectors, with the lane setting
+    ``lane`` (FORWARD_LANE or BACKWARD_LANE)."""
+    if not scan_kernels.uses_lane(batch, dim, length, device, lane=lane):
+        return "state"
+    n_chunks = -(-length // scan_kernels.CONFIG["backward"]["block_l"])
+    segment = scan_kernels.lane_segment_chunks(lane, batch * dim, n_chunks, device)
+    return "lane" if segment == n_chunks else f"lane, {-(-n_chunks // segment)} segments"
+
+
 def bench_kernel_choice(device, direction: str) -> list[dict]:
-    """The state and lane kernels of the ``direction`` ("forward" or "backward") on each of KERNEL_CHOICE_SHAPES,
-    and the one the launcher's rule (LANE_MIN_CHANNELS_PER_SM) takes: the figures behind the rule (GPU time)."""
+    """The state kernel, the lane kernel over whole sequences and the lane kernels in time-parallel segments, of the
+    ``direction`` ("forward" or "backward") on each of KERNEL_CHOICE_SHAPES, and the one the launcher's rule takes:
+    the figures behind the rule (GPU time)."""
     sms = torch.cuda.get_device_properties(device).multi_processor_count
-    name = "LANE_MIN_CHANNELS_PER_SM"
-    rule = scan_kernels.LANE_MIN_CHANNELS_PER_SM
+    lane = scan_kernels.FORWARD_LANE if direction == "forward" else scan_kernels.BACKWARD_LANE
     rows = []
     for shape in KERNEL_CHOICE_SHAPES:
         inputs = scan_inputs(*shape, device)
         row = {"shape": list(shape), "channels_per_sm": shape[0] * shape[1] / sms}
-        row["rule_takes"] = "lane" if shape[0] * shape[1] >= rule * sms else "state"
+        row["rule_takes"] = kernel_taken(*shape, device, lane)
         if direction == "forward":
             row["lane_parts"] = scan_kernels.lane_forward_parts(shape[0] * shape[1], N, device)
-        for kernel, threshold in (("state", float("inf")), ("lane", 0)):
-            setattr(scan_kernels, name, threshold)
-            try:
+        for kernel in ("state", "lane", "segments"):
+            with kernel_forced(kernel):
                 if direction == "forward":
                     row[f"{kernel}_forward_ms"] = kernel_ms(lambda i=inputs: scan_fn("triton")(**i))
                 else:
                     row[f"{kernel}_backward_ms"] = timed_backward(scan_fn("triton"), inputs, SCAN_GRADS, kernel_ms)
-            finally:
-                setattr(scan_kernels, name, rule)
         rows.append(row)
         print(row, flush=True)
         del inputs
@@ -409,8 +441,8 @@ def main() -> None:
         for r in payload[f"{direction}_kernels"]:
             print(
                 f"{direction} kernels {tuple(r['shape'])}, {r['channels_per_sm']:.0f} channels per SM: state"
-                f" {r[f'state_{direction}_ms']:.3f} ms, lane {r[f'lane_{direction}_ms']:.3f} ms;"
-                f" the rule takes {r['rule_takes']}"
+                f" {r[f'state_{direction}_ms']:.3f} ms, lane {r[f'lane_{direction}_ms']:.3f} ms, segments"
+                f" {r[f'segments_{direction}_ms']:.3f} ms; the rule takes {r['rule_takes']}"
             )
     for r in payload["bidirectional"]:
         print(

@@ -38,6 +38,7 @@ from videostate.ssm.kernels import (  # noqa: E402
     mlp,
     norm,
     norm_kernels,
+    scan_chunk_kernels,
     scan_lane_backward_kernels,
     scan_lane_kernels,
     scan_state_kernels,
@@ -119,14 +120,33 @@ CASES = [
     *(
         Case(scan_lane_kernels.selective_scan_fwd_lane_kernel,
              {**SCAN_FWD, **selective_scan._lane_split(SCAN_N, parts),
-              "CKPT_L": selective_scan.BACKWARD_STATE["block_l"], "STORE_CKPT": True, "REVERSE_OUT": parts > 1,
-              "FAST_MATH": True},
+              "CKPT_L": selective_scan.BACKWARD_STATE["block_l"], "STORE_CKPT": not segmented,
+              "SEGMENTED": segmented, "REVERSE_OUT": parts > 1, "FAST_MATH": True},
              1, SCAN_FWD_HALF)
-        for parts in (1, 2, 4, 8)  # each lane's own steps: 8, 4, 2, 1
+        for parts, segmented in ((1, False), (2, True), (4, False), (8, True))  # a lane's own steps: 8, 4, 2, 1
     ),
-    Case(scan_lane_backward_kernels.selective_scan_bwd_lane_kernel,
-         {**SCAN_BWD, **selective_scan._lane_split(SCAN_N, selective_scan.BACKWARD_LANE["parts"]),
-          "CKPT_L": selective_scan.BACKWARD_STATE["block_l"], "FAST_MATH": True}, 1, SCAN_BWD_HALF),
+    *(
+        Case(scan_lane_backward_kernels.selective_scan_bwd_lane_kernel,
+             {**SCAN_BWD, **selective_scan._lane_split(SCAN_N, selective_scan.BACKWARD_LANE["parts"]),
+              "CKPT_L": selective_scan.BACKWARD_STATE["block_l"], "SEGMENTED": segmented, "FAST_MATH": True},
+             1, SCAN_BWD_HALF)
+        for segmented in (False, True)
+    ),
+    *(
+        Case(scan_chunk_kernels.selective_scan_chunk_sums_kernel,
+             {"N": SCAN_N, "BLOCK_D": selective_scan.CHUNK_SUMS["block_d"],
+              "CKPT_L": selective_scan.BACKWARD_STATE["block_l"], "HAS_Z": True, "HAS_BIAS": True, "SOFTPLUS": True,
+              "ADJOINT": adjoint, "REVERSE_OUT": adjoint, "FLIP_OUT": adjoint},
+             selective_scan.CHUNK_SUMS["num_warps"], ("u", "dt", "BC", "z", "dy"))
+        for adjoint in (False, True)
+    ),
+    *(
+        Case(scan_chunk_kernels.selective_scan_chunk_states_kernel,
+             {"N": SCAN_N, "NP": SCAN_N, "BLOCK_C": selective_scan.CHUNK_STATES["block_c"], "HAS_START": True,
+              "ADJOINT": adjoint},
+             selective_scan.CHUNK_STATES["num_warps"])
+        for adjoint in (False, True)
+    ),
     Case(ssd_kernels.chunk_state_kernel, {**SSD_CHUNK, "BLOCK_N": SPLIT_N, "FORWARD": False},
          ssd.CONFIG["num_warps"], ("X", "Y", "z")),
     Case(ssd_kernels.state_passing_fwd_kernel, {**STATE_PASSING, "HAS_H0": True}),

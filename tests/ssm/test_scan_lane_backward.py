@@ -26,6 +26,7 @@ from tests.ssm.test_scan_state_kernels import (
     rel_error,
     scan_inputs,
     spy_launches,
+    whole_sequences,
 )
 
 pytestmark = list(MARKS)
@@ -39,6 +40,7 @@ BACKWARD_KERNELS = ("selective_scan_bwd_lane_kernel", "selective_scan_bwd_state_
 
 @pytest.fixture(autouse=True)
 def lane_forward(monkeypatch):
+    whole_sequences(monkeypatch)
     monkeypatch.setitem(scan.CONFIG, "forward", dict(scan.FORWARD_LANE))
     monkeypatch.setitem(scan.CONFIG, "backward", dict(scan.BACKWARD_STATE, block_l=CHUNK))
     monkeypatch.setattr(scan, "SHORT_LENGTH", 1)

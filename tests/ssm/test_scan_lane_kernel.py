@@ -25,6 +25,7 @@ from tests.ssm.test_scan_state_kernels import (
     rel_error,
     scan_inputs,
     spy_launches,
+    whole_sequences,
 )
 
 pytestmark = list(MARKS)
@@ -50,6 +51,7 @@ CHUNK = 32  # the backward's chunk length here: the forward stores the state ent
 
 @pytest.fixture(autouse=True)
 def lane_forward(monkeypatch):
+    whole_sequences(monkeypatch)
     monkeypatch.setitem(scan.CONFIG, "forward", dict(scan.FORWARD_LANE))
     monkeypatch.setitem(scan.CONFIG, "backward", dict(scan.BACKWARD_STATE, block_l=CHUNK, block_d=2))
     monkeypatch.setattr(scan, "SHORT_LENGTH", 1)

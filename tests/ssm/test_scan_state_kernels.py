@@ -34,7 +34,15 @@ def short_chunks(request, monkeypatch):
     monkeypatch.setitem(scan.CONFIG, "forward", forward)
     monkeypatch.setitem(scan.CONFIG, "backward", dict(scan.BACKWARD_STATE, block_l=32, block_d=2))
     monkeypatch.setattr(scan, "SHORT_LENGTH", 1)
+    whole_sequences(monkeypatch)
     return request.param
+
+
+def whole_sequences(monkeypatch) -> None:
+    """No time-parallel segments: on CUDA the lane settings would cut the few channels' sequences of these tests
+    into them (:mod:`tests.ssm.test_scan_segments` tests those)."""
+    for setting in (scan.FORWARD_LANE, scan.BACKWARD_LANE):
+        monkeypatch.setitem(setting, "segment_channels_per_sm", 0)
 
 
 def spy_launches(monkeypatch, names, entry) -> list:

@@ -51,6 +51,7 @@ from .scan_lane_kernels import (
     parts_scattered,
     parts_summed,
     program_channels,
+    program_segment,
     slot_columns,
     slot_real,
     stack_steps,
@@ -114,30 +115,41 @@ def _state_row(rows, real):
 
 @triton.jit
 def selective_scan_bwd_lane_kernel(
-    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dy_ptr, dhT_ptr, ckpt_ptr, sub_ptr, dh0_ptr,
-    du_ptr, ddt_ptr, dz_ptr, dBC_ptr, dA_ptr, dD_ptr, dbias_ptr,
-    dim, L, cpg, G, n_chunks,
+    u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dy_ptr, dhT_ptr, ckpt_ptr, carry_ptr, sub_ptr,
+    dh0_ptr, du_ptr, ddt_ptr, dz_ptr, dBC_ptr, dA_ptr, dD_ptr, dbias_ptr,
+    dim, L, cpg, G, n_chunks, n_segments, segment_chunks,
     su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g, sB_n, sC_b, sC_g, sC_n, sz_b, sz_d, sdy_b, sdy_d,
     sdBC_t, sdBC_n,
     N: tl.constexpr, LOG_NS: tl.constexpr, LOG_PARTS: tl.constexpr, CKPT_L: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE_DZ: tl.constexpr,
-    FAST_MATH: tl.constexpr,
+    HAS_H0: tl.constexpr, HAS_DHT: tl.constexpr, SEGMENTED: tl.constexpr, REVERSE_OUT: tl.constexpr,
+    ACCUMULATE_DZ: tl.constexpr, FAST_MATH: tl.constexpr,
 ):  # fmt: skip
     LOG_D: tl.constexpr = 5 - LOG_PARTS
     BLOCK_D: tl.constexpr = WARP >> LOG_PARTS
     NS: tl.constexpr = 1 << LOG_NS
-    b = tl.program_id(0).to(tl.int64)
+    b, segment, start, end = program_segment(L, n_segments, segment_chunks, CKPT_L)
+    first_chunk = start // CKPT_L
+    last_chunk = tl.cdiv(end, CKPT_L) - 1
     g = tl.program_id(1)
-    program = (b * G + g) * tl.num_programs(2) + tl.program_id(2)
+    program = (tl.program_id(0) * G + g) * tl.num_programs(2) + tl.program_id(2)
     lane = tl.arange(0, WARP)
     part, d, d_mask, Dv, bias = program_channels(D_ptr, bias_ptr, cpg, LOG_PARTS, HAS_D, HAS_BIAS)
+    # dA, dD and the delta bias's gradient are summed per batch element and segment: (batch, segments, dim, ...)
+    sum_rows = tl.program_id(0).to(tl.int64) * dim + d
     col = d[:, None]
     col_mask = d_mask[:, None]
     first = part * NS  # the lane's first state; slot i holds state first + i
     state_rows = (b * dim + d) * N + first
-    # per slot, w = exp(delta_{t+1} A) q_{t+1}: the gradient of the state before the step being solved
-    A2, w = slot_columns(A_ptr, dhT_ptr, d, d_mask, part, state_rows, sA_d, sA_n, N, LOG_NS, LOG_PARTS, HAS_DHT)
+    chunk_rows = (b * dim + d) * n_chunks * N + first
+    # per slot, w = exp(delta_{t+1} A) q_{t+1}: the gradient of the state before the step being solved; entering a
+    # segment, the adjoint its last chunk receives, as the chunk kernels stored it
+    if SEGMENTED:
+        A2, w = slot_columns(
+            A_ptr, carry_ptr, d, d_mask, part, chunk_rows + last_chunk * N, sA_d, sA_n, N, LOG_NS, LOG_PARTS, True
+        )
+    else:
+        A2, w = slot_columns(A_ptr, dhT_ptr, d, d_mask, part, state_rows, sA_d, sA_n, N, LOG_NS, LOG_PARTS, HAS_DHT)
     dA = ()
     for _slot in tl.static_range(NS):
         dA = dA + (tl.zeros((WARP,), tl.float32),)
@@ -149,7 +161,7 @@ def selective_scan_bwd_lane_kernel(
     grad_rows = (b * dim + col) * L  # du, ddelta, dz: contiguous (batch, dim, L)
     B_rows = B_ptr + b * sB_b + g * sB_g + first[:, None] * sB_n + steps
     C_rows = C_ptr + b * sC_b + g * sC_g + first[:, None] * sC_n + steps
-    ckpt_rows = ckpt_ptr + (b * dim + d) * n_chunks * N + first
+    ckpt_rows = ckpt_ptr + chunk_rows
     sub_rows = sub_ptr + program * (CKPT_L // STEPS) * NS * WARP + lane
     tensor, state, writes = _reduced_row(lane[:, None], N, LOG_D, LOG_NS)
     dBC_rows = dBC_ptr + tensor * sdBC_t + (b * G + g) * N * sdBC_n + state * sdBC_n
@@ -158,8 +170,8 @@ def selective_scan_bwd_lane_kernel(
     own = own_first + tl.arange(0, OWN)[None, :]
     dD = tl.zeros(own.shape, tl.float32)
     dbias = tl.zeros(own.shape, tl.float32)
-    for r_chunk in range(0, n_chunks):
-        c = n_chunks - 1 - r_chunk
+    for r_chunk in range(0, last_chunk + 1 - first_chunk):
+        c = last_chunk - r_chunk
         blocks = (tl.minimum(L - c * CKPT_L, CKPT_L)) // STEPS
         # pass 1: the state entering each block of the chunk, into the scratch rows
         h = ()
@@ -279,10 +291,11 @@ def selective_scan_bwd_lane_kernel(
                 tl.store(dz_ptr + grad_rows + t_out, dz.to(dz_ptr.dtype.element_ty), mask=col_mask)
     for i in tl.static_range(NS):
         real = slot_real(part, i, d_mask, N, LOG_NS, LOG_PARTS)
-        tl.store(dA_ptr + state_rows + i, dA[i], mask=real)
+        tl.store(dA_ptr + sum_rows * N + first + i, dA[i], mask=real)
         if HAS_H0:
-            tl.store(dh0_ptr + state_rows + i, w[i], mask=real)
+            if segment == 0:
+                tl.store(dh0_ptr + state_rows + i, w[i], mask=real)
     dD = tl.sum(parts_summed(tl.sum(dD, axis=1)[:, None], LOG_D, FAST_MATH), axis=1)
     dbias = tl.sum(parts_summed(tl.sum(dbias, axis=1)[:, None], LOG_D, FAST_MATH), axis=1)
-    tl.store(dD_ptr + b * dim + d, dD, mask=d_mask & (part == 0))
-    tl.store(dbias_ptr + b * dim + d, dbias, mask=d_mask & (part == 0))
+    tl.store(dD_ptr + sum_rows, dD, mask=d_mask & (part == 0))
+    tl.store(dbias_ptr + sum_rows, dbias, mask=d_mask & (part == 0))

@@ -259,6 +259,18 @@ def slot_real(part, i: tl.constexpr, d_mask, N: tl.constexpr, LOG_NS: tl.constex
 
 
 @triton.jit
+def program_segment(L, n_segments, segment_chunks, CKPT_L: tl.constexpr):
+    """A lane program's batch element and segment (``program_id(0)`` is ``b * n_segments + segment``) and the steps
+    ``[start, end)`` the segment holds: ``segment_chunks`` chunks of ``CKPT_L`` steps (the whole sequence with one
+    segment)."""
+    pid = tl.program_id(0)
+    segment = pid % n_segments
+    start = segment * segment_chunks * CKPT_L
+    end = tl.minimum(L, start + segment_chunks * CKPT_L)
+    return (pid // n_segments).to(tl.int64), segment, start, end
+
+
+@triton.jit
 def program_channels(D_ptr, bias_ptr, cpg, LOG_PARTS: tl.constexpr, HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):
     """A lane program's channels (group ``program_id(1)``, block ``program_id(2)``): each lane's part, its channel
     ``d`` and whether there is one (``d_mask``), and that channel's ``D`` and delta bias as ``(32, 1)`` float32
@@ -297,22 +309,30 @@ def slot_columns(A_ptr, h_ptr, d, d_mask, part, state_rows, sA_d, sA_n, N: tl.co
 @triton.jit
 def selective_scan_fwd_lane_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, h0_ptr, y_ptr, hT_ptr, ckpt_ptr,
-    dim, L, cpg, n_chunks,
+    dim, L, cpg, n_chunks, n_segments, segment_chunks,
     su_b, su_d, sdt_b, sdt_d, sA_d, sA_n, sB_b, sB_g, sB_n, sB_l, sC_b, sC_g, sC_n, sC_l, sz_b, sz_d, sy_b, sy_d,
     N: tl.constexpr, LOG_NS: tl.constexpr, LOG_PARTS: tl.constexpr, CKPT_L: tl.constexpr,
     HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_H0: tl.constexpr, STORE_CKPT: tl.constexpr, REVERSE_OUT: tl.constexpr, ACCUMULATE: tl.constexpr,
-    FAST_MATH: tl.constexpr,
+    HAS_H0: tl.constexpr, STORE_CKPT: tl.constexpr, SEGMENTED: tl.constexpr, REVERSE_OUT: tl.constexpr,
+    ACCUMULATE: tl.constexpr, FAST_MATH: tl.constexpr,
 ):  # fmt: skip
     NS: tl.constexpr = 1 << LOG_NS
-    b = tl.program_id(0).to(tl.int64)
+    b, segment, start, end = program_segment(L, n_segments, segment_chunks, CKPT_L)
     g = tl.program_id(1)
     part, d, d_mask, Dv, bias = program_channels(D_ptr, bias_ptr, cpg, LOG_PARTS, HAS_D, HAS_BIAS)
     col = d[:, None]
     col_mask = d_mask[:, None]
     first = part * NS  # the lane's first state; slot i holds state first + i
     state_rows = (b * dim + d) * N + first
-    A2, hs = slot_columns(A_ptr, h0_ptr, d, d_mask, part, state_rows, sA_d, sA_n, N, LOG_NS, LOG_PARTS, HAS_H0)
+    chunk_rows = (b * dim + d) * n_chunks * N + first
+    ckpt_rows = ckpt_ptr + chunk_rows
+    if SEGMENTED:  # the state entering the segment, as the chunk kernels stored it
+        A2, hs = slot_columns(
+            A_ptr, ckpt_ptr, d, d_mask, part, chunk_rows + (start // CKPT_L) * N, sA_d, sA_n, N, LOG_NS, LOG_PARTS,
+            True,
+        )  # fmt: skip
+    else:
+        A2, hs = slot_columns(A_ptr, h0_ptr, d, d_mask, part, state_rows, sA_d, sA_n, N, LOG_NS, LOG_PARTS, HAS_H0)
     steps = tl.arange(0, STEPS)[None, :]
     u_rows = u_ptr + b * su_b + col * su_d
     dt_rows = dt_ptr + b * sdt_b + col * sdt_d
@@ -320,16 +340,15 @@ def selective_scan_fwd_lane_kernel(
     y_rows = y_ptr + b * sy_b + col * sy_d
     B_rows = B_ptr + b * sB_b + g * sB_g + first[:, None] * sB_n
     C_rows = C_ptr + b * sC_b + g * sC_g + first[:, None] * sC_n
-    ckpt_rows = ckpt_ptr + (b * dim + d) * n_chunks * N + first
 
     OWN: tl.constexpr = STEPS >> LOG_PARTS
     own_first = own_steps(part, LOG_PARTS)
     own = own_first + tl.arange(0, OWN)[None, :]
-    t_out = own_outputs(own_first, L, OWN, REVERSE_OUT)
-    valid = col_mask & (own < L)
+    t_out = own_outputs(start + own_first, L, OWN, REVERSE_OUT)
+    valid = col_mask & (start + own < L)
     valid_out = col_mask & (t_out >= 0) & (t_out < L)
-    u, dt_raw, z = _block_tiles(u_rows, dt_rows, z_rows, own, t_out, valid, valid_out, HAS_Z)
-    for t0 in range(0, L, STEPS):
+    u, dt_raw, z = _block_tiles(u_rows, dt_rows, z_rows, start + own, t_out, valid, valid_out, HAS_Z)
+    for t0 in range(start, end, STEPS):
         # the next block's tiles are read before this one is solved
         t = t0 + steps
         t_own = t0 + own
@@ -380,5 +399,6 @@ def selective_scan_fwd_lane_kernel(
         u, dt_raw, z = u_next, dt_next, z_next
         t_out = t_out_next
         valid_out = valid_out_next
-    for i in tl.static_range(NS):
-        tl.store(hT_ptr + state_rows + i, hs[i], mask=slot_real(part, i, d_mask, N, LOG_NS, LOG_PARTS))
+    if segment == n_segments - 1:
+        for i in tl.static_range(NS):
+            tl.store(hT_ptr + state_rows + i, hs[i], mask=slot_real(part, i, d_mask, N, LOG_NS, LOG_PARTS))

@@ -13,6 +13,7 @@ import triton
 
 from ..selective_scan import no_step_delta, selective_scan_reference
 from .common import any_float64, next_power_of_2
+from .scan_chunk_kernels import selective_scan_chunk_states_kernel, selective_scan_chunk_sums_kernel
 from .scan_lane_backward_kernels import selective_scan_bwd_lane_kernel
 from .scan_lane_kernels import STEPS, selective_scan_fwd_lane_kernel
 from .scan_state_kernels import selective_scan_bwd_state_kernel, selective_scan_fwd_state_kernel
@@ -58,8 +59,9 @@ CONFIG = {"forward": dict(FORWARD_STATE), "backward": dict(BACKWARD_STATE)}
 # more waves than with ``maxnreg_fewer_waves`` (168: 12 warps an SM): (8, 1536, 2048), 11.6 warps an SM, 0.93 ms with
 # 168 (1.45 / 1.20 ms with 255 / 168 before the parts shared their per-step values); (4, 2048, 2048), 7.8: 0.77 /
 # 0.95 then; (64, 384, 1569), 23.3: 1.78 / 1.66 ms.
-FORWARD_LANE = {"kernel": "lane", "maxnreg": 200}
-BACKWARD_LANE = {"kernel": "lane", "parts": 4, "maxnreg": 255, "maxnreg_fewer_waves": 168}
+FORWARD_LANE = {"kernel": "lane", "maxnreg": 200, "segment_channels_per_sm": 256, "segment_min_chunks": 6}
+BACKWARD_LANE = {"kernel": "lane", "parts": 4, "maxnreg": 255, "maxnreg_fewer_waves": 168,
+                 "segment_channels_per_sm": 512, "segment_min_chunks": 3}  # fmt: skip
 LANE_MIN_CHANNELS_PER_SM = 32
 LANE_MAX_STATES = 16
 LANE_MAX_PARTS = 8
@@ -71,6 +73,24 @@ REGISTERS_PER_SM = 65536
 # 1.20 / 1.12 ms; but the bidirectional scan's reversed direction at that odd length (not padded): 2.54 / 3.35 ms.
 STATE_LOOP_PROGRAMS_PER_SM = 32
 SHORT_LENGTH = 64
+# Time-parallel segments of the lane kernels (:mod:`.scan_chunk_kernels`): with fewer than LANE_MIN_CHANNELS_PER_SM
+# channels per SM and at least ``segment_min_chunks`` chunks, the sequence is cut into segments of whole chunks that
+# run at once, each from the state (backward: the adjoint) the chunk kernels give it, until the grid holds
+# ``segment_channels_per_sm`` channels per SM (the lane settings' keys; :func:`lane_segment_chunks`). The chunk
+# kernels cost about half a lane pass over the sequence: they compute as many exponentials. H100, bf16, GPU ms,
+# state kernel / segmented lane kernels (forward 256 and backward 512 channels per SM): forward (1, 384, 12544), 3
+# per SM: 0.36 / 0.10; (1, 768, 12544) 6: 0.38 / 0.19; (1, 1152, 12544) 9: 0.40 / 0.28; (2, 768, 6272) 12: 0.21 /
+# 0.19; (1, 1152, 3136) 9: 0.094 / 0.075; (2, 1536, 2048) 23: 0.120 / 0.110; (4, 768, 3136) 23: 0.21 / 0.19;
+# (1, 384, 1584), seven chunks: 0.039 / 0.028; (2, 768, 1024), four: 0.030 / 0.038; (1, 768, 512), two: 0.013 /
+# 0.025. Backward: 1.33 / 0.29; 1.39 / 0.47; 1.69 / 0.70; 0.97 / 0.50; 0.49 / 0.22; 0.61 / 0.31; 1.01 / 0.52;
+# 0.155 / 0.077; 0.166 / 0.108; 0.065 / 0.074. Segments of 128 / 256 / 512 channels per SM, forward (2, 768,
+# 6272): 0.198 / 0.191 / 0.221, backward 0.57 / 0.52 / 0.50; (1, 768, 12544) 0.198 / 0.190 / 0.217 and 0.57 / 0.52
+# / 0.47. With the channels alone at 47 per SM, (4, 1536, 4096), segments slowed the backward: 1.21 unsegmented,
+# 1.34 in segments. CHUNK_SUMS tiles the per-chunk sums (channels a program, warps; (2, 768, 6272): 1 / 2 / 4 / 8
+# channels with one warp 80 / 77 / 87 / 189 us, 4 channels with 4 warps 179 us), CHUNK_STATES the scan over chunks
+# (chunks composed at a time, warps).
+CHUNK_SUMS = {"block_d": 2, "num_warps": 1}
+CHUNK_STATES = {"block_c": 64, "num_warps": 1}
 
 
 def runs_short_setting(length: int) -> bool:
@@ -272,17 +292,24 @@ def scan_forward(
     return y, final_state
 
 
-def uses_lane(batch: int, dim: int, length: int, device: torch.device, *rows: torch.Tensor | None) -> bool:
-    """Whether the state setting gives way to a lane kernel: on CUDA, at least LANE_MIN_CHANNELS_PER_SM channels
-    (``batch * dim``) per SM, a length that is a multiple of 16 and ``rows`` (``u``, ``delta``, ``z``, B, C, the
-    output, or its gradient) read as vectors (:func:`vector_rows`). Element by element the lane kernel is slower than
-    the state kernel (H100, bf16, the fused bidirectional scan of (64, 384, 1569), whose rows are not padded: 5.06
-    against 2.54 ms; in rows aligned by copies but over that odd length, whose step masks are not constant over
-    vectors: 2.83 against 2.51 ms); over (64, 384, 1568) the fused scan takes 0.81 ms with it, 1.43 ms with the state
-    kernel."""
+def uses_lane(
+    batch: int, dim: int, length: int, device: torch.device, *rows: torch.Tensor | None, lane: dict = FORWARD_LANE
+) -> bool:
+    """Whether the state setting gives way to the ``lane`` setting (FORWARD_LANE, or BACKWARD_LANE): on CUDA, a
+    length that is a multiple of 16, ``rows`` (``u``, ``delta``, ``z``, B, C, the output, or its gradient) read as
+    vectors (:func:`vector_rows`), and either at least LANE_MIN_CHANNELS_PER_SM channels (``batch * dim``) per SM or
+    a sequence that the setting cuts into time-parallel segments (:func:`lane_segment_chunks`). Element by element
+    the lane kernel is slower than the state kernel (H100, bf16, the fused bidirectional scan of (64, 384, 1569),
+    whose rows are not padded: 5.06 against 2.54 ms; in rows aligned by copies but over that odd length, whose step
+    masks are not constant over vectors: 2.83 against 2.51 ms); over (64, 384, 1568) the fused scan takes 0.81 ms
+    with it, 1.43 ms with the state kernel."""
     if device.type != "cuda" or length % 16 or not all(t is None or vector_rows(t) for t in rows):
         return False
-    return batch * dim >= LANE_MIN_CHANNELS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    channels, sms = batch * dim, torch.cuda.get_device_properties(device).multi_processor_count
+    if channels >= LANE_MIN_CHANNELS_PER_SM * sms:
+        return True
+    n_chunks = triton.cdiv(length, _state_blocks(1, length, CONFIG["backward"])["BLOCK_L"])
+    return lane_segment_chunks(lane, channels, n_chunks, device) < n_chunks
 
 
 def lane_forward_parts(channels: int, n: int, device: torch.device) -> int:
@@ -298,27 +325,84 @@ def lane_forward_parts(channels: int, n: int, device: torch.device) -> int:
     return parts
 
 
+def lane_segment_chunks(cfg: dict, channels: int, n_chunks: int, device: torch.device) -> int:
+    """How many chunks each time-parallel segment of a lane kernel holds (``n_chunks``: one segment, the whole
+    sequence): the setting ``cfg``'s ``segment_chunks`` if it has one; on CUDA, with fewer than
+    LANE_MIN_CHANNELS_PER_SM channels (``batch * dim``) per SM and at least its ``segment_min_chunks`` chunks, the
+    fewest segments that give the grid its ``segment_channels_per_sm`` channels (each counted as often as it has
+    segments) per SM; else, and off CUDA, one."""
+    if "segment_chunks" in cfg:
+        return min(cfg["segment_chunks"], n_chunks)
+    if device.type != "cuda" or n_chunks < cfg.get("segment_min_chunks", 2):
+        return n_chunks
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    if channels >= LANE_MIN_CHANNELS_PER_SM * sms:
+        return n_chunks
+    segments = max(1, min(n_chunks, triton.cdiv(cfg.get("segment_channels_per_sm", 0) * sms, channels)))
+    return triton.cdiv(n_chunks, segments)
+
+
+def chunk_states(u, delta, A, BC4, delta_bias, delta_softplus, start, out, ckpt_l, *, z=None, dy=None,
+                 reverse_out=False):  # fmt: skip
+    """The chunk kernels (:mod:`.scan_chunk_kernels`) into ``out (batch, dim, n_chunks, N)`` float32: the state
+    entering each chunk of ``ckpt_l`` steps from the initial state ``start`` (``None``: zero), or, given the output
+    gradient ``dy``, the adjoint each chunk receives from the one after it, from the final state's gradient
+    ``start``. ``BC4`` is B forward and C backward, as ``(batch, G, N, L)``."""
+    batch, dim, length = u.shape
+    groups = BC4.shape[1]
+    cpg, n = dim // groups, A.shape[1]
+    n_chunks = out.shape[2]
+    adjoint = dy is not None
+    sums = torch.empty(batch, dim, n_chunks - 1, n, device=u.device, dtype=torch.float32)
+    totals = torch.empty(batch, dim, n_chunks - 1, device=u.device, dtype=torch.float32)
+    block_d = min(CHUNK_SUMS["block_d"], next_power_of_2(cpg))
+    selective_scan_chunk_sums_kernel[(batch * (n_chunks - 1), groups, triton.cdiv(cpg, block_d))](
+        u, delta, A, BC4, u if z is None else z, u if dy is None else dy, u if delta_bias is None else delta_bias,
+        sums, totals,
+        dim, length, cpg, n_chunks,
+        u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *A.stride(), *BC4.stride()[:3],
+        *_strides3(z)[:2], *_strides3(dy)[:2],
+        N=n, BLOCK_D=block_d, CKPT_L=ckpt_l,
+        HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus), ADJOINT=adjoint,
+        REVERSE_OUT=reverse_out, FLIP_OUT=_flips_output(reverse_out, length), num_warps=CHUNK_SUMS["num_warps"],
+    )  # fmt: skip
+    selective_scan_chunk_states_kernel[(batch * dim,)](
+        sums, totals, A, out if start is None else start, out,
+        dim, n_chunks, *A.stride(),
+        N=n, NP=next_power_of_2(n), BLOCK_C=CHUNK_STATES["block_c"], HAS_START=start is not None, ADJOINT=adjoint,
+        num_warps=CHUNK_STATES["num_warps"],
+    )  # fmt: skip
+
+
 def _launch_lane(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, y, final_state, checkpoints, ckpt_l,
                  reverse_out, accumulate, cfg):  # fmt: skip
     """The lane kernel (:mod:`.scan_lane_kernels`) into ``y`` and ``final_state`` (and ``checkpoints``, every
-    ``ckpt_l`` steps)."""
+    ``ckpt_l`` steps), in time-parallel segments where :func:`lane_segment_chunks` gives more than one."""
     batch, dim, length = u.shape
     groups = B4.shape[1]
     cpg, n = dim // groups, A.shape[1]
-    parts = cfg.get("parts") or lane_forward_parts(batch * dim, n, u.device)
+    n_chunks = triton.cdiv(length, ckpt_l)
+    segment_chunks = lane_segment_chunks(cfg, batch * dim, n_chunks, u.device)
+    n_segments = triton.cdiv(n_chunks, segment_chunks)
+    segmented = n_segments > 1
+    if segmented:  # every chunk's entering state, which the backward reads too
+        if checkpoints is None:
+            checkpoints = torch.empty(batch, dim, n_chunks, n, device=u.device, dtype=torch.float32)
+        chunk_states(u, delta, A, B4, delta_bias, delta_softplus, h0, checkpoints, ckpt_l)
+    parts = cfg.get("parts") or lane_forward_parts(batch * dim * n_segments, n, u.device)
     split = _lane_split(n, parts)
     registers = {} if cfg.get("maxnreg") is None else {"maxnreg": cfg["maxnreg"]}
-    selective_scan_fwd_lane_kernel[(batch, groups, triton.cdiv(cpg, 32 // parts))](
+    selective_scan_fwd_lane_kernel[(batch * n_segments, groups, triton.cdiv(cpg, 32 // parts))](
         u, delta, A, B4, C4,
         u if D is None else D, u if z is None else z, u if delta_bias is None else delta_bias,
         final_state if h0 is None else h0, y, final_state, final_state if checkpoints is None else checkpoints,
-        dim, length, cpg, triton.cdiv(length, ckpt_l),
+        dim, length, cpg, n_chunks, n_segments, segment_chunks,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *A.stride(), *B4.stride(), *C4.stride(),
         *_strides3(z)[:2], y.stride(0), y.stride(1),
         N=n, **split, CKPT_L=ckpt_l,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        HAS_H0=h0 is not None, STORE_CKPT=checkpoints is not None, REVERSE_OUT=reverse_out, ACCUMULATE=accumulate,
-        FAST_MATH=u.device.type == "cuda",
+        HAS_H0=h0 is not None, STORE_CKPT=checkpoints is not None and not segmented, SEGMENTED=segmented,
+        REVERSE_OUT=reverse_out, ACCUMULATE=accumulate, FAST_MATH=u.device.type == "cuda",
         num_warps=1, **registers,
     )  # fmt: skip
 
@@ -365,23 +449,29 @@ def scan_backward(
     # Rows of dB and dC start at multiples of 16 elements, so the kernels' atomic adds are vectorised.
     padded = triton.cdiv(length, 16) * 16
     dBC = torch.zeros(2, batch, groups, n, padded, device=device, dtype=f32)[..., :length]
-    dA = torch.empty(batch, dim, n, device=device, dtype=f32)
+    lane = has_checkpoints and uses_lane_backward(cfg, n, length, blocks["BLOCK_L"], u, delta, z, dy, B4, C4)
+    lane_cfg = BACKWARD_LANE if cfg.get("kernel") != "lane" else cfg
+    segment_chunks = lane_segment_chunks(lane_cfg, batch * dim, n_chunks, device) if lane else n_chunks
+    n_segments = triton.cdiv(n_chunks, segment_chunks)
+    # dA, dD and dbias per batch element and time-parallel segment of the lane kernel (one without segments)
+    dA = torch.empty(batch, n_segments, dim, n, device=device, dtype=f32)
+    dD = torch.empty(batch, n_segments, dim, device=device, dtype=f32)
+    dbias = torch.empty(batch, n_segments, dim, device=device, dtype=f32)
     # The gradient of the state entering each chunk, carried between them: at the end, that of h0.
     carried = torch.empty(batch, dim, n, device=device, dtype=f32)
-    dD = torch.empty(batch, dim, device=device, dtype=f32)
-    dbias = torch.empty(batch, dim, device=device, dtype=f32)
     h0 = None if initial_state is None else initial_state.to(f32).contiguous()
     d_final = None if d_final is None else d_final.to(f32).contiguous()
     args = (u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, dy, d_final, checkpoints, carried,
             du, ddelta, dz, dBC, dA, dD, dbias, accumulate_dz, reverse_out)  # fmt: skip
-    if has_checkpoints and uses_lane_backward(cfg, n, length, blocks["BLOCK_L"], u, delta, z, dy, B4, C4):
-        _launch_lane_backward(*args, blocks["BLOCK_L"], BACKWARD_LANE if cfg.get("kernel") != "lane" else cfg)
+    if lane:
+        _launch_lane_backward(*args, blocks["BLOCK_L"], segment_chunks, lane_cfg)
     else:
         _launch_state_backward(*args, has_checkpoints, blocks, cfg)
     dB, dC = dBC[0], dBC[1]
     if B.dim() == 3:
         dB, dC = dB[:, 0], dC[:, 0]
-    return du, ddelta, dA.sum(0), dB, dC, dD.sum(0), dz, dbias.sum(0), None if h0 is None else carried
+    dA, dD, dbias = (t.sum((0, 1)) for t in (dA, dD, dbias))
+    return du, ddelta, dA, dB, dC, dD, dz, dbias, None if h0 is None else carried
 
 
 def uses_lane_backward(cfg: dict, n: int, length: int, chunk: int, u, delta, z, dy, B4, C4) -> bool:
@@ -393,7 +483,8 @@ def uses_lane_backward(cfg: dict, n: int, length: int, chunk: int, u, delta, z, 
     if cfg.get("kernel") == "lane":
         return True
     batch, dim, _ = u.shape
-    return cfg.get("kernel", "state") == "state" and uses_lane(batch, dim, length, u.device, u, delta, z, dy, B4, C4)
+    lane = uses_lane(batch, dim, length, u.device, u, delta, z, dy, B4, C4, lane=BACKWARD_LANE)
+    return cfg.get("kernel", "state") == "state" and lane
 
 
 def _launch_state_backward(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, dy, d_final, checkpoints,
@@ -424,29 +515,38 @@ def _launch_state_backward(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus
 
 def _launch_lane_backward(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, dy, d_final, checkpoints,
                           carried, du, ddelta, dz, dBC, dA, dD, dbias, accumulate_dz, reverse_out, ckpt_l,
-                          cfg):  # fmt: skip
+                          segment_chunks, cfg):  # fmt: skip
     """The lane kernel's backward (:mod:`.scan_lane_backward_kernels`) into the gradient buffers, from the
-    ``checkpoints`` stored every ``ckpt_l`` steps."""
+    ``checkpoints`` stored every ``ckpt_l`` steps, in time-parallel segments of ``segment_chunks`` chunks each
+    from the adjoint :func:`chunk_states` gives it."""
     batch, dim, length = u.shape
     groups = B4.shape[1]
     cpg, n = dim // groups, A.shape[1]
+    n_chunks = checkpoints.shape[2]
+    n_segments = triton.cdiv(n_chunks, segment_chunks)
+    carry = None
+    if n_segments > 1:
+        carry = torch.empty_like(checkpoints)
+        chunk_states(
+            u, delta, A, C4, delta_bias, delta_softplus, d_final, carry, ckpt_l, z=z, dy=dy, reverse_out=reverse_out
+        )
     split = _lane_split(n, cfg["parts"])
-    grid = (batch, groups, triton.cdiv(cpg, 32 // cfg["parts"]))
+    grid = (batch * n_segments, groups, triton.cdiv(cpg, 32 // cfg["parts"]))
     scratch = torch.empty(grid[0] * grid[1] * grid[2] * (ckpt_l // STEPS.value) * (32 << split["LOG_NS"]),
                           device=u.device, dtype=torch.float32)  # fmt: skip
     selective_scan_bwd_lane_kernel[grid](
         u, delta, A, B4, C4,
         u if D is None else D, u if z is None else z, u if delta_bias is None else delta_bias,
-        dy, dA if d_final is None else d_final, checkpoints, scratch, carried,
-        du, ddelta, du if dz is None else dz, dBC, dA, dD, dbias,
-        dim, length, cpg, groups, checkpoints.shape[2],
+        dy, dA if d_final is None else d_final, checkpoints, checkpoints if carry is None else carry, scratch,
+        carried, du, ddelta, du if dz is None else dz, dBC, dA, dD, dbias,
+        dim, length, cpg, groups, n_chunks, n_segments, segment_chunks,
         u.stride(0), u.stride(1), delta.stride(0), delta.stride(1), *A.stride(),
         B4.stride(0), B4.stride(1), B4.stride(2), C4.stride(0), C4.stride(1), C4.stride(2),
         *_strides3(z)[:2], dy.stride(0), dy.stride(1), dBC.stride(0), dBC.stride(-2),
         N=n, **split, CKPT_L=ckpt_l,
         HAS_D=D is not None, HAS_Z=z is not None, HAS_BIAS=delta_bias is not None, SOFTPLUS=bool(delta_softplus),
-        HAS_H0=h0 is not None, HAS_DHT=d_final is not None, REVERSE_OUT=reverse_out, ACCUMULATE_DZ=accumulate_dz,
-        FAST_MATH=u.device.type == "cuda",
+        HAS_H0=h0 is not None, HAS_DHT=d_final is not None, SEGMENTED=carry is not None, REVERSE_OUT=reverse_out,
+        ACCUMULATE_DZ=accumulate_dz, FAST_MATH=u.device.type == "cuda",
         num_warps=1, **_lane_backward_registers(cfg, grid[0] * grid[1] * grid[2], u.device),
     )  # fmt: skip
 
