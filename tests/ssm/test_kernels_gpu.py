@@ -105,7 +105,9 @@ def forward_kernel(request, monkeypatch):
     return request.param
 
 
-# (batch, dim, L, N, groups: 0 = B/C (batch, N, L)); L = 1, odd, not a multiple of any chunk, long, large dim.
+# (batch, dim, L, N, groups: 0 = B/C (batch, N, L)); L = 1, odd, not a multiple of any chunk, long, large dim; few
+# channels over many chunks, which the lane kernels run in time-parallel segments both ways (also at 2500 steps),
+# grouped B/C among them.
 SCAN_SHAPES = [
     (1, 4, 1, 16, 0),
     (2, 24, 37, 16, 0),
@@ -114,6 +116,7 @@ SCAN_SHAPES = [
     (1, 1536, 129, 16, 0),
     (2, 16, 2500, 16, 0),
     (2, 40, 300, 16, 4),
+    (1, 12, 4000, 16, 3),
 ]
 
 
@@ -126,7 +129,9 @@ def test_selective_scan_float32(shape, full, forward_kernel):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("shape", [(2, 24, 37, 16, 0), (2, 64, 1025, 16, 0), (2, 32, 100, 8, 2)], ids=str)
+@pytest.mark.parametrize(
+    "shape", [(2, 24, 37, 16, 0), (2, 64, 1025, 16, 0), (2, 32, 100, 8, 2), (1, 32, 3000, 16, 0)], ids=str
+)
 def test_selective_scan_half(shape, dtype, forward_kernel):
     inputs = scan_inputs(*shape, dtype)
     outs = run_both(selective_scan, inputs, dtype, delta_softplus=True, return_final_state=True)
