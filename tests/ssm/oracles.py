@@ -35,6 +35,20 @@ def selective_scan_loop(u, delta, A, B, C, D=None, z=None, delta_bias=None, delt
     return y, h
 
 
+def scan_steps(inputs: dict, start: int = 0, stop: int | None = None) -> dict:
+    """Keyword arguments of :func:`selective_scan_loop` restricted to the steps ``[start, stop)``."""
+    timed = ("u", "delta", "B", "C", "z")
+    return {k: v[..., start:stop] if k in timed and v is not None else v for k, v in inputs.items()}
+
+
+def loop_state_after(inputs: dict, steps: int, delta_softplus: bool = True):
+    """The loop's state after the first ``steps`` steps of ``inputs`` (keyword arguments of
+    :func:`selective_scan_loop`): the initial state after none."""
+    if steps == 0:
+        return inputs["initial_state"]
+    return selective_scan_loop(**scan_steps(inputs, 0, steps), delta_softplus=delta_softplus)[1]
+
+
 def ssd_loop(x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=False, dt_limit=None, initial_states=None):
     """Per head: h_t = exp(dt_t A) h_{t-1} + dt_t x_t B_t^T; y_t = h_t C_t + D x_t; y *= silu(z)."""
     batch, length, heads, headdim = x.shape

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from tests.kernel_targets import DEVICE, MARKS, RUNS
-from tests.ssm.oracles import selective_scan_loop
+from tests.ssm.oracles import loop_state_after, scan_steps, selective_scan_loop
 from tests.ssm.test_scan_state_kernels import (
     check_bidirectional_against_loops,
     check_scan_against_loop,
@@ -101,15 +101,11 @@ def test_chunk_states_are_the_loops(adjoint):
             expected = d_final
         elif adjoint:
             start = (c + 1) * CHUNK
-            rest = {k: v[..., start:] if v.dim() == 3 and k != "initial_state" else v for k, v in e.items()}
             h = torch.randn(2, 3, 8, dtype=torch.float64, requires_grad=True)
-            y, final = selective_scan_loop(**{**rest, "initial_state": h}, delta_softplus=True)
+            y, final = selective_scan_loop(**{**scan_steps(e, start), "initial_state": h}, delta_softplus=True)
             expected = torch.autograd.grad([y, final], h, [dy[..., start:], d_final])[0]
-        elif c == 0:
-            expected = e["initial_state"]
         else:
-            prefix = {k: v[..., : c * CHUNK] if v.dim() == 3 and k != "initial_state" else v for k, v in e.items()}
-            _, expected = selective_scan_loop(**prefix, delta_softplus=True)
+            expected = loop_state_after(e, c * CHUNK)
         assert rel_error(out[:, :, c].cpu(), expected) < 1e-5, c
 
 

@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 
 from .common import LOG2E, scan_combine
-from .scan_state_kernels import _chunk_inputs, _gate_gradient, _out_steps, _row_values
+from .scan_state_kernels import _channel_columns, _chunk_inputs, _gate_gradient, _out_steps, _row_values
 
 
 @triton.jit
@@ -44,12 +44,7 @@ def selective_scan_chunk_sums_kernel(
     b = (tl.program_id(0) // (n_chunks - 1)).to(tl.int64)
     g = tl.program_id(1)
     c = j + 1 if ADJOINT else j
-    dl = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)[:, None]
-    d_mask = dl < cpg
-    d = g * cpg + dl
-    bias = tl.zeros((BLOCK_D, 1), tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    d, d_mask, bias = _channel_columns(bias_ptr, cpg, BLOCK_D, HAS_BIAS)
     t = c * CKPT_L + tl.arange(0, CKPT_L)[None, :]
     u, _, dt = _chunk_inputs(
         u_ptr + b * su_b + d * su_d, dt_ptr + b * sdt_b + d * sdt_d, t, d_mask, L, L, 1, 1, bias,

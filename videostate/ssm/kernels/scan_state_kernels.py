@@ -43,23 +43,30 @@ from .common import LOG2E, adjoint_combine, scan_combine, sigmoid, softplus
 
 
 @triton.jit
-def _program_rows(D_ptr, bias_ptr, dim, cpg, N: tl.constexpr, BLOCK_D: tl.constexpr,
-                  HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):  # fmt: skip
-    """What a program reads once for its ``BLOCK_D`` channels of group ``g`` of batch element ``b``, as
-    ``(BLOCK_D, 1)`` columns: the channel indices and mask, ``D`` and the delta bias; also the flat offset of
-    state 0 of each channel in ``(batch, dim, N)`` tensors."""
-    b = tl.program_id(0).to(tl.int64)
-    g = tl.program_id(1)
+def _channel_columns(bias_ptr, cpg, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """A program's ``BLOCK_D`` channels, block ``program_id(2)`` of group ``program_id(1)``, as ``(BLOCK_D, 1)``
+    columns: their indices, mask and delta bias (zero without one)."""
     dl = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)[:, None]
     d_mask = dl < cpg
-    d = g * cpg + dl
-    Dv = tl.zeros((BLOCK_D, 1), tl.float32)
-    if HAS_D:
-        Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    d = tl.program_id(1) * cpg + dl
     bias = tl.zeros((BLOCK_D, 1), tl.float32)
     if HAS_BIAS:
         bias = tl.load(bias_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
-    return b, g, d, d_mask, Dv, bias, b * dim * N + d * N
+    return d, d_mask, bias
+
+
+@triton.jit
+def _program_rows(D_ptr, bias_ptr, dim, cpg, N: tl.constexpr, BLOCK_D: tl.constexpr,
+                  HAS_D: tl.constexpr, HAS_BIAS: tl.constexpr):  # fmt: skip
+    """What a program reads once for its ``BLOCK_D`` channels of group ``g`` of batch element ``b``, as
+    ``(BLOCK_D, 1)`` columns: the channel indices and mask, ``D`` and the delta bias (:func:`_channel_columns`);
+    also the flat offset of state 0 of each channel in ``(batch, dim, N)`` tensors."""
+    b = tl.program_id(0).to(tl.int64)
+    d, d_mask, bias = _channel_columns(bias_ptr, cpg, BLOCK_D, HAS_BIAS)
+    Dv = tl.zeros((BLOCK_D, 1), tl.float32)
+    if HAS_D:
+        Dv = tl.load(D_ptr + d, mask=d_mask, other=0.0).to(tl.float32)
+    return b, tl.program_id(1), d, d_mask, Dv, bias, b * dim * N + d * N
 
 
 @triton.jit
