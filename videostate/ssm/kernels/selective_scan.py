@@ -85,10 +85,11 @@ SHORT_LENGTH = 64
 # 0.025. Backward: 1.33 / 0.29; 1.39 / 0.47; 1.69 / 0.70; 0.97 / 0.50; 0.49 / 0.22; 0.61 / 0.31; 1.01 / 0.52;
 # 0.155 / 0.077; 0.166 / 0.108; 0.065 / 0.074. Segments of 128 / 256 / 512 channels per SM, forward (2, 768,
 # 6272): 0.198 / 0.191 / 0.221, backward 0.57 / 0.52 / 0.50; (1, 768, 12544) 0.198 / 0.190 / 0.217 and 0.57 / 0.52
-# / 0.47. With the channels alone at 47 per SM, (4, 1536, 4096), segments slowed the backward: 1.21 unsegmented,
-# 1.34 in segments. CHUNK_SUMS tiles the per-chunk sums (channels a program, warps; (2, 768, 6272): 1 / 2 / 4 / 8
-# channels with one warp 80 / 77 / 87 / 189 us, 4 channels with 4 warps 179 us), CHUNK_STATES the scan over chunks
-# (chunks composed at a time, warps).
+# / 0.47. With the channels alone at 32 per SM and more, segments slow the forward ((4, 1536, 4096), 47 per SM: 0.32
+# whole, 0.48 in segments) and, from 62 per SM, the backward ((4, 2048, 2048): 0.64 / 0.80; at 47: 1.22 / 1.14).
+# CHUNK_SUMS tiles the per-chunk sums (channels a program, warps; (2, 768, 6272): 1 / 2 / 4 / 8 channels with one
+# warp 80 / 77 / 87 / 189 us, 4 channels with 4 warps 179 us), CHUNK_STATES the scan over chunks (chunks composed at
+# a time, warps).
 CHUNK_SUMS = {"block_d": 2, "num_warps": 1}
 CHUNK_STATES = {"block_c": 64, "num_warps": 1}
 
@@ -482,9 +483,10 @@ def uses_lane_backward(cfg: dict, n: int, length: int, chunk: int, u, delta, z, 
         return False
     if cfg.get("kernel") == "lane":
         return True
+    if cfg.get("kernel", "state") != "state":
+        return False
     batch, dim, _ = u.shape
-    lane = uses_lane(batch, dim, length, u.device, u, delta, z, dy, B4, C4, lane=BACKWARD_LANE)
-    return cfg.get("kernel", "state") == "state" and lane
+    return uses_lane(batch, dim, length, u.device, u, delta, z, dy, B4, C4, lane=BACKWARD_LANE)
 
 
 def _launch_state_backward(u, delta, A, B4, C4, D, z, delta_bias, delta_softplus, h0, dy, d_final, checkpoints,
