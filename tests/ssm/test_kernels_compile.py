@@ -38,6 +38,7 @@ from videostate.ssm.kernels import (  # noqa: E402
     mlp,
     norm,
     norm_kernels,
+    padded_rows,
     scan_chunk_kernels,
     scan_lane_backward_kernels,
     scan_lane_kernels,
@@ -59,7 +60,7 @@ pytestmark = [
 
 HOPPER = GPUTarget("cuda", 90, 32)
 # the kernels' float arguments; other scalars: i32
-FLOAT_SCALARS = frozenset({"eps", "scale", "dt_min", "dt_max", "scale_h", "scale_w"})
+FLOAT_SCALARS = frozenset({"eps", "scale", "dt_min", "dt_max", "scale_h", "scale_w", "value"})
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,7 @@ CASES = [
            4, ("y", "bias", "res1", "res2", "out", "relu_out", "proj", "proj_bias"))
       for project in (False, True)),
     Case(state_change.state_change_kernel, {"BLOCK": state_change.BLOCK}, 4, ("new", "old")),
+    Case(padded_rows.padded_rows_kernel, {"BLOCK": padded_rows.BLOCK}, 4, ("src", "dst")),
     Case(conv_epilogue.resize_bilinear_kernel, {"BLOCK_P": 32, "BLOCK_C": conv_epilogue.RESIZE_BLOCK_C}, 4,
          ("x", "bias", "out")),
     *(Case(block_tail.block_tail_kernel,

@@ -146,8 +146,7 @@ def test_bfloat16_through_the_rule(monkeypatch):
 def test_lane_backward_registers(monkeypatch):
     """On CUDA the backward's register limit is the setting's ``maxnreg`` unless ``maxnreg_fewer_waves`` runs the
     grid of one-warp programs in fewer waves (132 SMs: 8 warps an SM with 255 registers, 12 with 168)."""
-    hopper = type("Properties", (), {"multi_processor_count": 132})
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: hopper)
+    monkeypatch.setattr(scan, "sm_count", lambda device: 132)
     cuda = torch.device("cuda")
     setting = {"maxnreg": 255, "maxnreg_fewer_waves": 168}
     cases = {1000: 255, 1056: 255, 1057: 168, 1536: 168, 1584: 168, 2112: 255, 3072: 168}

@@ -27,6 +27,7 @@ from tests.ssm.test_scan_state_kernels import (
 
 pytestmark = list(MARKS)
 if RUNS:
+    from videostate.ssm.kernels import common
     from videostate.ssm.kernels import selective_scan as scan
 
 CHUNK = 16
@@ -52,6 +53,24 @@ def launches(monkeypatch):
     return spy_launches(monkeypatch, KERNELS, lambda name, args, kwargs: (name, kwargs))
 
 
+def test_sm_count_is_asked_once_per_device(monkeypatch):
+    """The rules' SM count: each device's properties are queried once; a device without an index is the current."""
+    asked = []
+
+    def properties(index):
+        asked.append(index)
+        return type("Properties", (), {"multi_processor_count": 100 + index})()
+
+    monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    common._sm_count.cache_clear()
+    try:
+        counts = [common.sm_count(torch.device(name)) for name in ("cuda:0", "cuda:1", "cuda:0", "cuda")]
+    finally:
+        common._sm_count.cache_clear()
+    assert counts == [100, 101, 100, 101] and asked == [0, 1]
+
+
 def test_segment_rules(monkeypatch):
     """Chunks a segment: the setting's ``segment_chunks`` (at most the sequence's chunks); on CUDA, with fewer than
     LANE_MIN_CHANNELS_PER_SM channels per SM and at least ``segment_min_chunks`` chunks, the fewest segments that
@@ -62,8 +81,7 @@ def test_segment_rules(monkeypatch):
     assert scan.lane_segment_chunks({"segment_chunks": 3}, 8, 10, cpu) == 3
     assert scan.lane_segment_chunks({"segment_chunks": 30}, 8, 10, cpu) == 10
     assert scan.lane_segment_chunks(lane, 8, 10, cpu) == 10
-    hopper = type("Properties", (), {"multi_processor_count": 132})()
-    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: hopper)
+    monkeypatch.setattr(scan, "sm_count", lambda device: 132)
     enough = scan.LANE_MIN_CHANNELS_PER_SM * 132
     assert scan.lane_segment_chunks(lane, enough, 25, cuda) == 25
     assert scan.lane_segment_chunks(lane, enough - 1, 25, cuda) == 3  # 9 segments: 8 of 3 chunks and 1

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -23,6 +25,17 @@ def any_float64(*tensors: torch.Tensor | None) -> bool:
 
 def next_power_of_2(n: int) -> int:
     return triton.next_power_of_2(max(1, int(n)))
+
+
+def sm_count(device: torch.device) -> int:
+    """How many SMs the CUDA ``device`` has, asked once per device: the launchers size their grids by it on every
+    call, and each query of the device's properties costs about 9 us of host time (H100)."""
+    return _sm_count(torch.cuda.current_device() if device.index is None else device.index)
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 @triton.jit

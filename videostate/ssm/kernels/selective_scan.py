@@ -8,11 +8,11 @@ inputs run the reference (the kernels keep their state and sums in float32).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 
 from ..selective_scan import no_step_delta, selective_scan_reference
-from .common import any_float64, next_power_of_2
+from .common import any_float64, next_power_of_2, sm_count
+from .padded_rows import padded_rows
 from .scan_chunk_kernels import selective_scan_chunk_states_kernel, selective_scan_chunk_sums_kernel
 from .scan_lane_backward_kernels import selective_scan_bwd_lane_kernel
 from .scan_lane_kernels import STEPS, selective_scan_fwd_lane_kernel
@@ -115,7 +115,7 @@ def _state_loop(cfg: dict, programs: int, length: int, device: torch.device) -> 
         return bool(cfg["state_loop"])
     if device.type != "cuda" or length % 16:
         return False
-    return programs >= STATE_LOOP_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+    return programs >= STATE_LOOP_PROGRAMS_PER_SM * sm_count(device)
 
 
 def _grouped(t: torch.Tensor) -> torch.Tensor:
@@ -182,8 +182,7 @@ def _identity_steps(rows: tuple, delta: torch.Tensor, pad: int, delta_softplus: 
     state unchanged after the sequence, or before it with ``front``: ``delta`` that discretises to 0
     (:func:`~videostate.ssm.selective_scan.no_step_delta` under softplus) and zero elsewhere."""
     no_step = no_step_delta(delta.dtype) if delta_softplus else 0.0
-    widths = (pad, 0) if front else (0, pad)
-    return tuple(None if t is None else F.pad(t, widths, value=no_step if t is delta else 0.0) for t in rows)
+    return tuple(None if t is None else padded_rows(t, pad, no_step if t is delta else 0.0, front=front) for t in rows)
 
 
 def _identity_padded(u, delta, z, B, C, delta_bias, delta_softplus) -> tuple | None:
@@ -306,7 +305,7 @@ def uses_lane(
     with it, 1.43 ms with the state kernel."""
     if device.type != "cuda" or length % 16 or not all(t is None or vector_rows(t) for t in rows):
         return False
-    channels, sms = batch * dim, torch.cuda.get_device_properties(device).multi_processor_count
+    channels, sms = batch * dim, sm_count(device)
     if channels >= LANE_MIN_CHANNELS_PER_SM * sms:
         return True
     n_chunks = triton.cdiv(length, _state_blocks(1, length, CONFIG["backward"])["BLOCK_L"])
@@ -319,7 +318,7 @@ def lane_forward_parts(channels: int, n: int, device: torch.device) -> int:
     SM (at least 1); 1 off CUDA."""
     if device.type != "cuda":
         return 1
-    lanes = LANE_FORWARD_WARPS_PER_SM * 32 * torch.cuda.get_device_properties(device).multi_processor_count
+    lanes = LANE_FORWARD_WARPS_PER_SM * 32 * sm_count(device)
     parts = 1
     while parts * 2 <= min(LANE_MAX_PARTS, next_power_of_2(n)) and channels * parts * 2 <= lanes:
         parts *= 2
@@ -336,7 +335,7 @@ def lane_segment_chunks(cfg: dict, channels: int, n_chunks: int, device: torch.d
         return min(cfg["segment_chunks"], n_chunks)
     if device.type != "cuda" or n_chunks < cfg.get("segment_min_chunks", 2):
         return n_chunks
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = sm_count(device)
     if channels >= LANE_MIN_CHANNELS_PER_SM * sms:
         return n_chunks
     segments = max(1, min(n_chunks, triton.cdiv(cfg.get("segment_channels_per_sm", 0) * sms, channels)))
@@ -558,7 +557,7 @@ def _lane_backward_registers(cfg: dict, programs: int, device: torch.device) -> 
     ``maxnreg_fewer_waves`` where the grid then runs in fewer waves of warps; none without ``maxnreg``."""
     if cfg.get("maxnreg") is None or device.type != "cuda":
         return {}
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = sm_count(device)
 
     def waves(registers: int) -> int:
         return triton.cdiv(programs, sms * (REGISTERS_PER_SM // (32 * registers)))
@@ -600,7 +599,7 @@ class SelectiveScanFunction(torch.autograd.Function):
         if dy is None:
             dy = torch.zeros_like(u)
         elif pad:
-            dy = F.pad(dy, (0, pad))
+            dy = padded_rows(dy, pad)
         du, ddelta, dA, dB, dC, dD, dz, dbias, dh0 = scan_backward(
             u, delta, A, B, C, D, z, delta_bias, ctx.delta_softplus, initial_state, dy, d_final,
             checkpoints=checkpoints,
@@ -653,7 +652,7 @@ class BidirectionalScanFunction(torch.autograd.Function):
         if dy is None:
             dy = torch.zeros_like(u)
         else:  # laid out once for both directions, over the padded length
-            dy = F.pad(dy, (0, pad)) if pad else _aligned_rows(dy)
+            dy = padded_rows(dy, pad) if pad else _aligned_rows(dy)
         # the gate's gradient, written by one direction and added to by the other, in the gate's dtype
         dz = None if z is None else torch.empty(z.shape, device=z.device, dtype=z.dtype)
         fwd = scan_backward(
