@@ -54,8 +54,8 @@ from .scan_lane_kernels import (
     program_segment,
     slot_columns,
     slot_real,
+    slot_steps,
     stack_steps,
-    unstack_steps,
 )
 
 
@@ -107,13 +107,6 @@ def _block_inputs(u_rows, dt_rows, t, col_mask, bias, HAS_BIAS: tl.constexpr, SO
 
 
 @triton.jit
-def _state_row(rows, real):
-    """A slot's row of B or C at a block's steps (``rows (32, STEPS)``), zero where the slot's state is not ``real``
-    (``(32,)``), as STEPS ``(32,)`` tiles."""
-    return unstack_steps(tl.load(rows, mask=real[:, None], other=0.0).to(tl.float32))
-
-
-@triton.jit
 def selective_scan_bwd_lane_kernel(
     u_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bias_ptr, dy_ptr, dhT_ptr, ckpt_ptr, carry_ptr, sub_ptr,
     dh0_ptr, du_ptr, ddt_ptr, dz_ptr, dBC_ptr, dA_ptr, dD_ptr, dbias_ptr,
@@ -159,8 +152,8 @@ def selective_scan_bwd_lane_kernel(
     z_rows = z_ptr + b * sz_b + col * sz_d
     dy_rows = dy_ptr + b * sdy_b + col * sdy_d
     grad_rows = (b * dim + col) * L  # du, ddelta, dz: contiguous (batch, dim, L)
-    B_rows = B_ptr + b * sB_b + g * sB_g + first[:, None] * sB_n + steps
-    C_rows = C_ptr + b * sC_b + g * sC_g + first[:, None] * sC_n + steps
+    B_rows = B_ptr + b * sB_b + g * sB_g + first[:, None] * sB_n
+    C_rows = C_ptr + b * sC_b + g * sC_g + first[:, None] * sC_n
     ckpt_rows = ckpt_ptr + chunk_rows
     sub_rows = sub_ptr + program * (CKPT_L // STEPS) * NS * WARP + lane
     tensor, state, writes = _reduced_row(lane[:, None], N, LOG_D, LOG_NS)
@@ -187,7 +180,7 @@ def selective_scan_bwd_lane_kernel(
             dtus = parts_gathered(dt * u, LOG_PARTS, FAST_MATH)
             advanced = ()
             for i in tl.static_range(NS):
-                Bs = _state_row(B_rows + i * sB_n + t, slot_real(part, i, d_mask, N, LOG_NS, LOG_PARTS))
+                Bs = slot_steps(B_rows + i * sB_n, t, 1, slot_real(part, i, d_mask, N, LOG_NS, LOG_PARTS)[:, None], L)
                 hi = h[i]
                 for k in tl.static_range(STEPS):
                     hi = tl.exp2(dts[k] * A2[i]) * hi + dtus[k] * Bs[k]
@@ -220,8 +213,8 @@ def selective_scan_bwd_lane_kernel(
             dA_next = ()
             for i in tl.static_range(NS):
                 real = slot_real(part, i, d_mask, N, LOG_NS, LOG_PARTS)
-                Bs = _state_row(B_rows + i * sB_n + t, real)
-                Cs = _state_row(C_rows + i * sC_n + t, real)
+                Bs = slot_steps(B_rows + i * sB_n, t, 1, real[:, None], L)
+                Cs = slot_steps(C_rows + i * sC_n, t, 1, real[:, None], L)
                 hs = (tl.load(sub_rows + (j * NS + i) * WARP),)  # the state entering step k at hs[k]
                 decays = ()
                 ys_next = ()
