@@ -4,8 +4,8 @@ it shares with the lane backward (:mod:`.scan_lane_backward_kernels`).
 A program is one warp: ``BLOCK_D = 32 / 2 ** LOG_PARTS`` channels of one batch element and one group of B/C, each
 channel on ``2 ** LOG_PARTS`` lanes (its *parts*) that split its states, ``2 ** LOG_NS`` each (a lane's *slots*; the
 states are padded to fill them), in registers. It walks time ``STEPS`` steps at a time. B and C are read as a
-``(32, STEPS)`` tile per slot, a lane's steps of a row one vector, in which the lanes of a part read the same address,
-and split into steps in registers (:func:`unstack_steps`).
+``(32, STEPS)`` tile per slot, a lane's steps of a row one vector (two in float32), in which the lanes of a part read
+the same address, and split into steps in registers (:func:`slot_steps`).
 
 The channel's own per-step values are computed once, not by each part: each part owns ``STEPS / parts`` steps of a
 block (:func:`own_steps`). It reads ``u``, ``delta`` and ``z`` and writes the output there, and computes the softplus
@@ -110,9 +110,9 @@ def slot_steps(rows, t0, stride, read, L):
     ``rows (32, 1)`` points to each lane's row, its steps ``stride`` apart; zero where ``read (32, 1)`` is off and
     from step ``L`` on. A lane reads 16-bit values as one vector of the eight steps, float32 ones as two of four:
     one tile of eight float32 steps a lane would span two lanes' vectors, and its split into steps would shuffle
-    them between lanes (H100, float32 inputs, (8, 1536, 2048): forward 0.643 against 0.290 ms with such tiles,
-    backward 1.297 against 1.100 ms). Read as float32 copies, bfloat16 B and C made the forward slower: 0.531
-    against 0.322 ms on (64, 384, 1568), whose 64 batch elements each have their own rows."""
+    them between lanes (H100, float32 inputs, (8, 1536, 2048): forward 0.290 ms, 0.643 with such tiles; backward
+    1.100, 1.297). Read as float32 copies, bfloat16 B and C made the forward slower: 0.531 against 0.322 ms on
+    (64, 384, 1568), whose 64 batch elements each have their own rows."""
     if rows.dtype.element_ty.primitive_bitwidth == 32:
         HALF: tl.constexpr = STEPS // 2
         t = t0 + tl.arange(0, HALF)[None, :]
