@@ -318,7 +318,7 @@ def bench_kernel_choice(device, direction: str) -> list[dict]:
     """The state kernel, the lane kernel over whole sequences and the lane kernels in time-parallel segments, of the
     ``direction`` ("forward" or "backward") on each of KERNEL_CHOICE_SHAPES, and the one the launcher's rule takes:
     the figures behind the rule (GPU time)."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = scan_kernels.sm_count(device)
     lane = scan_kernels.FORWARD_LANE if direction == "forward" else scan_kernels.BACKWARD_LANE
     rows = []
     for shape in KERNEL_CHOICE_SHAPES:
